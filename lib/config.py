@@ -1,0 +1,139 @@
+"""Runtime configuration: the compute device, the three scales, cache locations, atomic writes.
+
+Every other module asks this one which device to use and where to put files, so that one
+environment variable (or one argument) changes the behaviour of the whole library.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "get_device", "Scale", "SCALES", "scale_settings", "cache_dir", "atomic_path", "check_choice",
+]
+
+
+def check_choice(param: str, value, accepted) -> None:
+    """Raise ``ValueError`` naming ``param`` and the accepted values unless ``value`` is one of them."""
+    accepted = list(accepted)
+    if value not in accepted:
+        raise ValueError(f"unknown {param} {value!r}; accepted values: {', '.join(map(repr, accepted))}")
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """The device every allocation of the library goes to.
+
+    ``None`` picks CUDA when it is available and the CPU otherwise; this is the one place that
+    decides. An explicit ``"cuda"`` on a machine without CUDA is an error, not a silent fallback.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available; use device='cpu' or None")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {str(device)!r}; accepted values: 'cpu', 'cuda', None")
+    return device
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """How big every experiment is at one scale. Chapters read their defaults from here.
+
+    ``smoke`` runs each chapter in well under a minute on 2 CPU cores (tests); ``cpu`` is the default
+    of the book build (minutes per chapter on a laptop); ``paper`` is the paper's setting (a GPU).
+    """
+
+    name: str
+    # -- the model zoo --------------------------------------------------------------------------
+    recipe: str                    # training recipe name in lib.train.RECIPES
+    epochs: int                    # training epochs per model
+    n_train: int | None            # training images (None: all 50,000)
+    n_test: int | None             # test images for accuracies (None: all 10,000)
+    myrtle_width: float            # width multiplier of the Myrtle CNN (1.0: c = 64)
+    resnet_width: float            # width multiplier of ResNet20 (1.0: 16/32/64 channels)
+    n_pairs: int                   # distinct-seed model pairs per experiment
+    # -- similarity (Section 5) -------------------------------------------------------------------
+    n_feature_images: int          # test images whose features are compared
+    # -- stitching (Section 4) and the rotation penalty (Section 3.3) -----------------------------
+    stitch_epochs: int             # epochs of stitching-layer training (paper: 20)
+    stitch_images: int             # training images for the stitching layer
+    rotation_trials: int           # random transforms per layer (paper: 10)
+    finetune_epochs: int           # fine-tuning epochs after the transform (paper: 50)
+    slopes: tuple                  # LeakyReLU negative slopes of the appendix D.3 sweep
+    slope_width: float             # ResNet20 width used in the slope sweep
+    # -- network dissection (Section 6) ---------------------------------------------------------
+    dissection_images: int         # images of the concept dataset
+    n_rotations: int               # random rotations per alpha
+    alphas: tuple                  # geodesic positions between I and Q
+
+
+SCALES: dict[str, Scale] = {
+    "smoke": Scale(
+        name="smoke", recipe="fast", epochs=1, n_train=512, n_test=512,
+        myrtle_width=0.125, resnet_width=0.25, n_pairs=1,
+        n_feature_images=128,
+        stitch_epochs=1, stitch_images=256, rotation_trials=1, finetune_epochs=1,
+        slopes=(0.0, 1.0), slope_width=0.25,
+        dissection_images=64, n_rotations=2, alphas=(0.0, 0.5, 1.0),
+    ),
+    "cpu": Scale(
+        name="cpu", recipe="fast", epochs=8, n_train=None, n_test=None,
+        myrtle_width=0.25, resnet_width=0.5, n_pairs=2,
+        n_feature_images=2000,
+        stitch_epochs=3, stitch_images=10000, rotation_trials=3, finetune_epochs=2,
+        slopes=(0.0, 0.1, 0.5, 0.9, 1.0), slope_width=0.25,
+        dissection_images=1000, n_rotations=5, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    ),
+    "paper": Scale(
+        name="paper", recipe="paper", epochs=50, n_train=None, n_test=None,
+        myrtle_width=1.0, resnet_width=1.0, n_pairs=32,
+        n_feature_images=10000,
+        stitch_epochs=20, stitch_images=50000, rotation_trials=10, finetune_epochs=50,
+        slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0,
+        dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
+    ),
+}
+
+
+def scale_settings(scale: str) -> Scale:
+    """The :class:`Scale` called ``scale`` (``"smoke"``, ``"cpu"`` or ``"paper"``)."""
+    check_choice("scale", scale, SCALES)
+    return SCALES[scale]
+
+
+def cache_dir(kind: str = "", root: str | os.PathLike | None = None) -> Path:
+    """A per-user cache folder, created on demand.
+
+    The root is ``root`` if given, else ``$SYMMETRIES_CACHE``, else ``~/.cache/symmetries``.
+    ``kind`` names a subfolder (``"zoo"``, ``"results"``, ``"data"``, ...).
+    """
+    if root is None:
+        root = os.environ.get("SYMMETRIES_CACHE") or Path.home() / ".cache" / "symmetries"
+    path = Path(root) / kind if kind else Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Readers therefore see either the old file or the complete new one, never half of it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name keeps the final suffix so that writers which append one (np.savez) do not.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
