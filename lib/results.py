@@ -1,0 +1,78 @@
+"""Key numbers of each chapter, recorded machine-readably for "Results at a glance" and for sweeps.
+
+A chapter records every number it compares with the paper::
+
+    rec = Recorder("stitching", scale, seed)
+    rec.add("penalty_grelu_act3", ours=12.3, paper=9.0, unit="%")
+    rec.save()
+
+``save`` writes ``<results dir>/<scale>/<chapter>[-seed<k>].json`` atomically. The results dir is
+``$SYMMETRIES_RESULTS`` if set (sweeps set it per run), else the ``results`` folder of the cache.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .config import atomic_path, cache_dir, check_choice, SCALES
+
+__all__ = ["Recorder", "results_dir", "load_results"]
+
+
+def results_dir() -> Path:
+    """Where chapters write their results (``$SYMMETRIES_RESULTS`` or the cache's ``results``)."""
+    env = os.environ.get("SYMMETRIES_RESULTS")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return cache_dir("results")
+
+
+def _plain(x):
+    # numpy / torch scalars become Python floats so that the JSON stays portable.
+    if hasattr(x, "item"):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class Recorder:
+    """Collects ``(key, ours, paper)`` rows for one chapter run and writes them as JSON."""
+
+    def __init__(self, chapter: str, scale: str, seed: int = 0):
+        check_choice("scale", scale, SCALES)
+        self.chapter, self.scale, self.seed = chapter, scale, int(seed)
+        self.rows: list[dict] = []
+
+    def add(self, key: str, ours, paper=None, unit: str = "", note: str = "", std=None, paper_std=None):
+        """Record one number (``ours``), optionally its spread (``std``) and the paper's value."""
+        self.rows = [r for r in self.rows if r["key"] != key]
+        self.rows.append(dict(key=key, ours=_plain(ours), std=_plain(std), paper=_plain(paper),
+                              paper_std=_plain(paper_std), unit=unit, note=note))
+        return ours
+
+    def path(self) -> Path:
+        suffix = f"-seed{self.seed}" if self.seed else ""
+        return results_dir() / self.scale / f"{self.chapter}{suffix}.json"
+
+    def save(self) -> Path:
+        path = self.path()
+        payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1))
+        return path
+
+
+def load_results(scale: str, directory: str | os.PathLike | None = None) -> list[dict]:
+    """Every recorded row at ``scale``, each with its ``chapter`` and ``seed``, sorted by chapter."""
+    check_choice("scale", scale, SCALES)
+    folder = Path(directory) if directory else results_dir() / scale
+    rows = []
+    for f in sorted(folder.glob("*.json")):
+        payload = json.loads(f.read_text())
+        for r in payload["rows"]:
+            rows.append(dict(chapter=payload["chapter"], seed=payload["seed"], **r))
+    return rows
