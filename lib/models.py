@@ -267,13 +267,20 @@ def mlp(sizes=(8, 16, 16, 4), activation: str = "relu", negative_slope: float = 
 ARCHITECTURES = {"myrtle_cnn": myrtle_cnn, "resnet20": resnet20, "mlp": mlp}
 
 
-def build(arch: dict) -> nn.Module:
-    """Build a model from an architecture spec such as ``{"arch": "myrtle_cnn", "width": 0.25}``."""
+def build(arch: dict, seed: int | None = None) -> nn.Module:
+    """Build a model from an architecture spec such as ``{"arch": "myrtle_cnn", "width": 0.25}``.
+
+    With ``seed`` the initial weights depend on that seed only (the global RNG is left untouched).
+    """
     arch = dict(arch)
     name = arch.pop("arch", None)
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown arch {name!r}; accepted values: {', '.join(map(repr, ARCHITECTURES))}")
-    return ARCHITECTURES[name](**arch)
+    if seed is None:
+        return ARCHITECTURES[name](**arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ARCHITECTURES[name](**arch)
 
 
 # --------------------------------------------------------------------------------------------

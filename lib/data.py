@@ -1,0 +1,196 @@
+"""CIFAR-10 as tensors, on-device batch augmentation, and a tiny synthetic dataset for unit tests.
+
+Images are kept as ``uint8`` tensors in HWC layout ``(n, 32, 32, 3)`` exactly as stored; ``to_input``
+turns them into normalised float ``(n, 3, 32, 32)`` tensors (channels_last memory) on the training
+device. Augmentation (random flips and translations) acts on whole batches on that device, so the
+training loop never touches PIL or per-image Python code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import atomic_path, cache_dir, get_device
+
+__all__ = ["Dataset", "load_cifar10", "synthetic_dataset", "subset", "to_input", "augment", "batches",
+           "MEAN", "STD", "FILENAME"]
+
+FILENAME = "cifar10.npz"
+# Per-channel normalisation on the 0-255 scale, as the authors' code (implementation notes).
+MEAN = (125.307, 122.961, 113.8575)
+STD = (51.5865, 50.847, 51.255)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Train and test splits as tensors.
+
+    ``x_train``/``x_test``: uint8 ``(n, H, W, 3)``; ``y_train``/``y_test``: int64 ``(n,)``.
+    ``identity`` names the data for cache keys (e.g. ``"cifar10:<sha256 prefix>"``).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list
+    identity: str
+    source: str = ""
+
+    def describe(self) -> str:
+        return (f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
+                f"{len(self.x_test)} test images")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _candidates(data_dir) -> list[Path]:
+    dirs = [data_dir, os.environ.get("SYMMETRIES_DATA"), cache_dir("data")]
+    return [Path(d) / FILENAME for d in dirs if d]
+
+
+def _download(target: Path) -> None:
+    # torchvision's copy is the original CIFAR-10; it is converted once into the npz layout.
+    import torchvision
+
+    raw = cache_dir("data") / "torchvision"
+    try:
+        train = torchvision.datasets.CIFAR10(raw, train=True, download=True)
+        test = torchvision.datasets.CIFAR10(raw, train=False, download=True)
+    except Exception as exc:  # offline: urllib raises several kinds of errors
+        raise FileNotFoundError(
+            f"CIFAR-10 not found: looked for {FILENAME} in data_dir, in $SYMMETRIES_DATA and in "
+            f"{target.parent}, and the download failed ({exc}). Set SYMMETRIES_DATA to a directory "
+            f"holding {FILENAME} (keys x_train, y_train, x_test, y_test, classes)."
+        ) from exc
+    with atomic_path(target) as tmp:
+        np.savez_compressed(tmp, x_train=train.data, y_train=np.array(train.targets, dtype=np.int64),
+                            x_test=test.data, y_test=np.array(test.targets, dtype=np.int64),
+                            classes=np.array(train.classes))
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str) -> Dataset:
+    with np.load(path) as d:
+        missing = {"x_train", "y_train", "x_test", "y_test", "classes"} - set(d.files)
+        if missing:
+            raise ValueError(f"{path} lacks the keys {sorted(missing)}")
+        sha = _sha256(Path(path))
+        return Dataset(torch.from_numpy(d["x_train"]), torch.from_numpy(d["y_train"]).long(),
+                       torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"]).long(),
+                       [str(c) for c in d["classes"]], identity=f"cifar10:{sha[:16]}", source=path)
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None) -> Dataset:
+    """CIFAR-10 from ``cifar10.npz``.
+
+    Looks in ``data_dir``, then ``$SYMMETRIES_DATA``, then the cache's ``data`` folder; if none has
+    the file, downloads CIFAR-10 with torchvision and writes the npz into the cache (atomically).
+    The result is cached in memory; its ``identity`` holds the file's sha256 prefix, so every number
+    computed from it can say which copy of CIFAR-10 produced it.
+    """
+    candidates = _candidates(data_dir)
+    for path in candidates:
+        if path.is_file():
+            return _load(str(path.resolve()))
+    target = cache_dir("data") / FILENAME
+    _download(target)
+    return _load(str(target.resolve()))
+
+
+def synthetic_dataset(n_train: int = 256, n_test: int = 128, num_classes: int = 10, size: int = 32,
+                      seed: int = 0) -> Dataset:
+    """A learnable stand-in for CIFAR-10 for unit tests: each class is a coloured blob at its own place.
+
+    Shapes and dtypes match :func:`load_cifar10`, so every code path can be tested without the data.
+    """
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centres = torch.rand(num_classes, 2, generator=g) * (size - 8) + 4
+    colours = torch.rand(num_classes, 3, generator=g) * 200 + 30
+
+    def make(n):
+        y = torch.randint(num_classes, (n,), generator=g)
+        c = centres[y] + torch.randn(n, 2, generator=g)
+        d2 = (yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2
+        blob = torch.exp(-d2 / 18.0)[..., None]                       # (n, H, W, 1)
+        img = 60 + blob * colours[y][:, None, None, :] + 20 * torch.randn(n, size, size, 3, generator=g)
+        return img.clamp(0, 255).to(torch.uint8), y
+
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    return Dataset(xtr, ytr, xte, yte, [f"class{i}" for i in range(num_classes)],
+                   identity=f"synthetic:{n_train}:{n_test}:{num_classes}:{size}:{seed}")
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, n: int | None):
+    """The first ``n`` items of a fixed shuffle of ``(x, y)`` (all of them if ``n`` is None).
+
+    The stored splits are sorted by class, so a plain ``x[:n]`` would hold one class only; the
+    shuffle is seeded independently of any experiment so every chapter sees the same subset.
+    """
+    if n is None or n >= len(x):
+        return x, y
+    if n < 1:
+        raise ValueError(f"subset size n must be positive or None, got {n}")
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(20221128))[:n]
+    return x[idx], y[idx]
+
+
+def to_input(x: torch.Tensor, device=None) -> torch.Tensor:
+    """uint8 images ``(n, H, W, 3)`` -> normalised float32 ``(n, 3, H, W)`` in channels_last memory."""
+    device = get_device(device)
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    x = x.to(device).permute(0, 3, 1, 2).float()                   # (n, H, W, 3) -> (n, 3, H, W)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 2) -> torch.Tensor:
+    """Random horizontal flips and translations by up to ``translate`` pixels (zero fill), per image,
+    on a whole batch ``(n, C, H, W)`` on its own device. ``generator`` lives on the CPU so that the
+    same seed gives the same augmentation on every device."""
+    n, _, h, w = x.shape
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if translate:
+        t = translate
+        padded = torch.nn.functional.pad(x, (t, t, t, t))
+        shifts = torch.randint(0, 2 * t + 1, (n, 2), generator=generator)
+        out = torch.empty_like(x)
+        # One slice per distinct shift (at most (2t+1)^2 of them) instead of one per image.
+        keys = (shifts[:, 0] * (2 * t + 1) + shifts[:, 1]).tolist()
+        groups: dict = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        for k, idx in groups.items():
+            dy, dx = divmod(k, 2 * t + 1)
+            idx_t = torch.tensor(idx, device=x.device)
+            out[idx_t] = padded[idx_t, :, dy:dy + h, dx:dx + w]
+        x = out
+    return x
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
+            shuffle: bool = True, drop_last: bool = False):
+    """Yield ``(x[idx], y[idx])`` minibatches of tensors already on the device (shuffled by ``generator``)."""
+    n = len(x)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(x.device)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx]

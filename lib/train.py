@@ -1,0 +1,180 @@
+"""Training recipes and a small, fast training loop (in the spirit of airbench).
+
+Data lives as tensors on the training device; augmentation is done on whole batches there. On CUDA
+the loop uses channels_last and bfloat16 autocast; on the CPU it runs eagerly in float32 with
+channels_last (measured 1.6-2x faster than contiguous for the Myrtle CNN) and is deterministic: the
+same seed gives the same weights bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .config import check_choice, get_device
+from .data import Dataset, augment, batches, subset, to_input
+
+__all__ = ["Recipe", "RECIPES", "recipe", "train", "evaluate", "make_optimizer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    epochs: int              # passes over the training images
+    batch_size: int          # images per optimiser step
+    optimizer: str           # "adam" or "sgd" (Nesterov momentum)
+    lr: float                # peak learning rate
+    momentum: float          # SGD momentum (unused by Adam)
+    weight_decay: float      # L2 coefficient, applied to parameters named "weight"
+    schedule: str            # "step" (StepLR) or "onecycle" (linear warm-up, then linear decay to 0)
+    step_size: int           # epochs between StepLR decays
+    gamma: float             # StepLR decay factor
+    warmup: float            # fraction of all steps spent warming up (onecycle)
+    label_smoothing: float   # cross-entropy label smoothing
+    flip: bool               # random horizontal flips
+    translate: int           # random translation, pixels
+    keep_best: bool          # keep the epoch with the best test accuracy (the authors' choice)
+    n_train: int | None = None   # training images used (None: all)
+    n_test: int | None = None    # test images used for accuracies (None: all)
+
+
+RECIPES = {
+    # The authors' recipe (implementation notes): 50 epochs of Adam, StepLR 12/0.5, batch 32.
+    "paper": Recipe("paper", epochs=50, batch_size=32, optimizer="adam", lr=1e-3, momentum=0.0,
+                    weight_decay=1e-4, schedule="step", step_size=12, gamma=0.5, warmup=0.0,
+                    label_smoothing=0.0, flip=True, translate=2, keep_best=True),
+    # A fast recipe for small budgets: large batches, Nesterov SGD, one-cycle, label smoothing.
+    "fast": Recipe("fast", epochs=10, batch_size=512, optimizer="sgd", lr=0.2, momentum=0.9,
+                   weight_decay=5e-4, schedule="onecycle", step_size=0, gamma=1.0, warmup=0.2,
+                   label_smoothing=0.1, flip=True, translate=2, keep_best=False),
+}
+
+
+def recipe(name: str | Recipe, **overrides) -> Recipe:
+    """The named recipe (``"paper"`` or ``"fast"``) with some fields replaced (e.g. ``epochs=8``)."""
+    if isinstance(name, Recipe):
+        base = name
+    else:
+        check_choice("recipe", name, RECIPES)
+        base = RECIPES[name]
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown recipe fields {sorted(unknown)}; accepted: {sorted(fields)}")
+    return dataclasses.replace(base, **overrides)
+
+
+def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
+    """Optimiser and per-step learning-rate scheduler for recipe ``r``."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("weight")]
+    groups = [dict(params=decay, weight_decay=r.weight_decay), dict(params=rest, weight_decay=0.0)]
+    check_choice("optimizer", r.optimizer, ("adam", "sgd"))
+    if r.optimizer == "adam":
+        opt = torch.optim.Adam(groups, lr=r.lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.momentum > 0)
+    total = max(1, r.epochs * steps_per_epoch)
+    check_choice("schedule", r.schedule, ("step", "onecycle"))
+    if r.schedule == "step":
+        def factor(step):
+            return r.gamma ** ((step // steps_per_epoch) // r.step_size)
+    else:
+        warm = max(1, int(r.warmup * total))
+
+        def factor(step):
+            return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device=None, batch_size: int = 1000) -> float:
+    """Accuracy (fraction in [0, 1]) of ``model`` on uint8 images ``x`` ``(n, H, W, 3)`` or float
+    inputs ``(n, 3, H, W)``, labels ``y``; the model is put in eval mode and restored afterwards."""
+    device = get_device(device)
+    was = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        xb = to_input(xb, device) if xb.dtype == torch.uint8 else xb.to(device)
+        with _autocast(device):
+            correct += (model(xb).argmax(1).cpu() == y[start:start + batch_size].cpu()).sum().item()
+    model.train(was)
+    return correct / max(1, len(x))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+
+def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None, progress: bool = True,
+          state: dict | None = None, on_epoch=None, desc: str = "train") -> list[dict]:
+    """Train ``model`` in place with recipe ``r``; return the per-epoch history.
+
+    Each history row has ``epoch``, ``loss``, ``train_acc``, ``test_acc``, ``lr`` and ``seconds``.
+    ``state`` (from a checkpoint written by ``on_epoch``) resumes an interrupted run: it holds the
+    model, optimiser, scheduler and generator states, the history and the best weights so far.
+    ``on_epoch(state)`` is called after every epoch with such a dict. With ``r.keep_best`` the model
+    ends with the weights of its best test epoch.
+    """
+    device = get_device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_train, y_train = subset(data.x_train, data.y_train, r.n_train)
+    x_test, y_test = subset(data.x_test, data.y_test, r.n_test)
+    n_train = len(x_train)
+    x_train, y_train = to_input(x_train, device), y_train.to(device)
+    x_test = to_input(x_test, device)
+    model.to(device).to(memory_format=torch.channels_last)
+    steps = -(-n_train // r.batch_size)
+    opt, sched = make_optimizer(model, r, steps)
+    history, best, start = [], None, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best, start = list(state["history"]), state.get("best"), state["epoch"]
+    for epoch in range(start, r.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        bar = tqdm(batches(x_train, y_train, r.batch_size, gen), total=steps, disable=not progress,
+                   desc=f"{desc} {epoch + 1}/{r.epochs}", leave=False)
+        for xb, yb in bar:
+            xb = augment(xb, gen, r.flip, r.translate)
+            with _autocast(device):
+                out = model(xb)
+                loss = F.cross_entropy(out, yb, label_smoothing=r.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * len(xb)
+            tot_correct += (out.argmax(1) == yb).sum().item()
+            seen += len(xb)
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_correct / seen:.3f}")
+        test_acc = evaluate(model, x_test, y_test, device)
+        row = dict(epoch=epoch + 1, loss=tot_loss / seen, train_acc=tot_correct / seen, test_acc=test_acc,
+                   lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+        history.append(row)
+        if progress:
+            tqdm.write(f"{desc} epoch {epoch + 1}/{r.epochs}: loss {row['loss']:.3f} "
+                       f"train {row['train_acc']:.3f} test {test_acc:.3f} ({row['seconds']:.0f} s)")
+        if r.keep_best and (best is None or test_acc > best["test_acc"]):
+            best = dict(test_acc=test_acc, model={k: v.detach().clone() for k, v in model.state_dict().items()})
+        if on_epoch is not None:
+            on_epoch(dict(epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
+                          scheduler=sched.state_dict(), generator=gen.get_state(),
+                          torch_rng=torch.get_rng_state(), history=history, best=best))
+    if r.keep_best and best is not None:
+        model.load_state_dict(best["model"])
+    model.eval()
+    return history

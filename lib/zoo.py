@@ -1,0 +1,198 @@
+"""The trained-model cache ("zoo") and a memo for expensive experiment results.
+
+``get(arch, recipe, seed)`` returns a trained model, training it only when it is not cached. The key
+is a hash of everything that changes the weights: the architecture config, every recipe field, the
+seed and the dataset's identity (which includes the data file's checksum). A model folder holds
+``weights.pt`` (a state_dict), ``meta.json`` (history, accuracy, wall time, device, versions and the
+weights' sha256) and, while training, ``checkpoint.pt`` (one per epoch, for resuming). Every file is
+written atomically; a weights file whose checksum does not match is reported and retrained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import atomic_path, cache_dir, check_choice, get_device, scale_settings
+from .data import Dataset, load_cifar10, synthetic_dataset
+from .models import build
+from .train import Recipe, recipe as make_recipe, train
+
+__all__ = ["get", "pairs", "info", "model_key", "zoo_dir", "recipe_for_scale", "load_data", "memo",
+           "DATASETS"]
+
+DATASETS = ("cifar10", "synthetic")
+
+
+def zoo_dir(root: str | os.PathLike | None = None) -> Path:
+    """The zoo folder: ``root``, else ``$SYMMETRIES_ZOO``, else the cache's ``zoo`` subfolder."""
+    if root is None and os.environ.get("SYMMETRIES_ZOO"):
+        root = os.environ["SYMMETRIES_ZOO"]
+    path = Path(root) if root is not None else cache_dir("zoo")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def recipe_for_scale(scale: str, name: str | None = None) -> Recipe:
+    """The training recipe a chapter uses at ``scale`` (epochs and data sizes from ``lib.config``)."""
+    s = scale_settings(scale)
+    return make_recipe(name or s.recipe, epochs=s.epochs, n_train=s.n_train, n_test=s.n_test)
+
+
+def load_data(dataset: str = "cifar10") -> Dataset:
+    """The dataset called ``dataset`` (``"cifar10"`` or ``"synthetic"``, the latter for tests)."""
+    check_choice("dataset", dataset, DATASETS)
+    return load_cifar10() if dataset == "cifar10" else synthetic_dataset(n_train=512, n_test=256)
+
+
+def _canonical_arch(arch: dict) -> dict:
+    # Building the model fills in every default, so {"arch": "resnet20"} and
+    # {"arch": "resnet20", "width": 1.0} share one key.
+    return dict(sorted(build(arch).arch.items()))
+
+
+def model_key(arch: dict, r: Recipe, seed: int, data_identity: str) -> str:
+    """Hash of everything that changes the trained weights."""
+    payload = json.dumps(dict(arch=_canonical_arch(arch), recipe=dataclasses.asdict(r), seed=int(seed),
+                              data=data_identity), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"the zoo folder {folder} is not writable ({exc}); pass root= or set "
+                              f"SYMMETRIES_ZOO to a writable folder") from exc
+
+
+def _load_cached(folder: Path, model: torch.nn.Module):
+    meta_path, weights = folder / "meta.json", folder / "weights.pt"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if _sha256(weights) != meta["weights_sha256"]:
+            raise ValueError("checksum mismatch")
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return meta
+    except Exception as exc:  # any damage (truncation, bad JSON, wrong keys) means: train again
+        msg = f"zoo entry {folder} is corrupted ({type(exc).__name__}: {exc}); retraining it"
+        warnings.warn(msg)
+        print(msg)
+        for f in (meta_path, weights):
+            f.unlink(missing_ok=True)
+        return None
+
+
+def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10",
+         root=None, data: Dataset | None = None) -> dict | None:
+    """The metadata of a cached model, or ``None`` if it is not in the zoo."""
+    r = make_recipe(recipe)
+    data = data or load_data(dataset)
+    meta = zoo_dir(root) / model_key(arch, r, seed, data.identity) / "meta.json"
+    return json.loads(meta.read_text()) if meta.exists() else None
+
+
+def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10", *,
+        data: Dataset | None = None, root=None, device=None, progress: bool = True) -> torch.nn.Module:
+    """A model trained with ``recipe`` from ``seed``, from the zoo or trained now (then cached).
+
+    ``arch`` is a dict for :func:`lib.models.build`. The model comes back in eval mode on ``device``
+    with its metadata as ``model.zoo_meta``.
+    """
+    r = make_recipe(recipe)
+    device = get_device(device)
+    data = data or load_data(dataset)
+    key = model_key(arch, r, seed, data.identity)
+    folder = zoo_dir(root) / key
+    model = build(arch, seed=seed)
+    meta = _load_cached(folder, model)
+    if meta is None:
+        _check_writable(folder)
+        meta = _train_and_store(model, arch, r, seed, data, folder, device, progress)
+    model.zoo_meta = meta
+    return model.to(device).eval()
+
+
+def _train_and_store(model, arch, r, seed, data, folder, device, progress) -> dict:
+    ckpt_path = folder / "checkpoint.pt"
+    state = None
+    if ckpt_path.exists():
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            print(f"resuming {folder.name} from epoch {state['epoch']}")
+        except Exception as exc:
+            print(f"checkpoint {ckpt_path} unreadable ({exc}); training from scratch")
+            state = None
+    prior_seconds = state.get("seconds", 0.0) if state else 0.0
+    t0 = time.perf_counter()
+
+    def save_checkpoint(s):
+        s["seconds"] = prior_seconds + time.perf_counter() - t0
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(s, tmp)
+
+    name = f"{arch.get('arch')} seed {seed}"
+    history = train(model, data, r, seed=seed, device=device, progress=progress, state=state,
+                    on_epoch=save_checkpoint, desc=name)
+    seconds = prior_seconds + time.perf_counter() - t0
+    weights = folder / "weights.pt"
+    with atomic_path(weights) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    meta = dict(arch=_canonical_arch(arch), recipe=dataclasses.asdict(r), seed=seed, data=data.identity,
+                history=history, test_acc=max(h["test_acc"] for h in history) if r.keep_best
+                else history[-1]["test_acc"], seconds=seconds, device=str(device),
+                device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                torch=torch.__version__, lib=__version__, weights_sha256=_sha256(weights))
+    with atomic_path(folder / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    ckpt_path.unlink(missing_ok=True)
+    return meta
+
+
+def pairs(arch: dict, recipe: str | Recipe = "fast", n_pairs: int = 1, seed0: int = 0, **kwargs) -> list:
+    """``n_pairs`` pairs of models with distinct seeds: ``(seed0, seed0+1), (seed0+2, seed0+3), ...``."""
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be at least 1, got {n_pairs}")
+    return [(get(arch, recipe, seed0 + 2 * i, **kwargs), get(arch, recipe, seed0 + 2 * i + 1, **kwargs))
+            for i in range(n_pairs)]
+
+
+def memo(kind: str, config: dict, compute, root=None):
+    """``compute()``, cached on disk under a hash of ``(kind, config)``.
+
+    For experiment results that are expensive to recompute (stitching penalties, features): a warm
+    rebuild of the book reads them back. ``config`` must hold everything the result depends on
+    (JSON-serialisable); the value must be picklable. Unreadable entries are recomputed.
+    """
+    key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = (Path(root) if root is not None else cache_dir("memo")) / kind / f"{key}.pkl"
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except Exception as exc:
+            print(f"memo entry {path} unreadable ({exc}); recomputing")
+    value = compute()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump(value, f)
+    return value

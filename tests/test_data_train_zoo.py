@@ -1,0 +1,217 @@
+"""Data loading, batch augmentation, training determinism and the zoo cache (synthetic data only)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lib import data, train, zoo
+from lib.config import scale_settings
+
+TINY = dict(arch="myrtle_cnn", width=0.0625)
+
+
+def tiny_recipe(**kw):
+    return train.recipe("fast", **{**dict(epochs=2, batch_size=64, lr=0.05), **kw})
+
+
+def test_load_cifar10_finds_file_in_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYMMETRIES_DATA", raising=False)
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path / "cache"))
+    x = np.random.default_rng(0).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(20) % 10
+    np.savez(tmp_path / "cifar10.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10],
+             classes=np.array([f"c{i}" for i in range(10)]))
+    d = data.load_cifar10(tmp_path)
+    assert d.x_train.shape == (20, 32, 32, 3) and d.x_train.dtype == torch.uint8
+    assert d.y_test.dtype == torch.int64 and d.classes[3] == "c3"
+    assert d.identity.startswith("cifar10:") and len(d.identity) == len("cifar10:") + 16
+
+
+def test_load_cifar10_env_variable_and_missing_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_DATA", str(tmp_path))
+    np.savez(tmp_path / "cifar10.npz", x_train=np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="lacks the keys"):
+        data.load_cifar10()
+
+
+def test_offline_and_absent_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path / "cache"))
+
+    def offline(*a, **k):
+        raise OSError("no network")
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(FileNotFoundError, match="SYMMETRIES_DATA"):
+        data.load_cifar10()
+    assert not list((tmp_path / "cache" / "data").glob("*.npz"))
+
+
+def test_to_input_normalises_and_uses_channels_last():
+    x = torch.full((2, 32, 32, 3), 125, dtype=torch.uint8)
+    out = data.to_input(x, "cpu")
+    assert out.shape == (2, 3, 32, 32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    expected = (125 - torch.tensor(data.MEAN)) / torch.tensor(data.STD)
+    torch.testing.assert_close(out[0, :, 5, 5], expected)
+
+
+def test_subset_is_fixed_shuffle_and_balanced():
+    x = torch.arange(1000)
+    y = torch.arange(1000) // 100                      # sorted by class, like the npz
+    xs, ys = data.subset(x, y, 200)
+    xs2, _ = data.subset(x, y, 200)
+    assert torch.equal(xs, xs2) and len(torch.unique(ys)) == 10
+    assert data.subset(x, y, None)[0] is x
+    with pytest.raises(ValueError, match="subset size"):
+        data.subset(x, y, 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_augment_flips_and_translates_each_image_exactly(seed):
+    x = torch.randn(64, 3, 8, 8)
+    out = data.augment(x, torch.Generator().manual_seed(seed), flip=True, translate=2)
+    assert out.shape == x.shape
+    # Every output equals its input flipped or not, shifted by at most 2 pixels with zero fill.
+    for i in range(len(x)):
+        ok = False
+        for img in (x[i], x[i].flip(2)):
+            p = torch.nn.functional.pad(img, (2, 2, 2, 2))
+            ok |= any(torch.equal(out[i], p[:, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+        assert ok
+    again = data.augment(x, torch.Generator().manual_seed(seed), flip=True, translate=2)
+    assert torch.equal(out, again)
+
+
+def test_batches_cover_every_item_once():
+    x, y = torch.arange(103), torch.arange(103)
+    seen = torch.cat([xb for xb, _ in data.batches(x, y, 10, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(103))
+
+
+def test_recipes_and_bad_names():
+    assert train.RECIPES["paper"].epochs == 50 and train.RECIPES["paper"].batch_size == 32
+    assert train.recipe("fast", epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="accepted values: 'paper', 'fast'"):
+        train.recipe("slow")
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        train.recipe("fast", epoch=3)
+    with pytest.raises(ValueError, match="scale"):
+        zoo.recipe_for_scale("huge")
+    assert zoo.recipe_for_scale("smoke").n_train == scale_settings("smoke").n_train
+
+
+def test_onecycle_and_step_schedules():
+    model = torch.nn.Linear(2, 2)
+    opt, sched = train.make_optimizer(model, train.recipe("fast", epochs=2, warmup=0.25), steps_per_epoch=4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(0.2) and lrs[0] < lrs[1] and lrs[-1] < lrs[3]
+    opt, sched = train.make_optimizer(model, train.recipe("paper", step_size=1), steps_per_epoch=2)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_training_learns_and_is_deterministic():
+    d = data.synthetic_dataset(n_train=256, n_test=128, seed=0)
+    r = tiny_recipe()
+    from lib.models import build
+    m1, m2 = build(TINY, seed=3), build(TINY, seed=3)
+    h1 = train.train(m1, d, r, seed=3, device="cpu", progress=False)
+    train.train(m2, d, r, seed=3, device="cpu", progress=False)
+    assert [k for k in h1[0]] == ["epoch", "loss", "train_acc", "test_acc", "lr", "seconds"]
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert h1[-1]["loss"] < h1[0]["loss"]
+    assert train.evaluate(m1, d.x_test, d.y_test, "cpu") == h1[-1]["test_acc"]
+
+
+def test_zoo_caches_and_keys(tmp_path):
+    d = data.synthetic_dataset(n_train=128, n_test=64)
+    r = tiny_recipe(epochs=1)
+    m = zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
+    folder = tmp_path / zoo.model_key(TINY, r, 0, d.identity)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["test_acc"] == m.zoo_meta["test_acc"] and meta["seed"] == 0 and len(meta["history"]) == 1
+    assert not (folder / "checkpoint.pt").exists()
+    mtime = (folder / "weights.pt").stat().st_mtime
+    again = zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
+    assert (folder / "weights.pt").stat().st_mtime == mtime
+    for a, b in zip(m.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    # Defaults filled in give the same key; anything that changes weights gives another.
+    assert zoo.model_key(TINY, r, 0, d.identity) == zoo.model_key(dict(TINY, batchnorm=True), r, 0, d.identity)
+    assert zoo.model_key(TINY, r, 1, d.identity) != zoo.model_key(TINY, r, 0, d.identity)
+    assert zoo.model_key(TINY, tiny_recipe(epochs=2), 0, d.identity) != zoo.model_key(TINY, r, 0, d.identity)
+
+
+def test_zoo_detects_corruption_and_retrains(tmp_path):
+    d = data.synthetic_dataset(n_train=128, n_test=64)
+    r = tiny_recipe(epochs=1)
+    zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
+    weights = tmp_path / zoo.model_key(TINY, r, 0, d.identity) / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])          # truncated
+    with pytest.warns(UserWarning, match="corrupted"):
+        m = zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
+    assert weights.stat().st_size > 100 and m.zoo_meta["test_acc"] >= 0
+
+
+def test_zoo_resumes_from_checkpoint(tmp_path):
+    d = data.synthetic_dataset(n_train=128, n_test=64)
+    r = tiny_recipe(epochs=2)
+    full = zoo.get(TINY, r, seed=5, data=d, root=tmp_path / "a", progress=False)
+    # Interrupt a second run after its first epoch, then resume it: same weights bit for bit.
+    folder = tmp_path / "b" / zoo.model_key(TINY, r, 5, d.identity)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(state):
+        from lib.config import atomic_path
+        with atomic_path(folder / "checkpoint.pt") as tmp:
+            torch.save(dict(state, seconds=0.0), tmp)
+        raise Stop
+    from lib.models import build
+    folder.mkdir(parents=True)
+    with pytest.raises(Stop):
+        train.train(build(TINY, seed=5), d, r, seed=5, device="cpu", progress=False, on_epoch=stop_after_first)
+    resumed = zoo.get(TINY, r, seed=5, data=d, root=tmp_path / "b", progress=False)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_unwritable_zoo_fails_before_training(tmp_path):
+    d = data.synthetic_dataset(n_train=64, n_test=32)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    import os
+    if os.access(ro, os.W_OK):                                    # root ignores permissions
+        ro.chmod(0o700)
+        blocker = tmp_path / "ro" / "file"
+        blocker.write_text("x")
+        ro = blocker                                              # a file is never a folder
+    with pytest.raises((PermissionError, FileExistsError, NotADirectoryError)):
+        zoo.get(TINY, tiny_recipe(epochs=1), 0, data=d, root=ro, progress=False)
+
+
+def test_pairs_and_memo(tmp_path):
+    d = data.synthetic_dataset(n_train=64, n_test=32)
+    ps = zoo.pairs(TINY, tiny_recipe(epochs=1), n_pairs=2, seed0=10, data=d, root=tmp_path, progress=False)
+    assert [(a.zoo_meta["seed"], b.zoo_meta["seed"]) for a, b in ps] == [(10, 11), (12, 13)]
+    with pytest.raises(ValueError, match="n_pairs"):
+        zoo.pairs(TINY, n_pairs=0)
+    calls = []
+    f = lambda: calls.append(1) or {"x": 1.5}
+    assert zoo.memo("t", {"a": 1}, f, root=tmp_path) == {"x": 1.5}
+    assert zoo.memo("t", {"a": 1}, f, root=tmp_path) == {"x": 1.5} and len(calls) == 1
+    zoo.memo("t", {"a": 2}, f, root=tmp_path)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="dataset"):
+        zoo.load_data("imagenet")
