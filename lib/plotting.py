@@ -68,3 +68,67 @@ def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = 
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Intertwiner groups and weight-space symmetries (Sections 3.1-3.2)
+# --------------------------------------------------------------------------------------------
+def log_bars(labels, groups: dict, ylabel: str = "", hline: float | None = None,
+             figsize=(7, 3.5)) -> Figure:
+    """Grouped bars on a log axis: ``groups[name]`` holds one positive value per label (NaN: no
+    bar). ``hline`` draws a dashed reference level (e.g. a tolerance)."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(labels))
+    w = 0.8 / max(len(groups), 1)
+    for k, (name, values) in enumerate(groups.items()):
+        v = np.asarray(values, dtype=float)
+        # Exact zeros cannot be drawn on a log axis; show them at the smallest double instead.
+        ax.bar(x - 0.4 + w * (k + 0.5), np.where(v > 0, v, np.finfo(float).tiny), w, label=name)
+    if hline is not None:
+        ax.axhline(hline, color="k", ls="--", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [str(l) for l in labels], rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def ray_images(points: dict, figsize=None) -> Figure:
+    """One panel per ``points[name]``, an ``(m, 2)`` array of unit vectors (images of coordinate
+    rays), drawn on the unit circle with the coordinate rays R>=0 e_1, R>=0 e_2 as arrows."""
+    n = len(points)
+    fig = Figure(figsize=figsize or (3.2 * n, 3.3), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    t = np.linspace(0, 2 * np.pi, 200)
+    for ax, (name, p) in zip(axes, points.items()):
+        p = np.asarray(p, dtype=float)
+        ax.plot(np.cos(t), np.sin(t), color="0.8", lw=0.8)
+        for e in ((1, 0), (0, 1)):
+            ax.annotate("", xy=e, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="k"))
+        ax.scatter(p[:, 0], p[:, 1], s=14, alpha=0.6, color="C3", zorder=3)
+        ax.set_title(name, fontsize="medium")
+        ax.set_aspect("equal")
+        ax.set_xlim(-1.2, 1.2)
+        ax.set_ylim(-1.2, 1.2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def channel_scatter(panels: dict, xlabel: str = "", ylabel: str = "", c=None,
+                    figsize=None) -> Figure:
+    """Side-by-side scatter plots, ``panels[name] = (x, y)``, e.g. two hidden channels of a model
+    before and after a weight-space transform; ``c`` colours the points (same in every panel)."""
+    n = len(panels)
+    fig = Figure(figsize=figsize or (3.6 * n, 3.4), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (name, (x, y)) in zip(axes, panels.items()):
+        ax.scatter(np.asarray(x), np.asarray(y), s=8, c=c, cmap="viridis" if c is not None else None)
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    return fig
+
+
+__all__ += ["log_bars", "ray_images", "channel_scatter"]
