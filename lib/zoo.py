@@ -28,7 +28,7 @@ from .data import Dataset, load_cifar10, synthetic_dataset
 from .models import build
 from .train import Recipe, recipe as make_recipe, train
 
-__all__ = ["get", "pairs", "info", "model_key", "zoo_dir", "recipe_for_scale", "load_data", "memo",
+__all__ = ["get", "pairs", "info", "model_key", "zoo_dir", "recipe_for_scale", "load_data", "memo", "book_models",
            "DATASETS"]
 
 DATASETS = ("cifar10", "synthetic")
@@ -43,10 +43,12 @@ def zoo_dir(root: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def recipe_for_scale(scale: str, name: str | None = None) -> Recipe:
-    """The training recipe a chapter uses at ``scale`` (epochs and data sizes from ``lib.config``)."""
+def recipe_for_scale(scale: str, name: str | None = None, **overrides) -> Recipe:
+    """The training recipe a chapter uses at ``scale`` (epochs and data sizes from ``lib.config``),
+    with any other recipe field overridden (e.g. ``lr=0.05`` for a network without BatchNorm)."""
     s = scale_settings(scale)
-    return make_recipe(name or s.recipe, epochs=s.epochs, n_train=s.n_train, n_test=s.n_test)
+    fields = dict(epochs=s.epochs, n_train=s.n_train, n_test=s.n_test)
+    return make_recipe(name or s.recipe, **{**fields, **overrides})
 
 
 def load_data(dataset: str = "cifar10") -> Dataset:
@@ -196,3 +198,29 @@ def memo(kind: str, config: dict, compute, root=None):
         with open(tmp, "wb") as f:
             pickle.dump(value, f)
     return value
+
+
+def book_models(scale: str) -> dict:
+    """Every model family the book uses at ``scale``: ``{name: dict(arch, recipe, seeds, paper_acc)}``.
+
+    The zoo chapter trains all of them; later chapters ask for the same entries, so each model is
+    trained once. ``paper_acc`` is the clean accuracy the paper reports (None where it reports none).
+    """
+    s = scale_settings(scale)
+    r = recipe_for_scale(scale)
+    # Without BatchNorm the fast recipe's large learning rate diverges; the paper recipe is Adam.
+    r_nobn = r if s.recipe == "paper" else recipe_for_scale(scale, lr=0.02)
+    pair_seeds = list(range(2 * s.n_pairs))
+    models = {
+        "myrtle": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width), recipe=r, seeds=pair_seeds,
+                       paper_acc=(91.3, 0.2)),
+        "myrtle_nobn": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width, batchnorm=False),
+                            recipe=r_nobn, seeds=[0, 1], paper_acc=(87.4, None)),
+        "resnet20": dict(arch=dict(arch="resnet20", width=s.resnet_width), recipe=r, seeds=pair_seeds,
+                         paper_acc=(89.9, None)),
+    }
+    for slope in s.slopes:
+        arch = (dict(arch="resnet20", width=s.slope_width) if slope == 0 else
+                dict(arch="resnet20", width=s.slope_width, activation="leaky_relu", negative_slope=slope))
+        models[f"resnet20_slope{slope:g}"] = dict(arch=arch, recipe=r, seeds=[0, 1], paper_acc=(None, None))
+    return models
