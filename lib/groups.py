@@ -340,6 +340,11 @@ class GroupIdentification:
     def description(self) -> str:
         return GROUP_DESCRIPTIONS[self.kind]
 
+    @property
+    def larger_residuals(self) -> dict:
+        """Residuals of the candidates strictly larger than the accepted group (all rejected)."""
+        return {k: v for k, v in self.residuals.items() if self.kind in _SUBKINDS[k] and k != self.kind}
+
 
 _CANDIDATES = ("gl", "monomial", "positive_monomial", "signed_permutation", "permutation")
 

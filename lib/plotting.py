@@ -74,20 +74,22 @@ def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = 
 # Intertwiner groups and weight-space symmetries (Sections 3.1-3.2)
 # --------------------------------------------------------------------------------------------
 def log_bars(labels, groups: dict, ylabel: str = "", hline: float | None = None,
-             figsize=(7, 3.5)) -> Figure:
-    """Grouped bars on a log axis: ``groups[name]`` holds one positive value per label (NaN: no
-    bar). ``hline`` draws a dashed reference level (e.g. a tolerance)."""
+             floor: float = 1e-17, figsize=(7, 3.5)) -> Figure:
+    """Grouped bars on a log axis: ``groups[name]`` holds one value per label (NaN: no bar).
+    Values below ``floor`` (exact zeros included) are drawn at ``floor``, the bottom of the axis.
+    ``hline`` draws a dashed reference level (e.g. a tolerance)."""
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(labels))
     w = 0.8 / max(len(groups), 1)
     for k, (name, values) in enumerate(groups.items()):
         v = np.asarray(values, dtype=float)
-        # Exact zeros cannot be drawn on a log axis; show them at the smallest double instead.
-        ax.bar(x - 0.4 + w * (k + 0.5), np.where(v > 0, v, np.finfo(float).tiny), w, label=name)
+        ax.bar(x - 0.4 + w * (k + 0.5), np.where(np.isnan(v), np.nan, np.maximum(v, floor)), w,
+               bottom=floor / 10, label=name)
     if hline is not None:
         ax.axhline(hline, color="k", ls="--", lw=0.8)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=floor / 10)
     ax.set_xticks(x, [str(l) for l in labels], rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")

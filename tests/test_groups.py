@@ -130,9 +130,9 @@ def test_identify_group_recovers_every_activation(name, params, kind, phi):
     assert (res.kind, res.phi_name) == (kind, phi)
     assert res.residuals[kind] < 1e-12 and res.phi_residual < 1e-10
     # Every strictly larger candidate was rejected by a wide margin.
-    for other, r in res.residuals.items():
-        if kind in G._SUBKINDS[other] and other != kind:
-            assert r > 1e-3
+    assert all(r > 1e-3 for r in res.larger_residuals.values())
+    assert set(res.larger_residuals) == {k for k in res.residuals
+                                         if G.matrix_group(kind, 4).subgroup_of(k) and k != kind}
     A = G.matrix_group(kind, 4).sample(torch.Generator().manual_seed(1), device="cpu")
     torch.testing.assert_close(res.phi(A), G.intertwiner_group(name, 4, **params).phi(A))
 
