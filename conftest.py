@@ -1,37 +1,47 @@
 """Collect every book chapter as an nbval notebook executed at ``smoke`` scale.
 
-Each ``book/*.md`` (a Jupytext MyST notebook) is converted to a notebook, its parameters are
-injected exactly as papermill injects them (a cell after the ``parameters`` cell), and the result is
-written to ``.pytest-notebooks/`` where nbval runs it cell by cell. So ``pytest`` alone checks that
+Each ``book/*.md`` (a Jupytext MyST notebook) is converted to a notebook in memory, and its
+parameters are injected exactly as papermill injects them (a cell after the ``parameters`` cell);
+nbval then runs it cell by cell in ``book/``, as the book build does. So ``pytest`` alone checks that
 the whole book runs and that every claim a chapter asserts still holds.
 """
 from pathlib import Path
 
 import jupytext
-import nbformat
 import pytest
-from nbval.plugin import IPyNbFile
+from nbval import plugin
 from papermill.parameterize import parameterize_notebook
 
-ROOT = Path(__file__).parent
-BOOK = ROOT / "book"
-GENERATED = ROOT / ".pytest-notebooks"
+BOOK = Path(__file__).parent / "book"
 SMOKE = {"scale": "smoke"}
 
 
-def smoke_notebook(chapter: Path) -> Path:
-    """Write the smoke-scale notebook of ``chapter`` and return its path."""
+def smoke_notebook(chapter: Path):
+    """The notebook of ``chapter`` with ``scale = "smoke"`` injected after its parameters cell."""
     nb = jupytext.read(chapter)
-    if not any("parameters" in c.metadata.get("tags", []) for c in nb.cells):
+    # papermill's own loader adds these defaults; jupytext's reader does not.
+    nb.metadata.setdefault("papermill", {})
+    for cell in nb.cells:
+        cell.metadata.setdefault("tags", [])
+    if not any("parameters" in c.metadata.tags for c in nb.cells):
         raise pytest.UsageError(f"{chapter} has no cell tagged 'parameters'")
-    nb = parameterize_notebook(nb, SMOKE, kernel_name="python3", language="python")
-    GENERATED.mkdir(exist_ok=True)
-    out = GENERATED / f"{chapter.stem}.ipynb"
-    nbformat.write(nb, out)
-    return out
+    return parameterize_notebook(nb, SMOKE, kernel_name="python3", language="python")
+
+
+class ChapterNotebook(plugin.IPyNbFile):
+    """nbval's notebook collector, fed the parameterised notebook instead of reading a file."""
+
+    def collect(self):
+        nb = smoke_notebook(self.path)
+        read = plugin.nbformat.read
+        plugin.nbformat.read = lambda *args, **kwargs: nb
+        try:
+            yield from super().collect()
+        finally:
+            plugin.nbformat.read = read
 
 
 def pytest_collect_file(file_path, parent):
     if file_path.suffix == ".md" and file_path.parent == BOOK:
-        return IPyNbFile.from_parent(parent, path=smoke_notebook(file_path))
+        return ChapterNotebook.from_parent(parent, path=file_path)
     return None
