@@ -1,0 +1,167 @@
+"""Run a chapter once per parameter combination with papermill, locally or on a Dask cluster.
+
+    python -m lib.sweep book/stitching.md -p seed 0 1 2 3 -p scale cpu --workers 2
+    python -m lib.sweep book/stitching.md -p seed 0 1 2 3 --scheduler tcp://host:8786
+
+Each run executes ``runs/<chapter>/<name>.ipynb`` (``name`` spells the parameters, e.g.
+``scale-cpu_seed-0``) in a fresh papermill subprocess whose ``SYMMETRIES_RESULTS`` points at
+``runs/<chapter>/<name>.results/``, so the numbers the chapter records land beside its notebook.
+A run whose ``<name>.done.json`` exists is skipped on re-run. Failures are listed with the path of
+their notebook and the error, and do not stop the other runs. All recorded rows, one per run and key,
+are collected into ``runs/<chapter>/results.json``; :func:`summarize` turns them into mean ± std.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import concurrent.futures
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import numpy as np
+
+from .config import atomic_path
+
+__all__ = ["expand", "run_name", "run_one", "sweep", "summarize", "main"]
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def expand(grid: dict) -> list[dict]:
+    """All combinations of ``grid`` (``{name: [values]}``), in a stable order."""
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def run_name(params: dict) -> str:
+    """A file-name-safe spelling of ``params`` such as ``scale-cpu_seed-0``."""
+    safe = lambda v: "".join(c if c.isalnum() or c in ".-" else "-" for c in str(v))
+    return "_".join(f"{k}-{safe(params[k])}" for k in sorted(params)) or "default"
+
+
+def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = None) -> dict:
+    """Execute one run (in a papermill subprocess) and return its status and recorded rows.
+
+    Safe to call from threads and from Dask workers: everything run-specific goes through the
+    subprocess's environment and files, never through this process's global state.
+    """
+    out_dir = Path(out_dir)
+    name = run_name(params)
+    notebook = out_dir / f"{name}.ipynb"
+    done = out_dir / f"{name}.done.json"
+    if done.exists():
+        return dict(json.loads(done.read_text()), skipped=True)
+    results = out_dir / f"{name}.results"
+    source = out_dir / f"{name}.input.ipynb"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nb = jupytext.read(chapter)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    jupytext.write(nb, source, fmt="ipynb")
+    env = dict(os.environ, SYMMETRIES_RESULTS=str(results.resolve()))
+    cmd = [sys.executable, "-m", "papermill", str(source), str(notebook), "-y", json.dumps(params),
+           "--cwd", str(Path(chapter).resolve().parent), "--no-progress-bar"]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        ok, err = proc.returncode == 0, proc.stderr.strip().splitlines()[-12:]
+    except subprocess.TimeoutExpired:
+        ok, err = False, [f"timed out after {timeout} s"]
+    source.unlink(missing_ok=True)
+    status = dict(params=params, notebook=str(notebook), ok=ok)
+    if not ok:
+        return dict(status, error="\n".join(err))
+    rows = []
+    for f in sorted(results.glob("*/*.json")):
+        rows.extend(json.loads(f.read_text())["rows"])
+    status["rows"] = rows
+    with atomic_path(done) as tmp:
+        tmp.write_text(json.dumps(status, indent=1))
+    return dict(status, skipped=False)
+
+
+def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, scheduler: str | None = None,
+          timeout: float | None = None) -> list[dict]:
+    """Run ``chapter`` for every combination of ``grid``; return one status dict per run.
+
+    ``workers`` runs execute at a time in a local pool; with ``scheduler`` (a Dask distributed
+    address, e.g. of a SLURM or Kubernetes deployment) the runs go to that cluster instead.
+    The collected rows are also written to ``<out>/<chapter>/results.json``.
+    """
+    if not Path(chapter).is_file():
+        raise ValueError(f"chapter {chapter!r} does not exist; pass a path such as book/model_zoo.md")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    out_dir = Path(out) / Path(chapter).stem
+    combos = expand(grid)
+    if scheduler:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            futures = client.map(run_one, [chapter] * len(combos), combos, [str(out_dir)] * len(combos),
+                                 [timeout] * len(combos), pure=False)
+            statuses = client.gather(futures)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            statuses = list(pool.map(lambda p: run_one(chapter, p, str(out_dir), timeout), combos))
+    table = [dict(r, **{f"param_{k}": v for k, v in s["params"].items()})
+             for s in statuses if s["ok"] for r in s["rows"]]
+    with atomic_path(out_dir / "results.json") as tmp:
+        tmp.write_text(json.dumps(table, indent=1))
+    return statuses
+
+
+def summarize(table: list[dict], over: str = "seed") -> dict:
+    """Mean and std of ``ours`` for each key over the runs that differ only in parameter ``over``.
+
+    Returns ``{(key, other parameters...): dict(mean, std, n, paper)}``.
+    """
+    groups: dict = {}
+    for row in table:
+        others = tuple(sorted((k, v) for k, v in row.items() if k.startswith("param_") and k != f"param_{over}"))
+        groups.setdefault((row["key"],) + others, []).append(row)
+    out = {}
+    for gkey, rows in groups.items():
+        values = np.array([r["ours"] for r in rows if r["ours"] is not None], dtype=float)
+        out[gkey] = dict(mean=float(values.mean()) if len(values) else None,
+                         std=float(values.std()) if len(values) else None, n=len(values), paper=rows[0].get("paper"))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("chapter", help="a chapter file, e.g. book/stitching.md")
+    parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a parameter and its values, e.g. -p seed 0 1 2 3 (repeatable)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time in the local pool")
+    parser.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
+    parser.add_argument("--out", default="runs", help="output folder (default: runs)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    args = parser.parse_args(argv)
+    grid = {}
+    for item in args.param:
+        if len(item) < 2:
+            parser.error(f"-p {item[0]} needs at least one value")
+        grid[item[0]] = [_literal(v) for v in item[1:]]
+    statuses = sweep(args.chapter, grid, args.out, args.workers, args.scheduler, args.timeout)
+    failed = [s for s in statuses if not s["ok"]]
+    for s in statuses:
+        state = "skipped (done)" if s.get("skipped") else ("ok" if s["ok"] else "FAILED")
+        print(f"{state:15s} {s['params']} -> {s['notebook']}")
+    for s in failed:
+        print(f"\n{s['notebook']} failed:\n{s['error']}")
+    print(f"\n{len(statuses) - len(failed)} runs ok, {len(failed)} failed; table: "
+          f"{Path(args.out) / Path(args.chapter).stem / 'results.json'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
