@@ -1,0 +1,411 @@
+"""Model stitching with full, reduced-rank and G_ReLU stitching layers (Section 4, Theorem 4.2).
+
+A stitched model runs model A up to and including a hidden layer, a stitching layer (a 1x1 map on
+channels, no bias), then model B after that layer. A is frozen and its "front" is computed once per
+image set (:func:`front_features`); only the stitching layer trains. Inside a ResNet block the
+state at the layer is the pair (inner activation, block input): the stitching layer maps the inner
+activation into B's ``conv2``, and A's block input feeds B's shortcut untransformed (Remark 3.6: no
+single-site element carries the residual stream there, so Theorem 4.2 is not expected to hold).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from torch.nn import functional as F
+
+from .config import check_choice, get_device
+from .data import subset, to_input
+from .models import ResNet, hidden_layers
+
+__all__ = ["LAYER_KINDS", "StitchSettings", "StitchLayer", "Stitched", "stitch", "front_features",
+           "train_stitch", "stitch_experiment", "sinkhorn", "hungarian", "activation_matching",
+           "matching_matrix", "channels_at"]
+
+LAYER_KINDS = ("full", "rank", "grelu")
+
+
+@dataclasses.dataclass(frozen=True)
+class StitchSettings:
+    """How a stitching layer is trained (defaults: the authors', from the implementation notes)."""
+
+    optimizer: str = "sgd"          # "sgd" (plain, the authors') or "adam"
+    lr: float = 1e-3                # learning rate per step (no schedule)
+    momentum: float = 0.0           # SGD momentum (authors: none)
+    weight_decay: float = 1e-4      # L2 coefficient per step; for grelu on D only
+    epochs: int = 20                # passes over the stitching images (paper: 20)
+    batch_size: int = 32            # images per step (the authors' training batch size)
+    alpha: float = 0.1              # weight of the vertex penalty -alpha * ||P||_F (grelu)
+    sinkhorn_rounds: int = 16       # row/column normalisations after every step (grelu)
+    p_only_fraction: float = 0.5    # fraction of the epochs that train P alone (grelu)
+    bn_adapt: bool = True           # B's BatchNorms after the stitch in train mode (running stats adapt)
+
+
+# -- Birkhoff polytope and matching ------------------------------------------------------------
+def sinkhorn(P: torch.Tensor, rounds: int = 16) -> torch.Tensor:
+    """``rounds`` alternating row and column normalisations of a non-negative ``(C, C)`` matrix."""
+    for _ in range(rounds):
+        P = P / P.sum(1, keepdim=True).clamp_min(1e-12)
+        P = P / P.sum(0, keepdim=True).clamp_min(1e-12)
+    return P
+
+
+def hungarian(P: torch.Tensor) -> torch.Tensor:
+    """The permutation matrix maximising ``sum_i P[i, perm_i]`` (linear sum assignment), shape ``(C, C)``."""
+    rows, cols = linear_sum_assignment(P.detach().double().cpu().numpy(), maximize=True)
+    out = torch.zeros_like(P)
+    out[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0
+    return out
+
+
+def _channels_last_2d(f: torch.Tensor) -> torch.Tensor:
+    # (n, C) or (n, C, h, w) -> (n * h * w, C): every position is a sample of every channel.
+    if f.ndim not in (2, 4):
+        raise ValueError(f"features must have shape (n, C) or (n, C, h, w), got {tuple(f.shape)}")
+    return f.double() if f.ndim == 2 else f.double().movedim(1, -1).reshape(-1, f.shape[1])
+
+
+def activation_matching(features_a: torch.Tensor, features_b: torch.Tensor):
+    """Match B's channels to A's: ``(perm, scales)``, each of shape ``(C,)``.
+
+    Channels are compared by their uncentred cosine similarity over all samples and positions (the
+    cross-correlation of G_ReLU-Procrustes, Section 5); the Hungarian algorithm maximises the matched
+    sum; ``perm[i]`` is the channel of B matched to channel i of A and ``scales[i] >= 0`` the
+    least-squares factor with ``features_b[:, perm[i]] ≈ scales[i] * features_a[:, i]``.
+    """
+    xa, xb = _channels_last_2d(features_a), _channels_last_2d(features_b)
+    if xa.shape != xb.shape:
+        raise ValueError(f"features_a and features_b must have equal shapes, got "
+                         f"{tuple(features_a.shape)} and {tuple(features_b.shape)}")
+    na, nb = xa.norm(dim=0).clamp_min(1e-12), xb.norm(dim=0).clamp_min(1e-12)
+    corr = (xa / na).T @ (xb / nb)                                  # (C_a, C_b)
+    rows, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
+    perm = torch.as_tensor(cols[np.argsort(rows)], device=xa.device)
+    scales = ((xa * xb[:, perm]).sum(0) / (na * na)).clamp_min(0.0)
+    return perm, scales.float()
+
+
+def matching_matrix(perm: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The ``(C, C)`` stitching matrix ``M = P D`` of a matching: ``M[perm[i], i] = scales[i]``."""
+    C = len(perm)
+    M = torch.zeros(C, C, dtype=scales.dtype, device=scales.device)
+    M[perm, torch.arange(C, device=perm.device)] = scales
+    return M
+
+
+# -- Stitching layers --------------------------------------------------------------------------
+class StitchLayer(nn.Module):
+    """A channel-only linear map ``h -> M h`` (a 1x1 convolution without bias) on ``(N, C, ...)``.
+
+    ``full``: any ``(C, C)`` matrix; ``rank``: ``V U`` with ``U (r, C)``, ``V (C, r)``; ``grelu``:
+    ``P diag(d)`` with ``P`` in the Birkhoff polytope while training and rounded to a permutation
+    (Hungarian) when ``hard`` is set, ``d >= 0``.
+    """
+
+    def __init__(self, kind: str, channels: int, rank: int | None = None, init: str = "default",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        check_choice("layer_kind", kind, LAYER_KINDS)
+        check_choice("init", init, ("default", "identity"))
+        self.kind, self.channels, self.rank, self.hard = kind, channels, rank, False
+        g, C = generator or torch.Generator().manual_seed(0), channels
+
+        # nn.Conv2d's default init (Kaiming-uniform, bound 1/sqrt(fan_in)) for full and rank.
+        def uniform(*shape, fan_in):
+            return (torch.rand(*shape, generator=g) * 2 - 1) / fan_in ** 0.5
+        if kind == "full":
+            self.weight = nn.Parameter(torch.eye(C) if init == "identity" else uniform(C, C, fan_in=C))
+        elif kind == "rank":
+            if rank is None or not 1 <= int(rank) <= C:
+                raise ValueError(f"rank must be an integer in 1..{C} (the layer's channels), got {rank!r}")
+            self.u = nn.Parameter(uniform(rank, C, fan_in=C))
+            self.v = nn.Parameter(uniform(C, rank, fan_in=rank))
+        else:
+            p = torch.eye(C) if init == "identity" else sinkhorn(torch.rand(C, C, generator=g))
+            self.p = nn.Parameter(p)
+            self.d = nn.Parameter(torch.ones(C))
+
+    def matrix(self) -> torch.Tensor:
+        """The current ``(C, C)`` map (with the rounded permutation when ``self.hard``)."""
+        if self.kind == "full":
+            return self.weight
+        if self.kind == "rank":
+            return self.v @ self.u
+        p = hungarian(self.p) if self.hard else self.p
+        return p * self.d[None, :]
+
+    @torch.no_grad()
+    def set_matrix(self, M: torch.Tensor) -> None:
+        """Start from ``M``: any matrix for ``full``, a monomial ``P D`` (e.g. a matching) for ``grelu``."""
+        if self.kind == "rank":
+            raise ValueError("set_matrix needs layer_kind 'full' or 'grelu'; a rank layer has no exact start")
+        if self.kind == "full":
+            self.weight.copy_(M)
+        else:
+            self.p.copy_(hungarian(M.abs()))    # a permutation even where a scale is 0 (dead channel)
+            self.d.copy_(M.abs().sum(0))
+
+    @torch.no_grad()
+    def project(self, rounds: int = 16) -> None:
+        """Back onto the constraint set after an optimiser step (grelu: Birkhoff polytope, d >= 0)."""
+        if self.kind == "grelu":
+            self.p.copy_(sinkhorn(self.p.clamp(min=0), rounds))
+            self.d.clamp_(min=0)
+
+    def forward(self, h):
+        M = self.matrix().to(h.dtype)
+        return F.conv2d(h, M[:, :, None, None]) if h.ndim == 4 else h @ M.T
+
+
+# -- Fronts and tails --------------------------------------------------------------------------
+def _block_of(layer: str) -> str | None:
+    parts = layer.split(".")
+    return ".".join(parts[:2]) if len(parts) == 3 and parts[2] == "act1" else None
+
+
+def channels_at(model, layer: str) -> int:
+    """Channels of hidden layer ``layer`` (from the model's symmetry spec); checks the layer's name."""
+    known = hidden_layers(model)
+    if layer not in known:
+        raise ValueError(f"unknown layer {layer!r}; this model's hidden layers: {', '.join(known)}")
+    if not isinstance(model, (nn.Sequential, ResNet)):
+        raise ValueError(f"stitching supports Sequential models (myrtle_cnn, mlp) and resnet20, "
+                         f"not {type(model).__name__}")
+    spec = model.symmetry_spec
+    return spec.sites[spec.layers[layer]].channels
+
+
+def _capture(model_a, layer: str, x: torch.Tensor) -> tuple:
+    # A's output at ``layer`` (and, inside a ResNet block, the block's input) for float inputs.
+    modules = dict(model_a.named_modules())
+    block = _block_of(layer) if isinstance(model_a, ResNet) else None
+    cur = {}
+    hooks = [modules[layer].register_forward_hook(lambda m, i, o: cur.__setitem__("h", o))]
+    if block:
+        hooks.append(modules[block].register_forward_pre_hook(lambda m, i: cur.__setitem__("x", i[0])))
+    try:
+        with torch.no_grad():
+            model_a(x)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return (cur["h"], cur["x"]) if block else (cur["h"],)
+
+
+@torch.no_grad()
+def front_features(model_a, layer: str, x: torch.Tensor, batch_size: int = 500, dtype=torch.float32,
+                   device=None) -> tuple:
+    """A's state at ``layer`` for uint8 images ``x`` ``(n, H, W, 3)``, computed once, in eval mode.
+
+    Returns a tuple: ``(h,)`` with ``h`` of shape ``(n, C, h, w)``, or ``(h, block_input)`` for a layer
+    inside a ResNet block. Stored as ``dtype`` (float16 halves the memory of early conv layers).
+    """
+    channels_at(model_a, layer)
+    device = get_device(device)
+    was = model_a.training
+    model_a.eval()
+    try:
+        out = [tuple(t.to(dtype) for t in _capture(model_a, layer, to_input(x[s:s + batch_size], device)))
+               for s in range(0, len(x), batch_size)]
+    finally:
+        model_a.train(was)
+    return tuple(torch.cat(parts) for parts in zip(*out))
+
+
+def _resnet_tail(model: ResNet, layer: str, h, block_input):
+    start = (1, 0)
+    if layer != "act1":
+        name, b, which = layer.split(".")
+        s, b = int(name[5:]), int(b)
+        blk = getattr(model, name)[b]
+        if which == "act1":
+            h = blk.act2(blk.bn2(blk.conv2(h)) + blk.shortcut(block_input))
+        start = (s, b + 1)
+    for s in range(start[0], 4):
+        stage = getattr(model, f"layer{s}")
+        for b in range(start[1] if s == start[0] else 0, len(stage)):
+            h = stage[b](h)
+    return model.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))     # (N, C, h, w) -> (N, C)
+
+
+class Stitched(nn.Module):
+    """``B_{>layer} ∘ stitch ∘ A_{<=layer}``. ``forward(x)`` takes float model inputs;
+    ``tail(state)`` takes A's state as returned by :meth:`front` or :func:`front_features`."""
+
+    def __init__(self, model_a, model_b, layer: str, stitch_layer: StitchLayer):
+        super().__init__()
+        self.model_a, self.model_b, self.layer, self.stitch = model_a, model_b, layer, stitch_layer
+        if isinstance(model_b, nn.Sequential):
+            names = [n for n, _ in model_b.named_children()]
+            self.back = model_b[names.index(layer) + 1:]
+        # B is the stitched model's own copy; A is shared with the caller and only run under no_grad.
+        for p in model_b.parameters():
+            p.requires_grad_(False)
+
+    def front(self, x):
+        """A's state at the layer for float inputs ``x`` ``(N, 3, H, W)`` (no gradient)."""
+        return _capture(self.model_a, self.layer, x)
+
+    def tail(self, state):
+        h = self.stitch(state[0].float())
+        if isinstance(self.model_b, nn.Sequential):
+            return self.back(h)
+        return _resnet_tail(self.model_b, self.layer, h, state[1].float() if len(state) > 1 else None)
+
+    def forward(self, x):
+        return self.tail(self.front(x))
+
+    def train(self, mode: bool = True):
+        # A stays in eval mode; B's layers follow ``mode`` (BatchNorm statistics adapt when True).
+        super().train(mode)
+        self.model_a.eval()
+        return self
+
+
+def stitch(model_a, model_b, layer: str, layer_kind: str, rank: int | None = None, init: str = "default",
+           generator: torch.Generator | None = None) -> Stitched:
+    """The stitched model ``B_{>layer} ∘ M ∘ A_{<=layer}`` with a new stitching layer of ``layer_kind``.
+
+    ``model_b`` is deep-copied (its BatchNorm statistics may adapt); ``model_a`` is shared and frozen.
+    ``init="identity"`` starts full and grelu layers at the identity (stitching a model with itself
+    then reproduces it exactly).
+    """
+    check_choice("layer_kind", layer_kind, LAYER_KINDS)
+    if getattr(model_a, "arch", None) != getattr(model_b, "arch", None):
+        raise ValueError(f"model_a and model_b must have the same architecture, got "
+                         f"{getattr(model_a, 'arch', type(model_a).__name__)} and "
+                         f"{getattr(model_b, 'arch', type(model_b).__name__)}")
+    dev_a, dev_b = next(model_a.parameters()).device, next(model_b.parameters()).device
+    if dev_a != dev_b:
+        raise ValueError(f"model_a and model_b must be on the same device, got {dev_a} and {dev_b}")
+    if layer_kind != "rank" and rank is not None:
+        raise ValueError(f"rank is only for layer_kind='rank', got rank={rank!r} with {layer_kind!r}")
+    layer_ = StitchLayer(layer_kind, channels_at(model_a, layer), rank, init, generator).to(dev_a)
+    return Stitched(model_a, copy.deepcopy(model_b), layer, layer_)
+
+
+# -- Training and the experiment ---------------------------------------------------------------
+@torch.no_grad()
+def _accuracy(model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 1000) -> float:
+    dev = next(model.stitch.parameters()).device
+    was = model.training
+    model.eval()
+    model.stitch.hard = model.stitch.kind == "grelu"
+    correct = 0
+    try:
+        for s in range(0, len(y), batch_size):
+            out = model.tail(tuple(t[s:s + batch_size].to(dev) for t in state))
+            correct += (out.argmax(1).cpu() == y[s:s + batch_size].cpu()).sum().item()
+    finally:
+        model.stitch.hard = False
+        model.train(was)
+    return correct / max(1, len(y))
+
+
+def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, test_state: tuple,
+                 y_test: torch.Tensor, settings: StitchSettings = StitchSettings(), seed: int = 0) -> dict:
+    """Train ``model.stitch`` alone on A's precomputed state; evaluate on the test state every epoch.
+
+    Returns ``best_acc`` (best test accuracy over the epochs, the authors' choice), ``history``
+    (per-epoch ``loss`` and ``test_acc``) and ``seconds``. grelu: the first ``p_only_fraction`` of
+    the epochs leave D fixed; after every step P is clipped and Sinkhorn-projected and D clipped;
+    evaluation rounds P with the Hungarian algorithm. ``epochs=0`` evaluates the start only (after
+    one pass that lets B's BatchNorm statistics adapt when ``bn_adapt``).
+    """
+    check_choice("optimizer", settings.optimizer, ("sgd", "adam"))
+    layer = model.stitch
+    dev = next(layer.parameters()).device
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    if layer.kind == "grelu":
+        groups = [dict(params=[layer.p], weight_decay=0.0),
+                  dict(params=[layer.d], weight_decay=settings.weight_decay)]
+    else:
+        groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
+    opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+           if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
+    p_only = round(settings.epochs * settings.p_only_fraction) if layer.kind == "grelu" else 0
+    history = []
+    if settings.epochs == 0 and settings.bn_adapt:
+        model.train(True)
+        with torch.no_grad():
+            for idx in torch.randperm(len(y_train), generator=gen).split(settings.batch_size):
+                model.tail(tuple(t[idx].to(dev) for t in train_state))
+    for epoch in range(settings.epochs):
+        model.train(settings.bn_adapt)
+        tot, seen = 0.0, 0
+        for idx in torch.randperm(len(y_train), generator=gen).split(settings.batch_size):
+            out = model.tail(tuple(t[idx].to(dev) for t in train_state))
+            loss = F.cross_entropy(out, y_train[idx].to(dev))
+            tot, seen = tot + loss.item() * len(idx), seen + len(idx)
+            if layer.kind == "grelu":
+                # The vertex penalty: the Frobenius norm is largest (sqrt C) exactly at permutations.
+                loss = loss - settings.alpha * layer.p.norm()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if epoch < p_only:
+                layer.d.grad = None
+            opt.step()
+            layer.project(settings.sinkhorn_rounds)
+        history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=_accuracy(model, test_state, y_test)))
+    if not history:
+        history.append(dict(epoch=0, loss=float("nan"), test_acc=_accuracy(model, test_state, y_test)))
+    model.eval()
+    return dict(best_acc=max(h["test_acc"] for h in history), history=history,
+                seconds=time.perf_counter() - t0)
+
+
+VARIANTS = {"full": ("full", None), "rank1": ("rank", 1), "rank2": ("rank", 2), "rank4": ("rank", 4),
+            "grelu": ("grelu", None), "grelu_matched": ("grelu", None), "matching": ("grelu", None)}
+
+
+def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = None,
+                      n_test: int | None = None, settings: StitchSettings = StitchSettings(), seed: int = 0,
+                      feature_dtype=torch.float16, device=None) -> dict:
+    """Stitch A into B at ``layer`` with each of ``variants``, sharing A's precomputed front.
+
+    ``variants``: names among ``full``, ``rank1``/``rank2``/``rank4``, ``grelu`` (Birkhoff
+    optimiser from Sinkhorn noise), ``grelu_matched`` (the same, started at
+    :func:`activation_matching`) and ``matching`` (activation matching alone, not trained). Images:
+    ``lib.data.subset`` of ``n_train`` training and ``n_test`` test images of ``data``. Returns
+    ``clean`` (A's and B's test accuracies), ``variants[name]`` with ``best_acc``, ``penalty``
+    (eq. 4.3, fractions), ``history``, ``seconds``, and for matched variants ``perm``/``scales``.
+    """
+    from .train import evaluate
+
+    variants = [variants] if isinstance(variants, str) else list(variants)
+    for v in variants:
+        check_choice("variant", v, VARIANTS)
+    device = get_device(device)
+    x_tr, y_tr = subset(data.x_train, data.y_train, n_train)
+    x_te, y_te = subset(data.x_test, data.y_test, n_test)
+    clean = [evaluate(m, x_te, y_te, device) for m in (model_a, model_b)]
+    fronts = {split: front_features(model_a, layer, x, dtype=feature_dtype, device=device)
+              for split, x in (("train", x_tr), ("test", x_te))}
+    out = dict(clean=clean, layer=layer, n_train=len(y_tr), n_test=len(y_te), variants={})
+    match = None
+    for i, name in enumerate(variants):
+        kind, rank = VARIANTS[name]
+        t0 = time.perf_counter()
+        model = stitch(model_a, model_b, layer, kind, rank, generator=torch.Generator().manual_seed(seed + i))
+        row = {}
+        if name in ("grelu_matched", "matching"):
+            if match is None:
+                tm = time.perf_counter()
+                hb = front_features(model_b, layer, x_tr, dtype=feature_dtype, device=device)[0]
+                match = activation_matching(fronts["train"][0], hb) + (time.perf_counter() - tm,)
+                del hb
+            perm, scales, match_seconds = match
+            model.stitch.set_matrix(matching_matrix(perm, scales).to(device))
+            row.update(perm=perm.cpu(), scales=scales.cpu(), matching_seconds=match_seconds)
+        s = dataclasses.replace(settings, epochs=0) if name == "matching" else settings
+        row.update(train_stitch(model, fronts["train"], y_tr, fronts["test"], y_te, s, seed))
+        row["seconds"] = time.perf_counter() - t0 + row.get("matching_seconds", 0.0)
+        row["penalty"] = sum(clean) / 2 - row["best_acc"]
+        out["variants"][name] = row
+    return out

@@ -1,0 +1,191 @@
+"""Stitching layers, stitched models, Theorem 4.2 and the rotation penalty (random models, synthetic data)."""
+import pytest
+import torch
+
+from lib import groups, models, rotation, stitching
+from lib.data import synthetic_dataset, to_input
+
+MYRTLE = dict(arch="myrtle_cnn", width=0.125)
+RESNET = dict(arch="resnet20", width=0.25)
+
+
+def _randomise_bn(model, seed):
+    # Non-trivial running statistics so that eval-mode BatchNorm is not the identity.
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def _model(arch, seed=0):
+    return _randomise_bn(models.build(arch, seed=seed), seed)
+
+
+def _x(n=16, seed=0):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("layer", ["act1", "act2", "act4"])
+def test_theorem_4_2_matching_recovers_planted_transform(seed, layer):
+    a = _model(MYRTLE, seed)
+    b, elements = groups.random_transform(a, torch.Generator().manual_seed(100 + seed))
+    x = _x(seed=seed)
+    fa = stitching._capture(a, layer, x)[0]
+    fb = stitching._capture(b, layer, x)[0]
+    M = groups.feature_transform(a, layer, elements).float()
+    perm, scales = stitching.activation_matching(fa, fb)
+    # Channels that never fire on these inputs (random weights, small late layers) are
+    # interchangeable; every live channel must be matched exactly.
+    alive = fa.amax(dim=(0, 2, 3)) > 0
+    assert alive.float().mean() > 0.5
+    assert torch.equal(perm[alive], M.abs().argmax(0)[alive])
+    torch.testing.assert_close(stitching.matching_matrix(perm, scales)[:, alive], M[:, alive],
+                               rtol=1e-4, atol=1e-5)
+    s = stitching.stitch(a, b, layer, "grelu")
+    s.stitch.set_matrix(stitching.matching_matrix(perm, scales))
+    s.stitch.hard = True
+    torch.testing.assert_close(s.eval()(x), a(x), rtol=1e-3, atol=1e-4)
+
+
+def test_theorem_4_2_low_rank_cannot_reproduce():
+    a = _model(MYRTLE)
+    b, elements = groups.random_transform(a, torch.Generator().manual_seed(5))
+    M = groups.feature_transform(a, "act2", elements).float()
+    # The best rank-r approximation of a monomial matrix with distinct scales has error >= its
+    # (r+1)-th singular value, which is positive for r < C: rank layers cannot hold phi(A).
+    sv = torch.linalg.svdvals(M)
+    assert sv[1] > 1e-3 * sv[0]
+
+
+def test_sinkhorn_doubly_stochastic_and_hungarian_is_permutation():
+    g = torch.Generator().manual_seed(0)
+    for n in (3, 8, 17):
+        P = stitching.sinkhorn(torch.rand(n, n, generator=g), 16)
+        assert (P >= 0).all()
+        torch.testing.assert_close(P.sum(0), torch.ones(n), atol=1e-6, rtol=0)
+        torch.testing.assert_close(P.sum(1), torch.ones(n), atol=1e-2, rtol=0)
+        H = stitching.hungarian(P)
+        assert torch.equal(H.sum(0), torch.ones(n)) and torch.equal(H.sum(1), torch.ones(n))
+        assert set(H.unique().tolist()) == {0.0, 1.0}
+        Q = torch.eye(n)[torch.randperm(n, generator=g)]
+        assert torch.equal(stitching.hungarian(0.7 * Q + 0.3 * P / n), Q)
+
+
+def test_projection_keeps_grelu_layer_in_constraint_set():
+    layer = stitching.StitchLayer("grelu", 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        layer.p.add_(torch.randn(6, 6))
+        layer.d.sub_(2.0)
+    layer.project(16)
+    assert (layer.p >= 0).all() and (layer.d >= 0).all()
+    torch.testing.assert_close(layer.p.sum(0), torch.ones(6), atol=1e-5, rtol=0)
+    layer.hard = True
+    assert ((layer.matrix() != 0).sum(0) <= 1).all() and ((layer.matrix() != 0).sum(1) <= 1).all()
+
+
+@pytest.mark.parametrize("r", [1, 2, 4])
+def test_rank_layer_has_rank_at_most_r(r):
+    layer = stitching.StitchLayer("rank", 16, rank=r, generator=torch.Generator().manual_seed(r))
+    assert torch.linalg.matrix_rank(layer.matrix().detach()) == r
+    h = torch.randn(5, 16, 4, 4)
+    out = layer(h).movedim(1, -1).reshape(-1, 16)
+    assert torch.linalg.matrix_rank(out.detach()) <= r
+
+
+@pytest.mark.parametrize("arch,layer", [(MYRTLE, "act1"), (MYRTLE, "act3"), (MYRTLE, "act4"),
+                                        (RESNET, "act1"), (RESNET, "layer1.0.act2"), (RESNET, "layer2.0.act1"),
+                                        (RESNET, "layer3.2.act1"), (RESNET, "layer3.2.act2")])
+def test_identity_stitch_of_model_with_itself_reproduces_it(arch, layer):
+    a = _model(arch)
+    x = _x()
+    s = stitching.stitch(a, a, layer, "full", init="identity").eval()
+    torch.testing.assert_close(s(x), a(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s.tail(s.front(x)), a(x), rtol=1e-4, atol=1e-5)
+
+
+def test_in_block_stitch_uses_a_block_input_for_the_shortcut():
+    a, b = _model(RESNET, 0), _model(RESNET, 1)
+    x = _x()
+    s = stitching.stitch(a, b, "layer2.0.act1", "full", init="identity").eval()
+    h, block_in = s.front(x)
+    assert block_in.shape[1] == a.layer1[2].conv2.out_channels and h.shape[1] == a.layer2[0].conv1.out_channels
+    # Replacing A's block input changes the output: the shortcut really reads A's residual stream.
+    assert not torch.allclose(s.tail((h, block_in)), s.tail((h, torch.zeros_like(block_in))))
+
+
+def test_only_the_stitching_layer_trains():
+    data = synthetic_dataset(n_train=32, n_test=16)
+    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    before_a = {k: v.clone() for k, v in a.state_dict().items()}
+    before_b = {k: v.clone() for k, v in b.state_dict().items()}
+    for kind, rank in (("grelu", None), ("rank", 2), ("full", None)):
+        s = stitching.stitch(a, b, "act2", kind, rank)
+        start = {k: v.clone() for k, v in s.stitch.state_dict().items()}
+        tr = stitching.front_features(a, "act2", data.x_train, device="cpu")
+        te = stitching.front_features(a, "act2", data.x_test, device="cpu")
+        settings = stitching.StitchSettings(epochs=2, batch_size=16, lr=0.1)
+        res = stitching.train_stitch(s, tr, data.y_train, te, data.y_test, settings)
+        assert len(res["history"]) == 2 and 0 <= res["best_acc"] <= 1
+        assert any(not torch.equal(v, s.stitch.state_dict()[k]) for k, v in start.items())
+        for k, v in s.model_b.named_parameters():
+            assert torch.equal(v, before_b[k]), k
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, before_a[k]), k
+    for k, v in b.state_dict().items():
+        assert torch.equal(v, before_b[k]), k
+
+
+def test_stitch_experiment_penalty_and_matching_on_self():
+    data = synthetic_dataset(n_train=64, n_test=32)
+    a = _model(MYRTLE, 0)
+    b, _ = groups.random_transform(a, torch.Generator().manual_seed(3))
+    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], data, device="cpu",
+                                      settings=stitching.StitchSettings(epochs=1, bn_adapt=False),
+                                      feature_dtype=torch.float32)
+    assert res["clean"][0] == res["clean"][1]
+    assert res["variants"]["matching"]["penalty"] == 0.0
+    assert set(res["variants"]) == {"matching", "rank1"}
+
+
+def test_errors():
+    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    with pytest.raises(ValueError, match="unknown layer 'conv9'.*act1, act2, act3, act4"):
+        stitching.stitch(a, b, "conv9", "full")
+    with pytest.raises(ValueError, match="rank must be an integer in 1..8"):
+        stitching.stitch(a, b, "act1", "rank", rank=9)
+    with pytest.raises(ValueError, match="rank must be an integer in 1..8"):
+        stitching.stitch(a, b, "act1", "rank", rank=0)
+    with pytest.raises(ValueError, match="layer_kind.*'full', 'rank', 'grelu'"):
+        stitching.stitch(a, b, "act1", "affine")
+    with pytest.raises(ValueError, match="same architecture"):
+        stitching.stitch(a, _model(RESNET), "act1", "full")
+    with pytest.raises(ValueError, match="same device"):
+        stitching.stitch(a, models.build(MYRTLE).to("meta"), "act1", "full")
+    with pytest.raises(ValueError, match="equal shapes"):
+        stitching.activation_matching(torch.rand(4, 3), torch.rand(4, 5))
+
+
+def test_rotated_model_applies_map_and_freezes_front():
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    g = torch.Generator().manual_seed(0)
+    A = rotation.random_channel_map("orthogonal", 16, g)
+    torch.testing.assert_close(A.T @ A, torch.eye(16, dtype=A.dtype))
+    P = rotation.random_channel_map("grelu", 16, g)
+    assert groups.intertwiner_group("relu", 16).contains(P)
+    new = rotation.rotated_model(m, "conv2", P)
+    x = _x(4)
+    z = m.conv2(m.act1(m.conv1(x)))
+    torch.testing.assert_close(new.conv2(new.act1(new.conv1(x))), torch.einsum("ij,njhw->nihw", P.float(), z),
+                               rtol=1e-4, atol=1e-5)
+    assert not any(p.requires_grad for p in new.conv1.parameters())
+    assert not any(p.requires_grad for p in new.conv2.parameters())
+    assert all(p.requires_grad for p in new.conv3.parameters())
+    with pytest.raises(ValueError, match="must be a Conv2d"):
+        rotation.rotated_model(m, "act1", P)
+    with pytest.raises(ValueError, match="unknown layer 'conv7'"):
+        rotation.rotated_model(m, "conv7", P)
