@@ -449,10 +449,11 @@ def _spec(model):
     return symmetry_spec(model)
 
 
-def site_group(site) -> IntertwinerGroup:
-    """The intertwiner group acting at a ``lib.models.Site`` after its restrictions."""
+def site_group(site, restricted: bool = True) -> IntertwinerGroup:
+    """The intertwiner group acting at a ``lib.models.Site`` after its restrictions (with
+    ``restricted=False``: the activation's own group, ignoring the layers around the site)."""
     group = intertwiner_group(site.activation, site.channels, **dict(site.params))
-    return group.restrict(site.monomial, site.positive_phi, site.phi_fixed)
+    return group.restrict(site.monomial, site.positive_phi, site.phi_fixed) if restricted else group
 
 
 def _parents_first(sites: dict) -> list:
@@ -620,8 +621,7 @@ def site_groups(model) -> list[dict]:
     spec = _spec(model)
     rows = []
     for name, site in spec.sites.items():
-        free = intertwiner_group(site.activation, site.channels, **dict(site.params))
-        group = site_group(site)
+        free, group = site_group(site, restricted=False), site_group(site)
         reasons = []
         if site.monomial:
             reasons.append("BatchNorm before σ: monomial only")
