@@ -359,7 +359,8 @@ def identify_group(fn, n: int = 4, *, trials: int = 3, n_inputs: int | None = No
     random elements A are drawn and B is solved for by least squares over ``n_inputs`` Gaussian
     inputs of scale ``input_scale``; a kind passes when every relative residual is below ``tol``.
     The answer is the largest passing kind. phi is then matched against A, abs(A) and A^⊙d on the
-    fitted Bs, falling back to Lemma 3.1's sigma(A)sigma(I)^-1.
+    fitted Bs, falling back to Lemma 3.1's sigma(A)sigma(I)^-1. ``generator=None`` uses seed 0, so
+    the answer is deterministic. Runs on the CPU in float64 (tiny problems).
     """
     name = fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
     if isinstance(fn, str):
