@@ -80,7 +80,8 @@ def _raw(X, name: str) -> torch.Tensor:
 
 
 def _check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
-    if not bool(torch.isfinite(t).all()):
+    # The extremes propagate NaN and show infinities, without the full-size temporary of isfinite().
+    if not (math.isfinite(float(t.amax())) and math.isfinite(float(t.amin()))):
         raise ValueError(f"{name} contains NaN or infinite values (after conversion to {t.dtype})")
     return t
 
@@ -486,7 +487,9 @@ def grelu_cka_memory(n_samples: int, x_shape, y_shape=None, *, dtype=torch.float
 
     ``x_shape``/``y_shape``: per-sample shapes, ``(channels, height, width)`` or ``(n_features,)``
     (``y_shape`` defaults to ``x_shape``). Peak = the first Gram matrix, the second and the channel-major
-    copy of ``Y`` (or the copy of ``X`` before that), plus the block temporaries.
+    copy of ``Y`` (or the copy of ``X`` before that), plus block temporaries counted twice, because the
+    allocator keeps those of the first Gram matrix. The BLAS library adds a few tens of MiB on top
+    (``benchmarks/metrics_speed.py`` compares this estimate with a measured peak).
     """
     check_choice("dtype", dtype, DTYPES)
     size = torch.empty(0, dtype=dtype).element_size()
@@ -496,7 +499,7 @@ def grelu_cka_memory(n_samples: int, x_shape, y_shape=None, *, dtype=torch.float
     block, _ = _block_plan(n_samples, 1, size, dev, None, memory_budget)
     budget = memory_budget or BLOCK_BYTES["cuda" if dev.type == "cuda" else "cpu"]
     gram = n_samples * n_samples * size
-    return int(max(gram + n_samples * mx * size, 2 * gram + n_samples * my * size) + budget + 2 * block**2 * size)
+    return int(max(gram + n_samples * mx * size, 2 * gram + n_samples * my * size) + 2 * (budget + 2 * block**2 * size))
 
 
 def grelu_cka_max_samples(total_bytes: float, x_shape, y_shape=None, **kw) -> int:
