@@ -1,0 +1,375 @@
+"""Network dissection (Bau et al. 2017) of a layer, in its own basis and in rotated bases (Section 6).
+
+* :func:`iou_scores` and :func:`dissect`: the NetDissect algorithm. Each unit's threshold is its top
+  ``quantile`` activation value over the dataset; its activation maps are upsampled bilinearly to the
+  mask resolution and thresholded; the IoU with every concept is accumulated over the dataset, counting
+  only images annotated for the concept's category; a unit detects its best concept if that IoU exceeds
+  ``iou_threshold``. :func:`dissect` repeats this in bases rotated by ``Q^alpha`` (Q Haar-random in SO(n),
+  :func:`random_rotation`; the geodesic power :func:`rotation_power`).
+* The concept data: :class:`BrodenDataset` and :func:`make_concept_dataset` live in :mod:`lib.broden`
+  and are re-exported here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .broden import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, COLOR_NAMES, COLOR_RGB, SHAPE_NAMES,
+                     TEXTURE_NAMES, BrodenDataset, make_concept_dataset, quantize_colors)
+from .config import get_device
+
+__all__ = [
+    "BrodenDataset", "quantile_thresholds", "iou_scores", "random_rotation", "rotation_power",
+    "dissect", "DissectionResult", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
+    "TEXTURE_NAMES", "SHAPE_NAMES", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The NetDissect algorithm
+# --------------------------------------------------------------------------------------------
+def _check_quantile(quantile) -> None:
+    if not (isinstance(quantile, (int, float)) and 0 < quantile < 1):
+        raise ValueError(f"quantile must be a number in (0, 1) (NetDissect: 0.005), got {quantile!r}")
+
+
+def _row_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
+    # The (1 - q) quantile of each row with numpy's linear interpolation between order statistics:
+    # only the top ceil(q N) + 1 values matter, so topk is far cheaper than a sort for small q.
+    n = values.shape[1]
+    pos = (1.0 - quantile) * (n - 1)
+    lo = math.floor(pos)
+    top = values.topk(n - lo, dim=1).values                       # descending; last = order stat lo
+    v_lo = top[:, -1]
+    v_hi = top[:, -2] if n - lo >= 2 else v_lo
+    return v_lo + (pos - lo) * (v_hi - v_lo)
+
+
+def quantile_thresholds(activations: torch.Tensor, quantile: float = 0.005) -> torch.Tensor:
+    """Per-unit thresholds: the value exceeded by a fraction ``quantile`` of the unit's activations.
+
+    ``activations``: ``(n, units, h, w)``; all ``n*h*w`` values of a unit count. The threshold is the
+    ``1 - quantile`` quantile with linear interpolation between order statistics (``numpy.quantile``'s
+    default). Returns ``(units,)`` on ``activations``' device.
+    """
+    _check_quantile(quantile)
+    if activations.dim() != 4:
+        raise ValueError(f"activations must have shape (n, units, h, w), got {tuple(activations.shape)}")
+    return _row_quantile(activations.transpose(0, 1).reshape(activations.shape[1], -1).float(), quantile)
+
+
+def _interp_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix of 1-d linear interpolation (``align_corners=False``); bilinear
+    upsampling is this along each axis, so it runs as two matrix products."""
+    eye = torch.eye(n_in, device=device)[:, None, :]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+
+
+class _Tally:
+    """IoU counts of K bases at once, accumulated batch by batch (all counts in float64)."""
+
+    def __init__(self, k: int, units: int, concepts: int, act_hw: tuple, mask_hw: tuple, device):
+        self.upsample = tuple(act_hw) != tuple(mask_hw)
+        self.wh_t = _interp_matrix(act_hw[0], mask_hw[0], device).T.contiguous()
+        self.ww_t = _interp_matrix(act_hw[1], mask_hw[1], device).T.contiguous()
+        self.inter = torch.zeros(k, units, concepts, dtype=torch.float64, device=device)
+        self.unit = torch.zeros(k, units, concepts, dtype=torch.float64, device=device)
+        self.label = torch.zeros(concepts, dtype=torch.float64, device=device)
+
+    def add_masks(self, masks: torch.Tensor, annotated: torch.Tensor):
+        """Count a batch's concept pixels; returns the masks as ``(B*H*W, concepts)`` floats and
+        the annotation flags as ``(B, concepts)`` floats, for :meth:`add`."""
+        # Pixels of unannotated images never count, whatever their mask says.
+        masks = masks & annotated[:, :, None, None]
+        b, c = masks.shape[:2]
+        m = masks.reshape(b, c, -1).float()
+        self.label += m.sum((0, 2)).double()
+        return m.permute(0, 2, 1).reshape(-1, c), annotated.float()
+
+    def add(self, k: int, acts: torch.Tensor, thresholds: torch.Tensor, m: torch.Tensor, ann: torch.Tensor):
+        """Basis ``k``: unit-major activations ``acts`` ``(units, B, h, w)``, thresholds ``(units,)``."""
+        if self.upsample:
+            acts = (acts.transpose(-1, -2) @ self.wh_t).transpose(-1, -2) @ self.ww_t   # (U, B, H, W)
+        else:
+            acts = acts.clone()
+        u, b = acts.shape[:2]
+        on = acts.gt_(thresholds[:, None, None, None]).reshape(u, -1)          # (U, B*H*W), 0/1 floats
+        # Intersections of all units with all concepts as one product over the batch's pixels.
+        self.inter[k] += (on @ m).double()
+        self.unit[k] += (on.reshape(u, b, -1).sum(2) @ ann).double()
+
+    def iou(self) -> torch.Tensor:
+        union = self.unit + self.label - self.inter
+        return torch.where(union > 0, self.inter / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+def _check_masks(masks, annotated, n):
+    if masks.dim() != 4 or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be a boolean tensor of shape (n, concepts, H, W), got "
+                         f"{masks.dtype} {tuple(masks.shape)}")
+    if masks.shape[0] != n:
+        raise ValueError(f"masks has {masks.shape[0]} images, activations {n}")
+    if annotated is None:
+        return torch.ones(masks.shape[:2], dtype=torch.bool, device=masks.device)
+    if annotated.dtype != torch.bool or tuple(annotated.shape) != tuple(masks.shape[:2]):
+        raise ValueError(f"annotated must be a boolean tensor of shape {tuple(masks.shape[:2])} "
+                         f"(n, concepts), got {annotated.dtype} {tuple(annotated.shape)}")
+    return annotated
+
+
+def iou_scores(activations: torch.Tensor, masks: torch.Tensor, quantile: float = 0.005,
+               annotated: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+    """NetDissect IoU of every unit with every concept, over a whole (in-memory) dataset.
+
+    Parameters
+    ----------
+    activations : ``(n, units, h, w)``; thresholds come from these (:func:`quantile_thresholds`).
+    masks : bool ``(n, concepts, H, W)``; activation maps are upsampled bilinearly to ``(H, W)``.
+    annotated : bool ``(n, concepts)``, whether image ``i`` is annotated for concept ``c``'s
+        category (default: all). Unannotated images count neither in the union nor the intersection.
+
+    Returns
+    -------
+    ``(units, concepts)`` float64 on the CPU: ``sum_i |A_iu & M_ic| / sum_i |A_iu | M_ic|`` over the
+    annotated images, where ``A_iu`` is the upsampled map above the threshold (0 where the union is empty).
+    """
+    if activations.dim() != 4:
+        raise ValueError(f"activations must have shape (n, units, h, w), got {tuple(activations.shape)}")
+    annotated = _check_masks(masks, annotated, activations.shape[0])
+    thresholds = quantile_thresholds(activations, quantile)
+    dev = activations.device
+    tally = _Tally(1, activations.shape[1], masks.shape[1], activations.shape[-2:], masks.shape[-2:], dev)
+    for s in range(0, activations.shape[0], batch_size):
+        m, ann = tally.add_masks(masks[s:s + batch_size].to(dev), annotated[s:s + batch_size].to(dev))
+        tally.add(0, activations[s:s + batch_size].float().transpose(0, 1), thresholds, m, ann)
+    return tally.iou()[0].cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# Rotations
+# --------------------------------------------------------------------------------------------
+def _generator(generator) -> torch.Generator:
+    if isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        return torch.Generator().manual_seed(int(generator))
+    raise ValueError(f"generator must be a torch.Generator or an int seed, got {generator!r}")
+
+
+def random_rotation(n: int, generator=0) -> torch.Tensor:
+    """A Haar-uniform random rotation in SO(n), float64 ``(n, n)`` on the CPU.
+
+    QR of a standard Gaussian matrix with the signs of R's diagonal moved into Q (Haar on O(n),
+    Diaconis 2005); if det Q = -1 the first column is negated, a measure-preserving bijection from
+    the other coset of O(n) onto SO(n). ``generator``: a ``torch.Generator`` or an int seed.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    a = torch.randn(n, n, generator=_generator(generator), dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r))[None, :]
+    if torch.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``Q^alpha = exp(alpha log Q)``: the minimal geodesic in SO(n) from I (alpha 0) to Q (alpha 1).
+
+    Uses the real Schur form ``Q = Z T Z^T`` (Z orthogonal; T block diagonal since Q is normal):
+    each 2x2 block is a rotation by ``theta`` in (-pi, pi] of one plane, raised to ``alpha theta``;
+    eigenvalues -1 (an even number of them, as det Q = 1) are paired into planes rotated by pi.
+    The result is real, orthogonal and of determinant 1 for every alpha, and
+    ``Q^a Q^b = Q^(a+b)``. Returns float64 on ``q``'s device.
+    """
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise ValueError(f"alpha must be a number, got {alpha!r}")
+    qn = torch.as_tensor(q).detach().to("cpu", torch.float64).numpy()
+    n = qn.shape[0]
+    if qn.ndim != 2 or qn.shape[1] != n:
+        raise ValueError(f"Q must be a square matrix, got shape {qn.shape}")
+    if not np.allclose(qn @ qn.T, np.eye(n), atol=1e-6) or np.linalg.det(qn) < 0:
+        raise ValueError("Q must be a rotation (orthogonal with determinant +1)")
+    t, z = scipy.linalg.schur(qn, output="real")
+    blocks = np.zeros_like(t)
+    minus_one = []
+    i = 0
+    while i < n:
+        if i + 1 < n and abs(t[i + 1, i]) > 1e-12:
+            c, s = (t[i, i] + t[i + 1, i + 1]) / 2, (t[i + 1, i] - t[i, i + 1]) / 2
+            theta = alpha * math.atan2(s, c)
+            blocks[i:i + 2, i:i + 2] = [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]
+            i += 2
+            continue
+        if t[i, i] > 0:
+            blocks[i, i] = 1.0
+        else:
+            minus_one.append(i)
+        i += 1
+    # A pair of -1 eigenvalues is a rotation by pi of the plane of their Schur vectors.
+    for a, b in zip(minus_one[::2], minus_one[1::2]):
+        c, s = math.cos(alpha * math.pi), math.sin(alpha * math.pi)
+        blocks[a, a], blocks[a, b], blocks[b, a], blocks[b, b] = c, -s, s, c
+    out = z @ blocks @ z.T
+    return torch.from_numpy(out).to(torch.as_tensor(q).device)
+
+
+# --------------------------------------------------------------------------------------------
+# Dissection under rotations
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DissectionResult:
+    """What :func:`dissect` found.
+
+    ``interpretable[a, r]`` / ``unique[a, r]``: detector units / distinct detected concepts at
+    ``alphas[a]`` for rotation ``r`` (alpha 0 is the unrotated basis, the same in every column);
+    ``by_category[a, r, k]``: detector units whose concept is in ``categories[k]``;
+    ``iou``: the ``(units, concepts)`` IoU matrix of the unrotated basis; ``labels``: one dict per
+    unit of the unrotated basis (``unit``, ``concept``, ``category``, ``iou``, ``detector``).
+    """
+
+    layer: str
+    alphas: list
+    n_rotations: int
+    n_images: int
+    n_units: int
+    concepts: list
+    concept_categories: list
+    categories: list
+    quantile: float
+    iou_threshold: float
+    interpretable: np.ndarray
+    unique: np.ndarray
+    by_category: np.ndarray
+    iou: np.ndarray
+    labels: list
+
+    @property
+    def interpretable_mean(self) -> np.ndarray:
+        return self.interpretable.mean(1)
+
+    @property
+    def interpretable_std(self) -> np.ndarray:
+        return self.interpretable.std(1)
+
+    @property
+    def unique_mean(self) -> np.ndarray:
+        return self.unique.mean(1)
+
+    @property
+    def unique_std(self) -> np.ndarray:
+        return self.unique.std(1)
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (arrays as nested lists); :meth:`from_dict` inverts it."""
+        d = dataclasses.asdict(self)
+        for k in ("interpretable", "unique", "by_category", "iou"):
+            d[k] = np.asarray(d[k]).tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DissectionResult":
+        d = dict(d)
+        for k in ("interpretable", "unique", "by_category", "iou"):
+            d[k] = np.asarray(d[k])
+        return cls(**d)
+
+
+def _summarise(iou: np.ndarray, threshold: float, concept_cat: np.ndarray, n_cat: int):
+    best = iou.argmax(1)
+    score = iou.max(1)
+    det = score > threshold
+    by_cat = np.bincount(concept_cat[best[det]], minlength=n_cat)
+    return int(det.sum()), len(set(best[det].tolist())), by_cat, best, score, det
+
+
+def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
+            n_rotations: int = 5, seed: int = 0, quantile: float = 0.005, iou_threshold: float = 0.04,
+            device=None, batch_size: int = 128, progress: bool = True) -> DissectionResult:
+    """Network dissection of ``layer`` in its own basis and in bases rotated by ``Q_r^alpha``.
+
+    The layer's activations ``(n, units, h, w)`` over the whole dataset are collected once (with
+    :func:`lib.models.features`; ``model`` is moved to ``device``); for each alpha and each of
+    ``n_rotations`` Haar-random rotations ``Q_r`` (drawn from ``seed``) the activations are rotated on
+    the channel axis by ``Q_r^alpha`` and then dissected as in :func:`iou_scores`, with thresholds from
+    the rotated activations. The masks are streamed once, all bases tallied together.
+    Returns a :class:`DissectionResult`.
+    """
+    from .models import features
+
+    for a in alphas:
+        if not isinstance(a, (int, float)) or not 0 <= a <= 1:
+            raise ValueError(f"alphas must be numbers in [0, 1], got {a!r}")
+    if not isinstance(n_rotations, int) or n_rotations < 1:
+        raise ValueError(f"n_rotations must be a positive int, got {n_rotations!r}")
+    _check_quantile(quantile)
+    if not isinstance(dataset, BrodenDataset):
+        raise ValueError(f"dataset must be a BrodenDataset, got {type(dataset).__name__}")
+    dev = get_device(device)
+    model = model.to(dev)
+
+    acts = []
+    for x, _, _ in tqdm(dataset.batches(batch_size), total=math.ceil(len(dataset) / batch_size),
+                        desc=f"features {layer}", disable=not progress):
+        acts.append(features(model, x.to(dev), [layer], batch_size)[layer])
+    acts = torch.cat(acts).float()
+    if acts.dim() != 4:
+        raise ValueError(f"layer {layer!r} gives activations of shape {tuple(acts.shape[1:])}; "
+                         f"dissection needs a convolutional layer (units, h, w)")
+    units = acts.shape[1]
+
+    # Basis 0 is the identity; then one basis per (nonzero alpha, rotation).
+    gen = torch.Generator().manual_seed(seed)
+    rotations = [random_rotation(units, gen) for _ in range(n_rotations)]
+    bases, where = [torch.eye(units, dtype=torch.float64)], {}
+    for ai, a in enumerate(alphas):
+        for r in range(n_rotations):
+            if a == 0:
+                where[ai, r] = 0
+            else:
+                where[ai, r] = len(bases)
+                bases.append(rotation_power(rotations[r], float(a)))
+    bases = torch.stack(bases).float().to(dev)
+    # Unit-major (units, n, h, w): a rotation of the channel axis is then one matrix product.
+    # Rotating before upsampling is exact: both maps are linear, one on channels, one on pixels.
+    acts = acts.transpose(0, 1).contiguous()
+    flat = acts.reshape(units, -1)
+    thresholds = torch.stack([_row_quantile(b @ flat, quantile) for b in bases])
+    del flat
+
+    tally = _Tally(len(bases), units, len(dataset.concepts), acts.shape[-2:], dataset.mask_size, dev)
+    start = 0
+    for _, masks, annotated in tqdm(dataset.batches(batch_size), total=math.ceil(len(dataset) / batch_size),
+                                    desc="IoU", disable=not progress):
+        a_batch = acts[:, start:start + len(masks)]
+        start += len(masks)
+        shape = a_batch.shape
+        a_batch = a_batch.reshape(units, -1)
+        m, ann = tally.add_masks(masks.to(dev), annotated.to(dev))
+        for k, b in enumerate(bases):
+            rotated = a_batch if k == 0 else b @ a_batch
+            tally.add(k, rotated.reshape(shape), thresholds[k], m, ann)
+    iou = tally.iou().cpu().numpy()
+
+    cat_index = np.array([dataset.categories.index(c) for c in dataset.concept_categories])
+    shape = (len(alphas), n_rotations)
+    interpretable, unique = np.zeros(shape, dtype=int), np.zeros(shape, dtype=int)
+    by_category = np.zeros(shape + (len(dataset.categories),), dtype=int)
+    for (ai, r), k in where.items():
+        interpretable[ai, r], unique[ai, r], by_category[ai, r], *_ = _summarise(
+            iou[k], iou_threshold, cat_index, len(dataset.categories))
+    *_, best, score, det = _summarise(iou[0], iou_threshold, cat_index, len(dataset.categories))
+    labels = [dict(unit=u, concept=dataset.concepts[best[u]], category=dataset.concept_categories[best[u]],
+                   iou=float(score[u]), detector=bool(det[u])) for u in range(units)]
+    return DissectionResult(
+        layer=layer, alphas=[float(a) for a in alphas], n_rotations=n_rotations, n_images=len(dataset),
+        n_units=units, concepts=list(dataset.concepts), concept_categories=list(dataset.concept_categories),
+        categories=list(dataset.categories), quantile=quantile, iou_threshold=iou_threshold,
+        interpretable=interpretable, unique=unique, by_category=by_category, iou=iou[0], labels=labels)

@@ -1,0 +1,465 @@
+"""Tests of lib.dissection: thresholds and IoU by hand, the Broden reader, the concept dataset,
+rotations, planted detectors and the dissection loop."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from lib import dissection as D
+from lib import models
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds and IoU
+# --------------------------------------------------------------------------------------------
+def test_threshold_hand_example():
+    acts = torch.arange(8.0).reshape(2, 1, 2, 2)
+    # 1 - 0.25 = 0.75 quantile of 0..7: position 0.75 * 7 = 5.25 -> 5.25.
+    assert D.quantile_thresholds(acts, 0.25).item() == pytest.approx(5.25)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_thresholds_match_numpy(seed):
+    acts = torch.randn(7, 5, 3, 4, generator=torch.Generator().manual_seed(seed))
+    for q in (0.005, 0.1, 0.5):
+        ours = D.quantile_thresholds(acts, q).numpy()
+        ref = np.quantile(acts.transpose(0, 1).reshape(5, -1).numpy(), 1 - q, axis=1)
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+        # The fraction of values strictly above the threshold is q up to one value in N = 84.
+        above = (acts > torch.from_numpy(ours)[None, :, None, None]).float().mean((0, 2, 3))
+        assert ((above - q).abs() <= 1 / 84 + 1e-9).all()
+
+
+def test_iou_hand_example_with_annotation():
+    acts = torch.arange(8.0).reshape(2, 1, 2, 2)       # threshold 5.25 at q=0.25: pixels 6, 7 on
+    masks = torch.zeros(2, 3, 2, 2, dtype=torch.bool)
+    masks[1, 0, 0, 0] = masks[1, 0, 1, 0] = True           # A: one of two on-pixels, 2 mask pixels
+    masks[0, 1, 1, 1] = masks[1, 1, 1, 1] = True           # B: one on-pixel hit, 2 mask pixels
+    iou = D.iou_scores(acts, masks, quantile=0.25)
+    assert iou.shape == (1, 3)
+    # A: 1 / (2 + 2 - 1); B: 1 / (2 + 2 - 1); C: empty mask, nothing in common -> 0.
+    np.testing.assert_allclose(iou[0].numpy(), [1 / 3, 1 / 3, 0.0])
+    # B annotated only in image 2: its mask pixel in image 1 no longer counts -> 1 / (2 + 1 - 1).
+    annotated = torch.tensor([[True, False, True], [True, True, True]])
+    iou = D.iou_scores(acts, masks, quantile=0.25, annotated=annotated)
+    np.testing.assert_allclose(iou[0].numpy(), [1 / 3, 1 / 2, 0.0])
+    # Unit pixels of unannotated images do not count either: A annotated only in image 1.
+    annotated = torch.tensor([[True, True, True], [False, True, True]])
+    iou = D.iou_scores(acts, masks, quantile=0.25, annotated=annotated)
+    assert iou[0, 0] == 0.0
+
+
+def test_iou_bilinear_upsampling_hand_example():
+    # [0, 1] upsampled to width 4 (align_corners=False) is [0, .25, .75, 1]; the 0.5 quantile of
+    # {0, 1} is 0.5, so the last two pixels are on.
+    acts = torch.tensor([0.0, 1.0]).reshape(1, 1, 1, 2)
+    masks = torch.tensor([[0, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool).reshape(1, 3, 1, 4)
+    iou = D.iou_scores(acts, masks, quantile=0.5)
+    np.testing.assert_allclose(iou[0].numpy(), [1 / 2, 2 / 3, 0.0])
+
+
+def test_iou_matches_slow_reference():
+    g = torch.Generator().manual_seed(3)
+    acts = torch.randn(6, 4, 3, 4, generator=g)
+    masks = torch.rand(6, 5, 7, 9, generator=g) < 0.3
+    annotated = torch.rand(6, 5, generator=g) < 0.7
+    q = 0.1
+    iou = D.iou_scores(acts, masks, quantile=q, annotated=annotated, batch_size=4).numpy()
+    t = np.quantile(acts.transpose(0, 1).reshape(4, -1).numpy(), 1 - q, axis=1)
+    up = nn.functional.interpolate(acts, size=(7, 9), mode="bilinear", align_corners=False).numpy()
+    for u in range(4):
+        for c in range(5):
+            inter = union = 0
+            for i in range(6):
+                if not annotated[i, c]:
+                    continue
+                a, m = up[i, u] > t[u], masks[i, c].numpy()
+                inter += (a & m).sum()
+                union += (a | m).sum()
+            assert iou[u, c] == pytest.approx(inter / union if union else 0.0)
+
+
+def test_planted_detectors():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(10, 3, 8, 8, dtype=torch.bool)
+    for i in range(10):
+        y, x = torch.randint(0, 5, (2,), generator=g)
+        masks[i, 0, y:y + 3, x:x + 3] = True               # concept 0: a 3x3 square somewhere
+        masks[i, 1, :, i % 8] = True                       # concept 1: one column
+    masks[:, 2] = torch.rand(10, 8, 8, generator=g) < 0.2
+    acts = torch.randn(10, 4, 8, 8, generator=g) * 0.1 - 1.0
+    acts[:, 1] = masks[:, 0].float()                       # unit 1 is concept 0's mask
+    left = masks[:, 1].clone()
+    left[:, 4:] = False
+    acts[:, 3] = left.float()                              # unit 3: concept 1's mask on rows 0-3 only
+    # With quantile above both masks' coverage the threshold of units 1, 3 is 0: on-pixels = mask.
+    iou = D.iou_scores(acts, masks, quantile=0.2)
+    assert iou[1].argmax() == 0 and iou[1, 0] == pytest.approx(1.0)
+    assert iou[3].argmax() == 1
+    # Hand count: 10 columns of 8 pixels in the mask, 4 of each column on -> 40 / 80.
+    assert iou[3, 1] == pytest.approx(40 / 80)
+
+
+# --------------------------------------------------------------------------------------------
+# Rotations
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rotation_power_properties(n, seed):
+    q = D.random_rotation(n, seed)
+    eye = torch.eye(n, dtype=torch.float64)
+    assert torch.allclose(q @ q.T, eye, atol=1e-12) and torch.linalg.det(q) == pytest.approx(1.0)
+    assert torch.allclose(D.rotation_power(q, 0.0), eye, atol=1e-10)
+    assert torch.allclose(D.rotation_power(q, 1.0), q, atol=1e-10)
+    for a, b in [(0.3, 0.5), (0.25, 0.75), (0.1, 0.1)]:
+        qa, qb = D.rotation_power(q, a), D.rotation_power(q, b)
+        assert qa.dtype == torch.float64
+        assert torch.allclose(qa @ qa.T, eye, atol=1e-10)
+        assert torch.linalg.det(qa) == pytest.approx(1.0)
+        assert torch.allclose(qa @ qb, D.rotation_power(q, a + b), atol=1e-10)
+
+
+def test_rotation_power_plane_rotation_and_minus_one_eigenvalues():
+    theta = 2.5
+    q = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
+                     dtype=torch.float64)
+    half = D.rotation_power(q, 0.5)
+    ref = torch.tensor([[math.cos(theta / 2), -math.sin(theta / 2)], [math.sin(theta / 2), math.cos(theta / 2)]],
+                       dtype=torch.float64)
+    assert torch.allclose(half, ref, atol=1e-12)
+    # Rotations by pi: eigenvalue -1 pairs, in a 3-d rotation and in -I_4.
+    for q in (torch.diag(torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64)),
+              -torch.eye(4, dtype=torch.float64)):
+        h = D.rotation_power(q, 0.5)
+        n = len(q)
+        assert torch.allclose(h @ h, q, atol=1e-10)
+        assert torch.allclose(h @ h.T, torch.eye(n, dtype=torch.float64), atol=1e-10)
+        assert torch.linalg.det(h) == pytest.approx(1.0)
+        assert torch.allclose(D.rotation_power(q, 1.0), q, atol=1e-10)
+
+
+def test_random_rotation_is_haar_like():
+    g = torch.Generator().manual_seed(0)
+    qs = torch.stack([D.random_rotation(3, g) for _ in range(2000)])
+    # Haar on SO(3): entries have mean 0 (std of the mean 0.013 here) and second moment 1/3
+    # (std 0.007); the rotation angle has density (1 - cos t) / pi on [0, pi], so
+    # E[trace] = E[1 + 2 cos t] = 0 (std 0.022).
+    assert qs.mean(0).abs().max() < 0.05
+    assert ((qs**2).mean(0) - 1 / 3).abs().max() < 0.03
+    assert abs(qs.diagonal(dim1=1, dim2=2).sum(1).mean()) < 0.08
+    assert torch.allclose(torch.linalg.det(qs), torch.ones(2000, dtype=torch.float64))
+    assert not torch.equal(D.random_rotation(4, 0), D.random_rotation(4, 1))
+    assert torch.equal(D.random_rotation(4, 5), D.random_rotation(4, 5))
+
+
+# --------------------------------------------------------------------------------------------
+# The Broden reader on a hand-written fixture
+# --------------------------------------------------------------------------------------------
+def _write(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _png_labels(path, labels):
+    labels = np.asarray(labels)
+    rgb = np.zeros(labels.shape + (3,), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1] = labels % 256, labels // 256
+    Image.fromarray(rgb).save(path)
+
+
+@pytest.fixture
+def broden(tmp_path):
+    root = tmp_path / "broden"
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(root / "images" / f"im{i}.jpg")
+    # Label 300 exercises the green channel (300 = 44 + 256); "wood" is in material and object,
+    # primary category material (larger count).
+    obj0 = np.zeros((4, 4), int)
+    obj0[:2] = 1
+    obj0[3, 3] = 300
+    obj0b = np.zeros((4, 4), int)
+    obj0b[:, 0] = 2                                       # a second object layer of image 0
+    mat1 = np.zeros((4, 4), int)
+    mat1[1:3, 1:3] = 2
+    _png_labels(root / "images" / "o0.png", obj0)
+    _png_labels(root / "images" / "o0b.png", obj0b)
+    _png_labels(root / "images" / "m1.png", mat1)
+    _write(root / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", "object", "material", "scene"],
+           [["im0.jpg", "train", 8, 8, 4, 4, "o0.png;o0b.png", "", "3"],
+            ["im1.jpg", "val", 8, 8, 4, 4, "", "m1.png", ""],
+            ["im2.jpg", "train", 8, 8, 4, 4, "", "", "3;4"]])
+    _write(root / "category.csv", ["name", "first", "last", "count", "frequency"],
+           [["object", 1, 300, 2, 1], ["material", 2, 2, 1, 1], ["scene", 3, 4, 2, 2]])
+    _write(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
+           [[1, "car", "object(1)", 1, 0.5, ""], [2, "wood", "object(1);material(5)", 2, 0.5, "timber"],
+            [3, "kitchen", "scene(2)", 2, 2.0, ""], [4, "street", "scene(1)", 1, 1.0, ""],
+            [300, "tyre", "object(1)", 1, 0.1, ""]])
+    _write(root / "c_object.csv", ["code", "number", "name", "frequency", "coverage"],
+           [[1, 1, "car", 1, 0.5], [2, 2, "wood", 1, 0.2], [3, 300, "tyre", 1, 0.1]])
+    _write(root / "c_material.csv", ["code", "number", "name", "frequency", "coverage"], [[1, 2, "wood", 1, 0.3]])
+    _write(root / "c_scene.csv", ["code", "number", "name", "frequency", "coverage"],
+           [[1, 3, "kitchen", 2, 2.0], [2, 4, "street", 1, 1.0]])
+    return root
+
+
+def test_broden_reader(broden):
+    ds = D.BrodenDataset(broden)
+    assert len(ds) == 3 and ds.mask_size == (4, 4) and ds.image_size == (8, 8)
+    assert ds.concepts == ["car", "wood", "kitchen", "street", "tyre"]
+    assert ds.concept_categories == ["object", "material", "scene", "scene", "object"]
+    (x, masks, annotated), = list(ds.batches(8))
+    assert x.shape == (3, 3, 8, 8) and x.dtype == torch.float32
+    mean, std = torch.tensor(D.CIFAR10_MEAN), torch.tensor(D.CIFAR10_STD)
+    assert torch.allclose(x[1, :, 0, 0], (40 / 255 - mean) / std, atol=1e-6)
+    assert masks.shape == (3, 5, 4, 4) and masks.dtype == torch.bool
+    car, wood, kitchen, street, tyre = range(5)
+    assert masks[0, car].sum() == 8 and masks[0, car, :2].all()
+    assert masks[0, tyre].sum() == 1 and masks[0, tyre, 3, 3]
+    # Wood appears in image 0's second object layer and in image 1's material mask.
+    assert masks[0, wood].sum() == 4 and masks[0, wood, :, 0].all()
+    assert masks[1, wood].sum() == 4 and masks[1, wood, 1:3, 1:3].all()
+    assert masks[0, kitchen].all() and not masks[0, street].any()
+    assert masks[2, kitchen].all() and masks[2, street].all() and not masks[1, kitchen].any()
+    expected = torch.tensor([[True, False, True, True, True],     # object and scene, no material
+                             [False, True, False, False, False],  # material only
+                             [False, False, True, True, False]])  # scene only
+    assert torch.equal(annotated, expected)
+
+    only = D.BrodenDataset(broden, categories=["object"], resolution=6, split="train")
+    assert len(only) == 2 and only.concepts == ["car", "wood", "tyre"]
+    assert only.concept_categories == ["object", "object", "object"]
+    x, masks, annotated = next(only.batches(1, normalize=False))
+    assert x.shape == (1, 3, 6, 6) and x.min() >= 0 and x.max() <= 1
+    assert masks.shape == (1, 3, 4, 4) and annotated.tolist() == [[True, True, True]]
+    assert only.category_concepts("object") == [0, 1, 2]
+
+
+def test_broden_reader_errors(broden, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        D.BrodenDataset(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="unknown category 'colour'.*'object'"):
+        D.BrodenDataset(broden, categories=["colour"])
+    (broden / "c_scene.csv").unlink()
+    with pytest.raises(ValueError, match="c_scene.csv"):
+        D.BrodenDataset(broden)
+    ds = D.BrodenDataset(broden, categories=["object"])
+    (broden / "images" / "o0b.png").unlink()
+    with pytest.raises(ValueError, match="o0b.png"):
+        next(ds.batches(2))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(ds.batches(0))
+    (broden / "index.csv").rename(broden / "moved.csv")
+    with pytest.raises(ValueError, match="missing file .*index.csv"):
+        D.BrodenDataset(broden, categories=["object"])
+    (broden / "moved.csv").rename(broden / "index.csv")
+    _write(broden / "label.csv", ["number", "label"], [[1, "car"]])
+    with pytest.raises(ValueError, match="label.csv.*missing column"):
+        D.BrodenDataset(broden, categories=["object"])
+
+
+# --------------------------------------------------------------------------------------------
+# The generated concept dataset
+# --------------------------------------------------------------------------------------------
+def _cifar_like(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def test_make_concept_dataset(tmp_path):
+    images, labels = _cifar_like(30)
+    root = D.make_concept_dataset(tmp_path / "c", 24, seed=1, images=images, labels=labels)
+    ds = D.BrodenDataset(root)
+    assert len(ds) == 24 and ds.categories == ["color", "texture", "shape", "class"]
+    assert ds.concepts == list(D.COLOR_NAMES + D.TEXTURE_NAMES + D.SHAPE_NAMES + D.CIFAR10_CLASSES)
+    x, masks, annotated = next(ds.batches(24, normalize=False))
+    pixels = np.round(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    color = ds.category_concepts("color")
+    # Every pixel carries exactly one colour, the nearest reference colour of its value.
+    assert (masks[:, color].sum(1) == 1).all()
+    np.testing.assert_array_equal(masks[:, color].int().argmax(1).numpy(), D.quantize_colors(pixels))
+    # Textures and shapes: at most one concept per pixel, disjoint, annotated iff present.
+    tex, shp = ds.category_concepts("texture"), ds.category_concepts("shape")
+    assert (masks[:, tex].sum(1) <= 1).all() and (masks[:, shp].sum(1) <= 1).all()
+    assert not (masks[:, tex].any(1) & masks[:, shp].any(1)).any()
+    for cat in (tex, shp):
+        assert torch.equal(annotated[:, cat[0]], masks[:, cat].flatten(1).any(1))
+    assert annotated[:, tex].any() and annotated[:, shp].any() and not annotated[:, tex].all()
+    # A shape is drawn in one solid colour: all its pixels share one quantised colour.
+    for i in range(24):
+        m = masks[i, shp].any(0).numpy()
+        if m.any():
+            assert len(np.unique(D.quantize_colors(pixels[i][m]))) == 1
+    # The image-level class: the whole image, the label of the image that was picked.
+    cls = masks[:, ds.category_concepts("class")]
+    assert cls.flatten(2).all(2).sum(1).eq(1).all()
+    picked = sorted(np.nonzero(cls[:, :, 0, 0].numpy())[1].tolist())
+    assert len(picked) == 24
+    # Same arguments: reused without rewriting; a foreign non-empty directory is refused.
+    stamp = (root / "index.csv").stat().st_mtime_ns
+    assert D.make_concept_dataset(tmp_path / "c", 24, seed=1, images=images, labels=labels) == root
+    assert (root / "index.csv").stat().st_mtime_ns == stamp
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not written by make_concept_dataset"):
+        D.make_concept_dataset(tmp_path / "other", 4)
+
+
+def test_make_concept_dataset_synthetic_and_errors(tmp_path):
+    root = D.make_concept_dataset(tmp_path / "s", 6, seed=0, p_texture=1.0, p_shape=0.0)
+    ds = D.BrodenDataset(root)
+    assert ds.categories == ["color", "texture", "shape"]
+    _, masks, annotated = next(ds.batches(6))
+    assert annotated[:, ds.category_concepts("texture")].all()
+    assert not annotated[:, ds.category_concepts("shape")].any()
+    meta = json.loads((root / "make_concept_dataset.json").read_text())
+    assert meta["n_images"] == 6
+    with pytest.raises(ValueError, match="n_images"):
+        D.make_concept_dataset(tmp_path / "e", 0)
+    with pytest.raises(ValueError, match="images must be uint8"):
+        D.make_concept_dataset(tmp_path / "e", 2, images=np.zeros((4, 32, 32, 3)))
+    with pytest.raises(ValueError, match="exceeds"):
+        D.make_concept_dataset(tmp_path / "e", 5, images=np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="p_shape"):
+        D.make_concept_dataset(tmp_path / "e", 2, p_shape=1.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Dissection end to end
+# --------------------------------------------------------------------------------------------
+class ColourUnits(nn.Module):
+    """Unit k is 1 where the (de-normalised) input pixel's nearest reference colour is k."""
+
+    def __init__(self):
+        super().__init__()
+        self.units = nn.Identity()
+        self.register_buffer("ref", torch.tensor(D.COLOR_RGB, dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor(D.CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(D.CIFAR10_STD).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        pix = torch.round((x * self.std + self.mean) * 255).permute(0, 2, 3, 1)      # (B, H, W, 3)
+        k = ((pix[..., None, :] - self.ref) ** 2).sum(-1).argmin(-1)                # (B, H, W)
+        return self.units(nn.functional.one_hot(k, len(D.COLOR_NAMES)).permute(0, 3, 1, 2).float())
+
+
+@pytest.fixture(scope="module")
+def concept_ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dissect") / "concepts"
+    return D.BrodenDataset(D.make_concept_dataset(root, 32, seed=0))
+
+
+def test_dissect_planted_colour_detectors(concept_ds):
+    res = D.dissect(ColourUnits(), "units", concept_ds, alphas=(0.0, 1.0), n_rotations=2, seed=0,
+                    quantile=0.6, device="cpu", batch_size=10, progress=False)
+    present = set()
+    for _, masks, _ in concept_ds.batches(32):
+        present |= {D.COLOR_NAMES[k] for k in range(11) if masks[:, k].any()}
+    for lab in res.labels:
+        name = D.COLOR_NAMES[lab["unit"]]
+        if name in present:
+            assert lab["concept"] == name and lab["iou"] == pytest.approx(1.0) and lab["detector"]
+        else:
+            assert not lab["detector"] and lab["iou"] == 0.0
+    assert res.interpretable[0].tolist() == [len(present)] * 2
+    assert res.unique[0].tolist() == [len(present)] * 2
+    assert res.by_category[0, 0].tolist() == [len(present), 0, 0]
+    # A full random rotation mixes the one-hot colour units: no longer all perfect detectors.
+    rotated = D.dissect(ColourUnits(), "units", concept_ds, alphas=(1.0,), n_rotations=2, seed=0,
+                        quantile=0.6, device="cpu", batch_size=10, progress=False)
+    assert (rotated.interpretable <= len(present)).all()
+    assert np.array_equal(rotated.interpretable[0], res.interpretable[1])
+
+
+def _tiny_convnet():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 5, 3, padding=1), nn.Flatten(), nn.Linear(5 * 16 * 16, 10))
+
+
+def test_dissect_random_model_shapes_and_consistency(concept_ds):
+    model = _tiny_convnet()
+    alphas = (0.0, 0.5, 1.0)
+    res = D.dissect(model, "3", concept_ds, alphas=alphas, n_rotations=3, seed=1, quantile=0.01,
+                    device="cpu", batch_size=12, progress=False)
+    n_c = len(concept_ds.concepts)
+    assert res.interpretable.shape == res.unique.shape == (3, 3)
+    assert res.by_category.shape == (3, 3, 3)
+    assert res.iou.shape == (5, n_c) and len(res.labels) == 5 and res.n_units == 5
+    assert (res.interpretable[0] == res.interpretable[0, 0]).all()
+    assert (res.unique <= res.interpretable).all()
+    assert np.array_equal(res.by_category.sum(2), res.interpretable)
+    assert res.interpretable_mean.shape == (3,) and res.unique_std[0] == 0
+    # alpha = 0 is the plain NetDissect IoU of the layer's activations.
+    x, masks, annotated = next(concept_ds.batches(len(concept_ds)))
+    acts = models.features(model, x, ["3"])["3"]
+    np.testing.assert_allclose(res.iou, D.iou_scores(acts, masks, 0.01, annotated).numpy(), atol=1e-12)
+    back = D.DissectionResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert np.array_equal(back.interpretable, res.interpretable) and back.labels == res.labels
+
+
+def test_dissect_residual_outputs_of_builders(concept_ds):
+    for model in (models.resnet20(width=0.25, residual_activation=False), models.convnext_cifar(width=0.25)):
+        layer = models.residual_outputs(model)[-1]
+        res = D.dissect(model, layer, concept_ds, alphas=(0.0, 1.0), n_rotations=1, device="cpu",
+                        batch_size=32, progress=False)
+        assert res.iou.shape[0] == res.n_units == (16 if "layer" in layer else 32)
+
+
+def test_convnext_cifar_builder():
+    model = models.convnext_cifar(width=0.25, depths=(1, 2))
+    assert models.residual_outputs(model) == ["stage1.0.out", "stage2.0.out", "stage2.1.out"]
+    assert models.hidden_layers(model) == ["stage1.0.act", "stage2.0.act", "stage2.1.act"]
+    x = torch.randn(2, 3, 32, 32)
+    f = models.features(model, x, ["stage2.1.out"])["stage2.1.out"]
+    assert f.shape == (2, 16, 16, 16) and model(x).shape == (2, 10)
+    # The block output is the residual sum itself (no activation after the addition).
+    block = model.stage2[1]
+    with torch.no_grad():
+        block.gamma.fill_(0.0)
+        inp = torch.randn(2, 16, 4, 4)
+        assert torch.equal(block(inp), inp)
+    assert type(models.build(model.arch)) is type(model)
+    assert models.residual_outputs(models.resnet20(width=0.25))[0] == "layer1.0"
+    with pytest.raises(ValueError, match="no residual blocks"):
+        models.residual_outputs(models.mlp())
+    with pytest.raises(ValueError, match="depths"):
+        models.convnext_cifar(depths=())
+
+
+def test_bad_inputs(concept_ds):
+    acts = torch.randn(2, 3, 4, 4)
+    masks = torch.zeros(2, 2, 4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="quantile"):
+        D.iou_scores(acts, masks, quantile=1.0)
+    with pytest.raises(ValueError, match="masks must be a boolean"):
+        D.iou_scores(acts, masks.float())
+    with pytest.raises(ValueError, match="masks has 1 images"):
+        D.iou_scores(acts, masks[:1])
+    with pytest.raises(ValueError, match=r"annotated must be .* \(2, 2\)"):
+        D.iou_scores(acts, masks, annotated=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"activations must have shape \(n, units, h, w\)"):
+        D.iou_scores(acts.flatten(1), masks)
+    with pytest.raises(ValueError, match="rotation"):
+        D.rotation_power(torch.diag(torch.tensor([-1.0, 1.0, 1.0])), 0.5)
+    with pytest.raises(ValueError, match="rotation"):
+        D.rotation_power(2 * torch.eye(3), 0.5)
+    with pytest.raises(ValueError, match="generator"):
+        D.random_rotation(3, "seed")
+    with pytest.raises(ValueError, match="alphas"):
+        D.dissect(_tiny_convnet(), "3", concept_ds, alphas=(1.5,), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="convolutional layer"):
+        D.dissect(_tiny_convnet(), "4", concept_ds, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="unknown layer"):
+        D.dissect(_tiny_convnet(), "nope", concept_ds, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="BrodenDataset"):
+        D.dissect(_tiny_convnet(), "3", "some/dir", device="cpu", progress=False)
