@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["bars_with_errors", "heatmap", "curves"]
+__all__ = ["bars_with_errors", "heatmap", "curves", "concept_samples"]
 
 
 def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None = None,
@@ -67,6 +67,49 @@ def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
+    return fig
+
+
+def concept_samples(images, rows: dict, figsize=None) -> Figure:
+    """A grid of sample images (top row) and, below, one row of mask overlays per entry of ``rows``.
+
+    ``images``: ``(n, H, W, 3)`` or ``(n, 3, H, W)``, uint8 or floats in [0, 1];
+    ``rows[name] = (masks, concept_names)`` or ``(masks, concept_names, colours)`` with boolean
+    ``masks`` of shape ``(n, k, h, w)`` and optional RGB ``colours`` ``(k, 3)`` in [0, 255] (default:
+    the tab20 palette). Each overlay shows the image in grey with every present concept painted in
+    its colour, the names of the present concepts beneath.
+    """
+    from matplotlib import colormaps
+
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+        images = images.transpose(0, 2, 3, 1)
+    images = images.astype(float) / 255.0 if images.dtype == np.uint8 else np.clip(images, 0, 1)
+    n = len(images)
+    fig = Figure(figsize=figsize or (1.3 * n, 1.6 * (1 + len(rows))), layout="constrained")
+    axes = fig.subplots(1 + len(rows), n, squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(images[j], interpolation="nearest")
+        for r, (name, row) in enumerate(rows.items(), start=1):
+            masks, names = np.asarray(row[0], dtype=bool)[j], row[1]
+            colours = (np.asarray(row[2], dtype=float) / 255.0 if len(row) > 2
+                       else np.array([colormaps["tab20"](k % 20)[:3] for k in range(len(names))]))
+            grey = 0.25 + 0.5 * images[j].mean(-1, keepdims=True) * np.ones(3)
+            over = grey.copy()
+            present = [k for k in range(len(names)) if masks[k].any()]
+            for k in present:
+                # Nearest-neighbour upsampling of the mask to the image size, for display only.
+                ys = (np.arange(over.shape[0]) * masks.shape[1]) // over.shape[0]
+                xs = (np.arange(over.shape[1]) * masks.shape[2]) // over.shape[1]
+                m = masks[k][ys][:, xs]
+                over[m] = 0.2 * grey[m] + 0.8 * colours[k]
+            axes[r, j].imshow(over, interpolation="nearest")
+            axes[r, j].set_xlabel("\n".join(names[k] for k in present[:4]), fontsize="x-small")
+            if j == 0:
+                axes[r, j].set_ylabel(name, fontsize="small")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     return fig
 
 
