@@ -265,6 +265,8 @@ def mlp(sizes=(8, 16, 16, 4), activation: str = "relu", negative_slope: float = 
 
 
 ARCHITECTURES = {"myrtle_cnn": myrtle_cnn, "resnet20": resnet20, "mlp": mlp}
+# The builders that attach a SymmetrySpec (weight-space symmetries are defined for these).
+SPEC_ARCHITECTURES = ("myrtle_cnn", "resnet20", "mlp")
 
 
 def build(arch: dict, seed: int | None = None) -> nn.Module:
@@ -346,7 +348,7 @@ def symmetry_spec(model: nn.Module) -> SymmetrySpec:
     spec = getattr(model, "symmetry_spec", None)
     if spec is None:
         raise ValueError(f"{type(model).__name__} has no symmetry spec; supported architectures are "
-                         f"those built by lib.models: {', '.join(ARCHITECTURES)}")
+                         f"{', '.join(SPEC_ARCHITECTURES)} (as built by lib.models)")
     return spec
 
 

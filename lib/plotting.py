@@ -8,6 +8,23 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+
+def _register_png_display() -> None:
+    # A bare Figure (object API, no pyplot) has no rich display until IPython's figure formatter is
+    # registered; registering it here makes `fig` at the end of a chapter cell render as a PNG
+    # without `%matplotlib inline` and without touching the kernel's matplotlib backend.
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        select_figure_formats(shell, {"png"}, bbox_inches="tight", dpi=110)
+
+
+_register_png_display()
+
 __all__ = ["bars_with_errors", "heatmap", "curves", "concept_samples"]
 
 

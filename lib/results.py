@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import atomic_path, cache_dir, check_choice, SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results"]
+__all__ = ["Recorder", "results_dir", "load_results", "markdown_table"]
 
 
 def results_dir() -> Path:
@@ -76,3 +76,26 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
         for r in payload["rows"]:
             rows.append(dict(chapter=payload["chapter"], seed=payload["seed"], **r))
     return rows
+
+
+def _fmt(value, std=None, unit="") -> str:
+    if value is None:
+        return ""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    if std is not None:
+        text += f" ± {std:.2g}" if isinstance(std, float) else f" ± {std}"
+    return text + (f" {unit}" if unit and unit != "%" else unit)
+
+
+def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
+    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's.
+
+    Chapters appear in ``order`` (e.g. the book's table of contents), then alphabetically.
+    """
+    order = order or []
+    rank = lambda r: (order.index(r["chapter"]) if r["chapter"] in order else len(order), r["chapter"], r["seed"])
+    lines = ["| chapter | seed | quantity | ours | paper | note |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=rank):
+        lines.append(f"| {r['chapter']} | {r['seed']} | `{r['key']}` | {_fmt(r['ours'], r['std'], r['unit'])} | "
+                     f"{_fmt(r['paper'], r['paper_std'], r['unit'])} | {r['note']} |")
+    return "\n".join(lines)

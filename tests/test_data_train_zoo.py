@@ -215,3 +215,19 @@ def test_pairs_and_memo(tmp_path):
     assert len(calls) == 2
     with pytest.raises(ValueError, match="dataset"):
         zoo.load_data("imagenet")
+
+
+def test_recorder_roundtrip_and_table(tmp_path, monkeypatch):
+    from lib.results import Recorder, load_results, markdown_table
+    monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
+    rec = Recorder("stitching", "smoke", seed=2)
+    rec.add("penalty", np.float64(1.5), std=0.25, paper=2.0, unit="%")
+    rec.add("penalty", 1.25, paper=2.0, unit="%")            # a key recorded twice keeps the last value
+    rec.add("nan", float("nan"))
+    assert rec.save() == tmp_path / "smoke" / "stitching-seed2.json"
+    rows = load_results("smoke")
+    assert [(r["key"], r["ours"], r["seed"]) for r in rows] == [("penalty", 1.25, 2), ("nan", None, 2)]
+    table = markdown_table(rows)
+    assert "| stitching | 2 | `penalty` | 1.25% | 2% |" in table
+    with pytest.raises(ValueError, match="scale"):
+        Recorder("x", "big")
