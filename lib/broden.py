@@ -24,14 +24,17 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .data import MEAN as _DATA_MEAN, STD as _DATA_STD
+
 __all__ = [
     "BrodenDataset", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
     "TEXTURE_NAMES", "SHAPE_NAMES", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# The normalisation the zoo's models are trained with (lib.data, on the 0-255 scale), on [0, 1].
+CIFAR10_MEAN = tuple(m / 255.0 for m in _DATA_MEAN)
+CIFAR10_STD = tuple(s / 255.0 for s in _DATA_STD)
 
 _META = ("image", "split", "ih", "iw", "sh", "sw")
 
@@ -74,7 +77,8 @@ class BrodenDataset:
         the stored size, which must then be the same for all images.
     categories : the categories to use (default: all in ``category.csv``).
     split : keep only the rows of ``index.csv`` with this split (default: all rows).
-    mean, std : per-channel normalisation of images scaled to [0, 1] (default: CIFAR-10's).
+    mean, std : per-channel normalisation of images scaled to [0, 1] (default: lib.data's CIFAR-10
+        normalisation, the one the zoo's models are trained with).
 
     Attributes
     ----------
