@@ -219,6 +219,11 @@ def book_models(scale: str) -> dict:
         "resnet20": dict(arch=dict(arch="resnet20", width=s.resnet_width), recipe=r, seeds=pair_seeds,
                          paper_acc=(89.9, None)),
     }
+    # Section 6's trio at small scale: ReLU after each residual addition, none, and ConvNeXt-style.
+    models["resnet20_noresrelu"] = dict(arch=dict(arch="resnet20", width=s.resnet_width, residual_activation=False),
+                                        recipe=r, seeds=[0], paper_acc=(None, None))
+    models["convnext"] = dict(arch=dict(arch="convnext_cifar", width=s.resnet_width, layer_scale=0.1),
+                              recipe=r, seeds=[0], paper_acc=(None, None))
     for slope in s.slopes:
         arch = (dict(arch="resnet20", width=s.slope_width) if slope == 0 else
                 dict(arch="resnet20", width=s.slope_width, activation="leaky_relu", negative_slope=slope))
