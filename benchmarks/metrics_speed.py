@@ -23,7 +23,6 @@ import argparse
 import math
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -130,12 +129,25 @@ def memory_report(args, size, dtype):
     print(f"  naive (N, N, C) tensor, {dtype}: N = {n}")
 
 
+def _status_bytes(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def measure_peak(n, c, size):
-    """Run grelu_cka in this process and print the rise of peak RSS over the RSS before the call."""
+    """Run grelu_cka in this process and print the rise of its peak RSS over the RSS before the call.
+
+    The peak is VmHWM, reset to the current RSS first (getrusage's ru_maxrss would be no good here:
+    Linux carries it over from the parent process across fork and exec).
+    """
     x, y = features(n, c, size, 0, torch.float64)
-    rss_before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    rss_before = _status_bytes("VmRSS")
     M.grelu_cka(x, y)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+    print(_status_bytes("VmHWM") - rss_before)
 
 
 def memory_check(args, size):

@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 DTYPES = (torch.float64, torch.float32)
-# Temporaries of one block of the max-kernel Gram matrix. On the 2-core development CPU, blocks with
-# temporaries above about 32 MB fell off a performance cliff (they no longer fit the 32 MB L3 cache).
+# Temporaries of one block of the max-kernel Gram matrix. On the 2-core development CPU (32 MB L3
+# cache), blocks with temporaries above about 32 MB were measured to fall off a performance cliff.
 BLOCK_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
 BLOCK_ROWS = {"cpu": 512, "cuda": 4096}
 ZERO_CHANNELS = ("raise", "keep")
@@ -295,11 +295,11 @@ def max_kernel_gram(X, block_size: int | None = None, memory_budget: float | Non
 
 # -- HSIC and CKA -----------------------------------------------------------------------------------
 
-def _gram(K, name, dtype=None) -> torch.Tensor:
+def _gram(K, name) -> torch.Tensor:
     t = K.detach() if isinstance(K, torch.Tensor) else torch.as_tensor(np.asarray(K))
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
         raise ValueError(f"{name} must be a square (n_samples, n_samples) Gram matrix; got shape {tuple(t.shape)}")
-    t = t.to(dtype or (t.dtype if t.dtype in DTYPES else torch.float64))
+    t = t if t.dtype in DTYPES else t.to(torch.float64)
     return _check_finite(t, name)
 
 
@@ -451,7 +451,10 @@ def grelu_procrustes(X, Y, zero_channels: str = "raise", *, dtype=torch.float64,
     # The numerator of d^2 is the squared residual of the matching; summing it directly avoids the
     # cancellation of the expanded formula (whose round-off would show as 1 - 1e-8 for aligned inputs).
     resid = (zx[rows] - zy[cols]).square().sum()
-    resid += zx.square().sum() - zx[rows].square().sum() + zy.square().sum() - zy[cols].square().sum()
+    for z, matched in ((zx, rows), (zy, cols)):
+        unmatched = torch.ones(z.shape[0], dtype=torch.bool, device=dev)
+        unmatched[matched] = False
+        resid += z[unmatched].square().sum()
     d2 = float(resid) / (4 * max(zx.shape[0], zy.shape[0]))
     return 1.0 - math.sqrt(min(1.0, max(0.0, d2)))
 
@@ -530,7 +533,7 @@ def _reference_max_kernel_rows(X, kind: str = "authors") -> torch.Tensor:
     """Max-kernel Gram matrix filled one row at a time in a Python loop (the authors' way)."""
     f = to_channels(X)
     n = f.shape[0]
-    K = torch.zeros((n, n), dtype=f.dtype)
+    K = torch.zeros((n, n), dtype=f.dtype, device=f.device)
     for i in range(1, n):
         K[i, :i] = _reference_max_kernel_row(f, i, kind)
     K = K + K.T

@@ -73,6 +73,15 @@ def test_grelu_measures_drop_under_channel_rotation(seed, measure):
     assert measure(x, rotate_channels(x, haar(x.shape[1], seed))) < 0.99
 
 
+def test_procrustes_with_unequal_channel_counts_pads_with_zero_channels():
+    x = conv_features(5, relu=False)
+    extra = np.concatenate([x, np.zeros_like(x[:, :2])], axis=1)
+    assert M.grelu_procrustes(x, extra, zero_channels="keep") == pytest.approx(1.0, abs=1e-10)
+    assert M.orthogonal_procrustes(x, rotate_channels(extra, haar(8, 5))) == pytest.approx(1.0, abs=1e-10)
+    # Dropping a channel: d^2 = (c - 1 + c - 2 (c - 1)) / (4 c) = 1 / (4 c) for the authors' G_ReLU form.
+    assert M.grelu_procrustes(x, x[:, :5]) == pytest.approx(1 - math.sqrt(1 / 24), abs=1e-10)
+
+
 def test_grelu_procrustes_is_not_translation_invariant():
     x = conv_features(0)
     assert M.grelu_procrustes(x, x + 5.0) < 0.99
@@ -253,6 +262,12 @@ def test_torch_numpy_and_dtypes_agree():
         tol = 1e-4 if measure is M.rbf_cka else 1e-5
         assert measure(torch.from_numpy(x).float(), y.astype(np.float32)) == pytest.approx(ref, abs=tol)
         assert measure(x, y, dtype=torch.float32) == pytest.approx(ref, abs=tol)
+    # Inputs are never modified in place.
+    tx = torch.from_numpy(x)
+    before = tx.clone()
+    for measure in (M.linear_cka, M.rbf_cka, M.grelu_cka, M.orthogonal_cka, M.grelu_procrustes, M.orthogonal_procrustes):
+        measure(tx, tx)
+    assert torch.equal(tx, before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
