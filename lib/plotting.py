@@ -194,3 +194,35 @@ def channel_scatter(panels: dict, xlabel: str = "", ylabel: str = "", c=None,
 
 
 __all__ += ["log_bars", "ray_images", "channel_scatter"]
+
+
+# --------------------------------------------------------------------------------------------
+# Network dissection under rotations (Section 6)
+# --------------------------------------------------------------------------------------------
+def rotation_curves(alphas, panels: dict, xlabel: str = r"rotation $\alpha$ ($Q^\alpha$)",
+                    figsize=None) -> Figure:
+    """Side-by-side panels of curves against ``alphas`` ``(n_alphas,)`` with shaded ± std.
+
+    ``panels[ylabel] = {name: (mean, std)}``, each of shape ``(n_alphas,)``; a name keeps its colour
+    across panels and the legend is drawn once, in the first panel.
+    """
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=figsize or (4.2 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    names = list(dict.fromkeys(n for curves in panels.values() for n in curves))
+    colours = {n: colormaps["tab10"](k % 10) for k, n in enumerate(names)}
+    x = np.asarray(alphas, dtype=float)
+    for ax, (ylabel, curves) in zip(axes, panels.items()):
+        for name, (mean, std) in curves.items():
+            mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
+            ax.plot(x, mean, marker="o", ms=3, color=colours[name], label=name)
+            ax.fill_between(x, mean - std, mean + std, color=colours[name], alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+__all__ += ["rotation_curves"]

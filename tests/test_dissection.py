@@ -463,3 +463,104 @@ def test_bad_inputs(concept_ds):
         D.dissect(_tiny_convnet(), "nope", concept_ds, device="cpu", progress=False)
     with pytest.raises(ValueError, match="BrodenDataset"):
         D.dissect(_tiny_convnet(), "3", "some/dir", device="cpu", progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Section 6's models, data and summaries
+# --------------------------------------------------------------------------------------------
+def test_rotation_trend_known_values():
+    t = D.rotation_trend([0, 0.5, 1], [[10, 10], [8, 6], [4, 6]])
+    assert t["start"] == 10 and t["end"] == 5 and t["relative_change"] == pytest.approx(-0.5)
+    assert t["slope"] == pytest.approx(-5.0) and t["verdict"] == "falls"
+    assert D.rotation_trend([0, 1], [[10], [10.5]])["verdict"] == "flat"
+    assert D.rotation_trend([0, 1], [[10], [12]])["verdict"] == "rises"
+    zero = D.rotation_trend([0, 1], [[0, 0], [1, 0]])
+    assert math.isnan(zero["relative_change"]) and zero["verdict"] == "rises"
+    assert D.rotation_trend([0, 1], [[0], [0]])["verdict"] == "flat"
+    with pytest.raises(ValueError, match="n_alphas"):
+        D.rotation_trend([0, 1], [[1, 2, 3]])
+    with pytest.raises(ValueError, match="tolerance"):
+        D.rotation_trend([0, 1], [[1], [2]], tolerance=-1)
+
+
+def test_strip_residual_relu_removes_only_the_residual_relu():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    block = model.layer4[2]
+    x = torch.randn(2, 2048, 4, 4)
+    with torch.no_grad():
+        before = block(x)
+        D.strip_residual_relu(model)
+        after = block(x)
+        inner = block.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x))))))
+        expected = block.bn3(block.conv3(inner)) + x
+    assert (before >= 0).all() and (after < 0).any()
+    torch.testing.assert_close(after, expected)
+    torch.testing.assert_close(torch.relu(after), before)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="Bottleneck"):
+        D.strip_residual_relu(models.resnet20(width=0.25))
+
+
+def test_imagenet_models_offline_error(monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    # No download is ever attempted: torchvision's weight loader is replaced by one that fails as
+    # an offline machine does.
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match="ImageNet weights.*resnet50.*checkpoints.*TORCH_HOME"):
+        D.imagenet_models()
+    with pytest.raises(ValueError, match="noresrelu_weights"):
+        monkeypatch.setattr(D, "_pretrained", lambda name, builder, weights: builder(weights=None))
+        D.imagenet_models(noresrelu_weights="/nonexistent/weights.pt")
+
+
+def test_concept_dataset_errors(tmp_path):
+    with pytest.raises(ValueError, match="broden_dir"):
+        D.concept_dataset("paper")
+    with pytest.raises(ValueError, match="broden_dir"):
+        D.concept_dataset("paper", broden_dir=tmp_path / "missing")
+    with pytest.raises(ValueError, match="scale"):
+        D.concept_dataset("huge")
+
+
+def test_unit_examples(concept_ds):
+    model = _tiny_convnet()
+    ex = D.unit_examples(model, "3", concept_ds, unit=2, concept="red", k=5, quantile=0.05, device="cpu")
+    assert ex["images"].shape == (5, 32, 32, 3) and ex["images"].dtype == np.uint8
+    assert ex["unit_masks"].shape == ex["concept_masks"].shape == (5, 1, 32, 32)
+    x, masks, _ = next(concept_ds.batches(len(concept_ds), normalize=False))
+    np.testing.assert_array_equal(ex["images"][0], (x[ex["indices"][0]].permute(1, 2, 0) * 255).round().byte().numpy())
+    np.testing.assert_array_equal(ex["concept_masks"][:, 0], masks[ex["indices"], concept_ds.concepts.index("red")].numpy())
+    # The images come in decreasing order of the unit's peak activation.
+    xs, _, _ = next(concept_ds.batches(len(concept_ds)))
+    peak = models.features(model, xs, ["3"])["3"][:, 2].amax((1, 2))
+    assert torch.equal(peak.topk(5).indices, torch.from_numpy(ex["indices"]))
+    with pytest.raises(ValueError, match="unknown concept"):
+        D.unit_examples(model, "3", concept_ds, unit=0, concept="unicorn")
+    with pytest.raises(ValueError, match="unit"):
+        D.unit_examples(model, "3", concept_ds, unit=5, concept="red")
+
+
+def test_dissect_memo_caches(concept_ds, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
+    net = dict(model=_tiny_convnet(), key="tiny")
+    kwargs = dict(alphas=(0.0, 1.0), n_rotations=2, seed=3, quantile=0.01, device="cpu")
+    first = D.dissect_memo(net, "3", concept_ds, {"data": "test"}, **kwargs)
+    direct = D.dissect(net["model"], "3", concept_ds, progress=False, **kwargs)
+    assert np.array_equal(first.interpretable, direct.interpretable) and first.labels == direct.labels
+    calls = []
+    monkeypatch.setattr(D, "dissect", lambda *a, **k: calls.append(1))
+    again = D.dissect_memo(net, "3", concept_ds, {"data": "test"}, **kwargs)
+    assert not calls and np.array_equal(again.iou, first.iou)
+    # Other data is another key: computed anew (the stand-in returns None, hence the error).
+    with pytest.raises(AttributeError):
+        D.dissect_memo(net, "3", concept_ds, {"data": "other"}, **kwargs)
+    assert calls == [1]
