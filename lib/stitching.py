@@ -312,7 +312,7 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
     """Train ``model.stitch`` alone on A's precomputed state; evaluate on the test state every epoch.
 
     Returns ``best_acc`` (best test accuracy over the epochs, the authors' choice), ``history``
-    (per-epoch ``loss`` and ``test_acc``) and ``seconds``. grelu: the first ``p_only_fraction`` of
+    (per-epoch ``loss`` and ``test_acc``), the final ``matrix`` (rounded for grelu) and ``seconds``. grelu: the first ``p_only_fraction`` of
     the epochs leave D fixed; after every step P is clipped and Sinkhorn-projected and D clipped;
     evaluation rounds P with the Hungarian algorithm. ``epochs=0`` evaluates the start only (after
     one pass that lets B's BatchNorm statistics adapt when ``bn_adapt``).
@@ -356,7 +356,10 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
     if not history:
         history.append(dict(epoch=0, loss=float("nan"), test_acc=_accuracy(model, test_state, y_test)))
     model.eval()
-    return dict(best_acc=max(h["test_acc"] for h in history), history=history,
+    layer.hard = layer.kind == "grelu"
+    final = layer.matrix().detach().cpu()
+    layer.hard = False
+    return dict(best_acc=max(h["test_acc"] for h in history), history=history, matrix=final,
                 seconds=time.perf_counter() - t0)
 
 
