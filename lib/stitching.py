@@ -327,8 +327,9 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
                   dict(params=[layer.d], weight_decay=settings.weight_decay)]
     else:
         groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
-    opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
-           if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
+    opt = None if settings.epochs == 0 else (
+        torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+        if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
     p_only = round(settings.epochs * settings.p_only_fraction) if layer.kind == "grelu" else 0
     history = []
     if settings.epochs == 0 and settings.bn_adapt:
