@@ -226,3 +226,24 @@ def rotation_curves(alphas, panels: dict, xlabel: str = r"rotation $\alpha$ ($Q^
 
 
 __all__ += ["rotation_curves"]
+
+
+# --------------------------------------------------------------------------------------------
+# Similarity measures (Section 5)
+# --------------------------------------------------------------------------------------------
+def labeled_scatter(x, y, labels, xlabel: str = "", ylabel: str = "", xerr=None, yerr=None,
+                    figsize=(4.5, 3.6)) -> Figure:
+    """Scatter of ``y`` against ``x`` (both ``(n_points,)``), each point annotated with ``labels[i]``
+    (e.g. a layer name); optional ``xerr``/``yerr`` ``(n_points,)`` draw error bars."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=2)
+    for xi, yi, label in zip(x, y, labels):
+        ax.annotate(str(label), (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize="small")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig
+
+
+__all__ += ["labeled_scatter"]
