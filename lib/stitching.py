@@ -154,7 +154,9 @@ class StitchLayer(nn.Module):
     def project(self, rounds: int = 16) -> None:
         """Back onto the constraint set after an optimiser step (grelu: Birkhoff polytope, d >= 0)."""
         if self.kind == "grelu":
-            self.p.copy_(sinkhorn(self.p.clamp(min=0), rounds))
+            # A tiny floor keeps a column whose entries were all clipped from staying zero for ever
+            # (Sinkhorn cannot rescale a zero column back onto the polytope).
+            self.p.copy_(sinkhorn(self.p.clamp(min=0) + 1e-9, rounds))
             self.d.clamp_(min=0)
 
     def forward(self, h):
@@ -413,3 +415,19 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
         row["penalty"] = sum(clean) / 2 - row["best_acc"]
         out["variants"][name] = row
     return out
+
+
+def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = None,
+                      n_test: int | None = None, settings: StitchSettings = StitchSettings(), seed: int = 0) -> dict:
+    """:func:`stitch_experiment`, memoised on disk (``lib.zoo.memo``) so a warm rebuild recomputes nothing.
+
+    The memo key holds both models' weight fingerprints (``lib.zoo.fingerprint``), the data, the
+    layer, the variants, the image counts, every stitching setting and the seed.
+    """
+    from .zoo import fingerprint, memo
+
+    variants = [variants] if isinstance(variants, str) else list(variants)
+    config = dict(a=fingerprint(model_a), b=fingerprint(model_b), data=data.identity, layer=layer,
+                  variants=variants, n_train=n_train, n_test=n_test, settings=dataclasses.asdict(settings), seed=seed)
+    return memo("stitching", config, lambda: stitch_experiment(
+        model_a, model_b, layer, variants, data, n_train, n_test, settings, seed))

@@ -29,6 +29,7 @@ from .models import build
 from .train import Recipe, recipe as make_recipe, train
 
 __all__ = ["get", "pairs", "info", "model_key", "zoo_dir", "recipe_for_scale", "load_data", "memo", "book_models",
+           "fingerprint",
            "DATASETS"]
 
 DATASETS = ("cifar10", "synthetic")
@@ -118,7 +119,7 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
     """A model trained with ``recipe`` from ``seed``, from the zoo or trained now (then cached).
 
     ``arch`` is a dict for :func:`lib.models.build`. The model comes back in eval mode on ``device``
-    with its metadata as ``model.zoo_meta``.
+    with its metadata as ``model.zoo_meta`` and its cache key as ``model.zoo_key``.
     """
     r = make_recipe(recipe)
     device = get_device(device)
@@ -131,6 +132,7 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
         _check_writable(folder)
         meta = _train_and_store(model, arch, r, seed, data, folder, device, progress)
     model.zoo_meta = meta
+    model.zoo_key = key
     return model.to(device).eval()
 
 
@@ -176,6 +178,16 @@ def pairs(arch: dict, recipe: str | Recipe = "fast", n_pairs: int = 1, seed0: in
         raise ValueError(f"n_pairs must be at least 1, got {n_pairs}")
     return [(get(arch, recipe, seed0 + 2 * i, **kwargs), get(arch, recipe, seed0 + 2 * i + 1, **kwargs))
             for i in range(n_pairs)]
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 prefix of a model's weights and buffers: a cache key that follows the weights
+    themselves, so a transformed copy of a zoo model can never be mistaken for the original."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
 
 
 def memo(kind: str, config: dict, compute, root=None):

@@ -76,10 +76,12 @@ def test_sinkhorn_doubly_stochastic_and_hungarian_is_permutation():
         assert torch.equal(stitching.hungarian(0.7 * Q + 0.3 * P / n), Q)
 
 
-def test_projection_keeps_grelu_layer_in_constraint_set():
-    layer = stitching.StitchLayer("grelu", 6, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("seed", range(20))
+def test_projection_keeps_grelu_layer_in_constraint_set(seed):
+    g = torch.Generator().manual_seed(seed)
+    layer = stitching.StitchLayer("grelu", 6, generator=g)
     with torch.no_grad():
-        layer.p.add_(torch.randn(6, 6))
+        layer.p.add_(2 * torch.randn(6, 6, generator=g))       # some columns end up all negative
         layer.d.sub_(2.0)
     layer.project(16)
     assert (layer.p >= 0).all() and (layer.d >= 0).all()
@@ -189,3 +191,23 @@ def test_rotated_model_applies_map_and_freezes_front():
         rotation.rotated_model(m, "act1", P)
     with pytest.raises(ValueError, match="unknown layer 'conv7'"):
         rotation.rotated_model(m, "conv7", P)
+
+
+def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch):
+    from lib import train, zoo
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
+    data = synthetic_dataset(n_train=64, n_test=32)
+    r = train.recipe("fast", epochs=1, batch_size=32, lr=0.05)
+    a, b = (zoo.get(MYRTLE, r, s, data=data, progress=False) for s in (0, 1))
+    settings = stitching.StitchSettings(epochs=1, batch_size=32)
+    first = stitching.cached_experiment(a, b, "act2", ["matching"], data, 64, 32, settings)
+    calls = []
+    monkeypatch.setattr(stitching, "stitch_experiment", lambda *args, **kw: calls.append(1))
+    again = stitching.cached_experiment(a, b, "act2", ["matching"], data, 64, 32, settings)
+    assert not calls and again["variants"]["matching"]["penalty"] == first["variants"]["matching"]["penalty"]
+    stitching.cached_experiment(a, b, "act3", ["matching"], data, 64, 32, settings)
+    assert calls == [1]                                  # another layer is another entry
+    # A transformed copy of B has other weights, hence another entry (never B's cached result).
+    copy, _ = groups.random_transform(b, torch.Generator().manual_seed(0))
+    stitching.cached_experiment(a, copy, "act2", ["matching"], data, 64, 32, settings)
+    assert calls == [1, 1]
