@@ -1,0 +1,271 @@
+"""A small offline concept dataset in the Broden layout of NetDissect (Bau et al. 2017).
+
+:func:`make_concept_dataset` writes CIFAR-10 (or synthetic) images with procedurally generated
+concepts (colours, textures, shapes, classes) and exact masks, in the layout that
+:class:`lib.broden.BrodenDataset` reads, because the real Broden dataset cannot be downloaded here.
+These names are also reachable as ``lib.broden.<name>`` and ``lib.dissection.<name>``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .broden import _META, CIFAR10_CLASSES
+
+__all__ = ["make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB", "TEXTURE_NAMES", "SHAPE_NAMES"]
+
+# Broden's eleven colour names; reference RGB values (COLOR_RGB, float (11, 3)) picked by hand as
+# typical sRGB renderings.
+COLOR_NAMES = ("black", "blue", "brown", "grey", "green", "orange", "pink", "purple", "red", "white", "yellow")
+COLOR_RGB = np.array([
+    (20, 20, 20), (40, 70, 200), (120, 75, 35), (128, 128, 128), (40, 160, 50), (240, 140, 30),
+    (240, 150, 190), (130, 50, 160), (200, 30, 30), (235, 235, 235), (230, 220, 40)], dtype=np.float64)
+TEXTURE_NAMES = ("striped", "chequered", "dotted")
+SHAPE_NAMES = ("disc", "square", "triangle")
+
+
+def quantize_colors(images: np.ndarray) -> np.ndarray:
+    """Index into :data:`COLOR_NAMES` of each pixel's nearest reference colour (Euclidean in RGB).
+
+    ``images``: uint8 ``(..., 3)``; returns int64 of shape ``images.shape[:-1]``.
+    """
+    images = np.asarray(images)
+    if images.shape[-1] != 3:
+        raise ValueError(f"images must have a trailing RGB axis of size 3, got shape {images.shape}")
+    d = ((images[..., None, :].astype(np.float64) - COLOR_RGB) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def _jitter_colour(rng, k: int) -> np.ndarray:
+    return np.clip(COLOR_RGB[k] + rng.uniform(-15, 15, 3), 0, 255)
+
+
+def _texture(rng, kind: int, size: int, y0: int, x0: int, h: int, w: int):
+    """Texture ``TEXTURE_NAMES[kind]`` in the rectangle: (boolean foreground, rectangle mask)."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    if kind == 0:
+        angle = rng.choice([0.0, 45.0, 90.0, 135.0]) * math.pi / 180
+        period = rng.uniform(4, 7)
+        fg = ((xx * math.cos(angle) + yy * math.sin(angle)) % period) < period / 2
+    elif kind == 1:
+        cell = int(rng.integers(2, 5))
+        fg = ((xx // cell + yy // cell) % 2).astype(bool)
+    else:
+        spacing, radius = rng.uniform(6, 8), rng.uniform(1.4, 2.0)
+        dy = (yy % spacing) - spacing / 2
+        dx = (xx % spacing) - spacing / 2
+        fg = dx * dx + dy * dy < radius * radius
+    region = np.zeros((size, size), dtype=bool)
+    region[y0:y0 + h, x0:x0 + w] = True
+    return fg, region
+
+
+def _shape(rng, kind: int, size: int) -> np.ndarray:
+    """Boolean mask of shape ``SHAPE_NAMES[kind]`` with a random size and position inside the image."""
+    r = rng.uniform(0.14, 0.25) * size
+    cy, cx = rng.uniform(r + 1, size - r - 1, 2)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    if kind == 0:
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    if kind == 1:
+        return (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
+    # An upright isosceles triangle: apex at the top, half-width growing linearly to r at the base.
+    t = (yy - (cy - r)) / (2 * r)
+    return (t >= 0) & (t <= 1) & (np.abs(xx - cx) <= r * t)
+
+
+def _synthetic_base(rng, size: int) -> np.ndarray:
+    # A linear gradient between two random colours plus pixel noise: a background without concepts
+    # of its own beyond colour.
+    c0, c1 = rng.uniform(0, 255, (2, 3))
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size
+    t = np.clip(0.5 + (xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle), 0, 1)[..., None]
+    img = c0 * (1 - t) + c1 * t + rng.normal(0, 8, (size, size, 3))
+    return np.clip(img, 0, 255)
+
+
+def _encode_mask(number: np.ndarray) -> np.ndarray:
+    out = np.zeros(number.shape + (3,), dtype=np.uint8)
+    out[..., 0] = number % 256
+    out[..., 1] = number // 256
+    return out
+
+
+def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray | None = None,
+                         labels: np.ndarray | None = None, class_names=CIFAR10_CLASSES,
+                         p_texture: float = 0.5, p_shape: float = 0.5, size: int = 32) -> Path:
+    """Write a small concept dataset in the Broden layout to ``root`` (read it with :class:`BrodenDataset`).
+
+    Images are ``images[k]`` for ``n_images`` distinct random ``k`` (uint8 ``(N, S, S, 3)``, e.g.
+    CIFAR-10 test images, kept at their native S x S, 32 for CIFAR, so that a CIFAR-trained network
+    sees them at its training resolution; masks have the same size), or, when ``images`` is None,
+    synthetic ``size`` x ``size`` colour gradients with noise. Into each image are pasted, with
+    exact pixel masks:
+
+    * category ``texture`` (pixel-level; probability ``p_texture``): a rectangle (12-24 px sides at
+      S = 32) filled with a two-colour texture, one of :data:`TEXTURE_NAMES` (stripes at 0/45/90/135
+      degrees with period 4-7 px, a checkerboard of 2-4 px cells, dots of radius 1.4-2 px on a 6-8 px grid); its mask
+      is the rectangle minus any shape drawn over it. Broden's textures come from DTD and are
+      image-level; ours are local patches.
+    * category ``shape`` (pixel-level; probability ``p_shape``): a solid-colour disc, square or
+      upright triangle (:data:`SHAPE_NAMES`) of radius 14-25 % of the side, entirely inside the image.
+      It plays the role of Broden's object/part categories, with exact masks.
+    * category ``color`` (pixel-level, every image): each pixel of the final image labelled with the
+      nearest of eleven reference colours named as Broden's (:data:`COLOR_NAMES`,
+      :func:`quantize_colors`). Broden's colour labels are likewise computed from pixels, with a
+      learned colour-naming model; nearest-reference is a cruder stand-in.
+    * category ``class`` (image-level, only if ``labels`` is given): the image's class,
+      ``class_names[labels[k]]``, in the role of Broden's image-level scene category.
+
+    Images without a texture (or shape) have no annotation in that category, as in Broden, so they
+    do not count for those concepts' IoU. If ``root`` already holds a dataset written by this
+    function with the same arguments it is reused; one written with other arguments is replaced;
+    any other existing directory is an error. Returns ``root`` as a ``Path``.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be a positive int, got {n_images!r}")
+    for name, p in (("p_texture", p_texture), ("p_shape", p_shape)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+    if images is not None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"images must be uint8 of shape (N, S, S, 3), got {images.dtype} {images.shape}")
+        if n_images > len(images):
+            raise ValueError(f"n_images={n_images} exceeds the {len(images)} images given")
+        size = images.shape[1]
+    elif labels is not None:
+        raise ValueError("labels need images: pass images=<uint8 (N, S, S, 3)> with labels")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= len(class_names):
+            raise ValueError(f"labels must be ints in [0, {len(class_names)}) of shape ({len(images)},)")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+
+    meta = dict(n_images=n_images, seed=seed, p_texture=p_texture, p_shape=p_shape, size=size,
+                class_names=list(class_names) if labels is not None else None,
+                images=hashlib.sha256(images.tobytes()).hexdigest() if images is not None else None,
+                labels=hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labels is not None else None)
+    meta_path = root / "make_concept_dataset.json"
+    if root.exists():
+        if meta_path.is_file():
+            if json.loads(meta_path.read_text()) == meta:
+                return root
+        elif any(root.iterdir()):
+            raise ValueError(f"root {str(root)!r} exists and was not written by make_concept_dataset; "
+                             f"pass a new or empty directory")
+
+    # Label numbers: colours, textures, shapes, classes, in that order, from 1 (0 means "none").
+    cats = [("color", COLOR_NAMES), ("texture", TEXTURE_NAMES), ("shape", SHAPE_NAMES)]
+    if labels is not None:
+        cats.append(("class", tuple(class_names)))
+    names = [n for _, ns in cats for n in ns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must not repeat or reuse colour/texture/shape names: {list(class_names)}")
+    first, number = {}, 1
+    for cat, ns in cats:
+        first[cat] = number
+        number += len(ns)
+
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(images), n_images, replace=False) if images is not None else None
+    freq = np.zeros(number, dtype=np.int64)
+    cover = np.zeros(number)
+    cat_freq = {cat: 0 for cat, _ in cats}
+    index_rows = []
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        (tmp / "images").mkdir()
+        for i in range(n_images):
+            img = images[picks[i]].astype(np.float64) if images is not None else _synthetic_base(rng, size)
+            stem = f"{i:05d}"
+            row = dict(image=f"{stem}.png", split="train", ih=size, iw=size, sh=size, sw=size,
+                       color=f"{stem}_color.png", texture="", shape="")
+            texture = shape = None
+            if rng.random() < p_texture:
+                kind = int(rng.integers(len(TEXTURE_NAMES)))
+                h, w = rng.integers(size * 3 // 8, size * 3 // 4 + 1, 2)
+                y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+                fg, region = _texture(rng, kind, size, y0, x0, h, w)
+                c_fg, c_bg = rng.choice(len(COLOR_NAMES), 2, replace=False)
+                img[region & fg] = _jitter_colour(rng, c_fg)
+                img[region & ~fg] = _jitter_colour(rng, c_bg)
+                texture = (kind, region)
+            if rng.random() < p_shape:
+                kind = int(rng.integers(len(SHAPE_NAMES)))
+                mask = _shape(rng, kind, size)
+                img[mask] = _jitter_colour(rng, int(rng.integers(len(COLOR_NAMES))))
+                shape = (kind, mask)
+            img = np.round(img).astype(np.uint8)
+            Image.fromarray(img).save(tmp / "images" / row["image"])
+
+            colour = quantize_colors(img) + first["color"]
+            layers = {"color": colour}
+            if texture is not None:
+                region = texture[1] & ~(shape[1] if shape is not None else False)
+                if region.any():
+                    layers["texture"] = np.where(region, first["texture"] + texture[0], 0)
+            if shape is not None:
+                layers["shape"] = np.where(shape[1], first["shape"] + shape[0], 0)
+            for cat, lab in layers.items():
+                Image.fromarray(_encode_mask(lab)).save(tmp / "images" / f"{stem}_{cat}.png")
+                row[cat] = f"{stem}_{cat}.png"
+                cat_freq[cat] += 1
+                counts = np.bincount(lab.ravel(), minlength=number)
+                freq[counts > 0] += 1
+                cover += counts / lab.size
+            if labels is not None:
+                k = first["class"] + int(labels[picks[i]])
+                row["class"] = str(k)
+                cat_freq["class"] += 1
+                freq[k] += 1
+                cover[k] += 1.0
+            index_rows.append(row)
+        freq[0], cover[0] = 0, 0.0
+        _write_broden_csvs(tmp, index_rows, cats, first, freq, cover, cat_freq)
+        meta_path_tmp = tmp / meta_path.name
+        meta_path_tmp.write_text(json.dumps(meta, indent=1))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root
+
+
+def _write_broden_csvs(root: Path, index_rows, cats, first, freq, cover, cat_freq) -> None:
+    def write(name, fields, rows):
+        with open(root / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write("index.csv", list(_META) + [c for c, _ in cats], index_rows)
+    write("category.csv", ["name", "first", "last", "count", "frequency"],
+          [dict(name=c, first=first[c], last=first[c] + len(ns) - 1, count=len(ns), frequency=cat_freq[c])
+           for c, ns in cats])
+    label_rows = []
+    for cat, ns in cats:
+        rows = []
+        for j, name in enumerate(ns):
+            k = first[cat] + j
+            label_rows.append(dict(number=k, name=name, category=f"{cat}({freq[k]})", frequency=freq[k],
+                                   coverage=f"{cover[k]:.4f}", syns=""))
+            rows.append(dict(code=j + 1, number=k, name=name, frequency=freq[k], coverage=f"{cover[k]:.4f}"))
+        write(f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"], rows)
+    write("label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], label_rows)
