@@ -509,6 +509,8 @@ def test_imagenet_models_offline_error(monkeypatch):
 
     import torchvision.models._api as api
 
+    from lib import dissection_study
+
     # No download is ever attempted: torchvision's weight loader is replaced by one that fails as
     # an offline machine does.
     def offline(*args, **kwargs):
@@ -518,7 +520,7 @@ def test_imagenet_models_offline_error(monkeypatch):
     with pytest.raises(RuntimeError, match="ImageNet weights.*resnet50.*checkpoints.*TORCH_HOME"):
         D.imagenet_models()
     with pytest.raises(ValueError, match="noresrelu_weights"):
-        monkeypatch.setattr(D, "_pretrained", lambda name, builder, weights: builder(weights=None))
+        monkeypatch.setattr(dissection_study, "_pretrained", lambda name, builder, weights: builder(weights=None))
         D.imagenet_models(noresrelu_weights="/nonexistent/weights.pt")
 
 
