@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ._lazy import forward_names
 from .data import MEAN as _DATA_MEAN, STD as _DATA_STD
 
 __all__ = [
@@ -243,14 +244,6 @@ _GENERATOR_NAMES = ("make_concept_dataset", "quantize_colors", "COLOR_NAMES", "C
                     "SHAPE_NAMES")
 
 
-def __getattr__(name: str):
-    # lib.synthetic_concepts imports this module (index columns, class names), so its names are looked
-    # up on first use rather than imported at the top.
-    if name in _GENERATOR_NAMES:
-        from . import synthetic_concepts
-        return getattr(synthetic_concepts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_GENERATOR_NAMES))
+# lib.synthetic_concepts imports this module (index columns, class names), so its names are looked
+# up on first use rather than imported at the top.
+__getattr__, __dir__ = forward_names(__name__, "lib.synthetic_concepts", _GENERATOR_NAMES)

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .broden import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, BrodenDataset
+from ._lazy import forward_names
 from .config import get_device
 from .synthetic_concepts import (COLOR_NAMES, COLOR_RGB, SHAPE_NAMES, TEXTURE_NAMES, make_concept_dataset,
                                  quantize_colors)
@@ -389,12 +390,5 @@ _STUDY_NAMES = ("IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "strip_residual_rel
                 "concept_dataset", "rotation_trend", "dissect_memo", "unit_examples")
 
 
-def __getattr__(name: str):
-    if name in _STUDY_NAMES:
-        from . import dissection_study
-        return getattr(dissection_study, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_STUDY_NAMES))
+# lib.dissection_study imports this module, so its names are looked up on first use.
+__getattr__, __dir__ = forward_names(__name__, "lib.dissection_study", _STUDY_NAMES)

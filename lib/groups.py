@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._lazy import forward_names
 from .config import check_choice, get_device
 
 __all__ = [
@@ -446,14 +447,6 @@ _SYMMETRY_NAMES = ("TRANSFORM_GROUPS", "site_group", "sample_elements", "apply_e
                    "feature_transform", "transform_features", "site_groups")
 
 
-def __getattr__(name: str):
-    # lib.symmetry imports this module (and lib.models, which builds its layers from Activation), so its
-    # names are looked up on first use rather than imported at the top.
-    if name in _SYMMETRY_NAMES:
-        from . import symmetry
-        return getattr(symmetry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_SYMMETRY_NAMES))
+# lib.symmetry imports this module (and lib.models, which builds its layers from Activation), so its
+# names are looked up on first use rather than imported at the top.
+__getattr__, __dir__ = forward_names(__name__, "lib.symmetry", _SYMMETRY_NAMES)

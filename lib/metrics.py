@@ -40,6 +40,7 @@ import math
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ._lazy import forward_names
 from .gram import (BLOCK_BYTES, BLOCK_ROWS, _cka, _max_kernel, cka_from_grams, grelu_cka_memory,
                    grelu_cka_max_samples, hsic, linear_gram, max_kernel_gram, rbf_gram)
 # Re-exported for the tests and benchmarks/metrics_speed.py, which reach them as lib.metrics.<name>.
@@ -187,12 +188,4 @@ def orthogonal_procrustes(X, Y, *, dtype=torch.float64, device=None) -> float:
     return 1.0 - math.sqrt(min(2.0, max(0.0, d2))) / 2.0
 
 
-def __getattr__(name: str):
-    if name in _SIMILARITY_NAMES:
-        from . import similarity
-        return getattr(similarity, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_SIMILARITY_NAMES))
+__getattr__, __dir__ = forward_names(__name__, "lib.similarity", _SIMILARITY_NAMES)
