@@ -85,10 +85,10 @@ SCALES: dict[str, Scale] = {
     ),
     "cpu": Scale(
         name="cpu", recipe="fast", epochs=8, n_train=None, n_test=None,
-        myrtle_width=0.25, resnet_width=0.5, n_pairs=2,
+        myrtle_width=0.25, resnet_width=0.5, n_pairs=1,
         n_feature_images=2000,
         stitch_epochs=2, stitch_images=5000, eval_images=2000, rotation_trials=3, finetune_epochs=2,
-        slopes=(0.0, 0.5, 0.9, 1.0), slope_width=0.25,
+        slopes=(0.0, 0.9, 1.0), slope_width=0.25,
         dissection_images=1000, n_rotations=5, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
     ),
     "paper": Scale(
