@@ -5,6 +5,7 @@ parameters are injected exactly as papermill injects them (a cell after the ``pa
 nbval then runs it cell by cell in ``book/``, as the book build does. So ``pytest`` alone checks that
 the whole book runs and that every claim a chapter asserts still holds.
 """
+import os
 from pathlib import Path
 
 import jupytext
@@ -12,8 +13,13 @@ import pytest
 from nbval import plugin
 from papermill.parameterize import parameterize_notebook
 
-BOOK = Path(__file__).parent / "book"
+ROOT = Path(__file__).parent
+BOOK = ROOT / "book"
 SMOKE = {"scale": "smoke"}
+
+# Tests never read or write the user's own caches (trained models, results): unless the caller
+# chose a cache, they use one inside the checkout, which chapter kernels inherit.
+os.environ.setdefault("SYMMETRIES_CACHE", str(ROOT / ".cache" / "tests"))
 
 
 def smoke_notebook(chapter: Path):
