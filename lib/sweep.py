@@ -1,7 +1,7 @@
 """Run a chapter once per parameter combination with papermill, locally or on a Dask cluster.
 
-    python -m lib.sweep book/stitching.md -p seed 0 1 2 3 -p scale cpu --workers 2
-    python -m lib.sweep book/stitching.md -p seed 0 1 2 3 --scheduler tcp://host:8786
+    python -m lib.sweep book/05_stitching.md -p seed 0 1 2 3 -p scale cpu --workers 2
+    python -m lib.sweep book/05_stitching.md -p seed 0 1 2 3 --scheduler tcp://host:8786
 
 Each run executes ``runs/<chapter>/<name>.ipynb`` (``name`` spells the parameters, e.g.
 ``scale-cpu_seed-0``) in a fresh papermill subprocess whose ``SYMMETRIES_RESULTS`` points at
@@ -97,7 +97,7 @@ def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, schedul
     The collected rows are also written to ``<out>/<chapter>/results.json``.
     """
     if not Path(chapter).is_file():
-        raise ValueError(f"chapter {chapter!r} does not exist; pass a path such as book/model_zoo.md")
+        raise ValueError(f"chapter {chapter!r} does not exist; pass a path such as book/03_model_zoo.md")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     out_dir = Path(out) / Path(chapter).stem
@@ -138,7 +138,7 @@ def summarize(table: list[dict], over: str = "seed") -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("chapter", help="a chapter file, e.g. book/stitching.md")
+    parser.add_argument("chapter", help="a chapter file, e.g. book/05_stitching.md")
     parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter and its values, e.g. -p seed 0 1 2 3 (repeatable)")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time in the local pool")
