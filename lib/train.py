@@ -147,7 +147,7 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
         t0 = time.perf_counter()
         tot_loss, tot_correct, seen = 0.0, 0, 0
         bar = tqdm(batches(x_train, y_train, r.batch_size, gen), total=steps, disable=not progress,
-                   desc=f"{desc} {epoch + 1}/{r.epochs}", leave=False)
+                   desc=f"{desc} {epoch + 1}/{r.epochs}", leave=False, mininterval=2.0)
         for xb, yb in bar:
             xb = augment(xb, gen, r.flip, r.translate)
             with _autocast(device):
