@@ -418,16 +418,20 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
 
 
 def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = None,
-                      n_test: int | None = None, settings: StitchSettings = StitchSettings(), seed: int = 0) -> dict:
+                      n_test: int | None = None, settings: StitchSettings = StitchSettings(), seed: int = 0,
+                      feature_dtype=torch.float16) -> dict:
     """:func:`stitch_experiment`, memoised on disk (``lib.zoo.memo``) so a warm rebuild recomputes nothing.
 
     The memo key holds both models' weight fingerprints (``lib.zoo.fingerprint``), the data, the
-    layer, the variants, the image counts, every stitching setting and the seed.
+    layer, the variants, the image counts, every stitching setting, the seed and the dtype of the
+    stored fronts (float16 saves memory; exactness checks such as Theorem 4.2 want float32).
     """
     from .zoo import fingerprint, memo
 
     variants = [variants] if isinstance(variants, str) else list(variants)
     config = dict(a=fingerprint(model_a), b=fingerprint(model_b), data=data.identity, layer=layer,
                   variants=variants, n_train=n_train, n_test=n_test, settings=dataclasses.asdict(settings), seed=seed)
+    if feature_dtype != torch.float16:
+        config["feature_dtype"] = str(feature_dtype)
     return memo("stitching", config, lambda: stitch_experiment(
-        model_a, model_b, layer, variants, data, n_train, n_test, settings, seed))
+        model_a, model_b, layer, variants, data, n_train, n_test, settings, seed, feature_dtype=feature_dtype))
