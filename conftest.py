@@ -20,6 +20,10 @@ SMOKE = {"scale": "smoke"}
 # Tests never read or write the user's own caches (trained models, results): unless the caller
 # chose a cache, they use one inside the checkout, which chapter kernels inherit.
 os.environ.setdefault("SYMMETRIES_CACHE", str(ROOT / ".cache" / "tests"))
+# Chapter kernels run in book/, so a relative data path given on the command line must be made absolute.
+for _var in ("SYMMETRIES_DATA", "SYMMETRIES_CACHE"):
+    if os.environ.get(_var):
+        os.environ[_var] = str(Path(os.environ[_var]).resolve())
 
 
 def smoke_notebook(chapter: Path):
