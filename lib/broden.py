@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from ._lazy import forward_names
+from .config import check_choice
 from .data import MEAN as _DATA_MEAN, STD as _DATA_STD
 
 __all__ = [
@@ -98,8 +99,7 @@ class BrodenDataset:
             categories = known
         categories = [categories] if isinstance(categories, str) else list(categories)
         for c in categories:
-            if c not in known:
-                raise ValueError(f"unknown category {c!r}; accepted values: {', '.join(map(repr, known))}")
+            check_choice("category", c, known)
         self.categories = categories
 
         label_path = self.root / "label.csv"
@@ -162,9 +162,7 @@ class BrodenDataset:
 
     def category_concepts(self, category: str) -> list[int]:
         """Indices (on the mask axis) of the concepts whose primary category is ``category``."""
-        if category not in self.categories:
-            raise ValueError(f"unknown category {category!r}; accepted values: "
-                             f"{', '.join(map(repr, self.categories))}")
+        check_choice("category", category, self.categories)
         return [i for i, c in enumerate(self.concept_categories) if c == category]
 
     def _file(self, name: str) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "get_device", "Scale", "SCALES", "scale_settings", "cache_dir", "atomic_path", "check_choice",
+    "get_device", "Scale", "SCALES", "scale_settings", "cache_dir", "atomic_path", "check_choice", "file_sha256",
 ]
 
 
@@ -138,3 +139,12 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (data files are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

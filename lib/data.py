@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import atomic_path, cache_dir, get_device
+from .config import atomic_path, cache_dir, file_sha256, get_device
 
 __all__ = ["Dataset", "load_cifar10", "synthetic_dataset", "subset", "to_input", "augment", "batches",
            "MEAN", "STD", "FILENAME"]
@@ -46,14 +45,6 @@ class Dataset:
     def describe(self) -> str:
         return (f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
                 f"{len(self.x_test)} test images")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _candidates(data_dir) -> list[Path]:
@@ -87,7 +78,7 @@ def _load(path: str) -> Dataset:
         missing = {"x_train", "y_train", "x_test", "y_test", "classes"} - set(d.files)
         if missing:
             raise ValueError(f"{path} lacks the keys {sorted(missing)}")
-        sha = _sha256(Path(path))
+        sha = file_sha256(path)
         return Dataset(torch.from_numpy(d["x_train"]), torch.from_numpy(d["y_train"]).long(),
                        torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"]).long(),
                        [str(c) for c in d["classes"]], identity=f"cifar10:{sha[:16]}", source=path)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .convnext import ConvNeXtBlock, ConvNeXtCIFAR, LayerNorm2d, convnext_cifar
+from .config import check_choice
 from .groups import Activation
 
 __all__ = [
@@ -278,8 +279,7 @@ def build(arch: dict, seed: int | None = None) -> nn.Module:
     """
     arch = dict(arch)
     name = arch.pop("arch", None)
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {name!r}; accepted values: {', '.join(map(repr, ARCHITECTURES))}")
+    check_choice("arch", name, ARCHITECTURES)
     if seed is None:
         return ARCHITECTURES[name](**arch)
     with torch.random.fork_rng(devices=[]):

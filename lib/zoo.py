@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import atomic_path, cache_dir, check_choice, get_device, scale_settings
+from .config import atomic_path, cache_dir, check_choice, file_sha256, get_device, scale_settings
 from .data import Dataset, load_cifar10, synthetic_dataset
 from .models import build
 from .train import Recipe, recipe as make_recipe, train
@@ -71,10 +71,6 @@ def model_key(arch: dict, r: Recipe, seed: int, data_identity: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +88,7 @@ def _load_cached(folder: Path, model: torch.nn.Module):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        if _sha256(weights) != meta["weights_sha256"]:
+        if file_sha256(weights) != meta["weights_sha256"]:
             raise ValueError("checksum mismatch")
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         return meta
@@ -165,7 +161,7 @@ def _train_and_store(model, arch, r, seed, data, folder, device, progress) -> di
                 history=history, test_acc=max(h["test_acc"] for h in history) if r.keep_best
                 else history[-1]["test_acc"], seconds=seconds, device=str(device),
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                torch=torch.__version__, lib=__version__, weights_sha256=_sha256(weights))
+                torch=torch.__version__, lib=__version__, weights_sha256=file_sha256(weights))
     with atomic_path(folder / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
     ckpt_path.unlink(missing_ok=True)
