@@ -1,9 +1,10 @@
 """Training recipes and a small, fast training loop (in the spirit of airbench).
 
 Data lives as tensors on the training device; augmentation is done on whole batches there. On CUDA
-the loop uses channels_last and bfloat16 autocast; on the CPU it runs eagerly in float32 with
-channels_last (measured 1.6-2x faster than contiguous for the Myrtle CNN) and is deterministic: the
-same seed gives the same weights bit for bit.
+the loop uses channels_last and bfloat16 autocast; on the CPU it runs eagerly with channels_last
+(measured 1.6-2x faster than contiguous for the Myrtle CNN), in bfloat16 autocast where the CPU has
+fast bfloat16 units (the recipe's ``precision``, see ``lib.config.autocast``), and is deterministic:
+the same seed gives the same weights bit for bit.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import check_choice, get_device
+from .config import PRECISIONS, autocast, check_choice, get_device
 from .data import Dataset, augment, batches, subset, to_input
 
 __all__ = ["Recipe", "RECIPES", "recipe", "train", "evaluate", "make_optimizer"]
@@ -40,6 +41,7 @@ class Recipe:
     keep_best: bool          # keep the epoch with the best test accuracy (the authors' choice)
     n_train: int | None = None   # training images used (None: all)
     n_test: int | None = None    # test images used for accuracies (None: all)
+    precision: str = "bulk"      # lib.config precision: "bulk" (bfloat16 autocast where fast) or "float32"
 
 
 RECIPES = {
@@ -65,7 +67,9 @@ def recipe(name: str | Recipe, **overrides) -> Recipe:
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"unknown recipe fields {sorted(unknown)}; accepted: {sorted(fields)}")
-    return dataclasses.replace(base, **overrides)
+    r = dataclasses.replace(base, **overrides)
+    check_choice("precision", r.precision, PRECISIONS)
+    return r
 
 
 def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
@@ -92,7 +96,8 @@ def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device=None, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device=None, batch_size: int = 1000,
+             precision: str = "bulk") -> float:
     """Accuracy (fraction in [0, 1]) of ``model`` on uint8 images ``x`` ``(n, H, W, 3)`` or float
     inputs ``(n, 3, H, W)``, labels ``y``; the model is put in eval mode and restored afterwards."""
     device = get_device(device)
@@ -102,15 +107,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device=None, ba
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         xb = to_input(xb, device) if xb.dtype == torch.uint8 else xb.to(device)
-        with _autocast(device):
+        with autocast(device, precision):
             correct += (model(xb).argmax(1).cpu() == y[start:start + batch_size].cpu()).sum().item()
     model.train(was)
     return correct / max(1, len(x))
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
 
 
 def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None, progress: bool = True,
@@ -150,7 +150,7 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
                    desc=f"{desc} {epoch + 1}/{r.epochs}", leave=False, mininterval=2.0)
         for xb, yb in bar:
             xb = augment(xb, gen, r.flip, r.translate)
-            with _autocast(device):
+            with autocast(device, r.precision):
                 out = model(xb)
                 loss = F.cross_entropy(out, yb, label_smoothing=r.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -161,7 +161,7 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
             tot_correct += (out.argmax(1) == yb).sum().item()
             seen += len(xb)
             bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_correct / seen:.3f}")
-        test_acc = evaluate(model, x_test, y_test, device)
+        test_acc = evaluate(model, x_test, y_test, device, precision=r.precision)
         row = dict(epoch=epoch + 1, loss=tot_loss / seen, train_acc=tot_correct / seen, test_acc=test_acc,
                    lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
         history.append(row)
