@@ -16,7 +16,7 @@ import torch
 
 __all__ = [
     "get_device", "Scale", "SCALES", "scale_settings", "cache_dir", "atomic_path", "check_choice", "file_sha256",
-    "PRECISIONS", "autocast", "exact_mode",
+    "PRECISIONS", "autocast", "exact_mode", "BUDGET_SECONDS",
 ]
 
 
@@ -103,7 +103,8 @@ class Scale:
     """How big every experiment is at one scale. Chapters read their defaults from here.
 
     ``smoke`` runs each chapter in well under a minute on 2 CPU cores (tests); ``cpu`` is the default
-    of the book build (minutes per chapter on a laptop); ``paper`` is the paper's setting (a GPU).
+    of the book build (the whole book from empty caches within 2 h on 2 cores); ``gpu`` is full width
+    with a fast recipe, for one GPU; ``paper`` is the paper's published protocol (a GPU, hours).
     """
 
     name: str
@@ -125,6 +126,9 @@ class Scale:
     finetune_epochs: int           # fine-tuning epochs after the transform (paper: 50)
     slopes: tuple                  # LeakyReLU negative slopes of the appendix D.3 sweep
     slope_width: float             # ResNet20 width used in the slope sweep
+    slope_epochs: int              # training epochs of each slope-sweep model
+    slope_pairs: int               # model pairs per slope
+    convnext_width: float          # width multiplier of the ConvNeXt-style network of Section 6
     # -- network dissection (Section 6) ---------------------------------------------------------
     dissection_images: int         # images of the concept dataset
     n_rotations: int               # random rotations per alpha
@@ -137,7 +141,7 @@ SCALES: dict[str, Scale] = {
         myrtle_width=0.125, resnet_width=0.25, n_pairs=1,
         n_feature_images=128,
         stitch_epochs=1, stitch_images=256, eval_images=512, rotation_trials=1, finetune_epochs=1,
-        slopes=(0.0, 1.0), slope_width=0.25,
+        slopes=(0.0, 1.0), slope_width=0.25, slope_epochs=1, slope_pairs=1, convnext_width=0.125,
         dissection_images=64, n_rotations=2, alphas=(0.0, 0.5, 1.0),
     ),
     "cpu": Scale(
@@ -145,18 +149,33 @@ SCALES: dict[str, Scale] = {
         myrtle_width=0.25, resnet_width=0.5, n_pairs=1,
         n_feature_images=2000,
         stitch_epochs=2, stitch_images=5000, eval_images=2000, rotation_trials=3, finetune_epochs=2,
-        slopes=(0.0, 0.9, 1.0), slope_width=0.25,
+        slopes=(0.0, 0.9, 1.0), slope_width=0.25, slope_epochs=8, slope_pairs=1, convnext_width=0.25,
         dissection_images=1000, n_rotations=5, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    ),
+    # Full width with the fast recipe on one GPU. Not yet run on a GPU: its cost is a projection from
+    # throughputs measured on an H200 (see the README's "On a GPU").
+    "gpu": Scale(
+        name="gpu", recipe="fast", epochs=16, n_train=None, n_test=None,
+        myrtle_width=1.0, resnet_width=1.0, n_pairs=4,
+        n_feature_images=10000,
+        stitch_epochs=5, stitch_images=50000, eval_images=None, rotation_trials=5, finetune_epochs=5,
+        slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=16, slope_pairs=3, convnext_width=1.0,
+        dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),
     "paper": Scale(
         name="paper", recipe="paper", epochs=50, n_train=None, n_test=None,
         myrtle_width=1.0, resnet_width=1.0, n_pairs=32,
         n_feature_images=10000,
         stitch_epochs=20, stitch_images=50000, eval_images=None, rotation_trials=10, finetune_epochs=50,
-        slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0,
+        slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=50, slope_pairs=3, convnext_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),
 }
+
+
+# Wall-clock budget of a whole book build from empty caches, in seconds, where one is set (the
+# design card: the `cpu` book within 2 h on 2 CPU cores). tests/test_budget.py guards it.
+BUDGET_SECONDS = {"cpu": 2 * 3600}
 
 
 def scale_settings(scale: str) -> Scale:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .config import PRECISIONS, autocast, check_choice, get_device
 from .data import Dataset, augment, batches, subset, to_input
 
-__all__ = ["Recipe", "RECIPES", "recipe", "train", "evaluate", "make_optimizer"]
+__all__ = ["Recipe", "RECIPES", "recipe", "train", "evaluate", "make_optimizer", "throughput"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,3 +178,36 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
         model.load_state_dict(best["model"])
     model.eval()
     return history
+
+
+def throughput(model: nn.Module, batch_size: int = 512, precision: str = "bulk", steps: int = 3,
+               device=None, image_size: int = 32) -> float:
+    """Measured training throughput of ``model``, in images per second.
+
+    Times ``steps`` optimiser steps (SGD, cross-entropy on random inputs of shape
+    ``(batch_size, 3, image_size, image_size)``) after one warm-up step, with the training loop's
+    memory format and autocast, and returns ``batch_size`` divided by the fastest step. A short
+    calibration for time budgets (:func:`lib.zoo.estimate_seconds`); the model's weights change.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be at least 1, got steps={steps}, batch_size={batch_size}")
+    device = get_device(device)
+    model.to(device).to(memory_format=torch.channels_last).train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    best = float("inf")
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i > 0:
+            best = min(best, time.perf_counter() - t0)
+    return batch_size / best

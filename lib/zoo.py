@@ -29,8 +29,8 @@ from .models import build
 from .train import Recipe, recipe as make_recipe, train
 
 __all__ = ["get", "pairs", "info", "model_key", "zoo_dir", "recipe_for_scale", "load_data", "memo", "book_models",
-           "fingerprint",
-           "DATASETS"]
+           "fingerprint", "replicate_seeds", "book_plan", "estimate_seconds", "estimate_book_seconds", "train_book",
+           "main", "DATASETS"]
 
 DATASETS = ("cifar10", "synthetic")
 
@@ -208,11 +208,38 @@ def memo(kind: str, config: dict, compute, root=None):
     return value
 
 
-def book_models(scale: str) -> dict:
-    """Every model family the book uses at ``scale``: ``{name: dict(arch, recipe, seeds, paper_acc)}``.
+def replicate_seeds(n_models: int, replicate: int) -> list[int]:
+    """The model seeds of replicate ``replicate`` for a family that uses ``n_models`` models.
 
-    The zoo chapter trains all of them; later chapters ask for the same entries, so each model is
-    trained once. ``paper_acc`` is the clean accuracy the paper reports (None where it reports none).
+    This is the one place where a chapter's ``seed`` parameter becomes model seeds: replicate ``k``
+    of a family with ``n`` models per replicate trains seeds ``n*k, ..., n*k + n - 1`` (so seed 0
+    gives the pair (0, 1), seed 1 the pair (2, 3), ...). Different replicates never share a model, so
+    a sweep over ``seed`` measures the spread between independently trained networks.
+
+    Parameters
+    ----------
+    n_models : models per replicate (>= 1).
+    replicate : the chapter's ``seed`` (>= 0).
+
+    Returns
+    -------
+    list of ``n_models`` distinct ints.
+    """
+    if n_models < 1:
+        raise ValueError(f"n_models must be at least 1, got {n_models}")
+    if int(replicate) != replicate or replicate < 0:
+        raise ValueError(f"seed (the replicate) must be an integer >= 0, got {replicate!r}")
+    return [n_models * int(replicate) + i for i in range(n_models)]
+
+
+def book_models(scale: str, seed: int = 0) -> dict:
+    """Every model family the book uses at ``scale``, for replicate ``seed``:
+    ``{name: dict(arch, recipe, seeds, paper_acc)}``.
+
+    The zoo step (``python -m lib.zoo train``) and the zoo chapter train all of them; later chapters
+    ask for the same entries, so each model is trained once. ``seeds`` come from
+    :func:`replicate_seeds`. ``paper_acc`` is ``(mean, std)`` of the clean accuracy the paper reports
+    in percent (None where it reports none).
     """
     s = scale_settings(scale)
     r = recipe_for_scale(scale)
@@ -220,23 +247,139 @@ def book_models(scale: str) -> dict:
     # the fast recipe's Nesterov SGD in a few epochs (measured: chance accuracy after 2 epochs on
     # 10,000 images), while Adam trains them; the paper recipe is Adam already.
     r_nobn = r if s.recipe == "paper" else recipe_for_scale(scale, optimizer="adam", lr=2e-3, weight_decay=5e-5)
-    pair_seeds = list(range(2 * s.n_pairs))
+    # bfloat16 autocast makes LayerNorm and depthwise convolutions slower on CPUs, not faster.
+    r_convnext = r_nobn if s.recipe == "paper" else dataclasses.replace(r_nobn, precision="float32")
+    pair = replicate_seeds(2 * s.n_pairs, seed)
     models = {
-        "myrtle": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width), recipe=r, seeds=pair_seeds,
+        "myrtle": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width), recipe=r, seeds=pair,
                        paper_acc=(91.3, 0.2)),
+        # Section 3.3 fine-tunes one network without BatchNorm.
+        # Half the width, to report accuracy against width.
+        "myrtle_narrow": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width / 2), recipe=r, seeds=pair,
+                              paper_acc=(None, None)),
         "myrtle_nobn": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width, batchnorm=False),
-                            recipe=r_nobn, seeds=[0, 1], paper_acc=(87.4, None)),
-        "resnet20": dict(arch=dict(arch="resnet20", width=s.resnet_width), recipe=r, seeds=pair_seeds,
+                            recipe=r_nobn, seeds=replicate_seeds(1, seed), paper_acc=(87.4, None)),
+        "resnet20": dict(arch=dict(arch="resnet20", width=s.resnet_width), recipe=r, seeds=pair,
                          paper_acc=(89.9, None)),
     }
-    # Section 6's trio at small scale: ReLU after each residual addition, none, and ConvNeXt-style.
+    # Section 6's trio at small scale: ReLU after each residual addition (the first "resnet20" model
+    # above), none, and ConvNeXt-style; one model each per replicate.
+    trio_seed = replicate_seeds(1, seed)
     models["resnet20_noresrelu"] = dict(arch=dict(arch="resnet20", width=s.resnet_width, residual_activation=False),
-                                        recipe=r, seeds=[0], paper_acc=(None, None))
-    # Depthwise 7x7 blocks cost several times a ResNet20 block of the same width on CPUs: half width.
-    models["convnext"] = dict(arch=dict(arch="convnext_cifar", width=s.resnet_width / 2, layer_scale=0.1),
-                              recipe=r_nobn, seeds=[0], paper_acc=(None, None))
+                                        recipe=r, seeds=trio_seed, paper_acc=(None, None))
+    models["convnext"] = dict(arch=dict(arch="convnext_cifar", width=s.convnext_width, layer_scale=0.1),
+                              recipe=r_convnext, seeds=trio_seed, paper_acc=(None, None))
+    r_slope = recipe_for_scale(scale, epochs=s.slope_epochs)
     for slope in s.slopes:
         arch = (dict(arch="resnet20", width=s.slope_width) if slope == 0 else
                 dict(arch="resnet20", width=s.slope_width, activation="leaky_relu", negative_slope=slope))
-        models[f"resnet20_slope{slope:g}"] = dict(arch=arch, recipe=r, seeds=[0, 1], paper_acc=(None, None))
+        models[f"resnet20_slope{slope:g}"] = dict(arch=arch, recipe=r_slope, seeds=replicate_seeds(2 * s.slope_pairs, seed),
+                                                  paper_acc=(None, None))
     return models
+
+
+def book_plan(scale: str, seed: int = 0, families=None, data: Dataset | None = None, root=None) -> list[dict]:
+    """The models of :func:`book_models` in training order, one dict each: ``family``, ``arch``,
+    ``recipe``, ``seed``, ``key`` and ``cached`` (whether the zoo already holds it)."""
+    book = book_models(scale, seed)
+    names = list(book) if families is None else list(families)
+    for name in names:
+        check_choice("family", name, book)
+    data = data or load_data()
+    plan, seen = [], set()
+    for name in names:
+        entry = book[name]
+        for s in entry["seeds"]:
+            key = model_key(entry["arch"], entry["recipe"], s, data.identity)
+            if key in seen:         # families may share a model (e.g. ResNet20 in Sections 4-6)
+                continue
+            seen.add(key)
+            cached = (zoo_dir(root) / key / "meta.json").exists()
+            plan.append(dict(family=name, arch=entry["arch"], recipe=entry["recipe"], seed=s, key=key, cached=cached))
+    return plan
+
+
+def estimate_seconds(arch: dict, r: Recipe, images_per_second: float) -> float:
+    """Estimated training time of one model, in seconds: ``epochs`` passes over the training images
+    at ``images_per_second`` (a measured training throughput), plus one evaluation of the test
+    images per epoch, counted at three times that throughput (a forward pass only)."""
+    n_train = r.n_train or 50_000
+    n_test = r.n_test or 10_000
+    return r.epochs * (n_train + n_test / 3) / images_per_second
+
+
+def estimate_book_seconds(scale: str, seed: int = 0, steps: int = 3, device=None) -> dict:
+    """Estimated training time of every model of :func:`book_models` at ``scale``, in seconds,
+    from a short calibration of each distinct architecture (:func:`lib.train.throughput`).
+
+    Returns ``{family: dict(models, images_per_second, seconds)}`` (``seconds`` for all the family's
+    models); models shared between families are counted once, under the first family.
+    """
+    from .train import throughput
+
+    out, seen, speed = {}, set(), {}
+    for name, entry in book_models(scale, seed).items():
+        r = entry["recipe"]
+        new = [s for s in entry["seeds"] if json.dumps([entry["arch"], dataclasses.asdict(r), s], sort_keys=True)
+               not in seen]
+        seen.update(json.dumps([entry["arch"], dataclasses.asdict(r), s], sort_keys=True) for s in new)
+        cal = json.dumps([entry["arch"], r.batch_size, r.precision], sort_keys=True)
+        if cal not in speed:
+            speed[cal] = throughput(build(entry["arch"], seed=0), r.batch_size, r.precision, steps, device)
+        ips = speed[cal]
+        out[name] = dict(models=len(new), images_per_second=ips, seconds=len(new) * estimate_seconds(entry["arch"], r, ips))
+    return out
+
+
+def train_book(scale: str, seed: int = 0, families=None, data: Dataset | None = None, root=None,
+               device=None) -> list[dict]:
+    """Train every model the book needs at ``scale`` (replicate ``seed``) that the zoo lacks.
+
+    The separate step before a book build (``python -m lib.zoo train``), so that no notebook cell
+    holds hours of training. It prints one line per model before and after training and one line
+    per epoch; an interrupted run resumes from the last finished epoch of the model it was training
+    and skips every model already finished. Returns the metadata of every planned model.
+    """
+    data = data or load_data()
+    plan = book_plan(scale, seed, families, data, root)
+    todo = [p for p in plan if not p["cached"]]
+    print(f"scale {scale!r}, replicate {seed}: {len(plan)} models, {len(plan) - len(todo)} cached, "
+          f"{len(todo)} to train", flush=True)
+    metas, t0 = [], time.perf_counter()
+    for i, p in enumerate(plan, 1):
+        label = f"[{i}/{len(plan)}] {p['family']} seed {p['seed']}"
+        if not p["cached"]:
+            print(f"{label}: training {p['recipe'].epochs} epochs ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+        model = get(p["arch"], p["recipe"], p["seed"], data=data, root=root, device=device, progress=True)
+        meta = model.zoo_meta
+        print(f"{label}: test accuracy {100 * meta['test_acc']:.1f} %, trained in {meta['seconds']:.0f} s"
+              + ("" if p["cached"] else " (now)"), flush=True)
+        metas.append(meta)
+    print(f"zoo ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    return metas
+
+
+def main(argv=None) -> int:
+    """``python -m lib.zoo train [--scale S] [--seed K] [--families ...]``: see :func:`train_book`."""
+    import argparse
+
+    from .config import SCALES
+
+    parser = argparse.ArgumentParser(prog="python -m lib.zoo", description="Train the book's models into the zoo.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train every model the book needs at a scale (resumable)")
+    t.add_argument("--scale", default=None, choices=list(SCALES),
+                   help="the scale (default: $SYMMETRIES_SCALE, else cpu)")
+    t.add_argument("--seed", type=int, default=0, help="the replicate (the chapters' seed parameter)")
+    t.add_argument("--families", nargs="+", default=None, help="only these families (default: all)")
+    args = parser.parse_args(argv)
+    scale = args.scale or os.environ.get("SYMMETRIES_SCALE") or "cpu"
+    check_choice("scale ($SYMMETRIES_SCALE)", scale, SCALES)
+    train_book(scale, args.seed, args.families)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
