@@ -125,13 +125,14 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
     from . import zoo
 
     data = data or zoo.load_data()
-    book = zoo.book_models(scale)
+    book = zoo.book_models(scale, seed)
     out = {}
     for name, label, layer, inner in ZOO_TRIO:
         entry = book[name]
-        model = zoo.get(entry["arch"], entry["recipe"], seed, data=data, device=device, progress=False)
+        model_seed = entry["seeds"][0]
+        model = zoo.get(entry["arch"], entry["recipe"], model_seed, data=data, device=device, progress=False)
         out[name] = dict(model=model, label=label, layer=layer, inner_layer=inner,
-                         key=zoo.model_key(entry["arch"], entry["recipe"], seed, data.identity),
+                         key=zoo.model_key(entry["arch"], entry["recipe"], model_seed, data.identity),
                          test_acc=model.zoo_meta["test_acc"])
     return out
 
