@@ -97,9 +97,13 @@ def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device=None, batch_size: int = 1000,
-             precision: str = "bulk") -> float:
+             precision: str = "float32") -> float:
     """Accuracy (fraction in [0, 1]) of ``model`` on uint8 images ``x`` ``(n, H, W, 3)`` or float
-    inputs ``(n, 3, H, W)``, labels ``y``; the model is put in eval mode and restored afterwards."""
+    inputs ``(n, 3, H, W)``, labels ``y``; the model is put in eval mode and restored afterwards.
+
+    ``precision`` is a :data:`lib.config.PRECISIONS` mode. The default is float32, because callers
+    compare accuracies (stitching penalties, Theorem 4.2's exact zero) and both sides of a difference
+    must be computed alike; the training loop passes its recipe's precision for its own progress."""
     device = get_device(device)
     was = model.training
     model.eval()
