@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "get_device", "Scale", "SCALES", "scale_settings", "cache_dir", "atomic_path", "check_choice", "file_sha256",
+    "get_device", "Scale", "SCALES", "DEFAULT_SCALE", "resolve_scale", "scale_settings", "cache_dir", "atomic_path",
+    "check_choice", "file_sha256",
     "PRECISIONS", "autocast", "exact_mode", "BUDGET_SECONDS",
 ]
 
@@ -176,6 +177,42 @@ SCALES: dict[str, Scale] = {
 # Wall-clock budget of a whole book build from empty caches, in seconds, where one is set (the
 # design card: the `cpu` book within 2 h on 2 CPU cores). tests/test_budget.py guards it.
 BUDGET_SECONDS = {"cpu": 2 * 3600}
+
+# The scale a chapter runs at when neither its parameters nor $SYMMETRIES_SCALE name one.
+DEFAULT_SCALE = "cpu"
+
+
+def resolve_scale(scale: str | None = None) -> str:
+    """The name of the scale to run at: ``scale`` if given, else ``$SYMMETRIES_SCALE``, else ``"cpu"``.
+
+    Every chapter's parameters cell says ``scale = None`` and calls this right after it, so that one
+    environment variable sets the scale of the whole book while papermill's ``-p scale smoke`` (which
+    injects a literal after the parameters cell) still wins for one chapter.
+
+    Parameters
+    ----------
+    scale : str or None
+        A name in :data:`SCALES`, or ``None`` to read ``$SYMMETRIES_SCALE`` (unset or empty: ``"cpu"``).
+
+    Returns
+    -------
+    str
+        A key of :data:`SCALES`.
+
+    Raises
+    ------
+    ValueError
+        If the chosen name is not a scale; the message names where it came from and lists the scales.
+    """
+    if scale is not None:
+        check_choice("scale", scale, SCALES)
+        return scale
+    env = os.environ.get("SYMMETRIES_SCALE", "").strip()
+    if not env:
+        return DEFAULT_SCALE
+    # Named as the variable, so that a typo in the environment is not mistaken for one in a chapter.
+    check_choice("scale from $SYMMETRIES_SCALE", env, SCALES)
+    return env
 
 
 def scale_settings(scale: str) -> Scale:

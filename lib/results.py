@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from .config import atomic_path, cache_dir, check_choice, SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results", "markdown_table"]
+__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table"]
 
 
 def results_dir() -> Path:
@@ -87,6 +88,60 @@ def _fmt(value, std=None, unit="") -> str:
     return text + (f" {unit}" if unit and unit != "%" else unit)
 
 
+# A cell "is a number" when it starts like one: "12.3", "-0.5 ± 0.1", "87.1 % (CIFAR-10)", "1.0e-12",
+# "nan". Such columns are right-aligned so that digits line up.
+_NUMBER = re.compile(r"^[-+\u2212]?(\d|\.\d|nan\b|inf\b)", re.IGNORECASE)
+_BLANKS = ("", "-", "\u2013", "\u2014")
+
+
+def _cell(value) -> str:
+    # A pipe inside a cell would end it; Markdown escapes it with a backslash.
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header, rows, align: str | None = None) -> str:
+    """A Markdown (pipe) table whose numeric columns are right-aligned.
+
+    Every table the book shows goes through here; the book renders chapter outputs as MyST
+    (``nb_render_markdown_format``), so the result becomes an HTML ``<table>`` and keeps inline math.
+
+    Parameters
+    ----------
+    header : sequence
+        The column titles.
+    rows : iterable of sequences
+        One sequence of cells per row, as long as ``header``; cells are formatted with ``str``.
+    align : str, optional
+        One letter per column, ``"l"``, ``"c"`` or ``"r"``. By default a column is right-aligned when
+        every non-empty cell in it starts with a number, and left-aligned otherwise.
+
+    Returns
+    -------
+    str
+        The table, one line per row, to pass to ``IPython.display.Markdown``.
+
+    Raises
+    ------
+    ValueError
+        If a row's length differs from the header's, or ``align`` has the wrong length or letters.
+    """
+    header = [_cell(h) for h in header]
+    body = [[_cell(c) for c in row] for row in rows]
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise ValueError(f"row {i} has {len(row)} cells but header has {len(header)}: {row!r}")
+    if align is None:
+        # Empty cells and dashes ("no value") do not decide a column's alignment.
+        filled = [[c for c in col if c not in _BLANKS] for col in zip(*body)] or [[] for _ in header]
+        align = "".join("r" if col and all(_NUMBER.match(c) for c in col) else "l" for col in filled)
+    if len(align) != len(header) or set(align) - set("lcr"):
+        raise ValueError(f"align must have one of 'l', 'c', 'r' per column ({len(header)}), got {align!r}")
+    rule = {"l": "---", "c": ":---:", "r": "---:"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
     """The rows of :func:`load_results` as a Markdown table, ours beside the paper's.
 
@@ -94,8 +149,7 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
     """
     order = order or []
     rank = lambda r: (order.index(r["chapter"]) if r["chapter"] in order else len(order), r["chapter"], r["seed"])
-    lines = ["| chapter | seed | quantity | ours | paper | note |", "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=rank):
-        lines.append(f"| {r['chapter']} | {r['seed']} | `{r['key']}` | {_fmt(r['ours'], r['std'], r['unit'])} | "
-                     f"{_fmt(r['paper'], r['paper_std'], r['unit'])} | {r['note']} |")
-    return "\n".join(lines)
+    return table(["chapter", "seed", "quantity", "ours", "paper", "note"],
+                 [[r["chapter"], r["seed"], f"`{r['key']}`", _fmt(r["ours"], r["std"], r["unit"]),
+                   _fmt(r["paper"], r["paper_std"], r["unit"]), r["note"]] for r in sorted(rows, key=rank)],
+                 align="lrlrrl")
