@@ -363,7 +363,7 @@ def main(argv=None) -> int:
     """``python -m lib.zoo train [--scale S] [--seed K] [--families ...]``: see :func:`train_book`."""
     import argparse
 
-    from .config import SCALES
+    from .config import SCALES, resolve_scale
 
     parser = argparse.ArgumentParser(prog="python -m lib.zoo", description="Train the book's models into the zoo.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -373,9 +373,7 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0, help="the replicate (the chapters' seed parameter)")
     t.add_argument("--families", nargs="+", default=None, help="only these families (default: all)")
     args = parser.parse_args(argv)
-    scale = args.scale or os.environ.get("SYMMETRIES_SCALE") or "cpu"
-    check_choice("scale ($SYMMETRIES_SCALE)", scale, SCALES)
-    train_book(scale, args.seed, args.families)
+    train_book(resolve_scale(args.scale), args.seed, args.families)
     return 0
 
 
