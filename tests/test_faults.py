@@ -1,0 +1,224 @@
+"""Faults a user meets without looking for them (issue 13): shared and read-only caches, full disks,
+bit flips, damaged files, wrong data and settings, tiny samples, hung downloads, and two processes
+training the same model. Each test checks that the result is correct or the error clear, and that
+nothing is lost. Permissions are simulated where the tests run as root (which ignores them)."""
+import errno
+import hashlib
+import json
+import os
+import pickle
+import socket
+import struct
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lib import data, metrics, sweep, train, zoo
+from lib.config import atomic_path
+
+TINY = dict(arch="myrtle_cnn", width=0.0625)
+
+
+def tiny_recipe(**kw):
+    return train.recipe("fast", **{**dict(epochs=1, batch_size=32, lr=0.05), **kw})
+
+
+@pytest.fixture()
+def tiny_data():
+    return data.synthetic_dataset(n_train=64, n_test=32)
+
+
+def get(d, root, **kw):
+    return zoo.get(TINY, kw.pop("recipe", tiny_recipe()), kw.pop("seed", 0), data=d, root=root, progress=False, **kw)
+
+
+def entry(d, root, recipe=None, seed=0) -> Path:
+    return Path(root) / zoo.model_key(TINY, recipe or tiny_recipe(), seed, d.identity)
+
+
+def fail_for(monkeypatch, cls, method, paths, err):
+    """Make ``cls.method`` raise ``OSError(err)`` for files inside ``paths`` (permissions cannot be
+    taken away from root, and a disk cannot be filled in a test)."""
+    real = getattr(cls, method)
+    paths = [Path(p) for p in paths]
+
+    def fake(self, *args, **kwargs):
+        if any(Path(self) == p or p in Path(self).parents for p in paths):
+            raise OSError(err, os.strerror(err), str(self))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(cls, method, fake)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# -- 1. a shared zoo: the user's umask, and no deletion on read errors ----------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_files_get_the_users_umask(tmp_path, tiny_data, umask, mode):
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "f.json") as tmp:
+            tmp.write_text("{}")
+        assert (tmp_path / "f.json").stat().st_mode & 0o777 == mode
+        if umask == 0o022:
+            folder = get(tiny_data, tmp_path / "zoo").zoo_key
+            for name in ("weights.pt", "meta.json", ".lock"):
+                assert (tmp_path / "zoo" / folder / name).stat().st_mode & 0o777 == mode, name
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("name", ["meta.json", "weights.pt"])
+def test_unreadable_zoo_entry_is_an_error_and_never_deleted(tmp_path, tiny_data, monkeypatch, name):
+    get(tiny_data, tmp_path)
+    folder = entry(tiny_data, tmp_path)
+    before = snapshot(folder)
+    fail_for(monkeypatch, Path, "read_text" if name == "meta.json" else "read_bytes", [folder / name], errno.EACCES)
+    with pytest.raises(PermissionError, match=f"cannot read the cache file .*{name}.*left untouched"):
+        get(tiny_data, tmp_path)
+    monkeypatch.undo()
+    assert snapshot(folder) == before
+
+
+def test_unreadable_checkpoint_and_memo_are_errors_and_kept(tmp_path, tiny_data, monkeypatch):
+    folder = entry(tiny_data, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"someone else's checkpoint")
+    assert zoo.memo("k", {"a": 1}, lambda: 0.125, root=tmp_path / "memo") == 0.125
+    memo_file = next((tmp_path / "memo" / "k").glob("*.pkl"))
+    fail_for(monkeypatch, Path, "read_bytes", [folder / "checkpoint.pt", memo_file], errno.EACCES)
+    with pytest.raises(PermissionError, match="checkpoint.pt.*left untouched"):
+        get(tiny_data, tmp_path)
+    with pytest.raises(PermissionError, match=f"{memo_file.name}.*left untouched"):
+        zoo.memo("k", {"a": 1}, lambda: pytest.fail("recomputed"), root=tmp_path / "memo")
+    monkeypatch.undo()
+    assert (folder / "checkpoint.pt").read_bytes() == b"someone else's checkpoint"
+    assert not (folder / "weights.pt").exists() and memo_file.exists()
+
+
+# -- 3. memo values are never lost; read-only caches and full disks --------------------------------
+
+def test_memo_value_that_cannot_be_stored_is_returned_with_one_warning(tmp_path, monkeypatch):
+    root = tmp_path / "memo"
+    fail_for(monkeypatch, Path, "mkdir", [root], errno.EROFS)
+    calls = []
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert zoo.memo("k", {"a": 1}, lambda: calls.append(1) or {"x": 0.125}, root=root) == {"x": 0.125}
+        assert len(caught) == 1 and "could not be cached" in str(caught[0].message)
+        assert "read-only" in str(caught[0].message)
+    assert len(calls) == 2 and not root.exists()
+
+
+def test_full_disk_says_disk_space(tmp_path, tiny_data, monkeypatch):
+    fail_for(monkeypatch, Path, "write_bytes", [tmp_path], errno.ENOSPC)
+    fail_for(monkeypatch, Path, "write_text", [tmp_path], errno.ENOSPC)
+    with pytest.warns(UserWarning, match="could not be cached.*no disk space left") as caught:
+        assert zoo.memo("k", {"a": 1}, lambda: 7, root=tmp_path / "memo") == 7
+    assert len(caught) == 1
+    with pytest.raises(OSError, match=f"cannot write {tmp_path}.*no disk space left.*free disk space") as info:
+        get(tiny_data, tmp_path / "zoo")
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(OSError, match="results.json: no disk space"):
+        with atomic_path(tmp_path / "results.json") as tmp:
+            tmp.write_text("[]")
+    monkeypatch.undo()
+    assert not list(tmp_path.rglob("meta.json")) and not list(tmp_path.rglob("*.tmp*"))
+
+
+# -- 4. bit flips are detected, reported and recomputed --------------------------------------------
+
+def interrupted_checkpoint(d, root, r, seed=0) -> Path:
+    class Stop(Exception):
+        pass
+
+    folder = entry(d, root, r, seed)
+    folder.mkdir(parents=True)
+
+    def stop(state):
+        zoo._write_checked(folder / "checkpoint.pt", zoo._torch_bytes(dict(state, seconds=0.0)))
+        raise Stop
+    from lib.models import build
+    with pytest.raises(Stop):
+        train.train(build(TINY, seed=seed), d, r, seed=seed, device="cpu", progress=False, on_epoch=stop)
+    return folder / "checkpoint.pt"
+
+
+def test_changed_checkpoint_bytes_are_not_resumed(tmp_path, tiny_data, capsys):
+    r = tiny_recipe(epochs=2)
+    ckpt = interrupted_checkpoint(tiny_data, tmp_path / "b", r)
+    flip_byte(ckpt, ckpt.stat().st_size // 2)
+    with pytest.warns(UserWarning, match=f"checkpoint {ckpt} is corrupted .*sha256.*training from scratch"):
+        model = get(tiny_data, tmp_path / "b", recipe=r)
+    assert "resuming" not in capsys.readouterr().out
+    assert len(model.zoo_meta["history"]) == 2 and not ckpt.exists()
+
+
+def test_changed_memo_entry_is_recomputed_not_served(tmp_path):
+    calls = []
+    compute = lambda: calls.append(1) or {"x": 0.125}
+    zoo.memo("k", {"a": 1}, compute, root=tmp_path)
+    path = next((tmp_path / "k").glob("*.pkl"))
+    raw = path.read_bytes()
+    changed = raw.replace(struct.pack(">d", 0.125), struct.pack(">d", 0.625))
+    assert changed != raw and pickle.loads(changed.split(b"\n", 2)[2]) == {"x": 0.625}
+    path.write_bytes(changed)
+    with pytest.warns(UserWarning, match=f"memo entry {path} is corrupted .*sha256.*recomputing"):
+        assert zoo.memo("k", {"a": 1}, compute, root=tmp_path) == {"x": 0.125}
+    assert zoo.memo("k", {"a": 1}, compute, root=tmp_path) == {"x": 0.125} and len(calls) == 2
+
+
+def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data):
+    good = get(tiny_data, tmp_path)
+    weights = entry(tiny_data, tmp_path) / "weights.pt"
+    flip_byte(weights, weights.stat().st_size - 200)
+    with pytest.warns(UserWarning, match="corrupted .*does not match the sha256 in meta.json.*retraining"):
+        again = get(tiny_data, tmp_path)
+    for a, b in zip(good.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# -- 11. identical runs give identical files ----------------------------------------------------------------
+
+def test_weights_file_bytes_are_identical_between_runs(tmp_path, tiny_data):
+    a, b = get(tiny_data, tmp_path / "a"), get(tiny_data, tmp_path / "b")
+    wa, wb = ((tmp_path / r / m.zoo_key / "weights.pt").read_bytes() for r, m in (("a", a), ("b", b)))
+    assert wa == wb
+    assert hashlib.sha256(wa).hexdigest() == a.zoo_meta["weights_sha256"]
+
+
+# -- two processes, one model ---------------------------------------------------------------------------------
+
+def test_concurrent_requests_train_a_model_once(tmp_path, tiny_data, monkeypatch, capsys):
+    calls = []
+    real_train = zoo.train
+
+    def slow_train(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        time.sleep(1.0)                                           # long enough for the other to arrive
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(zoo, "train", slow_train)
+    models = {}
+    threads = [threading.Thread(target=lambda n=n: models.__setitem__(n, get(tiny_data, tmp_path)), name=f"t{n}")
+               for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(models) == [0, 1]
+    assert models[0].zoo_meta == models[1].zoo_meta
+    assert "waiting for it to finish" in capsys.readouterr().out
