@@ -109,6 +109,23 @@ def test_unreadable_checkpoint_and_memo_are_errors_and_kept(tmp_path, tiny_data,
     assert not (folder / "weights.pt").exists() and memo_file.exists()
 
 
+# -- 2. a diverged model is never cached -----------------------------------------------------------
+
+def test_non_finite_loss_stops_training_and_caches_nothing(tmp_path, tiny_data):
+    r = tiny_recipe(lr=1e30)
+    for _ in range(2):                                            # and the second call does not serve it
+        with pytest.raises(FloatingPointError, match="recipe 'fast' .*lr 1e\\+30.*diverged in epoch 1"):
+            get(tiny_data, tmp_path, recipe=r)
+        folder = entry(tiny_data, tmp_path, r)
+        assert not (folder / "weights.pt").exists() and not (folder / "meta.json").exists()
+        assert not (folder / "checkpoint.pt").exists()
+
+
+def test_nan_learning_rate_is_refused_before_training():
+    with pytest.raises(ValueError, match="lr must be a finite number > 0; got nan"):
+        tiny_recipe(lr=float("nan"))
+
+
 # -- 3. memo values are never lost; read-only caches and full disks --------------------------------
 
 def test_memo_value_that_cannot_be_stored_is_returned_with_one_warning(tmp_path, monkeypatch):
@@ -190,6 +207,26 @@ def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data):
         again = get(tiny_data, tmp_path)
     for a, b in zip(good.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# -- 7. bad settings ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, accepted", [
+    ("epochs", 0, "an integer >= 1"), ("epochs", -2, "an integer >= 1"), ("batch_size", 0, "an integer >= 1"),
+    ("translate", -1, "an integer >= 0 \\(pixels\\)"), ("n_train", 0, "None \\(all images\\) or an integer >= 1"),
+    ("warmup", 1.5, "a fraction in \\[0, 1\\]"), ("lr", -0.1, "a finite number > 0"),
+])
+def test_bad_recipe_settings_name_the_parameter(field, value, accepted):
+    with pytest.raises(ValueError, match=f"recipe 'fast': {field} must be {accepted}; got {value}"):
+        train.recipe("fast", **{field: value})
+
+
+@pytest.mark.parametrize("arch", [dict(arch="myrtle_cnn", width=0), dict(arch="resnet20", width=-0.5),
+                                  dict(arch="myrtle_cnn", width=float("nan"))])
+def test_bad_width_fails_before_anything_is_written(tmp_path, tiny_data, arch):
+    with pytest.raises(ValueError, match="width must be a finite number > 0.*got"):
+        zoo.get(arch, tiny_recipe(), 0, data=tiny_data, root=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
 
 
 # -- 11. identical runs give identical files ----------------------------------------------------------------
