@@ -157,6 +157,27 @@ def test_full_disk_says_disk_space(tmp_path, tiny_data, monkeypatch):
     assert not list(tmp_path.rglob("meta.json")) and not list(tmp_path.rglob("*.tmp*"))
 
 
+def write_npz(folder: Path, n: int = 20, **overrides) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+    arrays = dict(x_train=x, y_train=np.arange(n) % 10, x_test=x[:10], y_test=np.arange(10),
+                  classes=np.array([f"c{i}" for i in range(10)]))
+    np.savez(folder / data.FILENAME, **{**arrays, **overrides})
+    return folder / data.FILENAME
+
+
+def test_unwritable_empty_cache_does_not_break_load_data(tmp_path, monkeypatch):
+    write_npz(tmp_path / "data")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache would be")
+    monkeypatch.setenv("SYMMETRIES_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(blocker / "cache"))
+    d = zoo.load_data()
+    assert d.x_train.shape == (20, 32, 32, 3) and d.source == str((tmp_path / "data" / data.FILENAME).resolve())
+    with pytest.warns(UserWarning, match="could not be cached"):
+        assert zoo.memo("k", {"a": 1}, lambda: 3) == 3
+
+
 # -- 4. bit flips are detected, reported and recomputed --------------------------------------------
 
 def interrupted_checkpoint(d, root, r, seed=0) -> Path:
@@ -209,6 +230,56 @@ def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data):
         assert torch.equal(a, b)
 
 
+# -- 5. damaged files: errors name the file and what to do -----------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "bit flip", "empty"])
+def test_damaged_data_npz_names_the_file(tmp_path, damage):
+    path = write_npz(tmp_path / damage.replace(" ", "_"))
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        flip_byte(path, len(raw) // 3)                          # inside x_train's stored bytes
+    with pytest.raises(ValueError, match=f"data file {path.resolve()} is damaged.*SYMMETRIES_DATA"):
+        data.load_cifar10(path.parent)
+
+
+# -- 6. wrong data formats --------------------------------------------------------------------------
+
+def as_dataset(x, y):
+    return data.Dataset(x, y, x[:4], y[:4], [f"c{i}" for i in range(10)], identity="test")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x, y: (x.float() / 255, y), "x_train must have dtype torch.uint8 .*got torch.float32.*\\* 255"),
+    (lambda x, y: (x.permute(0, 3, 1, 2), y),
+     "x_train must be images of shape \\(n, height, width, 3\\).*channels-first"),
+    (lambda x, y: (x[..., 0], y), "got shape \\(16, 32, 32\\).*grayscale"),
+    (lambda x, y: (x[..., :1], y), "got shape \\(16, 32, 32, 1\\).*grayscale"),
+    (lambda x, y: (x, y + 1), "y_train must hold labels 0..9 .*got labels 1..10"),
+    (lambda x, y: (x, y[:-1]), "y_train must hold one label per image: 16 images but 15 labels"),
+    (lambda x, y: (x, y.float()), "y_train must be a 1-d tensor of integer class labels"),
+])
+def test_wrong_data_formats_are_refused(change, message):
+    d = data.synthetic_dataset(n_train=16, n_test=4)
+    y = torch.arange(16) % 10
+    x, y = change(d.x_train, y)
+    with pytest.raises(ValueError, match=message):
+        as_dataset(x, y)
+
+
+def test_wrong_layout_in_npz_names_the_file(tmp_path):
+    path = write_npz(tmp_path, y_train=np.arange(20) % 10 + 1)
+    with pytest.raises(ValueError, match=f"{path.resolve()} does not hold CIFAR-10.*labels 0..9"):
+        data.load_cifar10(tmp_path)
+    with pytest.raises(ValueError, match="x must have dtype torch.uint8"):
+        data.to_input(torch.rand(2, 32, 32, 3))
+
+
 # -- 7. bad settings ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field, value, accepted", [
@@ -227,6 +298,39 @@ def test_bad_width_fails_before_anything_is_written(tmp_path, tiny_data, arch):
     with pytest.raises(ValueError, match="width must be a finite number > 0.*got"):
         zoo.get(arch, tiny_recipe(), 0, data=tiny_data, root=tmp_path, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_bad_batch_and_augment_arguments():
+    x = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
+        next(data.batches(x, torch.zeros(4), 0))
+    with pytest.raises(ValueError, match="same length; got 4 and 3"):
+        next(data.batches(x, torch.zeros(3), 2))
+    with pytest.raises(ValueError, match="translate must be an integer >= 0 \\(pixels\\); got -1"):
+        data.augment(x, torch.Generator(), translate=-1)
+
+
+# -- 9. downloads time out ------------------------------------------------------------------------------
+
+def test_download_times_out_with_the_offline_error(tmp_path, monkeypatch):
+    import torchvision
+    assert data.DOWNLOAD_TIMEOUT == 60.0
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)                                              # accepts connections, never answers
+    try:
+        port = server.getsockname()[1]
+        monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10.tar.gz")
+        monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT", 0.5)
+        monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("SYMMETRIES_DATA", raising=False)
+        t0 = time.perf_counter()
+        with pytest.raises(FileNotFoundError, match="CIFAR-10 not found.*timed out.*Set SYMMETRIES_DATA"):
+            data.load_cifar10(tmp_path / "none")
+        assert time.perf_counter() - t0 < 20
+        assert socket.getdefaulttimeout() is None
+    finally:
+        server.close()
 
 
 # -- 11. identical runs give identical files ----------------------------------------------------------------
