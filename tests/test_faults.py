@@ -310,6 +310,48 @@ def test_bad_batch_and_augment_arguments():
         data.augment(x, torch.Generator(), translate=-1)
 
 
+MEASURES = ["linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_procrustes", "orthogonal_procrustes"]
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+@pytest.mark.parametrize("measure", MEASURES)
+def test_extreme_feature_scales_in_float32(measure, scale):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 4, 3, 3, generator=g), torch.randn(40, 4, 3, 3, generator=g)
+    f = getattr(metrics, measure)
+    assert f(x * scale, y * scale, dtype=torch.float32) == pytest.approx(f(x, y), rel=1e-4)
+
+
+def test_extreme_scale_in_one_channel_only():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 4, 9, generator=g)
+    y = x + 0.5 * torch.randn(40, 4, 9, generator=g)
+    scaled = x.clone()
+    scaled[:, 0] *= 1e30
+    expected = metrics.grelu_cka(x, y)
+    assert expected > 0.3
+    assert metrics.grelu_cka(scaled, y, dtype=torch.float32) == pytest.approx(expected, rel=1e-4)
+
+
+# -- 8. tiny samples ----------------------------------------------------------------------------------
+
+def test_too_few_samples_raise():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 4, 3, 3, generator=g), torch.randn(5, 4, 3, 3, generator=g)
+    for measure in ("orthogonal_procrustes", "grelu_procrustes"):
+        with pytest.raises(ValueError, match="need at least 2 samples; got 1"):
+            getattr(metrics, measure)(x[:1], y[:1])
+        assert getattr(metrics, measure)(x[:2], y[:2]) < 1.0
+    for measure in ("linear_cka", "rbf_cka"):
+        with pytest.raises(ValueError, match="at least 3 samples .*got 2"):
+            getattr(metrics, measure)(x[:2], y[:2])
+        with pytest.raises(ValueError, match="unbiased HSIC estimator needs at least 4 samples; got 3"):
+            getattr(metrics, measure)(x[:3], y[:3], debiased=True)
+        assert getattr(metrics, measure)(x[:3], y[:3]) < 1.0
+    with pytest.raises(ValueError, match="at least 4 samples; got 3"):
+        metrics.grelu_cka(x[:3], y[:3])
+
+
 # -- 9. downloads time out ------------------------------------------------------------------------------
 
 def test_download_times_out_with_the_offline_error(tmp_path, monkeypatch):
