@@ -248,6 +248,48 @@ def test_damaged_data_npz_names_the_file(tmp_path, damage):
         data.load_cifar10(path.parent)
 
 
+@pytest.mark.parametrize("text", ["{not json", '{"chapter": "zoo", "seed": 0}', "[1, 2]"])
+def test_damaged_results_json_names_the_file(tmp_path, text):
+    from lib.results import load_results
+    (tmp_path / "good.json").write_text(json.dumps(dict(chapter="good", seed=0, rows=[])))
+    (tmp_path / "zoo-seed1.json").write_text(text)
+    with pytest.raises(ValueError, match="results file .*zoo-seed1.json is damaged.*re-run the chapter .*zoo"):
+        load_results("smoke", tmp_path)
+
+
+@pytest.fixture()
+def fake_papermill(monkeypatch):
+    """Runs that record ``value = seed`` without starting a kernel (the sweep's logic is under test)."""
+    import subprocess
+
+    def run(cmd, env, **kw):
+        params = json.loads(cmd[cmd.index("-y") + 1])
+        Path(cmd[4]).write_text("{}")
+        out = Path(env["SYMMETRIES_RESULTS"]) / "smoke"
+        out.mkdir(parents=True, exist_ok=True)
+        rows = [dict(key="value", ours=params["seed"], paper=None)]
+        (out / "tiny.json").write_text("{broken" if params["seed"] == 2 else json.dumps(dict(rows=rows)))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    monkeypatch.setattr(sweep.jupytext, "read", lambda path: __import__("nbformat").v4.new_notebook())
+    monkeypatch.setattr(sweep.jupytext, "write", lambda nb, path, fmt: Path(path).write_text("{}"))
+
+
+def test_damaged_done_json_reruns_that_run_only(tmp_path, fake_papermill):
+    chapter = tmp_path / "tiny.md"
+    chapter.write_text("# tiny")
+    first = sweep.sweep(str(chapter), {"seed": [0, 1, 2]}, out=str(tmp_path / "runs"))
+    assert [s["ok"] for s in first] == [True, True, False]
+    assert "tiny.json written by this run is damaged" in first[2]["error"]
+    done = tmp_path / "runs" / "tiny" / "seed-1.done.json"
+    done.write_text('{"params": {"seed": 1}, "rows": [tru')
+    with pytest.warns(UserWarning, match=f"run marker {done} is damaged .*running seed-1 again"):
+        second = sweep.sweep(str(chapter), {"seed": [0, 1, 2]}, out=str(tmp_path / "runs"))
+    assert [(s["ok"], s.get("skipped")) for s in second] == [(True, True), (True, False), (False, None)]
+    table = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
+    assert sorted(r["ours"] for r in table) == [0, 1]
+
+
 # -- 6. wrong data formats --------------------------------------------------------------------------
 
 def as_dataset(x, y):
@@ -373,6 +415,16 @@ def test_download_times_out_with_the_offline_error(tmp_path, monkeypatch):
         assert socket.getdefaulttimeout() is None
     finally:
         server.close()
+
+
+# -- 10. summarize with list-valued parameters ------------------------------------------------------------
+
+def test_summarize_handles_list_valued_parameters():
+    table = [dict(key="acc", ours=float(seed + i), paper=1.0, param_seed=seed, param_slopes=slopes)
+             for i, slopes in enumerate([[0.0, 1.0], [0.5]]) for seed in (0, 2)]
+    out = sweep.summarize(table)
+    assert out[("acc", ("param_slopes", (0.0, 1.0)))] == dict(mean=1.0, std=1.0, n=2, paper=1.0)
+    assert out[("acc", ("param_slopes", (0.5,)))] == dict(mean=2.0, std=1.0, n=2, paper=1.0)
 
 
 # -- 11. identical runs give identical files ----------------------------------------------------------------
