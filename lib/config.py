@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -221,35 +222,66 @@ def scale_settings(scale: str) -> Scale:
     return SCALES[scale]
 
 
-def cache_dir(kind: str = "", root: str | os.PathLike | None = None) -> Path:
+def cache_dir(kind: str = "", root: str | os.PathLike | None = None, create: bool = True) -> Path:
     """A per-user cache folder, created on demand.
 
     The root is ``root`` if given, else ``$SYMMETRIES_CACHE``, else ``~/.cache/symmetries``.
-    ``kind`` names a subfolder (``"zoo"``, ``"results"``, ``"data"``, ...).
+    ``kind`` names a subfolder (``"zoo"``, ``"results"``, ``"data"``, ...). ``create=False`` only
+    names the folder, so that readers work on a read-only cache.
     """
     if root is None:
         root = os.environ.get("SYMMETRIES_CACHE") or Path.home() / ".cache" / "symmetries"
     path = Path(root) / kind if kind else Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _write_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` reworded to say what went wrong while writing ``path`` and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no disk space left (or the disk quota is exhausted)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        what = "the folder is read-only or not writable by this user"
+    else:
+        return exc
+    # OSError(errno, ...) builds the matching subclass (PermissionError for EACCES), keeping errno.
+    return OSError(exc.errno, f"cannot write {path}: {what} ({exc.strerror or exc}); free disk space or "
+                              f"set SYMMETRIES_CACHE (or pass root=) to a writable folder with space")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Readers therefore see either the old file or the complete new one, never half of it.
+    Readers therefore see either the old file or the complete new one, never half of it. The file
+    gets the permissions of any file the user creates (``0o666`` less the umask), so a shared cache
+    stays readable by its group. A full disk or a read-only folder raises an ``OSError`` (with the
+    original ``errno``) whose message names ``path`` and says so.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the final suffix so that writers which append one (np.savez) do not.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
+    tmp = None
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open with mode 0o666 lets the kernel apply the umask; mkstemp would force 0o600 and hide
+        # the entries of a shared cache from its other users. The temporary name keeps the final
+        # suffix so that writers which append one (np.savez) do not.
+        while tmp is None:
+            candidate = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}"
+            try:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                tmp = candidate
+            except FileExistsError:
+                continue
+        yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        reworded = _write_error(exc, path)
+        if reworded is exc:
+            raise
+        raise reworded from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import os
+import socket
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +35,10 @@ class Dataset:
     """Train and test splits as tensors.
 
     ``x_train``/``x_test``: uint8 ``(n, H, W, 3)``; ``y_train``/``y_test``: int64 ``(n,)``.
-    ``identity`` names the data for cache keys (e.g. ``"cifar10:<sha256 prefix>"``).
+    ``identity`` names the data for cache keys (e.g. ``"cifar10:<sha256 prefix>"``). Any other layout
+    (float images, channels first, grayscale, labels outside ``0 .. len(classes) - 1``, a label count
+    that differs from the image count) is a ``ValueError`` saying what was expected; numpy arrays are
+    converted to tensors.
     """
 
     x_train: torch.Tensor
@@ -42,14 +49,54 @@ class Dataset:
     identity: str
     source: str = ""
 
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = (torch.as_tensor(getattr(self, f"{k}_{split}")) for k in "xy")
+            _check_images(x, f"x_{split}")
+            _check_labels(y, f"y_{split}", len(x), len(self.classes))
+            setattr(self, f"x_{split}", x)
+            setattr(self, f"y_{split}", y)
+
     def describe(self) -> str:
         return (f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
                 f"{len(self.x_test)} test images")
 
 
+def _check_images(x: torch.Tensor, name: str) -> None:
+    """``ValueError`` unless ``x`` holds uint8 images ``(n, H, W, 3)``, saying what it looks like instead."""
+    hint = ""
+    if x.ndim == 4 and x.shape[-1] != 3 and x.shape[1] == 3:
+        hint = " It looks channels-first: pass x.permute(0, 2, 3, 1)."
+    elif x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1):
+        hint = " It looks grayscale: repeat the channel, e.g. x.reshape(*x.shape[:3], 1).expand(-1, -1, -1, 3)."
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"{name} must be images of shape (n, height, width, 3) (channels last, RGB); got shape "
+                         f"{tuple(x.shape)}.{hint}")
+    if x.dtype != torch.uint8:
+        raise ValueError(f"{name} must have dtype torch.uint8 (pixel values 0..255, as stored in CIFAR-10); got "
+                         f"{x.dtype}. Images in [0, 1] convert with (x * 255).round().to(torch.uint8).")
+
+
+def _check_labels(y: torch.Tensor, name: str, n: int, num_classes: int) -> None:
+    """``ValueError`` unless ``y`` holds ``n`` integer labels in ``0 .. num_classes - 1``."""
+    if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{name} must be a 1-d tensor of integer class labels; got dtype {y.dtype}, shape "
+                         f"{tuple(y.shape)}")
+    if len(y) != n:
+        raise ValueError(f"{name} must hold one label per image: {n} images but {len(y)} labels")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{name} must hold labels 0..{num_classes - 1} (one per class name); got labels "
+                         f"{int(y.min())}..{int(y.max())}. Labels 1..{num_classes} convert with y - 1.")
+
+
 def _candidates(data_dir) -> list[Path]:
-    dirs = [data_dir, os.environ.get("SYMMETRIES_DATA"), cache_dir("data")]
+    dirs = [data_dir, os.environ.get("SYMMETRIES_DATA"), cache_dir("data", create=False)]
     return [Path(d) / FILENAME for d in dirs if d]
+
+
+# Seconds a download may wait for the server before it counts as offline (a proxy that accepts
+# connections and never answers would otherwise hang forever).
+DOWNLOAD_TIMEOUT = 60.0
 
 
 def _download(target: Path) -> None:
@@ -57,6 +104,9 @@ def _download(target: Path) -> None:
     import torchvision
 
     raw = cache_dir("data") / "torchvision"
+    # torchvision's urllib calls take no timeout argument; they use the socket default.
+    saved = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
     try:
         train = torchvision.datasets.CIFAR10(raw, train=True, download=True)
         test = torchvision.datasets.CIFAR10(raw, train=False, download=True)
@@ -66,22 +116,38 @@ def _download(target: Path) -> None:
             f"{target.parent}, and the download failed ({exc}). Set SYMMETRIES_DATA to a directory "
             f"holding {FILENAME} (keys x_train, y_train, x_test, y_test, classes)."
         ) from exc
+    finally:
+        socket.setdefaulttimeout(saved)
     with atomic_path(target) as tmp:
         np.savez_compressed(tmp, x_train=train.data, y_train=np.array(train.targets, dtype=np.int64),
                             x_test=test.data, y_test=np.array(test.targets, dtype=np.int64),
                             classes=np.array(train.classes))
 
 
+_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes")
+
+
 @functools.lru_cache(maxsize=2)
 def _load(path: str) -> Dataset:
-    with np.load(path) as d:
-        missing = {"x_train", "y_train", "x_test", "y_test", "classes"} - set(d.files)
-        if missing:
-            raise ValueError(f"{path} lacks the keys {sorted(missing)}")
-        sha = file_sha256(path)
-        return Dataset(torch.from_numpy(d["x_train"]), torch.from_numpy(d["y_train"]).long(),
-                       torch.from_numpy(d["x_test"]), torch.from_numpy(d["y_test"]).long(),
-                       [str(c) for c in d["classes"]], identity=f"cifar10:{sha[:16]}", source=path)
+    what_to_do = (f"replace it with a good copy: delete it (CIFAR-10 is then downloaded again into the cache) or "
+                  f"set SYMMETRIES_DATA to a folder holding a good {FILENAME}")
+    try:
+        with np.load(path) as d:
+            missing = set(_KEYS) - set(d.files)
+            arrays = {k: d[k] for k in _KEYS if k not in missing}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        # Truncated, bit-flipped or not an npz at all (np.load then refuses to unpickle it).
+        raise ValueError(f"the data file {path} is damaged or not an npz archive ({type(exc).__name__}: {exc}); "
+                         f"{what_to_do}") from exc
+    if missing:
+        raise ValueError(f"{path} lacks the keys {sorted(missing)}; {what_to_do}")
+    sha = file_sha256(path)
+    try:
+        return Dataset(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"]).long(),
+                       torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"]).long(),
+                       [str(c) for c in arrays["classes"]], identity=f"cifar10:{sha[:16]}", source=path)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"the data file {path} does not hold CIFAR-10 in the expected layout: {exc}") from exc
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -142,6 +208,7 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int | None):
 
 def to_input(x: torch.Tensor, device=None) -> torch.Tensor:
     """uint8 images ``(n, H, W, 3)`` -> normalised float32 ``(n, 3, H, W)`` in channels_last memory."""
+    _check_images(x, "x")
     device = get_device(device)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
@@ -153,6 +220,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, tran
     """Random horizontal flips and translations by up to ``translate`` pixels (zero fill), per image,
     on a whole batch ``(n, C, H, W)`` on its own device. ``generator`` lives on the CPU so that the
     same seed gives the same augmentation on every device."""
+    if not (isinstance(translate, numbers.Integral) and translate >= 0):
+        raise ValueError(f"translate must be an integer >= 0 (pixels); got {translate!r}")
     n, _, h, w = x.shape
     if flip:
         mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
@@ -178,6 +247,10 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, tran
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
             shuffle: bool = True, drop_last: bool = False):
     """Yield ``(x[idx], y[idx])`` minibatches of tensors already on the device (shuffled by ``generator``)."""
+    if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    if len(y) != len(x):
+        raise ValueError(f"x and y must have the same length; got {len(x)} and {len(y)}")
     n = len(x)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order.to(x.device)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import check_choice
-from .preprocessing import DTYPES, _channel_major, _check_finite, flatten_features, to_channels
+from .preprocessing import DTYPES, _channel_major, _check_finite, _rescaled, flatten_features, to_channels
 
 __all__ = ["linear_gram", "rbf_gram", "max_kernel_gram", "hsic", "cka_from_grams",
            "grelu_cka_memory", "grelu_cka_max_samples"]
@@ -51,7 +51,7 @@ def rbf_gram(X, threshold: float = 1.0, **kw) -> torch.Tensor:
     """
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold must be a positive number; got {threshold!r}")
-    f = flatten_features(X, **kw)
+    f = _rescaled(flatten_features(X, **kw))
     g = f @ f.T
     sq = g.diagonal().clone()
     d = g.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0)
@@ -172,7 +172,17 @@ def hsic(K, L, unbiased: bool = True) -> float:
     return float(_hsic(K, L.to(device=K.device, dtype=K.dtype), unbiased))
 
 
+def _check_cka_samples(n: int, unbiased: bool) -> None:
+    """CKA from fewer samples is a number that says nothing about the features: raise instead."""
+    if unbiased and n < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
+    if n < 3:
+        raise ValueError(f"CKA needs at least 3 samples (4 for the unbiased estimator); got {n}: with 2, every "
+                         f"centred Gram matrix is a multiple of [[1, -1], [-1, 1]] and CKA is 1 for any inputs")
+
+
 def _cka(K, L, unbiased, names=("X", "Y")) -> float:
+    _check_cka_samples(K.shape[0], unbiased)
     hk, hl = float(_hsic(K, K, unbiased)), float(_hsic(L, L, unbiased))
     for h, name in ((hk, names[0]), (hl, names[1])):
         if not h > 0:

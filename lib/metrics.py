@@ -41,11 +41,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from ._lazy import forward_names
-from .gram import (BLOCK_BYTES, BLOCK_ROWS, _cka, _max_kernel, cka_from_grams, grelu_cka_memory,
+from .gram import (BLOCK_BYTES, BLOCK_ROWS, _check_cka_samples, _cka, _max_kernel, cka_from_grams, grelu_cka_memory,
                    grelu_cka_max_samples, hsic, linear_gram, max_kernel_gram, rbf_gram)
 # Re-exported for the tests and benchmarks/metrics_speed.py, which reach them as lib.metrics.<name>.
 from .gram import _block_plan, _reference_max_kernel_naive, _reference_max_kernel_row, _reference_max_kernel_rows
-from .preprocessing import (DTYPES, ZERO_CHANNELS, _device, _normalize_channel_major, _same_samples, _shape,
+from .preprocessing import (DTYPES, ZERO_CHANNELS, _device, _normalize_channel_major, _rescaled, _same_samples, _shape,
                             center_features, flatten_features, normalize_channels, normalize_total, to_channels)
 
 # lib.similarity imports this module (for the Procrustes measures), so its names are forwarded on first use.
@@ -71,12 +71,12 @@ def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None
     """
     _same_samples(X, Y)
     dev = _device(X, Y, device=device)
-    x, y = (center_features(A, dtype=dtype, device=dev, name=nm) for A, nm in ((X, "X"), (Y, "Y")))
+    x, y = (_rescaled(center_features(A, dtype=dtype, device=dev, name=nm), inplace=True)
+            for A, nm in ((X, "X"), (Y, "Y")))
     n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+    _check_cka_samples(n, debiased)
     if debiased or n * (dx + dy) <= dx * dy + dx * dx + dy * dy:
         return _cka(x @ x.T, y @ y.T, unbiased=debiased)
-    if n < 2:
-        raise ValueError(f"HSIC needs at least 2 samples; got {n}")
     xx, yy = torch.linalg.matrix_norm(x.T @ x), torch.linalg.matrix_norm(y.T @ y)
     for v, name in ((xx, "X"), (yy, "Y")):
         if float(v) == 0.0:
@@ -131,6 +131,14 @@ def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, d
     return _cka(*grams, unbiased=True)
 
 
+def _procrustes_samples(X) -> None:
+    # One sample leaves nothing to align: the measures would return 1.0 (orthogonal) or ~0.57 (G_ReLU)
+    # whatever the features.
+    n = _shape(X)[0] if _shape(X) else 0
+    if n < 2:
+        raise ValueError(f"Procrustes measures need at least 2 samples; got {n}")
+
+
 def _same_positions(X, Y) -> None:
     px, py = _shape(X)[2:], _shape(Y)[2:]
     if px != py:
@@ -148,6 +156,7 @@ def grelu_procrustes(X, Y, zero_channels: str = "raise", *, dtype=torch.float64,
     ``(n_samples, cy[, h, w])``. Equals 1 when ``Y = X P D`` on channels.
     """
     _same_samples(X, Y)
+    _procrustes_samples(X)
     _same_positions(X, Y)
     dev = _device(X, Y, device=device)
     zx, zy = (_normalize_channel_major(A, False, zero_channels, dtype, dev, nm) for A, nm in ((X, "X"), (Y, "Y")))
@@ -175,6 +184,7 @@ def orthogonal_procrustes(X, Y, *, dtype=torch.float64, device=None) -> float:
     (``c > 0``, ``Q`` orthogonal on channels).
     """
     _same_samples(X, Y)
+    _procrustes_samples(X)
     _same_positions(X, Y)
     dev = _device(X, Y, device=device)
     x, y = (normalize_total(A, dtype=dtype, device=dev, name=nm).permute(0, 2, 1).reshape(-1, _shape(A)[1])

@@ -9,6 +9,7 @@ built in :mod:`lib.convnext` and registered here as ``"convnext_cifar"``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 
 import torch
@@ -80,6 +81,13 @@ def _bn_axes(axes: dict, prefix: str, site: str) -> None:
     axes[f"{prefix}.running_var"] = ((site, "perm"),)
 
 
+def _check_width(width) -> None:
+    # A width <= 0 would be rounded up to 1-channel layers and trained without complaint.
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+        raise ValueError(f"width must be a finite number > 0 (a multiplier of the channel counts, e.g. 0.25 or "
+                         f"1.0); got {width!r}")
+
+
 # --------------------------------------------------------------------------------------------
 # Myrtle CNN
 # --------------------------------------------------------------------------------------------
@@ -92,6 +100,7 @@ def myrtle_cnn(width: float = 1.0, batchnorm: bool = True, activation: str = "re
     in ``enumerate(model.named_modules())``, i.e. the four activations. Without BatchNorm the convs
     carry a bias and the "layers 0, 2, 5" of Fig. 4 are the first three convs.
     """
+    _check_width(width)
     c = max(1, round(64 * width))
     chans = [in_channels, c, 2 * c, 4 * c, 8 * c]
     params = _params(activation, negative_slope)
@@ -229,6 +238,7 @@ def resnet20(width: float = 1.0, activation: str = "relu", negative_slope: float
     Option-A shortcuts (strided subsampling plus zero-padding of channels), Kaiming-normal init.
     ``residual_activation=False`` drops the activation after each residual addition (Section 6).
     """
+    _check_width(width)
     params = _params(activation, negative_slope)
     model = ResNet(3, width, activation, params, num_classes, residual_activation)
     model.symmetry_spec = _resnet_spec(model, activation, params)

@@ -54,6 +54,35 @@ def _check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
+# Every measure is invariant to scaling its inputs, so features of extreme magnitude (1e30 or 1e-30,
+# whose squares overflow or underflow float32 and would read as "constant") are first scaled by a
+# power of two, which is exact, to a maximum in [0.5, 1). Inputs whose largest magnitude lies within
+# these bounds are left alone (the common case: no copy, bit-identical results).
+_SAFE_MAGNITUDE = (2.0 ** -10, 2.0 ** 10)
+
+
+def _safe_scale(t: torch.Tensor, dim=None) -> torch.Tensor:
+    """Power-of-two factors (one, or one per index of ``t`` outside ``dim``) that bring the largest
+    magnitude of ``t`` (over ``dim``; over all of ``t`` if None) into ``[0.5, 1)``; 1 where it is
+    already within ``_SAFE_MAGNITUDE`` or zero."""
+    hi = t.amax() if dim is None else t.amax(dim=dim)
+    lo = t.amin() if dim is None else t.amin(dim=dim)
+    m = torch.maximum(hi.abs(), lo.abs())
+    _, exponent = torch.frexp(m)
+    # The clamp keeps the factor finite for subnormal inputs.
+    factor = torch.ldexp(torch.ones_like(m), (-exponent).clamp(max=math.frexp(torch.finfo(t.dtype).max)[1] - 2))
+    safe = (m == 0) | ((m >= _SAFE_MAGNITUDE[0]) & (m <= _SAFE_MAGNITUDE[1]))
+    return torch.where(safe, torch.ones_like(m), factor)
+
+
+def _rescaled(t: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``t`` times :func:`_safe_scale` (all of it at once); ``t`` itself when no scaling is needed."""
+    factor = _safe_scale(t)
+    if float(factor) == 1.0:
+        return t
+    return t.mul_(factor) if inplace else t * factor
+
+
 def to_channels(X, *, dtype=torch.float64, device=None, name: str = "X") -> torch.Tensor:
     """Features in the channel view used by every measure.
 
@@ -98,6 +127,9 @@ def _normalize_channel_major(X, center, zero_channels, dtype, device, name) -> t
     """:func:`normalize_channels` in the ``(channels, n_samples, positions)`` layout."""
     check_choice("zero_channels", zero_channels, ZERO_CHANNELS)
     z = _channel_major(X, dtype, device, name)
+    factor = _safe_scale(z, dim=(1, 2))
+    if bool((factor != 1).any()):
+        z.mul_(factor[:, None, None])
     before = torch.linalg.vector_norm(z, dim=(1, 2))
     if center:
         z -= z.mean(dim=(1, 2), keepdim=True)
@@ -139,7 +171,7 @@ def normalize_channels(X, center: bool = True, zero_channels: str = "raise", *, 
 
 def normalize_total(X, *, dtype=torch.float64, device=None, name: str = "X") -> torch.Tensor:
     """``(n_samples, channels, positions)`` scaled to unit Frobenius norm as a whole (no centring)."""
-    t = to_channels(X, dtype=dtype, device=device, name=name)
+    t = _rescaled(to_channels(X, dtype=dtype, device=device, name=name))
     norm = torch.linalg.vector_norm(t)
     if float(norm) == 0.0:
         raise ValueError(f"{name} is identically zero; the measure is undefined")

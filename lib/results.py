@@ -73,9 +73,12 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
     folder = Path(directory) if directory else results_dir() / scale
     rows = []
     for f in sorted(folder.glob("*.json")):
-        payload = json.loads(f.read_text())
-        for r in payload["rows"]:
-            rows.append(dict(chapter=payload["chapter"], seed=payload["seed"], **r))
+        try:
+            payload = json.loads(f.read_text())
+            rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"the results file {f} is damaged ({type(exc).__name__}: {exc}); delete it and "
+                             f"re-run the chapter that wrote it ({f.stem.split('-seed')[0]})") from exc
     return rows
 
 

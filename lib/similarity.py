@@ -17,7 +17,7 @@ import torch
 from .config import check_choice
 from .gram import _max_kernel
 from .metrics import grelu_procrustes, orthogonal_procrustes
-from .preprocessing import _device, _normalize_channel_major, _same_samples, _shape, center_features
+from .preprocessing import _device, _normalize_channel_major, _rescaled, _same_samples, _shape, center_features
 
 __all__ = ["MATRIX_MEASURES", "CKA_MEASURES", "layer_features", "u_centre", "normalized_gram",
            "similarity_matrices", "similarity_matrix", "best_matches", "model_pair_similarities"]
@@ -96,7 +96,7 @@ def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size:
     dev = _device(X, device=device)
     if measure == "linear_cka":
         # Centred features give an already doubly centred Gram matrix: the biased HSIC is <K, L>.
-        f = center_features(X, dtype=dtype, device=dev, name=name)
+        f = _rescaled(center_features(X, dtype=dtype, device=dev, name=name), inplace=True)
         K = f @ f.T
     else:
         z = _normalize_channel_major(X, True, zero_channels, dtype, dev, name)

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import jupytext
@@ -59,8 +60,13 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
     name = run_name(params)
     notebook = out_dir / f"{name}.ipynb"
     done = out_dir / f"{name}.done.json"
-    if done.exists():
-        return dict(json.loads(done.read_text()), skipped=True)
+    try:
+        return dict(_read_done(done), skipped=True)
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:
+        # A damaged marker only costs re-running this one combination.
+        warnings.warn(f"{exc}; running {name} again")
     results = out_dir / f"{name}.results"
     source = out_dir / f"{name}.input.ipynb"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,11 +87,37 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
         return dict(status, error="\n".join(err))
     rows = []
     for f in sorted(results.glob("*/*.json")):
-        rows.extend(json.loads(f.read_text())["rows"])
+        try:
+            rows.extend(json.loads(f.read_text())["rows"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return dict(status, ok=False, error=f"the results file {f} written by this run is damaged "
+                                                f"({type(exc).__name__}: {exc}); delete it and run again")
     status["rows"] = rows
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(status, indent=1))
     return dict(status, skipped=False)
+
+
+def _read_done(done: Path) -> dict:
+    """The status stored in a ``.done.json``; ``ValueError`` naming the file if it is damaged."""
+    text = done.read_text()
+    try:
+        status = json.loads(text)
+        if not (isinstance(status, dict) and isinstance(status.get("rows"), list) and "params" in status):
+            raise ValueError("it lacks 'params' or a list of 'rows'")
+    except ValueError as exc:
+        raise ValueError(f"the run marker {done} is damaged ({exc}); delete it to run that combination "
+                         f"again") from exc
+    return status
+
+
+def _run_safely(chapter: str, params: dict, out_dir: str, timeout: float | None) -> dict:
+    """:func:`run_one`, with any exception turned into a failed status so that the other runs go on."""
+    try:
+        return run_one(chapter, params, out_dir, timeout)
+    except Exception as exc:
+        return dict(params=params, notebook=str(Path(out_dir) / f"{run_name(params)}.ipynb"), ok=False,
+                    error=f"{type(exc).__name__}: {exc}")
 
 
 def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, scheduler: str | None = None,
@@ -106,12 +138,12 @@ def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, schedul
         from distributed import Client
 
         with Client(scheduler) as client:
-            futures = client.map(run_one, [chapter] * len(combos), combos, [str(out_dir)] * len(combos),
+            futures = client.map(_run_safely, [chapter] * len(combos), combos, [str(out_dir)] * len(combos),
                                  [timeout] * len(combos), pure=False)
             statuses = client.gather(futures)
     else:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            statuses = list(pool.map(lambda p: run_one(chapter, p, str(out_dir), timeout), combos))
+            statuses = list(pool.map(lambda p: _run_safely(chapter, p, str(out_dir), timeout), combos))
     table = [dict(r, **{f"param_{k}": v for k, v in s["params"].items()})
              for s in statuses if s["ok"] for r in s["rows"]]
     with atomic_path(out_dir / "results.json") as tmp:
@@ -119,14 +151,25 @@ def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, schedul
     return statuses
 
 
+def _hashable(value):
+    # Parameters such as -p slopes "[0.0, 1.0]" are lists (JSON has no tuples).
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
 def summarize(table: list[dict], over: str = "seed") -> dict:
     """Mean and std of ``ours`` for each key over the runs that differ only in parameter ``over``.
 
-    Returns ``{(key, other parameters...): dict(mean, std, n, paper)}``.
+    Returns ``{(key, other parameters...): dict(mean, std, n, paper)}``; list-valued parameters
+    appear as tuples (so that they can be part of the key).
     """
     groups: dict = {}
     for row in table:
-        others = tuple(sorted((k, v) for k, v in row.items() if k.startswith("param_") and k != f"param_{over}"))
+        others = tuple(sorted((k, _hashable(v)) for k, v in row.items()
+                              if k.startswith("param_") and k != f"param_{over}"))
         groups.setdefault((row["key"],) + others, []).append(row)
     out = {}
     for gkey, rows in groups.items():

@@ -9,6 +9,8 @@ the same seed gives the same weights bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import time
 
 import torch
@@ -43,6 +45,38 @@ class Recipe:
     n_test: int | None = None    # test images used for accuracies (None: all)
     precision: str = "bulk"      # lib.config precision: "bulk" (bfloat16 autocast where fast) or "float32"
 
+    def __post_init__(self):
+        # Checked here, when a recipe is made, so that a bad setting fails before anything is
+        # trained or written (a zoo entry of a 0-epoch run, a ZeroDivisionError deep in the loop).
+        def need(ok, field, accepted):
+            if not ok:
+                raise ValueError(f"recipe {self.name!r}: {field} must be {accepted}; got {getattr(self, field)!r}")
+
+        def is_int(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_real(v):
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(is_int(self.translate) and self.translate >= 0, "translate", "an integer >= 0 (pixels)")
+        need(is_real(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(is_real(self.momentum) and self.momentum >= 0, "momentum", "a finite number >= 0")
+        need(is_real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0")
+        need(is_real(self.warmup) and 0 <= self.warmup <= 1, "warmup", "a fraction in [0, 1]")
+        need(is_real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
+             "a number in [0, 1)")
+        need(is_real(self.gamma) and self.gamma > 0, "gamma", "a finite number > 0")
+        need(self.schedule != "step" or (is_int(self.step_size) and self.step_size >= 1), "step_size",
+             "an integer >= 1 with schedule 'step'")
+        for field in ("n_train", "n_test"):
+            need(getattr(self, field) is None or (is_int(getattr(self, field)) and getattr(self, field) >= 1),
+                 field, "None (all images) or an integer >= 1")
+        check_choice("optimizer", self.optimizer, ("adam", "sgd"))
+        check_choice("schedule", self.schedule, ("step", "onecycle"))
+        check_choice("precision", self.precision, PRECISIONS)
+
 
 RECIPES = {
     # The authors' recipe (implementation notes): 50 epochs of Adam, StepLR 12/0.5, batch 32.
@@ -67,9 +101,7 @@ def recipe(name: str | Recipe, **overrides) -> Recipe:
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"unknown recipe fields {sorted(unknown)}; accepted: {sorted(fields)}")
-    r = dataclasses.replace(base, **overrides)
-    check_choice("precision", r.precision, PRECISIONS)
-    return r
+    return dataclasses.replace(base, **overrides)
 
 
 def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
@@ -165,6 +197,16 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
             tot_correct += (out.argmax(1) == yb).sum().item()
             seen += len(xb)
             bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_correct / seen:.3f}")
+        # One check per epoch, on numbers the loop has on the host already (plus one sync for the
+        # weights): a NaN or infinite loss stays so in the sum, and a model that diverged is never
+        # evaluated, checkpointed or cached.
+        finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+        if not (math.isfinite(tot_loss) and bool(finite)):
+            raise FloatingPointError(
+                f"training {desc} with recipe {r.name!r} (optimizer {r.optimizer}, lr {r.lr}, batch_size "
+                f"{r.batch_size}) diverged in epoch {epoch + 1}: the mean loss is {tot_loss / seen} and "
+                f"{'all weights are finite' if bool(finite) else 'some weights are not finite'}; nothing "
+                f"was stored for this epoch. Lower lr (or use another recipe) and run again")
         test_acc = evaluate(model, x_test, y_test, device, precision=r.precision)
         row = dict(epoch=epoch + 1, loss=tot_loss / seen, train_acc=tot_correct / seen, test_acc=test_acc,
                    lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)

@@ -4,13 +4,17 @@
 is a hash of everything that changes the weights: the architecture config, every recipe field, the
 seed and the dataset's identity (which includes the data file's checksum). A model folder holds
 ``weights.pt`` (a state_dict), ``meta.json`` (history, accuracy, wall time, device, versions and the
-weights' sha256) and, while training, ``checkpoint.pt`` (one per epoch, for resuming). Every file is
-written atomically; a weights file whose checksum does not match is reported and retrained.
+weights' sha256) and, while training, ``checkpoint.pt`` (one per epoch, for resuming, with its own
+sha256) and ``.lock`` (a second process asking for the same model waits on it, then loads the model).
+Every file is written atomically with the user's umask. A damaged entry is reported and retrained; one
+that cannot be read (permissions) is an error and is never deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import atomic_path, cache_dir, check_choice, file_sha256, get_device, scale_settings
+from .config import atomic_path, cache_dir, check_choice, get_device, scale_settings
 from .data import Dataset, load_cifar10, synthetic_dataset
 from .models import build
 from .train import Recipe, recipe as make_recipe, train
@@ -82,23 +86,86 @@ def _check_writable(folder: Path) -> None:
                               f"SYMMETRIES_ZOO to a writable folder") from exc
 
 
+class _Corrupted(ValueError):
+    """A cache file whose content is damaged (as opposed to one that cannot be read at all)."""
+
+
+# Checkpoints and memo entries start with this line and the sha256 of the rest (the payload).
+_MAGIC = b"symmetries-checked-v1\n"
+
+
+def _write_checked(path: Path, payload: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def _read_checked(path: Path) -> bytes:
+    """The payload of a file written by :func:`_write_checked`; ``_Corrupted`` if its checksum fails.
+
+    ``FileNotFoundError`` (or ``NotADirectoryError``) if there is none; other ``OSError``
+    (permissions, I/O) propagate unchanged.
+    """
+    raw = path.read_bytes()
+    head, digest = len(_MAGIC), len(_MAGIC) + 64
+    if not raw.startswith(_MAGIC) or raw[digest:digest + 1] != b"\n":
+        raise _Corrupted(f"{path} lacks its checksum header (damaged, or written by an older version)")
+    payload = raw[digest + 1:]
+    if hashlib.sha256(payload).hexdigest().encode() != raw[head:digest]:
+        raise _Corrupted(f"{path} does not match its sha256 checksum")
+    return payload
+
+
+def _unreadable(path: Path, exc: OSError) -> OSError:
+    # Not corruption: the file may be fine for its owner. Nothing is deleted; the user decides.
+    return OSError(exc.errno, f"cannot read the cache file {path} ({exc.strerror or exc}); it was left "
+                              f"untouched. Make it readable (a shared cache needs group read permission) "
+                              f"or use your own cache (root=, SYMMETRIES_ZOO or SYMMETRIES_CACHE)")
+
+
 def _load_cached(folder: Path, model: torch.nn.Module):
+    """The metadata of the entry in ``folder`` with its weights loaded into ``model``; ``None`` if
+    there is no entry. A damaged entry raises ``_Corrupted``; an unreadable one ``OSError``."""
     meta_path, weights = folder / "meta.json", folder / "weights.pt"
-    if not meta_path.exists():
-        return None
     try:
-        meta = json.loads(meta_path.read_text())
-        if file_sha256(weights) != meta["weights_sha256"]:
-            raise ValueError("checksum mismatch")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return meta
-    except Exception as exc:  # any damage (truncation, bad JSON, wrong keys) means: train again
-        msg = f"zoo entry {folder} is corrupted ({type(exc).__name__}: {exc}); retraining it"
-        warnings.warn(msg)
-        print(msg)
-        for f in (meta_path, weights):
-            f.unlink(missing_ok=True)
+        text = meta_path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise _unreadable(meta_path, exc) from exc
+    try:
+        payload = weights.read_bytes()
+    except FileNotFoundError as exc:
+        raise _Corrupted(f"zoo entry {folder} has meta.json but no weights.pt") from exc
+    except OSError as exc:
+        raise _unreadable(weights, exc) from exc
+    try:
+        meta = json.loads(text)
+        if hashlib.sha256(payload).hexdigest() != meta["weights_sha256"]:
+            raise ValueError(f"{weights} does not match the sha256 in meta.json")
+        model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
+        return meta
+    except Exception as exc:  # any damage (truncation, bad JSON, wrong keys, changed bytes)
+        raise _Corrupted(f"zoo entry {folder} is corrupted ({type(exc).__name__}: {exc})") from exc
+
+
+@contextlib.contextmanager
+def _training_lock(folder: Path):
+    """Hold an exclusive lock on ``folder/.lock`` (flock: released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): concurrent processes may both train
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another process is training zoo entry {folder}; waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10",
@@ -123,45 +190,75 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
     key = model_key(arch, r, seed, data.identity)
     folder = zoo_dir(root) / key
     model = build(arch, seed=seed)
-    meta = _load_cached(folder, model)
+    try:
+        meta = _load_cached(folder, model)
+    except _Corrupted:
+        meta = None
     if meta is None:
         _check_writable(folder)
-        meta = _train_and_store(model, arch, r, seed, data, folder, device, progress)
+        # Another process may be training this entry: wait for it, then look again, so that a model
+        # is trained once however many processes ask for it.
+        with _training_lock(folder):
+            try:
+                meta = _load_cached(folder, model)
+            except _Corrupted as exc:
+                msg = f"{exc}; retraining it"
+                warnings.warn(msg)
+                print(msg)
+                for f in (folder / "meta.json", folder / "weights.pt"):
+                    f.unlink(missing_ok=True)
+            if meta is None:
+                # A failed load may have copied part of a state_dict: start from the seed's init.
+                model = build(arch, seed=seed)
+                meta = _train_and_store(model, arch, r, seed, data, folder, device, progress)
     model.zoo_meta = meta
     model.zoo_key = key
     return model.to(device).eval()
 
 
+def _torch_bytes(obj) -> bytes:
+    # torch.save into a buffer: the archive is then always named "archive" (saved to a file it takes
+    # the file's name, a random temporary one), so identical runs give identical bytes; writing the
+    # bytes ourselves also turns a full disk into an OSError that says so.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def _train_and_store(model, arch, r, seed, data, folder, device, progress) -> dict:
     ckpt_path = folder / "checkpoint.pt"
     state = None
-    if ckpt_path.exists():
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            print(f"resuming {folder.name} from epoch {state['epoch']}")
-        except Exception as exc:
-            print(f"checkpoint {ckpt_path} unreadable ({exc}); training from scratch")
-            state = None
+    try:
+        state = torch.load(io.BytesIO(_read_checked(ckpt_path)), map_location="cpu", weights_only=False)
+        print(f"resuming {folder.name} from epoch {state['epoch']}")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _unreadable(ckpt_path, exc) from exc
+    except Exception as exc:  # damaged: a wrong checkpoint must never be resumed from
+        msg = f"checkpoint {ckpt_path} is corrupted ({type(exc).__name__}: {exc}); training from scratch"
+        warnings.warn(msg)
+        print(msg)
+        state = None
     prior_seconds = state.get("seconds", 0.0) if state else 0.0
     t0 = time.perf_counter()
 
     def save_checkpoint(s):
         s["seconds"] = prior_seconds + time.perf_counter() - t0
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(s, tmp)
+        _write_checked(ckpt_path, _torch_bytes(s))
 
     name = f"{arch.get('arch')} seed {seed}"
     history = train(model, data, r, seed=seed, device=device, progress=progress, state=state,
                     on_epoch=save_checkpoint, desc=name)
     seconds = prior_seconds + time.perf_counter() - t0
-    weights = folder / "weights.pt"
-    with atomic_path(weights) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    payload = _torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    with atomic_path(folder / "weights.pt") as tmp:
+        tmp.write_bytes(payload)
     meta = dict(arch=_canonical_arch(arch), recipe=dataclasses.asdict(r), seed=seed, data=data.identity,
                 history=history, test_acc=max(h["test_acc"] for h in history) if r.keep_best
                 else history[-1]["test_acc"], seconds=seconds, device=str(device),
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                torch=torch.__version__, lib=__version__, weights_sha256=file_sha256(weights))
+                torch=torch.__version__, lib=__version__, weights_sha256=hashlib.sha256(payload).hexdigest())
     with atomic_path(folder / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
     ckpt_path.unlink(missing_ok=True)
@@ -191,20 +288,31 @@ def memo(kind: str, config: dict, compute, root=None):
 
     For experiment results that are expensive to recompute (stitching penalties, features): a warm
     rebuild of the book reads them back. ``config`` must hold everything the result depends on
-    (JSON-serialisable); the value must be picklable. Unreadable entries are recomputed.
+    (JSON-serialisable); the value must be picklable.
+
+    Each entry carries the sha256 of its pickle: a damaged entry is reported (naming the file) and
+    recomputed, never returned. An entry that exists but cannot be read (permissions) is an
+    ``OSError`` and is left alone. A value that cannot be stored (read-only cache, full disk) is
+    returned all the same, with one warning.
     """
     key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    path = (Path(root) if root is not None else cache_dir("memo")) / kind / f"{key}.pkl"
-    if path.exists():
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f)
-        except Exception as exc:
-            print(f"memo entry {path} unreadable ({exc}); recomputing")
+    path = (Path(root) if root is not None else cache_dir("memo", create=False)) / kind / f"{key}.pkl"
+    try:
+        return pickle.loads(_read_checked(path))
+    except (FileNotFoundError, NotADirectoryError):  # no entry (NotADirectory: nor a cache folder)
+        pass
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    except Exception as exc:  # damaged, or pickled by code that has changed since
+        msg = f"memo entry {path} is corrupted ({type(exc).__name__}: {exc}); recomputing it"
+        warnings.warn(msg)
+        print(msg)
     value = compute()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            pickle.dump(value, f)
+    try:
+        _write_checked(path, pickle.dumps(value))
+    except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
+        warnings.warn(f"the result {kind}/{key} was computed but could not be cached ({exc}); it is returned, "
+                      f"and will be computed again next time")
     return value
 
 

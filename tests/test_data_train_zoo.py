@@ -162,7 +162,7 @@ def test_zoo_detects_corruption_and_retrains(tmp_path):
     assert weights.stat().st_size > 100 and m.zoo_meta["test_acc"] >= 0
 
 
-def test_zoo_resumes_from_checkpoint(tmp_path):
+def test_zoo_resumes_from_checkpoint(tmp_path, capsys):
     d = data.synthetic_dataset(n_train=128, n_test=64)
     r = tiny_recipe(epochs=2)
     full = zoo.get(TINY, r, seed=5, data=d, root=tmp_path / "a", progress=False)
@@ -173,15 +173,14 @@ def test_zoo_resumes_from_checkpoint(tmp_path):
         pass
 
     def stop_after_first(state):
-        from lib.config import atomic_path
-        with atomic_path(folder / "checkpoint.pt") as tmp:
-            torch.save(dict(state, seconds=0.0), tmp)
+        zoo._write_checked(folder / "checkpoint.pt", zoo._torch_bytes(dict(state, seconds=0.0)))
         raise Stop
     from lib.models import build
     folder.mkdir(parents=True)
     with pytest.raises(Stop):
         train.train(build(TINY, seed=5), d, r, seed=5, device="cpu", progress=False, on_epoch=stop_after_first)
     resumed = zoo.get(TINY, r, seed=5, data=d, root=tmp_path / "b", progress=False)
+    assert "from epoch 1" in capsys.readouterr().out
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
 
