@@ -36,6 +36,9 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     decides. An explicit ``"cuda"`` on a machine without CUDA is an error, not a silent fallback.
     """
     if device is None:
+        # $SYMMETRIES_DEVICE lets one run (e.g. lib.devicecheck --device cpu) pin the default.
+        device = os.environ.get("SYMMETRIES_DEVICE") or None
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
