@@ -164,7 +164,7 @@ SCALES: dict[str, Scale] = {
         myrtle_width=1.0, resnet_width=1.0, n_pairs=4,
         n_feature_images=10000,
         stitch_epochs=5, stitch_images=50000, eval_images=None, rotation_trials=5, finetune_epochs=5,
-        slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=16, slope_pairs=3, convnext_width=1.0,
+        slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=8, slope_pairs=3, convnext_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),
     "paper": Scale(

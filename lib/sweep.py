@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import atomic_path
 
-__all__ = ["expand", "run_name", "run_one", "sweep", "summarize", "main"]
+__all__ = ["chapter_parameters", "expand", "run_name", "run_one", "sweep", "summarize", "main"]
 
 
 def _literal(text: str):
@@ -120,6 +120,23 @@ def _run_safely(chapter: str, params: dict, out_dir: str, timeout: float | None)
                     error=f"{type(exc).__name__}: {exc}")
 
 
+def chapter_parameters(chapter: str) -> list[str]:
+    """The names that ``chapter``'s cell tagged ``parameters`` assigns, in order.
+
+    Raises ``ValueError`` (naming the file) when the chapter has no such cell.
+    """
+    nb = jupytext.read(chapter)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            names = []
+            for node in ast.parse(cell.source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AnnAssign) else [])
+                names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+            return names
+    raise ValueError(f"{chapter} has no cell tagged 'parameters'; a sweep can only set the names such a cell defines")
+
+
 def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, scheduler: str | None = None,
           timeout: float | None = None) -> list[dict]:
     """Run ``chapter`` for every combination of ``grid``; return one status dict per run.
@@ -132,6 +149,12 @@ def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, schedul
         raise ValueError(f"chapter {chapter!r} does not exist; pass a path such as book/03_model_zoo.md")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    # papermill would inject a misspelt name as a new variable and run the chapter with its default.
+    defined = chapter_parameters(chapter)
+    unknown = [name for name in grid if name not in defined]
+    if unknown:
+        raise ValueError(f"{chapter} has no parameter {', '.join(map(repr, unknown))}; its parameters cell "
+                         f"defines: {', '.join(map(repr, defined))}")
     out_dir = Path(out) / Path(chapter).stem
     combos = expand(grid)
     if scheduler:

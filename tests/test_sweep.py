@@ -83,3 +83,20 @@ def test_bad_arguments(tmp_path):
         sweep.sweep(str(tmp_path / "nope.md"), {"seed": [0]})
     with pytest.raises(ValueError, match="workers"):
         sweep.sweep(__file__, {"seed": [0]}, workers=0)
+
+
+def test_a_misspelt_parameter_is_an_error_listing_the_chapters_parameters(tmp_path):
+    from lib.sweep import chapter_parameters, sweep
+
+    assert chapter_parameters("book/03_model_zoo.md")[:2] == ["seed", "scale"]
+    with pytest.raises(ValueError, match=r"no parameter 'sede'.*defines: 'seed', 'scale'"):
+        sweep("book/03_model_zoo.md", {"sede": [0, 1]}, out=str(tmp_path))
+    assert not any(tmp_path.iterdir())      # nothing ran
+
+
+def test_replicate_seeds_give_different_models_per_sweep_seed():
+    from lib import zoo
+
+    a, b = (zoo.book_models("smoke", k) for k in (0, 1))
+    for family in a:
+        assert not set(a[family]["seeds"]) & set(b[family]["seeds"]), family
