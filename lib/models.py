@@ -305,16 +305,42 @@ def hidden_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, Activation)]
 
 
+def _authors_resnet_index(name: str, blocks_per_stage: int) -> int:
+    # The authors' ResNet20 registers conv1, bn1, r1, block_seq (one Sequential of all blocks), and in each
+    # block conv1, bn1, r1, conv2, bn2, r2, shortcut: 8 positions per block, the first block at position 5.
+    if name == "act1":
+        return 3
+    stage, block, which = name.split(".")
+    k = (int(stage[len("layer"):]) - 1) * blocks_per_stage + int(block)
+    return 5 + 8 * k + (3 if which == "act1" else 6)
+
+
 def layer_info(model: nn.Module) -> list[dict]:
-    """One dict per hidden layer: ``name``, ``paper_index`` (position in ``named_modules()``, the
-    numbering of the paper's figures), ``in_block`` (inside a residual block, marked ``*``),
-    ``label`` (e.g. ``"10"`` or ``"7*"``) and ``channels``."""
+    """The hidden layers with the layer numbers of the paper's figures.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by this module.
+
+    Returns
+    -------
+    list of dict
+        One dict per hidden layer, in forward order: ``name``; ``paper_index``, the layer's position in
+        ``enumerate(named_modules())`` of the *authors'* model (the numbering of the paper's figures:
+        Myrtle CNN 3, 6, 10, 14; ResNet20 stem 3, in-block ReLUs 8, 16, ..., 72, block outputs 11, 19,
+        ..., 75), which for a ``Sequential`` is its position in ours; ``in_block`` (inside a residual
+        block, marked ``*``); ``label`` (e.g. ``"10"`` or ``"8*"``); and ``channels``.
+    """
     spec = getattr(model, "symmetry_spec", None)
     info = []
     for pos, (name, m) in enumerate(model.named_modules()):
         if not isinstance(m, Activation):
             continue
         in_block = ".act1" in name and name.startswith("layer")
+        if isinstance(model, ResNet):
+            # Our ResNet nests blocks in one Sequential per stage, which shifts the positions of ours.
+            pos = _authors_resnet_index(name, len(model.layer1))
         ch = spec.sites[spec.layers[name]].channels if spec and name in spec.layers else None
         info.append(dict(name=name, paper_index=pos, in_block=in_block,
                          label=f"{pos}{'*' if in_block else ''}", channels=ch))
