@@ -22,7 +22,7 @@ from .groups import Activation
 
 __all__ = [
     "Site", "SymmetrySpec", "myrtle_cnn", "resnet20", "mlp", "build", "ARCHITECTURES",
-    "hidden_layers", "layer_info", "features", "symmetry_spec",
+    "hidden_layers", "layer_info", "features", "forward_from", "symmetry_spec",
 ]
 
 
@@ -379,6 +379,48 @@ def features(model: nn.Module, x: torch.Tensor, layers=None, batch_size: int = 5
             h.remove()
         model.train(was_training)
     return {n: torch.cat(v) for n, v in store.items()}
+
+
+def forward_from(model: nn.Module, layer: str, h: torch.Tensor) -> torch.Tensor:
+    """The rest of the network, ``f_{>m}``: the outputs when hidden layer ``layer`` outputs ``h``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A ``Sequential`` model of this module (Myrtle CNN, MLP) or a ResNet20.
+    layer : str
+        A hidden layer (see :func:`hidden_layers`).
+    h : torch.Tensor
+        That layer's output, ``(n, C[, h, w])``.
+
+    Returns
+    -------
+    torch.Tensor
+        The model's outputs ``(n, classes)``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown layer, and for a layer inside a residual block: there the rest of the network also
+        reads the block's input through the shortcut, so it is not a function of the layer's output alone
+        (Remark 3.6), and eq. (3.5)'s ``f_{>m}`` is not defined.
+    """
+    if layer not in hidden_layers(model):
+        raise ValueError(f"unknown layer {layer!r}; this model's hidden layers: {', '.join(hidden_layers(model))}")
+    if isinstance(model, nn.Sequential):
+        names = [n for n, _ in model.named_children()]
+        return model[names.index(layer) + 1:](h)
+    if not isinstance(model, ResNet):
+        raise ValueError(f"forward_from supports Sequential models and resnet20, not {type(model).__name__}")
+    if layer != "act1" and layer.endswith(".act1"):
+        raise ValueError(f"{layer!r} is inside a residual block: the rest of the network also needs the block's "
+                         "input, so f_>m is not a function of this layer's output (Remark 3.6)")
+    blocks = [b for s in (1, 2, 3) for b in getattr(model, f"layer{s}")]
+    start = 0 if layer == "act1" else [f"layer{s}.{b}.act2" for s in (1, 2, 3)
+                                       for b in range(len(model.layer1))].index(layer) + 1
+    for block in blocks[start:]:
+        h = block(h)
+    return model.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))     # (N, C, h, w) -> (N, C)
 
 
 def symmetry_spec(model: nn.Module) -> SymmetrySpec:
