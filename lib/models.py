@@ -22,7 +22,7 @@ from .groups import Activation
 
 __all__ = [
     "Site", "SymmetrySpec", "myrtle_cnn", "resnet20", "mlp", "build", "ARCHITECTURES",
-    "hidden_layers", "layer_info", "features", "symmetry_spec",
+    "hidden_layers", "layer_info", "features", "forward_from", "symmetry_spec",
 ]
 
 
@@ -305,16 +305,42 @@ def hidden_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, Activation)]
 
 
+def _authors_resnet_index(name: str, blocks_per_stage: int) -> int:
+    # The authors' ResNet20 registers conv1, bn1, r1, block_seq (one Sequential of all blocks), and in each
+    # block conv1, bn1, r1, conv2, bn2, r2, shortcut: 8 positions per block, the first block at position 5.
+    if name == "act1":
+        return 3
+    stage, block, which = name.split(".")
+    k = (int(stage[len("layer"):]) - 1) * blocks_per_stage + int(block)
+    return 5 + 8 * k + (3 if which == "act1" else 6)
+
+
 def layer_info(model: nn.Module) -> list[dict]:
-    """One dict per hidden layer: ``name``, ``paper_index`` (position in ``named_modules()``, the
-    numbering of the paper's figures), ``in_block`` (inside a residual block, marked ``*``),
-    ``label`` (e.g. ``"10"`` or ``"7*"``) and ``channels``."""
+    """The hidden layers with the layer numbers of the paper's figures.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by this module.
+
+    Returns
+    -------
+    list of dict
+        One dict per hidden layer, in forward order: ``name``; ``paper_index``, the layer's position in
+        ``enumerate(named_modules())`` of the *authors'* model (the numbering of the paper's figures:
+        Myrtle CNN 3, 6, 10, 14; ResNet20 stem 3, in-block ReLUs 8, 16, ..., 72, block outputs 11, 19,
+        ..., 75), which for a ``Sequential`` is its position in ours; ``in_block`` (inside a residual
+        block, marked ``*``); ``label`` (e.g. ``"10"`` or ``"8*"``); and ``channels``.
+    """
     spec = getattr(model, "symmetry_spec", None)
     info = []
     for pos, (name, m) in enumerate(model.named_modules()):
         if not isinstance(m, Activation):
             continue
         in_block = ".act1" in name and name.startswith("layer")
+        if isinstance(model, ResNet):
+            # Our ResNet nests blocks in one Sequential per stage, which shifts the positions of ours.
+            pos = _authors_resnet_index(name, len(model.layer1))
         ch = spec.sites[spec.layers[name]].channels if spec and name in spec.layers else None
         info.append(dict(name=name, paper_index=pos, in_block=in_block,
                          label=f"{pos}{'*' if in_block else ''}", channels=ch))
@@ -353,6 +379,48 @@ def features(model: nn.Module, x: torch.Tensor, layers=None, batch_size: int = 5
             h.remove()
         model.train(was_training)
     return {n: torch.cat(v) for n, v in store.items()}
+
+
+def forward_from(model: nn.Module, layer: str, h: torch.Tensor) -> torch.Tensor:
+    """The rest of the network, ``f_{>m}``: the outputs when hidden layer ``layer`` outputs ``h``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A ``Sequential`` model of this module (Myrtle CNN, MLP) or a ResNet20.
+    layer : str
+        A hidden layer (see :func:`hidden_layers`).
+    h : torch.Tensor
+        That layer's output, ``(n, C[, h, w])``.
+
+    Returns
+    -------
+    torch.Tensor
+        The model's outputs ``(n, classes)``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown layer, and for a layer inside a residual block: there the rest of the network also
+        reads the block's input through the shortcut, so it is not a function of the layer's output alone
+        (Remark 3.6), and eq. (3.5)'s ``f_{>m}`` is not defined.
+    """
+    if layer not in hidden_layers(model):
+        raise ValueError(f"unknown layer {layer!r}; this model's hidden layers: {', '.join(hidden_layers(model))}")
+    if isinstance(model, nn.Sequential):
+        names = [n for n, _ in model.named_children()]
+        return model[names.index(layer) + 1:](h)
+    if not isinstance(model, ResNet):
+        raise ValueError(f"forward_from supports Sequential models and resnet20, not {type(model).__name__}")
+    if layer != "act1" and layer.endswith(".act1"):
+        raise ValueError(f"{layer!r} is inside a residual block: the rest of the network also needs the block's "
+                         "input, so f_>m is not a function of this layer's output (Remark 3.6)")
+    blocks = [b for s in (1, 2, 3) for b in getattr(model, f"layer{s}")]
+    start = 0 if layer == "act1" else [f"layer{s}.{b}.act2" for s in (1, 2, 3)
+                                       for b in range(len(model.layer1))].index(layer) + 1
+    for block in blocks[start:]:
+        h = block(h)
+    return model.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))     # (N, C, h, w) -> (N, C)
 
 
 def symmetry_spec(model: nn.Module) -> SymmetrySpec:

@@ -85,6 +85,11 @@ def test_procrustes_with_unequal_channel_counts_pads_with_zero_channels():
 def test_grelu_procrustes_is_not_translation_invariant():
     x = conv_features(0)
     assert M.grelu_procrustes(x, x + 5.0) < 0.99
+    # Property (i) of Section 5 asks for invariance to X -> X + 1 v^T (one constant per channel):
+    # G_ReLU-CKA centres the channels and keeps it, G_ReLU-Procrustes does not centre and loses it.
+    v = np.sqrt((x ** 2).mean(axis=(0, 2, 3), keepdims=True))
+    assert M.grelu_procrustes(x, x + v) < 0.99
+    assert M.grelu_cka(x, x + v) == pytest.approx(1.0, abs=1e-10)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -177,3 +177,20 @@ def test_float32_models_keep_their_dtype():
     new, el = G.random_transform(model, torch.Generator().manual_seed(0))
     assert next(new.parameters()).dtype == torch.float32 and el["act1"].dtype == torch.float64
     assert _rel(new(x), model(x)) < 1e-4
+
+
+@pytest.mark.parametrize("arch,kwargs,label", CASES, ids=IDS)
+def test_eq35_second_half_where_f_after_m_is_defined(arch, kwargs, label):
+    """f_{>m}(x, W') = f_{>m}(x, W) o phi(A_m)^{-1} at every layer where f_{>m} exists; inside a ResNet
+    block ``forward_from`` refuses, since the rest of the network also reads the block's input."""
+    model, x = _model(arch, kwargs, 0), _inputs(arch, 0)
+    new, elements = G.random_transform(model, torch.Generator().manual_seed(7))
+    feats, y = M.features(model, x), model(x)
+    for layer in M.hidden_layers(model):
+        if arch == "resnet20" and layer != "act1" and layer.endswith(".act1"):
+            with pytest.raises(ValueError, match="inside a residual block"):
+                M.forward_from(model, layer, feats[layer])
+            continue
+        assert torch.allclose(M.forward_from(model, layer, feats[layer]), y, rtol=1e-10, atol=1e-12), layer
+        h_new = G.transform_features(feats[layer], G.feature_transform(model, layer, elements))
+        assert torch.allclose(M.forward_from(new, layer, h_new), y, rtol=1e-9, atol=1e-10), layer
