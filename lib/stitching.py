@@ -319,17 +319,29 @@ def channels_at(model, layer: str) -> int:
     return spec.sites[spec.layers[layer]].channels
 
 
+class _Captured(Exception):
+    # Raised by the capture hook: nothing after the layer is needed, so the forward pass stops there.
+    pass
+
+
 def _capture(model_a, layer: str, x: torch.Tensor) -> tuple:
     # A's output at ``layer`` (and, inside a ResNet block, the block's input) for float inputs.
     modules = dict(model_a.named_modules())
     block = _block_of(layer) if isinstance(model_a, ResNet) else None
     cur = {}
-    hooks = [modules[layer].register_forward_hook(lambda m, i, o: cur.__setitem__("h", o))]
+
+    def grab(m, i, o):
+        cur["h"] = o
+        raise _Captured
+
+    hooks = [modules[layer].register_forward_hook(grab)]
     if block:
         hooks.append(modules[block].register_forward_pre_hook(lambda m, i: cur.__setitem__("x", i[0])))
     try:
         with torch.no_grad():
             model_a(x)
+    except _Captured:
+        pass
     finally:
         for hk in hooks:
             hk.remove()
@@ -459,7 +471,7 @@ def _check_state(name: str, state: tuple, y: torch.Tensor) -> None:
 
 # BatchNorm running statistics (momentum 0.1) forget all but the last ~20 batches, so adapting them
 # on more batches than this before an evaluation changes nothing but the cost.
-_ADAPT_BATCHES = 40
+_ADAPT_BATCHES = 30
 
 
 def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, test_state: tuple,

@@ -302,3 +302,38 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch):
     copy, _ = groups.random_transform(b, torch.Generator().manual_seed(0))
     stitching.cached_experiment(a, copy, "act2", ["matching"], data, 64, 32, settings)
     assert calls == [1, 1]
+
+
+def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one():
+    data = synthetic_dataset(n_train=64, n_test=32)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    z_tr = rotation.pre_activations(m, "conv2", data.x_train, dtype=torch.float32, device="cpu")
+    z_te = rotation.pre_activations(m, "conv2", data.x_test, dtype=torch.float32, device="cpu")
+    tail = m[3:]                       # after conv2 (16 channels at width 0.125)
+    ref = tail(z_te)
+    err = {}
+    for kind in rotation.ROTATION_KINDS:
+        A = rotation.random_channel_map(kind, 16, torch.Generator().manual_seed(1))
+        t = __import__("copy").deepcopy(tail)
+        rotation.refit_next_conv(t, A, z_tr)
+        err[kind] = ((t(torch.einsum("ij,njhw->nihw", A.float(), z_te)) - ref).abs().max() / ref.abs().max()).item()
+    assert err["grelu"] < 1e-3 < err["orthogonal"]
+
+
+def test_rotation_penalty_history_and_bad_input():
+    data = synthetic_dataset(n_train=64, n_test=32)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    res = rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), data, 1, None, None,
+                                    batch_size=32, device="cpu", precision="float32")
+    assert [h["epoch"] for h in res["history"]] == [0, 1]
+    # The refit start is the original function: penalty 0 before any fine-tuning.
+    assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
+    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
+        rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, -1, device="cpu")
+    with pytest.raises(ValueError, match="unknown start 'warm'; accepted values: 'refit', 'transformed'"):
+        rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, 1, start="warm", device="cpu")
+    with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
+        rotation.rotation_penalty(m, "conv1", "gl", torch.Generator(), data, 1, device="cpu")
+    with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
+        rotation.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40], torch.zeros(2, 16, 32, 32),
+                               data.y_test[:2], 1)
