@@ -174,31 +174,38 @@ def least_squares(m: dict, rank: int | None = None, rcond: float = 1e-10):
 
 
 @torch.no_grad()
-def feature_moments(model_a, model_b, layer: str, x: torch.Tensor, batch_size: int = 250, device=None) -> dict:
+def feature_moments(model_a, model_b, layer: str, x: torch.Tensor, batch_size: int = 250, device=None,
+                    front_dtype=None):
     """Float64 sums of A's and B's features at ``layer`` over images ``x`` (uint8 ``(n, H, W, 3)``).
 
     Channels are the features and every (image, position) a sample, so ``n_samples = n·h·w``. The
     images are processed ``batch_size`` at a time in float32 (no autocast), so memory does not grow
     with ``n``. Returns ``n`` (samples), ``sa`` ``(C_a,)`` and ``sb`` ``(C_b,)`` (sums), ``aa``
     ``(C_a, C_a)`` (``XᵀX``), ``ab`` ``(C_a, C_b)`` (``XᵀY``) and ``bb`` ``(C_b,)`` (sums of squares).
+    With ``front_dtype`` it returns ``(moments, fronts)``, where ``fronts`` is A's state at the layer
+    as :func:`front_features` gives it, stored as ``front_dtype``: one pass instead of two.
     """
     from .config import exact_mode
 
     channels_at(model_a, layer)
     device = get_device(device)
-    total = None
+    total, kept = None, []
     was = model_a.training, model_b.training
     model_a.eval(), model_b.eval()
     try:
         with exact_mode():
             for s in range(0, len(x), batch_size):
                 xin = to_input(x[s:s + batch_size], device)
-                ha = _capture(model_a, layer, xin)[0]
+                state = _capture(model_a, layer, xin)
                 hb = _capture(model_b, layer, xin)[0]
-                total = _add_moments(total, _moments_of(_channels_last_2d(ha), _channels_last_2d(hb)))
+                total = _add_moments(total, _moments_of(_channels_last_2d(state[0]), _channels_last_2d(hb)))
+                if front_dtype is not None:
+                    kept.append(tuple(t.to(front_dtype) for t in state))
     finally:
         model_a.train(was[0]), model_b.train(was[1])
-    return total
+    if front_dtype is None:
+        return total
+    return total, tuple(torch.cat(parts) for parts in zip(*kept))
 
 
 def matching_matrix(perm: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -594,7 +601,7 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
     Returns
     -------
     dict with ``clean`` (A's and B's test accuracies, fractions), ``layer``, ``n_train``, ``n_test``,
-    ``moments_seconds`` and ``variants[name]``: ``best_acc``, ``final_acc``, ``penalty`` (eq. 4.3 with
+    ``moments_seconds`` (A's fronts and the feature sums, one pass) and ``variants[name]``: ``best_acc``, ``final_acc``, ``penalty`` (eq. 4.3 with
     the best accuracy, a fraction), ``final_penalty``, ``history`` (per epoch, the start as epoch 0,
     each row with its ``penalty``), ``matrix``, ``seconds`` and for ``grelu``/``matching`` starts
     ``perm``/``scales``.
@@ -609,14 +616,15 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
     x_tr, y_tr = subset(data.x_train, data.y_train, n_train)
     x_te, y_te = subset(data.x_test, data.y_test, n_test)
     clean = [evaluate(m, x_te, y_te, device, precision=settings.precision) for m in (model_a, model_b)]
-    fronts = {split: front_features(model_a, layer, x, dtype=feature_dtype, device=device)
-              for split, x in (("train", x_tr), ("test", x_te))}
-    out = dict(clean=clean, layer=layer, n_train=len(y_tr), n_test=len(y_te), variants={}, moments_seconds=0.0)
+    out = dict(clean=clean, layer=layer, n_train=len(y_tr), n_test=len(y_te), variants={})
+    tm = time.perf_counter()
     moments, match = None, None
     if any(init != "random" for _, _, init in parsed.values()):
-        tm = time.perf_counter()
-        moments = feature_moments(model_a, model_b, layer, x_tr, device=device)
-        out["moments_seconds"] = time.perf_counter() - tm
+        moments, train_front = feature_moments(model_a, model_b, layer, x_tr, device=device, front_dtype=feature_dtype)
+    else:
+        train_front = front_features(model_a, layer, x_tr, dtype=feature_dtype, device=device)
+    fronts = dict(train=train_front, test=front_features(model_a, layer, x_te, dtype=feature_dtype, device=device))
+    out["moments_seconds"] = time.perf_counter() - tm
     for i, name in enumerate(variants):
         kind, rank, init = parsed[name]
         t0 = time.perf_counter()
