@@ -151,11 +151,13 @@ def _tail_accuracy(net: nn.Module, z: torch.Tensor, y: torch.Tensor, precision: 
 
 def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, test_z: torch.Tensor,
                   y_test: torch.Tensor, epochs: int, batch_size: int = 256, lr: float = 1e-3,
-                  weight_decay: float = 1e-4, seed: int = 0, precision: str = "bulk") -> list[dict]:
+                  weight_decay: float = 1e-4, seed: int = 0, precision: str = "bulk",
+                  lr_decay: bool = True) -> list[dict]:
     """Train ``net`` (the transform and the layers after it) in place on cached pre-activations.
 
-    Adam with a constant ``lr`` and ``weight_decay`` on parameters named ``weight`` (the authors'
-    recipe without its step schedule); no augmentation. Returns the history, one row per epoch with
+    Adam with ``weight_decay`` on parameters named ``weight``; the learning rate falls linearly from
+    ``lr`` to 0 over all steps with ``lr_decay`` (so the last epochs settle), else stays at ``lr``
+    (the authors' recipe without its step schedule); no augmentation. Returns the history, one row per epoch with
     the start as epoch 0: ``epoch``, ``loss`` (training cross-entropy, nats), ``test_acc`` (fraction).
     """
     if not isinstance(epochs, int) or epochs < 0:
@@ -168,6 +170,8 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
     params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     opt = torch.optim.Adam([dict(params=[p for n, p in params if n.endswith("weight")], weight_decay=weight_decay),
                             dict(params=[p for n, p in params if not n.endswith("weight")], weight_decay=0.0)], lr=lr)
+    total = max(1, epochs * -(-len(y_train) // batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total if lr_decay else 1.0)
     gen = torch.Generator().manual_seed(seed)
     history = [dict(epoch=0, loss=float("nan"), test_acc=_tail_accuracy(net, test_z, y_test, precision))]
     for epoch in range(epochs):
@@ -179,6 +183,7 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
         history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=_tail_accuracy(net, test_z, y_test, precision)))
     net.eval()

@@ -10,10 +10,12 @@ reduced-rank regression, and the G_ReLU layer at activation matching. All three 
 streaming pass (:func:`feature_moments`) that accumulates the float64 sums ``XᵀX``, ``XᵀY``,
 ``ΣX``, ``ΣY`` over ``N·H·W`` positions, so memory does not grow with the number of images.
 ``init="random"`` is the paper's start (Kaiming-uniform full and rank layers without bias, Sinkhorn
-noise for G_ReLU). Inside a ResNet block the
-state at the layer is the pair (inner activation, block input): the stitching layer maps the inner
-activation into B's ``conv2``, and A's block input feeds B's shortcut untransformed (Remark 3.6: no
-single-site element carries the residual stream there, so Theorem 4.2 is not expected to hold).
+noise for G_ReLU).
+
+Inside a ResNet block the state at the layer is the pair (inner activation, block input): the
+stitching layer maps the inner activation into B's ``conv2``, and A's block input feeds B's shortcut
+untransformed (Remark 3.6: no single-site element carries the residual stream there, so Theorem 4.2
+is not expected to hold).
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ class StitchSettings:
     protocol (implementation notes) is :meth:`paper`."""
 
     optimizer: str = "adam"         # "adam" or "sgd" (plain, the authors')
-    lr: float = 1e-3                # learning rate per step (no schedule)
+    lr: float = 1e-3                # peak learning rate per step
+    lr_decay: bool = True           # decay linearly to 0 over all steps (the last epochs settle); False: constant (paper)
     momentum: float = 0.0           # SGD momentum (authors: none)
     weight_decay: float = 1e-4      # L2 coefficient per step; for grelu on D only
     epochs: int = 4                 # passes over the stitching images (paper: 20); 0 evaluates the start
@@ -61,7 +64,7 @@ class StitchSettings:
     @classmethod
     def paper(cls) -> "StitchSettings":
         """The authors' protocol: plain SGD, lr 1e-3, 20 epochs, batch 32, random starts."""
-        return cls(optimizer="sgd", epochs=20, batch_size=32, init="random")
+        return cls(optimizer="sgd", lr_decay=False, epochs=20, batch_size=32, init="random")
 
 
 def settings_for_scale(scale: str, **overrides) -> StitchSettings:
@@ -490,7 +493,8 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
     model : the stitched model (its stitching layer already at its start).
     train_state, test_state : tuples of A's fronts (:func:`front_features`), each ``(n, C, h, w)``.
     y_train, y_test : labels ``(n,)``, one per front.
-    settings : the protocol; ``settings.epochs = 0`` evaluates the start only.
+    settings : the protocol; ``settings.epochs = 0`` evaluates the start only. With ``lr_decay`` the
+        learning rate falls linearly from ``lr`` to 0 over all steps.
 
     Returns
     -------
@@ -519,6 +523,8 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
     opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
            if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
     p_only = round(settings.epochs * settings.p_only_fraction) if layer.kind == "grelu" else 0
+    total = max(1, settings.epochs * -(-len(y_train) // settings.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total if settings.lr_decay else 1.0)
     if settings.bn_adapt:
         model.train(True)
         idx_all = torch.randperm(len(y_train), generator=gen).split(settings.batch_size)[:_ADAPT_BATCHES]
@@ -543,6 +549,7 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
             if epoch < p_only:
                 layer.d.grad = None
             opt.step()
+            sched.step()
             layer.project(settings.sinkhorn_rounds)
         history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=evaluate()))
     model.eval()
