@@ -129,6 +129,7 @@ class Scale:
     eval_images: int | None        # test images for stitched / fine-tuned accuracies (None: all)
     rotation_trials: int           # random transforms per layer (paper: 10)
     finetune_epochs: int           # fine-tuning epochs after the transform (paper: 50)
+    finetune_images: int | None    # training images for the fine-tuning (None: all 50,000)
     slopes: tuple                  # LeakyReLU negative slopes of the appendix D.3 sweep
     slope_width: float             # ResNet20 width used in the slope sweep
     slope_epochs: int              # training epochs of each slope-sweep model
@@ -145,7 +146,7 @@ SCALES: dict[str, Scale] = {
         name="smoke", recipe="fast", epochs=1, n_train=512, n_test=512,
         myrtle_width=0.125, resnet_width=0.25, n_pairs=1,
         n_feature_images=128,
-        stitch_epochs=1, stitch_images=256, eval_images=512, rotation_trials=1, finetune_epochs=1,
+        stitch_epochs=1, stitch_images=256, eval_images=512, rotation_trials=1, finetune_epochs=1, finetune_images=256,
         slopes=(0.0, 1.0), slope_width=0.25, slope_epochs=1, slope_pairs=1, convnext_width=0.125,
         dissection_images=64, n_rotations=2, alphas=(0.0, 0.5, 1.0),
     ),
@@ -153,7 +154,7 @@ SCALES: dict[str, Scale] = {
         name="cpu", recipe="fast", epochs=8, n_train=None, n_test=None,
         myrtle_width=0.25, resnet_width=0.5, n_pairs=1,
         n_feature_images=2000,
-        stitch_epochs=2, stitch_images=5000, eval_images=2000, rotation_trials=3, finetune_epochs=2,
+        stitch_epochs=4, stitch_images=5000, eval_images=2000, rotation_trials=3, finetune_epochs=3, finetune_images=5000,
         slopes=(0.0, 0.9, 1.0), slope_width=0.25, slope_epochs=8, slope_pairs=1, convnext_width=0.25,
         dissection_images=1000, n_rotations=5, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
     ),
@@ -164,6 +165,7 @@ SCALES: dict[str, Scale] = {
         myrtle_width=1.0, resnet_width=1.0, n_pairs=4,
         n_feature_images=10000,
         stitch_epochs=5, stitch_images=50000, eval_images=None, rotation_trials=5, finetune_epochs=5,
+        finetune_images=None,
         slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=8, slope_pairs=3, convnext_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),
@@ -171,7 +173,7 @@ SCALES: dict[str, Scale] = {
         name="paper", recipe="paper", epochs=50, n_train=None, n_test=None,
         myrtle_width=1.0, resnet_width=1.0, n_pairs=32,
         n_feature_images=10000,
-        stitch_epochs=20, stitch_images=50000, eval_images=None, rotation_trials=10, finetune_epochs=50,
+        stitch_epochs=20, stitch_images=50000, eval_images=None, rotation_trials=10, finetune_epochs=50, finetune_images=None,
         slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=50, slope_pairs=3, convnext_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),

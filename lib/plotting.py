@@ -25,7 +25,7 @@ def _register_png_display() -> None:
 
 _register_png_display()
 
-__all__ = ["bars_with_errors", "heatmap", "curves", "concept_samples"]
+__all__ = ["bars_with_errors", "heatmap", "curves", "curve_panels", "concept_samples"]
 
 
 def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None = None,
@@ -84,6 +84,20 @@ def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
+    return fig
+
+
+def curve_panels(panels: dict, xlabel: str = "", ylabel: str = "", figsize=None, sharey: bool = True) -> Figure:
+    """One line plot per panel, side by side: ``panels[title][name] = (x, y)``; legend on the first."""
+    fig = Figure(figsize=figsize or (3.2 * len(panels), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=sharey, squeeze=False)[0]
+    for ax, (title, lines) in zip(axes, panels.items()):
+        for name, (x, y) in lines.items():
+            ax.plot(x, y, marker="o", ms=3, label=name)
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize="small")
     return fig
 
 

@@ -5,6 +5,15 @@ one of its convolutions, i.e. on the pre-activation; the layers up to there are 
 rest is fine-tuned. For A in G_ReLU the later layers can undo A exactly (Proposition 3.4: the next
 convolution absorbs phi(A)^-1 = A^-1), so the penalty should be small; for a random orthogonal A
 no later weights can undo it on all inputs, so the penalty should be large.
+
+The frozen front (the model up to and including the transformed convolution) is run once per layer
+(:func:`pre_activations`) and shared by every trial and kind; each trial trains only the tail, on
+those cached pre-activations (no augmentation). Two starts: ``"transformed"`` (the paper's: the
+tail as trained, fed ``A z``) and ``"refit"`` (the default): the next convolution is first refitted
+by least squares so that it reproduces the original model's next pre-activation from the transformed
+input, the same algorithm for both kinds. For ``A`` in G_ReLU the fit is exact (ReLU and max-pooling
+commute with ``A``, so ``W A⁻¹`` is linear in the new input): Proposition 3.4 in closed form. For an
+orthogonal ``A`` it is the best linear compensation, and fine-tuning continues from there.
 """
 from __future__ import annotations
 
@@ -13,14 +22,17 @@ import time
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from .config import check_choice, get_device
+from .config import PRECISIONS, autocast, check_choice, exact_mode, get_device
+from .data import subset, to_input
 from .groups import intertwiner_group, matrix_group
-from .train import evaluate, recipe, train
 
-__all__ = ["ROTATION_KINDS", "FixedChannelMap", "random_channel_map", "rotated_model", "rotation_penalty"]
+__all__ = ["ROTATION_KINDS", "ROTATION_STARTS", "FixedChannelMap", "random_channel_map", "rotated_model",
+           "pre_activations", "refit_next_conv", "finetune_tail", "rotation_penalty"]
 
 ROTATION_KINDS = ("grelu", "orthogonal")
+ROTATION_STARTS = ("refit", "transformed")
 
 
 class FixedChannelMap(nn.Module):
@@ -64,32 +76,174 @@ def rotated_model(model: nn.Sequential, layer: str, A: torch.Tensor) -> nn.Seque
     return new
 
 
+def _split(model: nn.Sequential, layer: str) -> int:
+    names = [n for n, _ in model.named_children()]
+    if not isinstance(model, nn.Sequential) or layer not in names:
+        raise ValueError(f"unknown layer {layer!r}; this model's modules: {', '.join(names)}")
+    if not isinstance(getattr(model, layer), nn.Conv2d):
+        raise ValueError(f"layer {layer!r} must be a Conv2d (the transform acts on the pre-activation), "
+                         f"got {type(getattr(model, layer)).__name__}")
+    return names.index(layer) + 1
+
+
+@torch.no_grad()
+def pre_activations(model: nn.Sequential, layer: str, x: torch.Tensor, batch_size: int = 500,
+                    dtype=torch.float16, device=None) -> torch.Tensor:
+    """The output of conv ``layer`` (the pre-activation) for uint8 images ``x`` ``(n, H, W, 3)``:
+    shape ``(n, C, h, w)``, stored as ``dtype``, computed in float32 in eval mode."""
+    device = get_device(device)
+    front = model[:_split(model, layer)].to(device).eval()
+    with exact_mode():
+        return torch.cat([front(to_input(x[s:s + batch_size], device)).to(dtype)
+                          for s in range(0, len(x), batch_size)])
+
+
+def _first_conv(tail: nn.Sequential) -> int:
+    for i, m in enumerate(tail):
+        if isinstance(m, nn.Conv2d):
+            return i
+    raise ValueError("the layers after the transform hold no Conv2d to refit")
+
+
+@torch.no_grad()
+def refit_next_conv(tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch_size: int = 250) -> None:
+    """Refit, in place, the first convolution of ``tail`` by least squares (with its bias).
+
+    ``tail`` is the model after the transformed conv; ``z`` ``(n, C, h, w)`` the original
+    pre-activations. The refitted conv, fed ``g(A z)`` (``g``: the modules before it, e.g. ReLU and
+    max-pool), best reproduces in squared error over all ``n·h'·w'`` positions the output it had on
+    ``g(z)``; the normal equations over its ``C·k·k`` unfolded inputs are summed in float64 over chunks.
+    """
+    from .stitching import _add_moments, _moments_of, least_squares
+
+    i = _first_conv(tail)
+    g, conv = tail[:i], tail[i]
+    dev = conv.weight.device
+    M = A.float().to(dev)[:, :, None, None]
+    moments = None
+    with exact_mode():
+        for s in range(0, len(z), batch_size):
+            zb = z[s:s + batch_size].to(dev).float()
+            target = conv(g(zb))                                            # (b, C_out, h', w')
+            x = F.unfold(g(F.conv2d(zb, M)), conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+            x = x.movedim(1, -1).reshape(-1, x.shape[1]).double()          # (b·L, C·k·k)
+            y = target.movedim(1, -1).reshape(-1, target.shape[1]).double()
+            moments = _add_moments(moments, _moments_of(x, y))
+    W, b = least_squares(moments)
+    conv.weight.copy_(W.reshape(conv.weight.shape).to(conv.weight))
+    if conv.bias is None:
+        raise ValueError("the conv to refit needs a bias (the Myrtle CNN without BatchNorm has one)")
+    conv.bias.copy_(b.to(conv.bias))
+
+
+@torch.no_grad()
+def _tail_accuracy(net: nn.Module, z: torch.Tensor, y: torch.Tensor, precision: str, batch_size: int = 1000) -> float:
+    dev = next(net.parameters()).device
+    was = net.training
+    net.eval()
+    correct = 0
+    with autocast(dev, precision):
+        for s in range(0, len(y), batch_size):
+            correct += (net(z[s:s + batch_size].to(dev).float()).argmax(1).cpu() == y[s:s + batch_size]).sum().item()
+    net.train(was)
+    return correct / max(1, len(y))
+
+
+def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, test_z: torch.Tensor,
+                  y_test: torch.Tensor, epochs: int, batch_size: int = 256, lr: float = 1e-3,
+                  weight_decay: float = 1e-4, seed: int = 0, precision: str = "bulk",
+                  lr_decay: bool = True) -> list[dict]:
+    """Train ``net`` (the transform and the layers after it) in place on cached pre-activations.
+
+    Adam with ``weight_decay`` on parameters named ``weight``; the learning rate falls linearly from
+    ``lr`` to 0 over all steps with ``lr_decay`` (so the last epochs settle), else stays at ``lr``
+    (the authors' recipe without its step schedule); no augmentation. Returns the history, one row per epoch with
+    the start as epoch 0: ``epoch``, ``loss`` (training cross-entropy, nats), ``test_acc`` (fraction).
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
+    if len(train_z) != len(y_train) or len(test_z) != len(y_test):
+        raise ValueError(f"pre-activations and labels must have equal counts, got {len(train_z)} and "
+                         f"{len(y_train)} (train), {len(test_z)} and {len(y_test)} (test)")
+    check_choice("precision", precision, PRECISIONS)
+    dev = next(net.parameters()).device
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    opt = torch.optim.Adam([dict(params=[p for n, p in params if n.endswith("weight")], weight_decay=weight_decay),
+                            dict(params=[p for n, p in params if not n.endswith("weight")], weight_decay=0.0)], lr=lr)
+    total = max(1, epochs * -(-len(y_train) // batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total if lr_decay else 1.0)
+    gen = torch.Generator().manual_seed(seed)
+    history = [dict(epoch=0, loss=float("nan"), test_acc=_tail_accuracy(net, test_z, y_test, precision))]
+    for epoch in range(epochs):
+        net.train()
+        tot, seen = 0.0, 0
+        for idx in torch.randperm(len(y_train), generator=gen).split(batch_size):
+            with autocast(dev, precision):
+                loss = F.cross_entropy(net(train_z[idx].to(dev).float()).float(), y_train[idx].to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot, seen = tot + loss.item() * len(idx), seen + len(idx)
+        history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=_tail_accuracy(net, test_z, y_test, precision)))
+    net.eval()
+    return history
+
+
 def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: torch.Generator, data,
-                     epochs: int, n_train: int | None = None, n_test: int | None = None,
-                     batch_size: int = 256, lr: float = 1e-3, seed: int = 0, device=None) -> dict:
+                     epochs: int, n_train: int | None = 10000, n_test: int | None = 2000, batch_size: int = 256,
+                     lr: float = 1e-3, seed: int = 0, device=None, start: str = "refit", fronts: tuple | None = None,
+                     precision: str = "bulk") -> dict:
     """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front, fine-tune.
 
-    Fine-tuning: Adam (``lr``, weight decay 1e-4 on weights, the authors' recipe without its step
-    schedule, which never fires within our epochs), flips and translations, ``epochs`` passes over
-    ``n_train`` training images (``lib.data.subset``), batch ``batch_size``; accuracies on ``n_test``
-    test images. Returns ``clean`` (the model's accuracy), ``start`` (after the transform, before
-    fine-tuning), ``finetuned`` (best over the epochs), ``penalty = clean - finetuned`` (fractions),
-    ``history`` and ``seconds``.
-    """
-    from .data import subset
+    Parameters
+    ----------
+    model : a Myrtle CNN without BatchNorm (a ``Sequential``); it is not modified.
+    layer : a conv of ``model`` (the transform acts on its output, the pre-activation).
+    kind : ``"grelu"`` or ``"orthogonal"`` (:func:`random_channel_map` draws it from ``generator``).
+    epochs : fine-tuning passes over the ``n_train`` training images (``lib.data.subset``; None: all).
+    start : ``"refit"`` (next conv refitted by least squares first, :func:`refit_next_conv`) or
+        ``"transformed"`` (the paper's: fine-tune from the trained weights).
+    fronts : ``(train_z, test_z)`` from :func:`pre_activations` on the same subsets, to share one
+        front between trials; computed here when None.
 
+    Returns
+    -------
+    dict with accuracies as fractions: ``clean`` (the model on the cached test fronts), ``start``
+    (right after the transform), ``refit`` (after the refit; equal to ``start`` for
+    ``"transformed"``), ``finetuned`` (best over the epochs, the start included), ``final`` (last
+    epoch), ``penalty = clean - finetuned`` and ``final_penalty``; ``history`` (per epoch, with
+    ``penalty``) and ``seconds``.
+    """
+    check_choice("kind", kind, ROTATION_KINDS)
+    check_choice("start", start, ROTATION_STARTS)
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
     device = get_device(device)
     t0 = time.perf_counter()
-    conv = getattr(model, layer, None)
-    channels = conv.out_channels if isinstance(conv, nn.Conv2d) else 0
-    A = random_channel_map(kind, max(channels, 1), generator)
-    new = rotated_model(model.to(device), layer, A)
+    idx = _split(model, layer)
+    model = model.to(device)
+    A = random_channel_map(kind, getattr(model, layer).out_channels, generator)
+    x_tr, y_tr = subset(data.x_train, data.y_train, n_train)
     x_te, y_te = subset(data.x_test, data.y_test, n_test)
-    clean = evaluate(model, x_te, y_te, device)
-    start = evaluate(new, x_te, y_te, device)
-    r = recipe("paper", epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train, n_test=n_test,
-               step_size=max(epochs, 1))
-    history = train(new, data, r, seed=seed, device=device, progress=False, desc=f"finetune {layer}")
+    if fronts is None:
+        fronts = tuple(pre_activations(model, layer, x, device=device) for x in (x_tr, x_te))
+    train_z, test_z = fronts
+    if len(train_z) != len(y_tr) or len(test_z) != len(y_te):
+        raise ValueError(f"fronts hold {len(train_z)} and {len(test_z)} images but n_train and n_test select "
+                         f"{len(y_tr)} and {len(y_te)}; accepted: fronts of the same subsets")
+    tail = copy.deepcopy(model[idx:])
+    for p in tail.parameters():
+        p.requires_grad_(True)
+    clean = _tail_accuracy(tail, test_z, y_te, precision)
+    net = nn.Sequential(FixedChannelMap(A.to(device)), tail)
+    start_acc = _tail_accuracy(net, test_z, y_te, precision)
+    if start == "refit":
+        refit_next_conv(tail, A, train_z)
+    history = finetune_tail(net, train_z, y_tr, test_z, y_te, epochs, batch_size, lr, seed=seed, precision=precision)
+    for h in history:
+        h["penalty"] = clean - h["test_acc"]
     finetuned = max(h["test_acc"] for h in history)
-    return dict(layer=layer, kind=kind, clean=clean, start=start, finetuned=finetuned,
-                penalty=clean - finetuned, history=history, seconds=time.perf_counter() - t0)
+    return dict(layer=layer, kind=kind, start_kind=start, clean=clean, start=start_acc, refit=history[0]["test_acc"],
+                finetuned=finetuned, final=history[-1]["test_acc"], penalty=clean - finetuned,
+                final_penalty=clean - history[-1]["test_acc"], history=history, seconds=time.perf_counter() - t0)

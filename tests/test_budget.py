@@ -36,3 +36,33 @@ def test_replicates_use_distinct_models():
     assert not (seeds[0] & seeds[1] or seeds[1] & seeds[2] or seeds[0] & seeds[2])
     with pytest.raises(ValueError, match="seed"):
         zoo.replicate_seeds(2, -1)
+
+
+def test_an_interrupted_zoo_step_resumes_without_retraining_finished_models(tmp_path):
+    """Kill `python -m lib.zoo train` once its first model is stored; the rerun keeps that model
+    (same bytes, not retrained) and trains the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, SYMMETRIES_CACHE=str(tmp_path), SYMMETRIES_SCALE="smoke")
+    cmd = [sys.executable, "-m", "lib.zoo", "train", "--families", "myrtle", "myrtle_nobn"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    zoo_root = tmp_path / "zoo"
+    deadline = time.time() + 300
+    while not list(zoo_root.glob("*/meta.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = list(zoo_root.glob("*/meta.json"))
+    assert len(first) >= 1
+    before = {p: p.read_bytes() for p in first}
+    if len(first) == 3:
+        pytest.skip("the step finished before it could be interrupted")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{len(first)} cached" in out.stdout
+    assert {p: p.read_bytes() for p in first} == before
+    assert len(list(zoo_root.glob("*/meta.json"))) == 3

@@ -132,7 +132,7 @@ def test_only_the_stitching_layer_trains():
         te = stitching.front_features(a, "act2", data.x_test, device="cpu")
         settings = stitching.StitchSettings(epochs=2, batch_size=16, lr=0.1)
         res = stitching.train_stitch(s, tr, data.y_train, te, data.y_test, settings)
-        assert len(res["history"]) == 2 and 0 <= res["best_acc"] <= 1
+        assert len(res["history"]) == 3 and 0 <= res["best_acc"] <= 1      # the start, then 2 epochs
         assert any(not torch.equal(v, s.stitch.state_dict()[k]) for k, v in start.items())
         for k, v in s.model_b.named_parameters():
             assert torch.equal(v, before_b[k]), k
@@ -147,11 +147,102 @@ def test_stitch_experiment_penalty_and_matching_on_self():
     a = _model(MYRTLE, 0)
     b, _ = groups.random_transform(a, torch.Generator().manual_seed(3))
     res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], data, device="cpu",
-                                      settings=stitching.StitchSettings(epochs=1, bn_adapt=False),
+                                      settings=stitching.StitchSettings(epochs=1, bn_adapt=False,
+                                                                        precision="float32"),
                                       feature_dtype=torch.float32)
     assert res["clean"][0] == res["clean"][1]
     assert res["variants"]["matching"]["penalty"] == 0.0
     assert set(res["variants"]) == {"matching", "rank1"}
+
+
+EXACT = stitching.StitchSettings(epochs=0, bn_adapt=False, precision="float32")
+
+
+def _planted(seed=3):
+    a = _model(MYRTLE, 0)
+    b, elements = groups.random_transform(a, torch.Generator().manual_seed(seed))
+    return a, b, elements
+
+
+@pytest.mark.parametrize("layer", ["act2", "act3"])
+def test_closed_form_starts_are_exact_on_a_planted_pair(layer):
+    data = synthetic_dataset(n_train=96, n_test=64)
+    a, b, elements = _planted()
+    C = stitching.channels_at(a, layer)
+    res = stitching.stitch_experiment(a, b, layer, ["full", f"rank{C}", "matching", "rank1"], data, None, None,
+                                      EXACT, feature_dtype=torch.float32, device="cpu")
+    assert res["clean"][0] == res["clean"][1]
+    for v in ("full", f"rank{C}", "matching"):
+        assert res["variants"][v]["penalty"] == 0.0, v
+        assert [h["epoch"] for h in res["variants"][v]["history"]] == [0]
+    # The least-squares map is the planted phi(A) on the channels that fire (dead ones get 0).
+    M = groups.feature_transform(a, layer, elements).float()
+    x = to_input(data.x_train, "cpu")
+    alive = stitching._capture(a, layer, x)[0].amax(dim=(0, 2, 3)) > 0
+    W = res["variants"]["full"]["matrix"]
+    torch.testing.assert_close(W[:, alive], M[:, alive], rtol=1e-3, atol=1e-3)
+
+
+def test_least_squares_streams_and_reduced_rank_is_optimal():
+    g = torch.Generator().manual_seed(0)
+    xa = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    xb = xa @ torch.randn(6, 5, generator=g, dtype=torch.float64) + 0.3 + 0.1 * torch.randn(500, 5, generator=g,
+                                                                                              dtype=torch.float64)
+    whole = stitching._moments_of(xa, xb)
+    streamed = None
+    for part in (slice(0, 123), slice(123, 400), slice(400, 500)):
+        streamed = stitching._add_moments(streamed, stitching._moments_of(xa[part], xb[part]))
+    for k in whole:
+        torch.testing.assert_close(torch.as_tensor(streamed[k]), torch.as_tensor(whole[k]))
+    W, b = stitching.least_squares(whole)
+    X1 = torch.cat([xa, torch.ones(500, 1, dtype=torch.float64)], 1)
+    ref = torch.linalg.lstsq(X1, xb).solution
+    torch.testing.assert_close(W, ref[:6].T)
+    torch.testing.assert_close(b, ref[6])
+    sse = lambda W, b: ((xa @ W.T + b - xb) ** 2).sum()          # noqa: E731
+    for r in (1, 2, 4):
+        Wr, br = stitching.least_squares(whole, rank=r)
+        assert torch.linalg.matrix_rank(Wr) == r
+        # No random rank-r map (with its best bias) does better than reduced-rank regression.
+        for _ in range(20):
+            R = torch.randn(5, r, generator=g, dtype=torch.float64) @ torch.randn(r, 6, generator=g, dtype=torch.float64)
+            Rw = Wr + 0.05 * R
+            Rw = torch.linalg.svd(Rw)[0][:, :r] @ torch.linalg.svd(Rw)[0][:, :r].T @ Rw
+            assert sse(Wr, br) <= sse(Rw, xb.mean(0) - Rw @ xa.mean(0)) + 1e-9
+
+
+def test_birkhoff_from_matching_keeps_the_planted_permutation():
+    data = synthetic_dataset(n_train=128, n_test=64)
+    a, b, elements = _planted()
+    settings = stitching.StitchSettings(epochs=2, batch_size=32, bn_adapt=False, precision="float32")
+    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], data, None, None, settings,
+                                      feature_dtype=torch.float32, device="cpu")
+    true_perm = groups.feature_transform(a, "act3", elements).abs().argmax(0)
+    got = res["variants"]["grelu"]["matrix"].abs().argmax(0)
+    # Channels that never fire on these images (random weights) are interchangeable, so the
+    # permutation is only defined on the live ones.
+    alive = stitching._capture(a, "act3", to_input(data.x_train, "cpu"))[0].amax(dim=(0, 2, 3)) > 0
+    assert alive.float().mean() > 0.75
+    assert (got == true_perm)[alive].float().mean() >= 0.9
+    assert len(res["variants"]["grelu"]["history"]) == 3
+
+
+def test_bad_input_names_the_accepted_values():
+    data = synthetic_dataset(n_train=64, n_test=32)
+    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    s = stitching.stitch(a, b, "act2", "full")
+    fronts = stitching.front_features(a, "act2", data.x_train, device="cpu")
+    with pytest.raises(ValueError, match="64 images but 40 labels; accepted: one label per front"):
+        stitching.train_stitch(s, fronts, data.y_train[:40], fronts, data.y_train)
+    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
+        stitching.train_stitch(s, fronts, data.y_train, fronts, data.y_train, stitching.StitchSettings(epochs=-1))
+    with pytest.raises(ValueError, match="unknown variant 'affine'; accepted: 'full', 'rank<r>'"):
+        stitching.stitch_experiment(a, b, "act2", ["affine"], data, device="cpu")
+    for bad in ("rank0", "rank17"):
+        with pytest.raises(ValueError, match=f"variant '{bad}': rank must be in 1..16"):
+            stitching.stitch_experiment(a, b, "act2", [bad], data, device="cpu")
+    with pytest.raises(ValueError, match="unknown init 'zeros'; accepted values: 'closed_form', 'random'"):
+        stitching.stitch_experiment(a, b, "act2", ["full"], data, settings=stitching.StitchSettings(init="zeros"))
 
 
 def test_errors():
@@ -211,3 +302,38 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch):
     copy, _ = groups.random_transform(b, torch.Generator().manual_seed(0))
     stitching.cached_experiment(a, copy, "act2", ["matching"], data, 64, 32, settings)
     assert calls == [1, 1]
+
+
+def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one():
+    data = synthetic_dataset(n_train=64, n_test=32)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    z_tr = rotation.pre_activations(m, "conv2", data.x_train, dtype=torch.float32, device="cpu")
+    z_te = rotation.pre_activations(m, "conv2", data.x_test, dtype=torch.float32, device="cpu")
+    tail = m[3:]                       # after conv2 (16 channels at width 0.125)
+    ref = tail(z_te)
+    err = {}
+    for kind in rotation.ROTATION_KINDS:
+        A = rotation.random_channel_map(kind, 16, torch.Generator().manual_seed(1))
+        t = __import__("copy").deepcopy(tail)
+        rotation.refit_next_conv(t, A, z_tr)
+        err[kind] = ((t(torch.einsum("ij,njhw->nihw", A.float(), z_te)) - ref).abs().max() / ref.abs().max()).item()
+    assert err["grelu"] < 1e-3 < err["orthogonal"]
+
+
+def test_rotation_penalty_history_and_bad_input():
+    data = synthetic_dataset(n_train=64, n_test=32)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    res = rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), data, 1, None, None,
+                                    batch_size=32, device="cpu", precision="float32")
+    assert [h["epoch"] for h in res["history"]] == [0, 1]
+    # The refit start is the original function: penalty 0 before any fine-tuning.
+    assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
+    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
+        rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, -1, device="cpu")
+    with pytest.raises(ValueError, match="unknown start 'warm'; accepted values: 'refit', 'transformed'"):
+        rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, 1, start="warm", device="cpu")
+    with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
+        rotation.rotation_penalty(m, "conv1", "gl", torch.Generator(), data, 1, device="cpu")
+    with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
+        rotation.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40], torch.zeros(2, 16, 32, 32),
+                               data.y_test[:2], 1)
