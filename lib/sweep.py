@@ -125,7 +125,8 @@ def chapter_parameters(chapter: str) -> list[str]:
 
     Raises ``ValueError`` (naming the file) when the chapter has no such cell.
     """
-    nb = jupytext.read(chapter)
+    # Chapters are MyST files; say so, so that one without a Jupytext header is read the same way.
+    nb = jupytext.read(chapter, fmt="md:myst" if str(chapter).endswith(".md") else None)
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
             names = []

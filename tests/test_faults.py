@@ -271,13 +271,15 @@ def fake_papermill(monkeypatch):
         (out / "tiny.json").write_text("{broken" if params["seed"] == 2 else json.dumps(dict(rows=rows)))
         return subprocess.CompletedProcess(cmd, 0, "", "")
     monkeypatch.setattr(sweep.subprocess, "run", run)
-    monkeypatch.setattr(sweep.jupytext, "read", lambda path: __import__("nbformat").v4.new_notebook())
+    v4 = __import__("nbformat").v4
+    monkeypatch.setattr(sweep.jupytext, "read", lambda path, **kw: v4.new_notebook(
+        cells=[v4.new_code_cell("seed = 0", metadata={"tags": ["parameters"]})]))
     monkeypatch.setattr(sweep.jupytext, "write", lambda nb, path, fmt: Path(path).write_text("{}"))
 
 
 def test_damaged_done_json_reruns_that_run_only(tmp_path, fake_papermill):
     chapter = tmp_path / "tiny.md"
-    chapter.write_text("# tiny")
+    chapter.write_text("# tiny\n\n```{code-cell} ipython3\n:tags: [parameters]\nseed = 0\n```\n")
     first = sweep.sweep(str(chapter), {"seed": [0, 1, 2]}, out=str(tmp_path / "runs"))
     assert [s["ok"] for s in first] == [True, True, False]
     assert "tiny.json written by this run is damaged" in first[2]["error"]
