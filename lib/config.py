@@ -135,6 +135,7 @@ class Scale:
     slope_epochs: int              # training epochs of each slope-sweep model
     slope_pairs: int               # model pairs per slope
     convnext_width: float          # width multiplier of the ConvNeXt-style network of Section 6
+    dissection_width: float        # width of Section 6's two ResNet20s (with and without residual ReLU)
     # -- network dissection (Section 6) ---------------------------------------------------------
     dissection_images: int         # images of the concept dataset
     n_rotations: int               # random rotations per alpha
@@ -148,6 +149,7 @@ SCALES: dict[str, Scale] = {
         n_feature_images=128,
         stitch_epochs=1, stitch_images=256, eval_images=512, rotation_trials=1, finetune_epochs=1, finetune_images=256,
         slopes=(0.0, 1.0), slope_width=0.25, slope_epochs=1, slope_pairs=1, convnext_width=0.125,
+        dissection_width=0.25,
         dissection_images=64, n_rotations=2, alphas=(0.0, 0.5, 1.0),
     ),
     "cpu": Scale(
@@ -156,6 +158,7 @@ SCALES: dict[str, Scale] = {
         n_feature_images=2000,
         stitch_epochs=4, stitch_images=5000, eval_images=2000, rotation_trials=3, finetune_epochs=3, finetune_images=5000,
         slopes=(0.0, 0.9, 1.0), slope_width=0.25, slope_epochs=8, slope_pairs=1, convnext_width=0.25,
+        dissection_width=0.25,
         dissection_images=1000, n_rotations=5, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
     ),
     # Full width with the fast recipe on one GPU. Not yet run on a GPU: its cost is a projection from
@@ -167,6 +170,7 @@ SCALES: dict[str, Scale] = {
         stitch_epochs=5, stitch_images=50000, eval_images=None, rotation_trials=5, finetune_epochs=5,
         finetune_images=None,
         slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=8, slope_pairs=3, convnext_width=1.0,
+        dissection_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),
     "paper": Scale(
@@ -175,6 +179,7 @@ SCALES: dict[str, Scale] = {
         n_feature_images=10000,
         stitch_epochs=20, stitch_images=50000, eval_images=None, rotation_trials=10, finetune_epochs=50, finetune_images=None,
         slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=50, slope_pairs=3, convnext_width=1.0,
+        dissection_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),
 }

@@ -35,8 +35,8 @@ __all__ = [
     "BrodenDataset", "quantile_thresholds", "iou_scores", "random_rotation", "rotation_power",
     "dissect", "DissectionResult", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
     "TEXTURE_NAMES", "SHAPE_NAMES", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
-    "IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "strip_residual_relu", "imagenet_models", "zoo_models",
-    "concept_dataset", "rotation_trend", "dissect_memo", "unit_examples",
+    "IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models",
+    "zoo_models", "concept_dataset", "rotation_trend", "rotation_slope_test", "dissect_memo", "unit_examples",
 ]
 
 
@@ -68,8 +68,7 @@ def quantile_thresholds(activations: torch.Tensor, quantile: float = 0.005) -> t
     default). Returns ``(units,)`` on ``activations``' device.
     """
     _check_quantile(quantile)
-    if activations.dim() != 4:
-        raise ValueError(f"activations must have shape (n, units, h, w), got {tuple(activations.shape)}")
+    _check_activations(activations)
     return _row_quantile(activations.transpose(0, 1).reshape(activations.shape[1], -1).float(), quantile)
 
 
@@ -118,12 +117,32 @@ class _Tally:
         return torch.where(union > 0, self.inter / union.clamp_min(1e-12), torch.zeros_like(union))
 
 
+def _check_activations(activations) -> None:
+    """``ValueError`` unless ``activations`` is a non-empty finite ``(n, units, h, w)`` tensor."""
+    if not isinstance(activations, torch.Tensor) or activations.dim() != 4:
+        shape = tuple(activations.shape) if isinstance(activations, torch.Tensor) else type(activations).__name__
+        raise ValueError(f"activations must have shape (n, units, h, w), got {shape}")
+    if activations.numel() == 0:
+        raise ValueError(f"activations must be non-empty (n, units, h, w all >= 1), got shape "
+                         f"{tuple(activations.shape)}")
+    # One NaN would shift its unit's quantile threshold and IoU without any sign; refuse instead.
+    finite = torch.isfinite(activations)
+    if not bool(finite.all()):
+        bad = (~finite).transpose(0, 1).reshape(activations.shape[1], -1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"activations must be finite; units {bad[:10]}{' ...' if len(bad) > 10 else ''} "
+                         f"hold NaN or infinite values")
+
+
 def _check_masks(masks, annotated, n):
-    if masks.dim() != 4 or masks.dtype != torch.bool:
-        raise ValueError(f"masks must be a boolean tensor of shape (n, concepts, H, W), got "
-                         f"{masks.dtype} {tuple(masks.shape)}")
+    if not isinstance(masks, torch.Tensor) or masks.dim() != 4 or masks.dtype != torch.bool:
+        got = f"{masks.dtype} {tuple(masks.shape)}" if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must be a boolean tensor of shape (n, concepts, H, W), got {got}")
     if masks.shape[0] != n:
-        raise ValueError(f"masks has {masks.shape[0]} images, activations {n}")
+        raise ValueError(f"masks has {masks.shape[0]} images, activations {n}; masks must have shape "
+                         f"(n, concepts, H, W) with the activations' n")
+    if 0 in masks.shape[1:]:
+        raise ValueError(f"masks must have at least one concept and one pixel, shape (n, concepts >= 1, "
+                         f"H >= 1, W >= 1), got {tuple(masks.shape)}")
     if annotated is None:
         return torch.ones(masks.shape[:2], dtype=torch.bool, device=masks.device)
     if annotated.dtype != torch.bool or tuple(annotated.shape) != tuple(masks.shape[:2]):
@@ -147,9 +166,15 @@ def iou_scores(activations: torch.Tensor, masks: torch.Tensor, quantile: float =
     -------
     ``(units, concepts)`` float64 on the CPU: ``sum_i |A_iu & M_ic| / sum_i |A_iu | M_ic|`` over the
     annotated images, where ``A_iu`` is the upsampled map above the threshold (0 where the union is empty).
+
+    Raises
+    ------
+    ValueError
+        If the activations are empty, not 4-d or hold NaN or infinite values; if the masks are not a
+        non-empty boolean ``(n, concepts, H, W)`` tensor with the activations' ``n``; if ``annotated``
+        is not boolean ``(n, concepts)``; if ``quantile`` is not in (0, 1).
     """
-    if activations.dim() != 4:
-        raise ValueError(f"activations must have shape (n, units, h, w), got {tuple(activations.shape)}")
+    _check_activations(activations)
     annotated = _check_masks(masks, annotated, activations.shape[0])
     thresholds = quantile_thresholds(activations, quantile)
     dev = activations.device
@@ -196,9 +221,15 @@ def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
     eigenvalues -1 (an even number of them, as det Q = 1) are paired into planes rotated by pi.
     The result is real, orthogonal and of determinant 1 for every alpha, and
     ``Q^a Q^b = Q^(a+b)``. Returns float64 on ``q``'s device.
+
+    Raises
+    ------
+    ValueError
+        If ``alpha`` is not a number in [0, 1] (NaN included) or ``q`` is not a rotation.
     """
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise ValueError(f"alpha must be a number, got {alpha!r}")
+    if not isinstance(alpha, (int, float, np.floating)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1] (0: the identity, 1: Q), got {alpha!r}")
+    alpha = float(alpha)
     qn = torch.as_tensor(q).detach().to("cpu", torch.float64).numpy()
     n = qn.shape[0]
     if qn.ndim != 2 or qn.shape[1] != n:
@@ -312,8 +343,11 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
     """
     from .models import features
 
+    alphas = list(alphas)
+    if not alphas:
+        raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1]")
     for a in alphas:
-        if not isinstance(a, (int, float)) or not 0 <= a <= 1:
+        if not isinstance(a, (int, float, np.floating)) or isinstance(a, bool) or not 0 <= a <= 1:
             raise ValueError(f"alphas must be numbers in [0, 1], got {a!r}")
     if not isinstance(n_rotations, int) or n_rotations < 1:
         raise ValueError(f"n_rotations must be a positive int, got {n_rotations!r}")
@@ -331,6 +365,7 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
     if acts.dim() != 4:
         raise ValueError(f"layer {layer!r} gives activations of shape {tuple(acts.shape[1:])}; "
                          f"dissection needs a convolutional layer (units, h, w)")
+    _check_activations(acts)
     units = acts.shape[1]
 
     # Basis 0 is the identity; then one basis per (nonzero alpha, rotation).
@@ -386,8 +421,9 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
 # --------------------------------------------------------------------------------------------
 # Section 6's models, data and summaries: in lib.dissection_study, forwarded by name
 # --------------------------------------------------------------------------------------------
-_STUDY_NAMES = ("IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "strip_residual_relu", "imagenet_models", "zoo_models",
-                "concept_dataset", "rotation_trend", "dissect_memo", "unit_examples")
+_STUDY_NAMES = ("IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models",
+                "zoo_models",
+                "concept_dataset", "rotation_trend", "rotation_slope_test", "dissect_memo", "unit_examples")
 
 
 # lib.dissection_study imports this module, so its names are looked up on first use.

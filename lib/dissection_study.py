@@ -7,7 +7,8 @@ the chapter's summaries.
 * Data: :func:`concept_dataset` (Broden at paper scale, :func:`lib.synthetic_concepts.make_concept_dataset`
   on CIFAR-10 otherwise).
 * :func:`dissect_memo`: :func:`lib.dissection.dissect` cached with :func:`lib.zoo.memo`.
-* Summaries: :func:`rotation_trend`, :func:`unit_examples`.
+* Summaries: :func:`rotation_trend`, :func:`rotation_slope_test` (slope, confidence interval and
+  permutation test), :func:`unit_examples`.
 
 Every name here is also reachable as ``lib.dissection.<name>``.
 """
@@ -26,18 +27,35 @@ from .config import get_device
 from .dissection import DissectionResult, quantile_thresholds
 from .synthetic_concepts import make_concept_dataset
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "strip_residual_relu", "imagenet_models", "zoo_models",
-           "concept_dataset", "rotation_trend", "dissect_memo", "unit_examples"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models",
+           "zoo_models", "concept_dataset", "rotation_trend", "rotation_slope_test", "dissect_memo", "unit_examples"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The small-scale trio from the zoo: (zoo entry, label, residual-stream output, layer inside the block).
+# The small-scale trio from the zoo: (zoo family, label, residual-stream output, layer inside the block).
+# The residual output named here is the paper's choice (the last one); the chapter may dissect another
+# stage (:func:`stage_outputs`), since colour detectors sit early in these small CIFAR networks.
 ZOO_TRIO = (
-    ("resnet20", "ResNet20, ReLU on the residual stream", "layer3.2", "layer3.2.act1"),
+    ("resnet20_dissection", "ResNet20, ReLU on the residual stream", "layer3.2", "layer3.2.act1"),
     ("resnet20_noresrelu", "ResNet20, no residual ReLU", "layer3.2", "layer3.2.act1"),
     ("convnext", "ConvNeXt-style, no residual activation", "stage3.1.out", "stage3.1.act"),
 )
+
+
+def stage_outputs(model: nn.Module) -> list[str]:
+    """The residual-stream output of the last block of each stage, in forward order.
+
+    ResNet20: ``["layer1.2", "layer2.2", "layer3.2"]`` (after the residual ReLU where there is one);
+    the CIFAR ConvNeXt: ``["stage1.1.out", "stage2.1.out", "stage3.1.out"]``. Stage ``k`` (from 1)
+    works at ``32 / 2**(k-1)`` pixels. Names work with :func:`lib.models.features`.
+    """
+    from .models import residual_outputs
+
+    last = {}
+    for name in residual_outputs(model):
+        last[name.split(".")[0]] = name
+    return list(last.values())
 
 
 class _BottleneckNoResidualReLU(nn.Module):
@@ -121,7 +139,8 @@ def _file_sha256(path: Path) -> str:
 
 def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
     """The small-scale trio (:data:`ZOO_TRIO`) from the zoo at ``scale`` (trained if not cached):
-    ``{name: dict(model, label, layer, inner_layer, key, test_acc)}``; ``key`` is the zoo's model key."""
+    ``{name: dict(model, label, layer, inner_layer, key, test_acc, arch)}``; ``key`` is the zoo's model
+    key, ``arch`` the architecture settings as text (``"arch=resnet20, width=0.25"``)."""
     from . import zoo
 
     data = data or zoo.load_data()
@@ -133,17 +152,21 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
         model = zoo.get(entry["arch"], entry["recipe"], model_seed, data=data, device=device, progress=False)
         out[name] = dict(model=model, label=label, layer=layer, inner_layer=inner,
                          key=zoo.model_key(entry["arch"], entry["recipe"], model_seed, data.identity),
-                         test_acc=model.zoo_meta["test_acc"])
+                         test_acc=model.zoo_meta["test_acc"],
+                         arch=", ".join(f"{k}={v}" for k, v in entry["arch"].items()))
     return out
 
 
-def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, seed: int = 0, data=None):
+def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, seed: int = 0, data=None,
+                    pasted: bool = True):
     """The concept dataset of Section 6 at ``scale``: ``(BrodenDataset, config dict)``.
 
     ``paper``: the real Broden dataset at ``broden_dir`` (required), images resized to 224 and
     normalised as for ImageNet. ``smoke``/``cpu``: :func:`make_concept_dataset` from ``n_images``
     (default: the scale's ``dissection_images``) CIFAR-10 test images with their class labels, written
-    once under ``cache_dir("broden")``. The config dict identifies the data (for :func:`lib.zoo.memo`).
+    once under ``cache_dir("broden")``. ``pasted=False`` leaves the images untouched: no pasted
+    textures and shapes, only the concepts computed from the photographs themselves (per-pixel colour
+    names and the image-level class). The config dict identifies the data (for :func:`lib.zoo.memo`).
     """
     from .config import cache_dir, check_choice, scale_settings
 
@@ -158,10 +181,14 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
 
     n = scale_settings(scale).dissection_images if n_images is None else n_images
     data = data or zoo.load_data()
-    root = cache_dir("broden") / f"cifar10-test-n{n}-seed{seed}"
-    make_concept_dataset(root, n, seed=seed, images=data.x_test.numpy(), labels=data.y_test.numpy())
-    return BrodenDataset(root), dict(generator="make_concept_dataset", n_images=n, seed=seed,
-                                     data=data.identity)
+    p = 0.5 if pasted else 0.0
+    root = cache_dir("broden") / f"cifar10-test-n{n}-seed{seed}{'' if pasted else '-natural'}"
+    make_concept_dataset(root, n, seed=seed, images=data.x_test.numpy(), labels=data.y_test.numpy(),
+                         p_texture=p, p_shape=p)
+    config = dict(generator="make_concept_dataset", n_images=n, seed=seed, data=data.identity)
+    if not pasted:      # the pasted dataset keeps its old config, so its cached dissections stay valid
+        config["pasted"] = False
+    return BrodenDataset(root), config
 
 
 def rotation_trend(alphas, counts, tolerance: float = 0.1) -> dict:
@@ -189,6 +216,75 @@ def rotation_trend(alphas, counts, tolerance: float = 0.1) -> dict:
     else:
         verdict = "rises" if end > 0 else "flat"
     return dict(slope=slope, start=start, end=end, relative_change=rel, verdict=verdict)
+
+
+def rotation_slope_test(alphas, counts, n_permutations: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    """Is the change of a count along the rotation path significant? ``counts``: ``(n_alphas, n_rotations)``.
+
+    Each random rotation ``Q_r`` gives one curve ``counts[:, r]`` against ``alphas``, and the rotations
+    are independent draws, so the statistic is the mean over rotations of the least-squares slope of
+    each curve (units per unit of alpha; the change from alpha 0 to alpha 1 on the fitted line).
+
+    * ``ci``: the ``level`` confidence interval of that mean slope, Student's t over the rotations
+      (NaN with a single rotation).
+    * ``p_value``: a two-sided permutation test of "the count does not depend on alpha": within each
+      rotation's curve the counts are shuffled across the alphas (``n_permutations`` random shuffles
+      from ``seed``), and ``p = (1 + #{|slope*| >= |slope|}) / (1 + n_permutations)``.
+    * ``verdict``: ``"falls"`` / ``"rises"`` if ``p < 1 - level`` and the interval lies below / above 0,
+      else ``"flat"`` (no significant change).
+
+    Parameters
+    ----------
+    alphas : sequence of float, length ``n_alphas`` >= 2.
+    counts : array ``(n_alphas, n_rotations)`` (e.g. :attr:`DissectionResult.interpretable`).
+    n_permutations : int >= 1.
+    seed : int, for the shuffles.
+    level : float in (0, 1).
+
+    Returns
+    -------
+    dict with ``slope``, ``ci`` (low, high), ``p_value``, ``verdict``, ``slopes`` (one per rotation),
+    ``n_rotations`` and ``level``.
+    """
+    import scipy.stats
+
+    x = np.asarray(alphas, dtype=float)
+    y = np.asarray(counts, dtype=float)
+    if y.ndim != 2 or y.shape[0] != len(x) or len(x) < 2 or y.shape[1] < 1:
+        raise ValueError(f"counts must have shape (n_alphas, n_rotations) with n_alphas = len(alphas) >= 2 "
+                         f"and n_rotations >= 1, got {y.shape} for {len(x)} alphas")
+    if not np.isfinite(y).all() or not np.isfinite(x).all():
+        raise ValueError("alphas and counts must be finite")
+    if np.ptp(x) == 0:
+        raise ValueError(f"alphas must not all be equal, got {x.tolist()}")
+    if not isinstance(n_permutations, int) or n_permutations < 1:
+        raise ValueError(f"n_permutations must be a positive int, got {n_permutations!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    xc = (x - x.mean()) / ((x - x.mean()) ** 2).sum()          # slope of curve r = xc @ y[:, r]
+    slopes = xc @ y
+    slope = float(slopes.mean())
+    r = y.shape[1]
+    if r > 1:
+        half = scipy.stats.t.ppf(0.5 + level / 2, r - 1) * slopes.std(ddof=1) / np.sqrt(r)
+        ci = (slope - half, slope + half)
+    else:
+        ci = (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    # Shuffle each rotation's counts across the alphas: argsort of uniforms is a batch of permutations.
+    order = rng.random((n_permutations, len(x), r)).argsort(1)
+    shuffled = np.take_along_axis(np.broadcast_to(y, (n_permutations, *y.shape)), order, 1)
+    null = np.einsum("a,par->p", xc, shuffled) / r
+    p = float((1 + (np.abs(null) >= abs(slope) - 1e-12).sum()) / (1 + n_permutations))
+    significant = p < 1 - level
+    if significant and ci[1] < 0:
+        verdict = "falls"
+    elif significant and ci[0] > 0:
+        verdict = "rises"
+    else:
+        verdict = "flat"
+    return dict(slope=slope, ci=(float(ci[0]), float(ci[1])), p_value=p, verdict=verdict, slopes=slopes.tolist(),
+                n_rotations=r, level=level)
 
 
 def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: dict, alphas, n_rotations: int,

@@ -127,7 +127,8 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
       ``class_names[labels[k]]``, in the role of Broden's image-level scene category.
 
     Images without a texture (or shape) have no annotation in that category, as in Broden, so they
-    do not count for those concepts' IoU. If ``root`` already holds a dataset written by this
+    do not count for those concepts' IoU; with ``p_texture=0`` (``p_shape=0``) the category is left
+    out altogether and the images are the photographs unchanged. If ``root`` already holds a dataset written by this
     function with the same arguments it is reused; one written with other arguments is replaced;
     any other existing directory is an error. Returns ``root`` as a ``Path``.
     """
@@ -169,7 +170,9 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
                              f"pass a new or empty directory")
 
     # Label numbers: colours, textures, shapes, classes, in that order, from 1 (0 means "none").
-    cats = [("color", COLOR_NAMES), ("texture", TEXTURE_NAMES), ("shape", SHAPE_NAMES)]
+    # A category that no image can have (probability 0) is left out, as Broden lists only annotated ones.
+    cats = [("color", COLOR_NAMES)] + [(c, ns) for c, ns, p in (("texture", TEXTURE_NAMES, p_texture),
+                                                                ("shape", SHAPE_NAMES, p_shape)) if p > 0]
     if labels is not None:
         cats.append(("class", tuple(class_names)))
     names = [n for _, ns in cats for n in ns]
@@ -194,9 +197,10 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
             img = images[picks[i]].astype(np.float64) if images is not None else _synthetic_base(rng, size)
             stem = f"{i:05d}"
             row = dict(image=f"{stem}.png", split="train", ih=size, iw=size, sh=size, sw=size,
-                       color=f"{stem}_color.png", texture="", shape="")
+                       color=f"{stem}_color.png", **{c: "" for c in first if c in ("texture", "shape")})
             texture = shape = None
-            if rng.random() < p_texture:
+            # Draws happen only for categories in use, so p = 0 leaves the random stream of the rest alone.
+            if p_texture > 0 and rng.random() < p_texture:
                 kind = int(rng.integers(len(TEXTURE_NAMES)))
                 h, w = rng.integers(size * 3 // 8, size * 3 // 4 + 1, 2)
                 y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
@@ -205,7 +209,7 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
                 img[region & fg] = _jitter_colour(rng, c_fg)
                 img[region & ~fg] = _jitter_colour(rng, c_bg)
                 texture = (kind, region)
-            if rng.random() < p_shape:
+            if p_shape > 0 and rng.random() < p_shape:
                 kind = int(rng.integers(len(SHAPE_NAMES)))
                 mask = _shape(rng, kind, size)
                 img[mask] = _jitter_colour(rng, int(rng.integers(len(COLOR_NAMES))))

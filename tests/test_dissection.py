@@ -317,10 +317,10 @@ def test_make_concept_dataset(tmp_path):
 def test_make_concept_dataset_synthetic_and_errors(tmp_path):
     root = D.make_concept_dataset(tmp_path / "s", 6, seed=0, p_texture=1.0, p_shape=0.0)
     ds = D.BrodenDataset(root)
-    assert ds.categories == ["color", "texture", "shape"]
+    # A category of probability 0 is left out, as Broden lists only annotated categories.
+    assert ds.categories == ["color", "texture"]
     _, masks, annotated = next(ds.batches(6))
     assert annotated[:, ds.category_concepts("texture")].all()
-    assert not annotated[:, ds.category_concepts("shape")].any()
     meta = json.loads((root / "make_concept_dataset.json").read_text())
     assert meta["n_images"] == 6
     with pytest.raises(ValueError, match="n_images"):
@@ -434,6 +434,14 @@ def test_convnext_cifar_builder():
         models.residual_outputs(models.mlp())
     with pytest.raises(ValueError, match="depths"):
         models.convnext_cifar(depths=())
+    # The CPU variant of Section 6: BatchNorm and 3x3 depthwise kernels, still no residual activation.
+    bn = models.convnext_cifar(width=0.25, depths=(1, 1), kernel_size=3, norm="batch")
+    assert bn.stage1[0].dw.kernel_size == (3, 3) and isinstance(bn.stage1[0].norm, nn.BatchNorm2d)
+    assert models.build(bn.arch).arch == bn.arch and bn(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="kernel_size must be an odd"):
+        models.convnext_cifar(kernel_size=4)
+    with pytest.raises(ValueError, match="norm.*'layer', 'batch'"):
+        models.convnext_cifar(norm="group")
 
 
 def test_bad_inputs(concept_ds):
@@ -463,11 +471,102 @@ def test_bad_inputs(concept_ds):
         D.dissect(_tiny_convnet(), "nope", concept_ds, device="cpu", progress=False)
     with pytest.raises(ValueError, match="BrodenDataset"):
         D.dissect(_tiny_convnet(), "3", "some/dir", device="cpu", progress=False)
+    with pytest.raises(ValueError, match="alphas must be a non-empty"):
+        D.dissect(_tiny_convnet(), "3", concept_ds, alphas=(), device="cpu", progress=False)
+
+
+def test_non_finite_activations_are_refused():
+    # One NaN used to move a unit's threshold and IoU silently; now it is an error naming the unit.
+    acts = torch.randn(4, 3, 4, 4)
+    masks = torch.rand(4, 2, 8, 8) > 0.5
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        a = acts.clone()
+        a[1, 2, 0, 3] = bad
+        with pytest.raises(ValueError, match=r"activations must be finite; units \[2\]"):
+            D.iou_scores(a, masks)
+        with pytest.raises(ValueError, match="finite"):
+            D.quantile_thresholds(a)
+    assert D.iou_scores(acts, masks).shape == (3, 2)
+
+
+def test_empty_and_mismatched_inputs_name_what_was_expected():
+    masks = torch.zeros(2, 2, 4, 4, dtype=torch.bool)
+    for empty in (torch.zeros(0, 3, 4, 4), torch.zeros(2, 0, 4, 4), torch.zeros(2, 3, 0, 4)):
+        with pytest.raises(ValueError, match=r"activations must be non-empty \(n, units, h, w"):
+            D.iou_scores(empty, masks[:len(empty)])
+    acts = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"at least one concept.*\(n, concepts >= 1"):
+        D.iou_scores(acts, torch.zeros(2, 0, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"masks has 3 images, activations 2; masks must have shape"):
+        D.iou_scores(acts, torch.zeros(3, 2, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"masks must be a boolean tensor of shape \(n, concepts, H, W\)"):
+        D.iou_scores(acts, torch.zeros(2, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"masks must be a boolean tensor .* got ndarray"):
+        D.iou_scores(acts, np.zeros((2, 2, 4, 4), dtype=bool))
+    with pytest.raises(ValueError, match=r"activations must have shape \(n, units, h, w\), got ndarray"):
+        D.iou_scores(np.zeros((2, 3, 4, 4)), masks)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), float("inf"), "0.5", True])
+def test_rotation_power_alpha_outside_unit_interval(alpha):
+    q = D.random_rotation(4, 0)
+    with pytest.raises(ValueError, match=r"alpha must be a number in \[0, 1\]"):
+        D.rotation_power(q, alpha)
+
+
+def test_rotation_power_accepts_numpy_alphas():
+    q = D.random_rotation(4, 0)
+    assert torch.allclose(D.rotation_power(q, np.float64(0.5)), D.rotation_power(q, 0.5))
 
 
 # --------------------------------------------------------------------------------------------
 # Section 6's models, data and summaries
 # --------------------------------------------------------------------------------------------
+def test_natural_concept_dataset_keeps_the_photographs(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    root = D.make_concept_dataset(tmp_path / "n", 3, seed=1, images=images, labels=np.arange(5) % 2,
+                                  class_names=("cat", "dog"), p_texture=0.0, p_shape=0.0)
+    ds = D.BrodenDataset(root)
+    assert ds.categories == ["color", "class"]
+    x, masks, annotated = next(ds.batches(3, normalize=False))
+    picks = np.random.default_rng(1).choice(5, 3, replace=False)
+    np.testing.assert_array_equal((x.permute(0, 2, 3, 1) * 255).round().byte().numpy(), images[picks])
+    colour = masks[:, ds.category_concepts("color")].numpy()
+    assert (colour.sum(1) == 1).all() and annotated.all()     # every pixel has exactly one colour name
+
+
+def test_stage_outputs():
+    assert D.stage_outputs(models.resnet20(width=0.25)) == ["layer1.2", "layer2.2", "layer3.2"]
+    assert D.stage_outputs(models.convnext_cifar(width=0.25)) == ["stage1.1.out", "stage2.1.out", "stage3.1.out"]
+
+
+def test_rotation_slope_test_known_values_and_power():
+    alphas = [0.0, 0.5, 1.0]
+    # Every rotation's curve falls by 4 units from alpha 0 to 1: slope -4, zero spread.
+    t = D.rotation_slope_test(alphas, [[10] * 5, [8] * 5, [6] * 5], n_permutations=2000)
+    assert t["slope"] == pytest.approx(-4.0) and t["ci"] == pytest.approx((-4.0, -4.0))
+    assert t["verdict"] == "falls" and t["p_value"] < 0.05
+    # Counts that do not depend on alpha: no significant slope, the interval covers 0.
+    rng = np.random.default_rng(0)
+    flat = np.vstack([np.full(6, 7.0), rng.integers(5, 10, (5, 6))])
+    t = D.rotation_slope_test(np.linspace(0, 1, 6), flat, n_permutations=2000)
+    assert t["verdict"] == "flat" and t["ci"][0] <= 0 <= t["ci"][1] and t["p_value"] > 0.05
+    assert len(t["slopes"]) == 6 and t["n_rotations"] == 6
+    rises = D.rotation_slope_test(alphas, [[1, 1, 1], [3, 4, 3], [6, 5, 6]], n_permutations=2000)
+    assert rises["verdict"] == "rises" and rises["slope"] == pytest.approx(14 / 3)
+    one = D.rotation_slope_test(alphas, [[1], [2], [3]], n_permutations=100)
+    assert np.isnan(one["ci"][0]) and one["verdict"] == "flat"
+    with pytest.raises(ValueError, match="n_alphas"):
+        D.rotation_slope_test([0, 1], [[1, 2]])
+    with pytest.raises(ValueError, match="finite"):
+        D.rotation_slope_test([0, 1], [[1], [float("nan")]])
+    with pytest.raises(ValueError, match="level"):
+        D.rotation_slope_test([0, 1], [[1], [2]], level=1.0)
+    with pytest.raises(ValueError, match="n_permutations"):
+        D.rotation_slope_test([0, 1], [[1], [2]], n_permutations=0)
+
+
 def test_rotation_trend_known_values():
     t = D.rotation_trend([0, 0.5, 1], [[10, 10], [8, 6], [4, 6]])
     assert t["start"] == 10 and t["end"] == 5 and t["relative_change"] == pytest.approx(-0.5)
@@ -566,3 +665,18 @@ def test_dissect_memo_caches(concept_ds, tmp_path, monkeypatch):
     with pytest.raises(AttributeError):
         D.dissect_memo(net, "3", concept_ds, {"data": "other"}, **kwargs)
     assert calls == [1]
+
+
+def test_trio_families_at_cpu_share_and_compare():
+    from lib import zoo
+
+    book = zoo.book_models("cpu")
+    key = lambda name, i=0: zoo.model_key(book[name]["arch"], book[name]["recipe"], book[name]["seeds"][i], "data")
+    # The ReLU ResNet of Section 6 is the slope sweep's first model: trained once by the zoo step.
+    assert key("resnet20_dissection") == key("resnet20_slope0")
+    assert book["resnet20_noresrelu"]["arch"] == dict(book["resnet20_dissection"]["arch"], residual_activation=False)
+    assert book["resnet20_noresrelu"]["recipe"] == book["resnet20_dissection"]["recipe"]
+    assert book["convnext"]["arch"]["norm"] == "batch" and book["convnext"]["recipe"].precision == "float32"
+    assert [name for name, *_ in D.ZOO_TRIO] == ["resnet20_dissection", "resnet20_noresrelu", "convnext"]
+    # Sections 4-5's ResNet20 is untouched.
+    assert book["resnet20"]["arch"] == dict(arch="resnet20", width=0.5)
