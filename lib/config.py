@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import secrets
@@ -56,7 +57,9 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 PRECISIONS = ("bulk", "float32")
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_has_fast_bf16() -> bool:
+    # Read once: autocast() asks on every training step and evaluation batch.
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import atomic_path, cache_dir, check_choice, get_device, scale_settings
+from .config import SCALES, atomic_path, cache_dir, check_choice, get_device, resolve_scale, scale_settings
 from .data import Dataset, load_cifar10, synthetic_dataset
 from .models import build
-from .train import Recipe, recipe as make_recipe, train
+from .train import Recipe, recipe as make_recipe, throughput, train
 
 __all__ = ["get", "pairs", "info", "model_key", "zoo_dir", "recipe_for_scale", "load_data", "memo", "book_models",
            "fingerprint", "replicate_seeds", "book_plan", "estimate_seconds", "estimate_book_seconds", "train_book",
@@ -355,16 +355,14 @@ def book_models(scale: str, seed: int = 0) -> dict:
     # the fast recipe's Nesterov SGD in a few epochs (measured: chance accuracy after 2 epochs on
     # 10,000 images), while Adam trains them; the paper recipe is Adam already.
     r_nobn = r if s.recipe == "paper" else recipe_for_scale(scale, optimizer="adam", lr=2e-3, weight_decay=5e-5)
-    # bfloat16 autocast makes LayerNorm and depthwise convolutions slower on CPUs, not faster.
-    r_convnext = r_nobn if s.recipe == "paper" else dataclasses.replace(r_nobn, precision="float32")
     pair = replicate_seeds(2 * s.n_pairs, seed)
     models = {
         "myrtle": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width), recipe=r, seeds=pair,
                        paper_acc=(91.3, 0.2)),
-        # Section 3.3 fine-tunes one network without BatchNorm.
         # Half the width, to report accuracy against width.
         "myrtle_narrow": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width / 2), recipe=r, seeds=pair,
                               paper_acc=(None, None)),
+        # Section 3.3 fine-tunes one network without BatchNorm.
         "myrtle_nobn": dict(arch=dict(arch="myrtle_cnn", width=s.myrtle_width, batchnorm=False),
                             recipe=r_nobn, seeds=replicate_seeds(1, seed), paper_acc=(87.4, None)),
         "resnet20": dict(arch=dict(arch="resnet20", width=s.resnet_width), recipe=r, seeds=pair,
@@ -382,6 +380,7 @@ def book_models(scale: str, seed: int = 0) -> dict:
                                         recipe=r, seeds=trio_seed, paper_acc=(None, None))
     if s.recipe == "paper":
         convnext = dict(arch="convnext_cifar", width=s.convnext_width, layer_scale=0.1)
+        r_convnext = r
     else:
         # BatchNorm and 3x3 depthwise kernels instead of LayerNorm and 7x7: on 2 CPU cores in 8 epochs
         # the LayerNorm/7x7 network (Adam) reached 54 % against the ResNets' 76 %, at half their speed;
@@ -421,7 +420,7 @@ def book_plan(scale: str, seed: int = 0, families=None, data: Dataset | None = N
     return plan
 
 
-def estimate_seconds(arch: dict, r: Recipe, images_per_second: float) -> float:
+def estimate_seconds(r: Recipe, images_per_second: float) -> float:
     """Estimated training time of one model, in seconds: ``epochs`` passes over the training images
     at ``images_per_second`` (a measured training throughput), plus one evaluation of the test
     images per epoch, counted at three times that throughput (a forward pass only)."""
@@ -437,19 +436,17 @@ def estimate_book_seconds(scale: str, seed: int = 0, steps: int = 3, device=None
     Returns ``{family: dict(models, images_per_second, seconds)}`` (``seconds`` for all the family's
     models); models shared between families are counted once, under the first family.
     """
-    from .train import throughput
-
     out, seen, speed = {}, set(), {}
     for name, entry in book_models(scale, seed).items():
         r = entry["recipe"]
-        new = [s for s in entry["seeds"] if json.dumps([entry["arch"], dataclasses.asdict(r), s], sort_keys=True)
-               not in seen]
-        seen.update(json.dumps([entry["arch"], dataclasses.asdict(r), s], sort_keys=True) for s in new)
-        cal = json.dumps([entry["arch"], r.batch_size, r.precision], sort_keys=True)
+        # The zoo's own key (without the data, which every model shares) decides what is shared.
+        keys = {model_key(entry["arch"], r, s, "") for s in entry["seeds"]} - seen
+        seen |= keys
+        cal = json.dumps([_canonical_arch(entry["arch"]), r.batch_size, r.precision], sort_keys=True)
         if cal not in speed:
             speed[cal] = throughput(build(entry["arch"], seed=0), r.batch_size, r.precision, steps, device)
         ips = speed[cal]
-        out[name] = dict(models=len(new), images_per_second=ips, seconds=len(new) * estimate_seconds(entry["arch"], r, ips))
+        out[name] = dict(models=len(keys), images_per_second=ips, seconds=len(keys) * estimate_seconds(r, ips))
     return out
 
 
@@ -484,8 +481,6 @@ def train_book(scale: str, seed: int = 0, families=None, data: Dataset | None = 
 def main(argv=None) -> int:
     """``python -m lib.zoo train [--scale S] [--seed K] [--families ...]``: see :func:`train_book`."""
     import argparse
-
-    from .config import SCALES, resolve_scale
 
     parser = argparse.ArgumentParser(prog="python -m lib.zoo", description="Train the book's models into the zoo.")
     sub = parser.add_subparsers(dest="command", required=True)
