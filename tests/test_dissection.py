@@ -3,17 +3,21 @@ rotations, planted detectors and the dissection loop."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import urllib.error
 
 import numpy as np
 import pytest
 import torch
+import torchvision
+import torchvision.models._api as torchvision_api
 from PIL import Image
 from torch import nn
 
 from lib import dissection as D
-from lib import models
+from lib import models, zoo
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,8 +407,25 @@ def test_dissect_random_model_shapes_and_consistency(concept_ds):
     x, masks, annotated = next(concept_ds.batches(len(concept_ds)))
     acts = models.features(model, x, ["3"])["3"]
     np.testing.assert_allclose(res.iou, D.iou_scores(acts, masks, 0.01, annotated).numpy(), atol=1e-12)
+    np.testing.assert_allclose(res.iou, D.layer_iou(model, "3", concept_ds, 0.01, device="cpu"), atol=1e-12)
     back = D.DissectionResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert np.array_equal(back.interpretable, res.interpretable) and back.labels == res.labels
+    mean, std = res.interpretable_fraction()
+    np.testing.assert_allclose(mean * 5, res.interpretable.mean(1))
+    assert std[0] == 0
+    assert all(res.invariants().values()) and len(res.invariants()) == 5
+
+
+def test_invariants_catch_broken_results(concept_ds):
+    res = D.dissect(_tiny_convnet(), "3", concept_ds, alphas=(0.0, 1.0), n_rotations=2, quantile=0.01,
+                    device="cpu", progress=False)
+    more_concepts = res.unique.copy()
+    more_concepts[1, 0] = res.interpretable[1, 0] + 1
+    assert not dataclasses.replace(res, unique=more_concepts).invariants()["0 <= concepts <= detectors"]
+    rotated_alpha0 = res.interpretable.copy()
+    rotated_alpha0[0, 1] += 1
+    broken = dataclasses.replace(res, interpretable=rotated_alpha0).invariants()
+    assert not broken["alpha 0 equal for every rotation"] and not broken["categories add up to detectors"]
 
 
 def test_dissect_residual_outputs_of_builders(concept_ds):
@@ -541,6 +562,39 @@ def test_stage_outputs():
     assert D.stage_outputs(models.convnext_cifar(width=0.25)) == ["stage1.1.out", "stage2.1.out", "stage3.1.out"]
 
 
+def test_stage_scan_and_choice(concept_ds, tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    nets = {"relu": dict(model=models.resnet20(width=0.25), key="tiny-relu")}
+    scan = D.stage_scan(nets, concept_ds, {"data": "test"}, seed=0, quantile=0.01)
+    assert [r.layer for r in scan["relu"]] == ["layer1.2", "layer2.2", "layer3.2"]
+    direct = D.dissect(nets["relu"]["model"], "layer2.2", concept_ds, alphas=(0.0,), n_rotations=1, quantile=0.01,
+                       device="cpu", progress=False)
+    np.testing.assert_array_equal(scan["relu"][1].iou, direct.iou)
+    # The stage with the largest fraction of detectors (not the largest count); the first on ties.
+    fake = [dataclasses.replace(scan["relu"][0], interpretable=np.array([[k]]), n_units=n)
+            for k, n in ((2, 16), (6, 32), (1, 64))]
+    assert D.most_interpretable_stage(fake) == 2
+    assert D.most_interpretable_stage(fake[:1] * 2) == 1
+    assert D.most_interpretable_stage(list(reversed(fake))) == 2
+
+
+def test_layers_agree(concept_ds):
+    model = models.resnet20(width=0.25)
+    # A block with residual ReLU outputs its act2; act1 (inside the block) differs.
+    assert D.layers_agree(model, concept_ds, ["layer3.2", "layer3.2.act2"], device="cpu")
+    assert not D.layers_agree(model, concept_ds, ["layer3.2", "layer3.2.act1"], device="cpu")
+    nores = models.resnet20(width=0.25, residual_activation=False)
+    assert not D.layers_agree(nores, concept_ds, ["layer3.2", "layer3.2.act1"], n_images=4, device="cpu")
+
+
+@pytest.mark.parametrize("n", [2, 5, 16])
+def test_geodesic_checks(n):
+    checks = D.geodesic_checks(D.random_rotation(n, n), [0.0, 0.3, 1.0])
+    assert set(checks) == {"Q^alpha orthogonal", "det Q^alpha = 1", "Q^0 = I", "Q^1 = Q"}
+    assert all(checks.values())
+
+
 def test_rotation_slope_test_known_values_and_power():
     alphas = [0.0, 0.5, 1.0]
     # Every rotation's curve falls by 4 units from alpha 0 to 1: slope -4, zero spread.
@@ -583,8 +637,6 @@ def test_rotation_trend_known_values():
 
 
 def test_strip_residual_relu_removes_only_the_residual_relu():
-    import torchvision
-
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
     block = model.layer4[2]
@@ -604,22 +656,16 @@ def test_strip_residual_relu_removes_only_the_residual_relu():
 
 
 def test_imagenet_models_offline_error(monkeypatch):
-    import urllib.error
-
-    import torchvision.models._api as api
-
-    from lib import dissection_study
-
     # No download is ever attempted: torchvision's weight loader is replaced by one that fails as
     # an offline machine does.
     def offline(*args, **kwargs):
         raise urllib.error.URLError("network unreachable")
 
-    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torchvision_api, "load_state_dict_from_url", offline)
     with pytest.raises(RuntimeError, match="ImageNet weights.*resnet50.*checkpoints.*TORCH_HOME"):
         D.imagenet_models()
+    # A missing state dict is reported before any weights are loaded.
     with pytest.raises(ValueError, match="noresrelu_weights"):
-        monkeypatch.setattr(dissection_study, "_pretrained", lambda name, builder, weights: builder(weights=None))
         D.imagenet_models(noresrelu_weights="/nonexistent/weights.pt")
 
 
@@ -628,7 +674,7 @@ def test_concept_dataset_errors(tmp_path):
         D.concept_dataset("paper")
     with pytest.raises(ValueError, match="broden_dir"):
         D.concept_dataset("paper", broden_dir=tmp_path / "missing")
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ValueError, match="scale.*gpu"):       # every scale of lib.config is accepted
         D.concept_dataset("huge")
 
 
@@ -657,19 +703,16 @@ def test_dissect_memo_caches(concept_ds, tmp_path, monkeypatch):
     first = D.dissect_memo(net, "3", concept_ds, {"data": "test"}, **kwargs)
     direct = D.dissect(net["model"], "3", concept_ds, progress=False, **kwargs)
     assert np.array_equal(first.interpretable, direct.interpretable) and first.labels == direct.labels
+    # A cached result runs no forward pass; other data is another key, computed anew.
     calls = []
-    monkeypatch.setattr(D, "dissect", lambda *a, **k: calls.append(1))
+    net["model"].register_forward_hook(lambda *a: calls.append(1))
     again = D.dissect_memo(net, "3", concept_ds, {"data": "test"}, **kwargs)
     assert not calls and np.array_equal(again.iou, first.iou)
-    # Other data is another key: computed anew (the stand-in returns None, hence the error).
-    with pytest.raises(AttributeError):
-        D.dissect_memo(net, "3", concept_ds, {"data": "other"}, **kwargs)
-    assert calls == [1]
+    other = D.dissect_memo(net, "3", concept_ds, {"data": "other"}, **kwargs)
+    assert calls and np.array_equal(other.iou, first.iou)
 
 
 def test_trio_families_at_cpu_share_and_compare():
-    from lib import zoo
-
     book = zoo.book_models("cpu")
     key = lambda name, i=0: zoo.model_key(book[name]["arch"], book[name]["recipe"], book[name]["seeds"][i], "data")
     # The ReLU ResNet of Section 6 is the slope sweep's first model: trained once by the zoo step.

@@ -1,14 +1,10 @@
-"""Concept datasets in the Broden layout of NetDissect (Bau et al. 2017): a reader and a generator.
+"""Reading concept datasets in the Broden layout of NetDissect (Bau et al. 2017).
 
-* :class:`BrodenDataset` reads ``index.csv``, ``category.csv``, ``label.csv``, ``c_<category>.csv``
-  and the images and PNG label masks (label = R + 256 G) under ``images/``, as NetDissect-Lite's
-  loader does, and streams batches of images, boolean concept masks and annotation flags.
-* :func:`make_concept_dataset` (in :mod:`lib.synthetic_concepts`, also reachable here) writes a small
-  offline dataset in the same layout from CIFAR-10 (or synthetic) images with procedurally generated
-  concepts and exact masks, because the real Broden dataset cannot be downloaded here; the same reader
-  then reads it.
-
-:mod:`lib.dissection` runs network dissection on either.
+:class:`BrodenDataset` reads ``index.csv``, ``category.csv``, ``label.csv``, ``c_<category>.csv``
+and the images and PNG label masks (label = R + 256 G) under ``images/``, as NetDissect-Lite's
+loader does, and streams batches of images, boolean concept masks and annotation flags. It reads
+the real Broden dataset and the small offline one written by
+:func:`lib.dissection.synthetic.make_concept_dataset` alike.
 """
 from __future__ import annotations
 
@@ -17,23 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
-from ._lazy import forward_names
-from .config import check_choice
-from .data import MEAN as _DATA_MEAN, STD as _DATA_STD
+from ..config import check_choice
+from ..data import MEAN, STD
 
-__all__ = [
-    "BrodenDataset", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
-    "TEXTURE_NAMES", "SHAPE_NAMES", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
-]
+__all__ = ["BrodenDataset", "INDEX_COLUMNS", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
+#: CIFAR-10's class names, in label order (label ``k`` is ``CIFAR10_CLASSES[k]``).
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# The normalisation the zoo's models are trained with (lib.data, on the 0-255 scale), on [0, 1].
-CIFAR10_MEAN = tuple(m / 255.0 for m in _DATA_MEAN)
-CIFAR10_STD = tuple(s / 255.0 for s in _DATA_STD)
+#: Per-channel (R, G, B) mean of the normalisation the zoo's models are trained with
+#: (:data:`lib.data.MEAN`, on the 0-255 scale), for images scaled to [0, 1].
+CIFAR10_MEAN = tuple(m / 255.0 for m in MEAN)
+#: Per-channel (R, G, B) standard deviation of that normalisation, for images scaled to [0, 1].
+CIFAR10_STD = tuple(s / 255.0 for s in STD)
+#: Per-channel (R, G, B) mean of torchvision's ImageNet normalisation, for images scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: Per-channel (R, G, B) standard deviation of torchvision's ImageNet normalisation.
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The per-image metadata columns of a Broden ``index.csv``, before one column per category:
+#: image file, split, image height and width, mask height and width (pixels).
+INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 
-_META = ("image", "split", "ih", "iw", "sh", "sw")
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,22 +71,42 @@ class BrodenDataset:
 
     Parameters
     ----------
-    root : the dataset directory (holding ``index.csv``, ``category.csv``, ``label.csv``,
-        ``c_<category>.csv`` and ``images/``).
-    resolution : side of the square images given to the network (bilinear resize); ``None`` keeps
-        the stored size, which must then be the same for all images.
-    categories : the categories to use (default: all in ``category.csv``).
-    split : keep only the rows of ``index.csv`` with this split (default: all rows).
-    mean, std : per-channel normalisation of images scaled to [0, 1] (default: lib.data's CIFAR-10
-        normalisation, the one the zoo's models are trained with).
+    root : str or os.PathLike
+        The dataset directory, holding ``index.csv``, ``category.csv``, ``label.csv``,
+        ``c_<category>.csv`` and ``images/``.
+    resolution : int, optional
+        Side (pixels) of the square images given to the network, after a bilinear resize. ``None``
+        keeps the stored size, which must then be the same for all images.
+    categories : str or sequence of str, optional
+        The categories to use (default: all in ``category.csv``).
+    split : str, optional
+        Keep only the rows of ``index.csv`` with this split (default: all rows).
+    mean, std : sequence of 3 floats
+        Per-channel normalisation of images scaled to [0, 1] (default: :data:`CIFAR10_MEAN` and
+        :data:`CIFAR10_STD`, the one the zoo's models are trained with).
 
     Attributes
     ----------
-    concepts : concept (label) names, in the order of the mask axis.
-    concept_categories : each concept's category: the one in which ``label.csv`` counts it most often
-        (NetDissect's "primary category"). A pixel counts for a concept whatever selected category's
-        mask it appears in; an image counts for the concept's IoU only if it has annotation in that category.
-    mask_size : ``(sh, sw)``, the mask resolution, identical for all images.
+    categories : list of str
+        The categories in use.
+    concepts : list of str
+        Concept (label) names, in the order of the mask axis.
+    concept_categories : list of str
+        Each concept's category: the one in which ``label.csv`` counts it most often (NetDissect's
+        "primary category"). A pixel counts for a concept whatever selected category's mask it
+        appears in; an image counts for the concept's IoU only if it has annotation in that category.
+    label_numbers : numpy.ndarray
+        ``(n_concepts,)`` int, each concept's label number in ``label.csv``.
+    mask_size : tuple of int
+        ``(sh, sw)``, the mask resolution (pixels), identical for all images.
+    image_size : tuple of int
+        ``(H, W)`` of the images :meth:`batches` yields (pixels).
+
+    Raises
+    ------
+    ValueError
+        If ``root`` is not a directory, a file is missing or malformed, ``resolution`` is not a
+        positive int, a category is unknown, or no concept or image is selected.
     """
 
     def __init__(self, root, resolution: int | None = None, categories=None, split: str | None = None,
@@ -131,7 +154,7 @@ class BrodenDataset:
         self._concept_cat_index = np.array([categories.index(c) for c in self.concept_categories])
 
         index_path = self.root / "index.csv"
-        rows = _read_csv(index_path, _META)
+        rows = _read_csv(index_path, INDEX_COLUMNS)
         if split is not None:
             rows = [r for r in rows if r["split"] == split]
         if not rows:
@@ -161,7 +184,18 @@ class BrodenDataset:
         return len(self._rows)
 
     def category_concepts(self, category: str) -> list[int]:
-        """Indices (on the mask axis) of the concepts whose primary category is ``category``."""
+        """The concepts whose primary category is ``category``.
+
+        Parameters
+        ----------
+        category : str
+            One of :attr:`categories`.
+
+        Returns
+        -------
+        list of int
+            Their indices on the mask axis (into :attr:`concepts`).
+        """
         check_choice("category", category, self.categories)
         return [i for i, c in enumerate(self.concept_categories) if c == category]
 
@@ -172,8 +206,6 @@ class BrodenDataset:
         return path
 
     def _load(self, i: int):
-        from PIL import Image
-
         row = self._rows[i]
         with Image.open(self._file(row["image"])) as im:
             img = np.asarray(im.convert("RGB"))
@@ -208,10 +240,23 @@ class BrodenDataset:
     def batches(self, batch_size: int = 128, normalize: bool = True, indices=None):
         """Yield ``(images, masks, annotated)`` batches in index order.
 
-        ``images``: float32 ``(B, 3, H, W)``, normalised with ``mean``/``std`` (or in [0, 1] when
-        ``normalize=False``); ``masks``: bool ``(B, n_concepts, sh, sw)``; ``annotated``: bool
-        ``(B, n_concepts)``, whether the image has annotation in the concept's category.
-        ``indices`` restricts to those images (default: all).
+        Parameters
+        ----------
+        batch_size : int
+            Images per batch (the last batch may be smaller).
+        normalize : bool
+            Normalise the images with ``mean``/``std`` (True) or leave them in [0, 1] (False).
+        indices : sequence of int, optional
+            Restrict to these images, in this order (default: all).
+
+        Yields
+        ------
+        images : torch.Tensor
+            float32 ``(B, 3, H, W)``, ``(H, W)`` = :attr:`image_size`.
+        masks : torch.Tensor
+            bool ``(B, n_concepts, sh, sw)``, ``(sh, sw)`` = :attr:`mask_size`.
+        annotated : torch.Tensor
+            bool ``(B, n_concepts)``, whether the image has annotation in the concept's category.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -234,14 +279,3 @@ class BrodenDataset:
         return F.interpolate(img[None], size=self.image_size, mode="bilinear", align_corners=False,
                              antialias=True)[0]
 
-
-# --------------------------------------------------------------------------------------------
-# The offline concept dataset generator: in lib.synthetic_concepts, forwarded by name
-# --------------------------------------------------------------------------------------------
-_GENERATOR_NAMES = ("make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB", "TEXTURE_NAMES",
-                    "SHAPE_NAMES")
-
-
-# lib.synthetic_concepts imports this module (index columns, class names), so its names are looked
-# up on first use rather than imported at the top.
-__getattr__, __dir__ = forward_names(__name__, "lib.synthetic_concepts", _GENERATOR_NAMES)

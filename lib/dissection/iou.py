@@ -1,43 +1,29 @@
 """Network dissection (Bau et al. 2017) of a layer, in its own basis and in rotated bases (Section 6).
 
-* :func:`iou_scores` and :func:`dissect`: the NetDissect algorithm. Each unit's threshold is its top
-  ``quantile`` activation value over the dataset; its activation maps are upsampled bilinearly to the
-  mask resolution and thresholded; the IoU with every concept is accumulated over the dataset, counting
-  only images annotated for the concept's category; a unit detects its best concept if that IoU exceeds
-  ``iou_threshold``. :func:`dissect` repeats this in bases rotated by ``Q^alpha`` (Q Haar-random in SO(n),
-  :func:`random_rotation`; the geodesic power :func:`rotation_power`).
-* The concept data: :class:`BrodenDataset` lives in :mod:`lib.broden` and :func:`make_concept_dataset`
-  in :mod:`lib.synthetic_concepts`; both are re-exported here.
-* Section 6's models and data per scale (:func:`zoo_models`, :func:`imagenet_models`,
-  :func:`concept_dataset`), the cached :func:`dissect_memo` and the chapter's summaries
-  (:func:`rotation_trend`, :func:`unit_examples`) live in :mod:`lib.dissection_study`; their names stay
-  reachable here as ``lib.dissection.<name>`` (forwarded on first use, since that module imports this one).
+:func:`iou_scores` and :func:`dissect` implement the NetDissect algorithm. Each unit's threshold is
+its top ``quantile`` activation value over the dataset (:func:`quantile_thresholds`); its activation
+maps are upsampled bilinearly to the mask resolution and thresholded; the IoU with every concept is
+accumulated over the dataset, counting only images annotated for the concept's category; a unit
+detects its best concept if that IoU exceeds ``iou_threshold``. :func:`dissect` repeats this in bases
+rotated by ``Q^alpha`` (:mod:`lib.dissection.rotations`).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .broden import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, BrodenDataset
-from ._lazy import forward_names
-from .config import get_device
-from .synthetic_concepts import (COLOR_NAMES, COLOR_RGB, SHAPE_NAMES, TEXTURE_NAMES, make_concept_dataset,
-                                 quantize_colors)
+from ..config import get_device
+from ..models import features
+from .broden import BrodenDataset
+from .result import DissectionResult
+from .rotations import random_rotation, rotation_power
 
-__all__ = [
-    "BrodenDataset", "quantile_thresholds", "iou_scores", "random_rotation", "rotation_power",
-    "dissect", "DissectionResult", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
-    "TEXTURE_NAMES", "SHAPE_NAMES", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
-    "IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models",
-    "zoo_models", "concept_dataset", "rotation_trend", "rotation_slope_test", "dissect_memo", "unit_examples",
-]
+__all__ = ["quantile_thresholds", "iou_scores", "dissect"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,9 +49,25 @@ def _row_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
 def quantile_thresholds(activations: torch.Tensor, quantile: float = 0.005) -> torch.Tensor:
     """Per-unit thresholds: the value exceeded by a fraction ``quantile`` of the unit's activations.
 
-    ``activations``: ``(n, units, h, w)``; all ``n*h*w`` values of a unit count. The threshold is the
-    ``1 - quantile`` quantile with linear interpolation between order statistics (``numpy.quantile``'s
-    default). Returns ``(units,)`` on ``activations``' device.
+    The threshold is the ``1 - quantile`` quantile of all ``n*h*w`` values of a unit, with linear
+    interpolation between order statistics (``numpy.quantile``'s default).
+
+    Parameters
+    ----------
+    activations : torch.Tensor
+        ``(n, units, h, w)``, finite.
+    quantile : float
+        Fraction of each unit's values above its threshold, in (0, 1) (NetDissect: 0.005).
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(units,)`` on ``activations``' device.
+
+    Raises
+    ------
+    ValueError
+        If ``quantile`` is not in (0, 1) or the activations are empty, not 4-d or not finite.
     """
     _check_quantile(quantile)
     _check_activations(activations)
@@ -157,15 +159,24 @@ def iou_scores(activations: torch.Tensor, masks: torch.Tensor, quantile: float =
 
     Parameters
     ----------
-    activations : ``(n, units, h, w)``; thresholds come from these (:func:`quantile_thresholds`).
-    masks : bool ``(n, concepts, H, W)``; activation maps are upsampled bilinearly to ``(H, W)``.
-    annotated : bool ``(n, concepts)``, whether image ``i`` is annotated for concept ``c``'s
-        category (default: all). Unannotated images count neither in the union nor the intersection.
+    activations : torch.Tensor
+        ``(n, units, h, w)``; thresholds come from these (:func:`quantile_thresholds`).
+    masks : torch.Tensor
+        bool ``(n, concepts, H, W)``; activation maps are upsampled bilinearly to ``(H, W)``.
+    quantile : float
+        Fraction of each unit's activations above its threshold, in (0, 1).
+    annotated : torch.Tensor, optional
+        bool ``(n, concepts)``, whether image ``i`` is annotated for concept ``c``'s category
+        (default: all). Unannotated images count neither in the union nor the intersection.
+    batch_size : int
+        Images per step of the tally.
 
     Returns
     -------
-    ``(units, concepts)`` float64 on the CPU: ``sum_i |A_iu & M_ic| / sum_i |A_iu | M_ic|`` over the
-    annotated images, where ``A_iu`` is the upsampled map above the threshold (0 where the union is empty).
+    torch.Tensor
+        float64 ``(units, concepts)`` on the CPU, fractions in [0, 1]:
+        ``sum_i |A_iu & M_ic| / sum_i |A_iu | M_ic|`` over the annotated images, where ``A_iu`` is
+        the upsampled map above the threshold (0 where the union is empty).
 
     Raises
     ------
@@ -185,143 +196,7 @@ def iou_scores(activations: torch.Tensor, masks: torch.Tensor, quantile: float =
     return tally.iou()[0].cpu()
 
 
-# --------------------------------------------------------------------------------------------
-# Rotations
-# --------------------------------------------------------------------------------------------
-def _generator(generator) -> torch.Generator:
-    if isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
-        return torch.Generator().manual_seed(int(generator))
-    raise ValueError(f"generator must be a torch.Generator or an int seed, got {generator!r}")
-
-
-def random_rotation(n: int, generator=0) -> torch.Tensor:
-    """A Haar-uniform random rotation in SO(n), float64 ``(n, n)`` on the CPU.
-
-    QR of a standard Gaussian matrix with the signs of R's diagonal moved into Q (Haar on O(n),
-    Diaconis 2005); if det Q = -1 the first column is negated, a measure-preserving bijection from
-    the other coset of O(n) onto SO(n). ``generator``: a ``torch.Generator`` or an int seed.
-    """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    a = torch.randn(n, n, generator=_generator(generator), dtype=torch.float64)
-    q, r = torch.linalg.qr(a)
-    q = q * torch.sign(torch.diagonal(r))[None, :]
-    if torch.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``Q^alpha = exp(alpha log Q)``: the minimal geodesic in SO(n) from I (alpha 0) to Q (alpha 1).
-
-    Uses the real Schur form ``Q = Z T Z^T`` (Z orthogonal; T block diagonal since Q is normal):
-    each 2x2 block is a rotation by ``theta`` in (-pi, pi] of one plane, raised to ``alpha theta``;
-    eigenvalues -1 (an even number of them, as det Q = 1) are paired into planes rotated by pi.
-    The result is real, orthogonal and of determinant 1 for every alpha, and
-    ``Q^a Q^b = Q^(a+b)``. Returns float64 on ``q``'s device.
-
-    Raises
-    ------
-    ValueError
-        If ``alpha`` is not a number in [0, 1] (NaN included) or ``q`` is not a rotation.
-    """
-    if not isinstance(alpha, (int, float, np.floating)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a number in [0, 1] (0: the identity, 1: Q), got {alpha!r}")
-    alpha = float(alpha)
-    qn = torch.as_tensor(q).detach().to("cpu", torch.float64).numpy()
-    n = qn.shape[0]
-    if qn.ndim != 2 or qn.shape[1] != n:
-        raise ValueError(f"Q must be a square matrix, got shape {qn.shape}")
-    if not np.allclose(qn @ qn.T, np.eye(n), atol=1e-6) or np.linalg.det(qn) < 0:
-        raise ValueError("Q must be a rotation (orthogonal with determinant +1)")
-    t, z = scipy.linalg.schur(qn, output="real")
-    blocks = np.zeros_like(t)
-    minus_one = []
-    i = 0
-    while i < n:
-        if i + 1 < n and abs(t[i + 1, i]) > 1e-12:
-            c, s = (t[i, i] + t[i + 1, i + 1]) / 2, (t[i + 1, i] - t[i, i + 1]) / 2
-            theta = alpha * math.atan2(s, c)
-            blocks[i:i + 2, i:i + 2] = [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]
-            i += 2
-            continue
-        if t[i, i] > 0:
-            blocks[i, i] = 1.0
-        else:
-            minus_one.append(i)
-        i += 1
-    # A pair of -1 eigenvalues is a rotation by pi of the plane of their Schur vectors.
-    for a, b in zip(minus_one[::2], minus_one[1::2]):
-        c, s = math.cos(alpha * math.pi), math.sin(alpha * math.pi)
-        blocks[a, a], blocks[a, b], blocks[b, a], blocks[b, b] = c, -s, s, c
-    out = z @ blocks @ z.T
-    return torch.from_numpy(out).to(torch.as_tensor(q).device)
-
-
-# --------------------------------------------------------------------------------------------
-# Dissection under rotations
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class DissectionResult:
-    """What :func:`dissect` found.
-
-    ``interpretable[a, r]`` / ``unique[a, r]``: detector units / distinct detected concepts at
-    ``alphas[a]`` for rotation ``r`` (alpha 0 is the unrotated basis, the same in every column);
-    ``by_category[a, r, k]``: detector units whose concept is in ``categories[k]``;
-    ``iou``: the ``(units, concepts)`` IoU matrix of the unrotated basis; ``labels``: one dict per
-    unit of the unrotated basis (``unit``, ``concept``, ``category``, ``iou``, ``detector``).
-    """
-
-    layer: str
-    alphas: list
-    n_rotations: int
-    n_images: int
-    n_units: int
-    concepts: list
-    concept_categories: list
-    categories: list
-    quantile: float
-    iou_threshold: float
-    interpretable: np.ndarray
-    unique: np.ndarray
-    by_category: np.ndarray
-    iou: np.ndarray
-    labels: list
-
-    @property
-    def interpretable_mean(self) -> np.ndarray:
-        return self.interpretable.mean(1)
-
-    @property
-    def interpretable_std(self) -> np.ndarray:
-        return self.interpretable.std(1)
-
-    @property
-    def unique_mean(self) -> np.ndarray:
-        return self.unique.mean(1)
-
-    @property
-    def unique_std(self) -> np.ndarray:
-        return self.unique.std(1)
-
-    def to_dict(self) -> dict:
-        """A JSON-serialisable dict (arrays as nested lists); :meth:`from_dict` inverts it."""
-        d = dataclasses.asdict(self)
-        for k in ("interpretable", "unique", "by_category", "iou"):
-            d[k] = np.asarray(d[k]).tolist()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DissectionResult":
-        d = dict(d)
-        for k in ("interpretable", "unique", "by_category", "iou"):
-            d[k] = np.asarray(d[k])
-        return cls(**d)
-
-
-def _summarise(iou: np.ndarray, threshold: float, concept_cat: np.ndarray, n_cat: int):
+def _summarize(iou: np.ndarray, threshold: float, concept_cat: np.ndarray, n_cat: int):
     best = iou.argmax(1)
     score = iou.max(1)
     det = score > threshold
@@ -339,10 +214,44 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
     ``n_rotations`` Haar-random rotations ``Q_r`` (drawn from ``seed``) the activations are rotated on
     the channel axis by ``Q_r^alpha`` and then dissected as in :func:`iou_scores`, with thresholds from
     the rotated activations. The masks are streamed once, all bases tallied together.
-    Returns a :class:`DissectionResult`.
-    """
-    from .models import features
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network; moved to ``device``.
+    layer : str
+        A convolutional layer's module name (activations ``(n, units, h, w)``).
+    dataset : BrodenDataset
+        The concept dataset.
+    alphas : sequence of float
+        Positions on the geodesic from I (0) to ``Q_r`` (1), each in [0, 1].
+    n_rotations : int
+        Haar-random rotations per alpha, >= 1.
+    seed : int
+        Seed of the rotations.
+    quantile : float
+        Fraction of a unit's activations above its threshold, in (0, 1) (NetDissect: 0.005).
+    iou_threshold : float
+        A unit detects its best concept if that IoU (a fraction) exceeds this (NetDissect: 0.04).
+    device : str or torch.device, optional
+        Where to compute (default: :func:`lib.config.get_device`).
+    batch_size : int
+        Images per batch.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    DissectionResult
+        Counts per alpha and rotation, the unrotated basis' IoU matrix and unit labels.
+
+    Raises
+    ------
+    ValueError
+        If ``alphas`` is empty or outside [0, 1], ``n_rotations`` not a positive int, ``quantile``
+        not in (0, 1), ``dataset`` not a :class:`BrodenDataset`, or the layer's activations are not
+        4-d or not finite.
+    """
     alphas = list(alphas)
     if not alphas:
         raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1]")
@@ -406,9 +315,9 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
     interpretable, unique = np.zeros(shape, dtype=int), np.zeros(shape, dtype=int)
     by_category = np.zeros(shape + (len(dataset.categories),), dtype=int)
     for (ai, r), k in where.items():
-        interpretable[ai, r], unique[ai, r], by_category[ai, r], *_ = _summarise(
+        interpretable[ai, r], unique[ai, r], by_category[ai, r], *_ = _summarize(
             iou[k], iou_threshold, cat_index, len(dataset.categories))
-    *_, best, score, det = _summarise(iou[0], iou_threshold, cat_index, len(dataset.categories))
+    *_, best, score, det = _summarize(iou[0], iou_threshold, cat_index, len(dataset.categories))
     labels = [dict(unit=u, concept=dataset.concepts[best[u]], category=dataset.concept_categories[best[u]],
                    iou=float(score[u]), detector=bool(det[u])) for u in range(units)]
     return DissectionResult(
@@ -416,15 +325,3 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
         n_units=units, concepts=list(dataset.concepts), concept_categories=list(dataset.concept_categories),
         categories=list(dataset.categories), quantile=quantile, iou_threshold=iou_threshold,
         interpretable=interpretable, unique=unique, by_category=by_category, iou=iou[0], labels=labels)
-
-
-# --------------------------------------------------------------------------------------------
-# Section 6's models, data and summaries: in lib.dissection_study, forwarded by name
-# --------------------------------------------------------------------------------------------
-_STUDY_NAMES = ("IMAGENET_MEAN", "IMAGENET_STD", "ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models",
-                "zoo_models",
-                "concept_dataset", "rotation_trend", "rotation_slope_test", "dissect_memo", "unit_examples")
-
-
-# lib.dissection_study imports this module, so its names are looked up on first use.
-__getattr__, __dir__ = forward_names(__name__, "lib.dissection_study", _STUDY_NAMES)

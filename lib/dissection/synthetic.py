@@ -2,8 +2,8 @@
 
 :func:`make_concept_dataset` writes CIFAR-10 (or synthetic) images with procedurally generated
 concepts (colours, textures, shapes, classes) and exact masks, in the layout that
-:class:`lib.broden.BrodenDataset` reads, because the real Broden dataset cannot be downloaded here.
-These names are also reachable as ``lib.broden.<name>`` and ``lib.dissection.<name>``.
+:class:`lib.dissection.broden.BrodenDataset` reads, because the real Broden dataset cannot be
+downloaded here.
 """
 from __future__ import annotations
 
@@ -17,25 +17,42 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from .broden import _META, CIFAR10_CLASSES
+from .broden import CIFAR10_CLASSES, INDEX_COLUMNS
 
 __all__ = ["make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB", "TEXTURE_NAMES", "SHAPE_NAMES"]
 
-# Broden's eleven colour names; reference RGB values (COLOR_RGB, float (11, 3)) picked by hand as
-# typical sRGB renderings.
+#: Broden's eleven colour names, in the order of :data:`COLOR_RGB`.
 COLOR_NAMES = ("black", "blue", "brown", "grey", "green", "orange", "pink", "purple", "red", "white", "yellow")
+#: Reference sRGB values of :data:`COLOR_NAMES` on the 0-255 scale, float64 ``(11, 3)``, picked by
+#: hand as typical renderings of each name.
 COLOR_RGB = np.array([
     (20, 20, 20), (40, 70, 200), (120, 75, 35), (128, 128, 128), (40, 160, 50), (240, 140, 30),
     (240, 150, 190), (130, 50, 160), (200, 30, 30), (235, 235, 235), (230, 220, 40)], dtype=np.float64)
+#: The pasted textures' names (category ``texture``).
 TEXTURE_NAMES = ("striped", "chequered", "dotted")
+#: The pasted shapes' names (category ``shape``).
 SHAPE_NAMES = ("disc", "square", "triangle")
 
 
 def quantize_colors(images: np.ndarray) -> np.ndarray:
-    """Index into :data:`COLOR_NAMES` of each pixel's nearest reference colour (Euclidean in RGB).
+    """Name each pixel by its nearest reference colour (Euclidean distance in RGB).
 
-    ``images``: uint8 ``(..., 3)``; returns int64 of shape ``images.shape[:-1]``.
+    Parameters
+    ----------
+    images : numpy.ndarray
+        uint8 ``(..., 3)``, RGB on the 0-255 scale.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 of shape ``images.shape[:-1]``: indices into :data:`COLOR_NAMES`.
+
+    Raises
+    ------
+    ValueError
+        If the trailing axis is not of size 3.
     """
     images = np.asarray(images)
     if images.shape[-1] != 3:
@@ -44,7 +61,7 @@ def quantize_colors(images: np.ndarray) -> np.ndarray:
     return d.argmin(-1)
 
 
-def _jitter_colour(rng, k: int) -> np.ndarray:
+def _jitter_color(rng, k: int) -> np.ndarray:
     return np.clip(COLOR_RGB[k] + rng.uniform(-15, 15, 3), 0, 255)
 
 
@@ -130,10 +147,38 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
     do not count for those concepts' IoU; with ``p_texture=0`` (``p_shape=0``) the category is left
     out altogether and the images are the photographs unchanged. If ``root`` already holds a dataset written by this
     function with the same arguments it is reused; one written with other arguments is replaced;
-    any other existing directory is an error. Returns ``root`` as a ``Path``.
-    """
-    from PIL import Image
+    any other existing directory is an error.
 
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The directory to write (written atomically: built beside it, then renamed).
+    n_images : int
+        Number of images, at most ``len(images)``.
+    seed : int
+        Seed of the image choice and of every pasted concept.
+    images : numpy.ndarray, optional
+        uint8 ``(N, S, S, 3)`` source images (S >= 16); None: synthetic gradients.
+    labels : numpy.ndarray, optional
+        ``(N,)`` ints in ``[0, len(class_names))``, the class of each of ``images``.
+    class_names : sequence of str
+        Names of the classes (default: :data:`CIFAR10_CLASSES`).
+    p_texture, p_shape : float
+        Probability (fraction of images, in [0, 1]) that an image gets a texture patch / a shape.
+    size : int
+        Side of the synthetic images (pixels, >= 16); ignored when ``images`` is given.
+
+    Returns
+    -------
+    pathlib.Path
+        ``root``.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range or of the wrong shape, or ``root`` is a non-empty directory
+        that this function did not write.
+    """
     root = Path(root)
     if not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive int, got {n_images!r}")
@@ -206,19 +251,19 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
                 y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
                 fg, region = _texture(rng, kind, size, y0, x0, h, w)
                 c_fg, c_bg = rng.choice(len(COLOR_NAMES), 2, replace=False)
-                img[region & fg] = _jitter_colour(rng, c_fg)
-                img[region & ~fg] = _jitter_colour(rng, c_bg)
+                img[region & fg] = _jitter_color(rng, c_fg)
+                img[region & ~fg] = _jitter_color(rng, c_bg)
                 texture = (kind, region)
             if p_shape > 0 and rng.random() < p_shape:
                 kind = int(rng.integers(len(SHAPE_NAMES)))
                 mask = _shape(rng, kind, size)
-                img[mask] = _jitter_colour(rng, int(rng.integers(len(COLOR_NAMES))))
+                img[mask] = _jitter_color(rng, int(rng.integers(len(COLOR_NAMES))))
                 shape = (kind, mask)
             img = np.round(img).astype(np.uint8)
             Image.fromarray(img).save(tmp / "images" / row["image"])
 
-            colour = quantize_colors(img) + first["color"]
-            layers = {"color": colour}
+            color = quantize_colors(img) + first["color"]
+            layers = {"color": color}
             if texture is not None:
                 region = texture[1] & ~(shape[1] if shape is not None else False)
                 if region.any():
@@ -259,7 +304,7 @@ def _write_broden_csvs(root: Path, index_rows, cats, first, freq, cover, cat_fre
             writer.writeheader()
             writer.writerows(rows)
 
-    write("index.csv", list(_META) + [c for c, _ in cats], index_rows)
+    write("index.csv", list(INDEX_COLUMNS) + [c for c, _ in cats], index_rows)
     write("category.csv", ["name", "first", "last", "count", "frequency"],
           [dict(name=c, first=first[c], last=first[c] + len(ns) - 1, count=len(ns), frequency=cat_freq[c])
            for c, ns in cats])

@@ -1,0 +1,39 @@
+"""Network dissection (Bau et al. 2017) under rotations of a layer's basis: Section 6 of the paper.
+
+* :mod:`~lib.dissection.iou`: the NetDissect algorithm (:func:`quantile_thresholds`,
+  :func:`iou_scores`) and :func:`dissect`, which repeats it in bases rotated by ``Q^alpha``;
+  its result is a :class:`DissectionResult` (:mod:`~lib.dissection.result`).
+* :mod:`~lib.dissection.rotations`: Haar-random rotations (:func:`random_rotation`) and the
+  geodesic ``Q^alpha`` (:func:`rotation_power`).
+* :mod:`~lib.dissection.broden`: the reader of concept datasets in Broden's layout
+  (:class:`BrodenDataset`); :mod:`~lib.dissection.synthetic`: the offline concept dataset
+  (:func:`make_concept_dataset`).
+* :mod:`~lib.dissection.networks`: the networks dissected per scale (:func:`zoo_models`,
+  :func:`imagenet_models`); :mod:`~lib.dissection.study`: the concept data per scale, cached
+  dissections and the chapter's layer scan and checks; :mod:`~lib.dissection.trends`: whether a
+  count falls or rises along the rotation path.
+"""
+from .broden import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, INDEX_COLUMNS,
+                     BrodenDataset)
+from .iou import dissect, iou_scores, quantile_thresholds
+from .networks import ZOO_TRIO, imagenet_models, stage_outputs, strip_residual_relu, zoo_models
+from .result import DissectionResult
+from .rotations import geodesic_checks, random_rotation, rotation_power
+from .study import (concept_dataset, dissect_memo, layer_iou, layers_agree, most_interpretable_stage, stage_scan,
+                    unit_examples)
+from .synthetic import COLOR_NAMES, COLOR_RGB, SHAPE_NAMES, TEXTURE_NAMES, make_concept_dataset, quantize_colors
+from .trends import rotation_slope_test, rotation_trend
+
+__all__ = [
+    # NetDissect and rotations
+    "quantile_thresholds", "iou_scores", "dissect", "DissectionResult",
+    "random_rotation", "rotation_power", "geodesic_checks",
+    # concept data
+    "BrodenDataset", "INDEX_COLUMNS", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
+    "TEXTURE_NAMES", "SHAPE_NAMES", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD",
+    "IMAGENET_MEAN", "IMAGENET_STD",
+    # Section 6's networks, data and study
+    "ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models", "zoo_models",
+    "concept_dataset", "dissect_memo", "stage_scan", "most_interpretable_stage", "layer_iou", "layers_agree",
+    "unit_examples", "rotation_trend", "rotation_slope_test",
+]
