@@ -151,9 +151,10 @@ def apply_elements(model, elements: dict, strict: bool = True):
     """A deep copy of ``model`` with its weights moved by ``elements`` (Proposition 3.4).
 
     Every parameter/buffer axis tagged ``(site, role)`` in the spec is multiplied by A (``"out"``),
-    by phi(A)^-1 from the right (``"in"``) or by A's permutation pattern (``"perm"``). With ``strict=True`` each A must lie in its site's group
-    (:func:`site_group`, shortcut ties included), which makes the new model the same function;
-    ``strict=False`` applies non-members with phi(A) := A. The input model is not modified.
+    by phi(A)^-1 from the right (``"in"``) or by A's permutation pattern (``"perm"``). With
+    ``strict=True`` each A must lie in its site's group (:func:`site_group`, shortcut ties
+    included), so the new model is the same function; ``strict=False`` applies non-members with
+    phi(A) := A. The input model is not modified.
 
     Parameters
     ----------
