@@ -98,7 +98,17 @@ class Activation(nn.Module):
         self.params = dict(params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``sigma(x)``, elementwise: the same shape and dtype as ``x``."""
+        """The activation applied elementwise.
+
+        Parameters
+        ----------
+        x : torch.Tensor, any shape
+
+        Returns
+        -------
+        torch.Tensor
+            ``sigma(x)``, with the shape and dtype of ``x``.
+        """
         return self.fn(x)
 
     def extra_repr(self):

@@ -1,10 +1,8 @@
 """Matrix groups and the intertwiner groups of elementwise activations (Section 3.1, Table 1, Lemma 3.1).
 
-The candidate matrix groups (:class:`MatrixGroup`, one of :data:`GROUP_KINDS`) and the closed forms
-of Table 1 (:func:`intertwiner_group`: ``G_sigma`` with its homomorphism ``phi_sigma``). The
-activations are :mod:`lib.activations`; finding a group numerically and Theorem 3.3's ray checks
-are :mod:`lib.intertwining`; how the groups act on a model's weights (Proposition 3.4) is
-:mod:`lib.symmetry`.
+The candidate matrix groups (:class:`MatrixGroup`) and Table 1's closed forms (:func:`intertwiner_group`:
+``G_sigma`` with its homomorphism ``phi_sigma``). Finding a group numerically and Theorem 3.3 are
+:mod:`lib.intertwining`; the action on a model's weights (Proposition 3.4) is :mod:`lib.symmetry`.
 """
 from __future__ import annotations
 
@@ -21,9 +19,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------
-# Matrix groups: the candidates of Table 1 (plus O(n) for symmetry-breaking transforms)
-# --------------------------------------------------------------------------------------------
+# Matrix groups: the candidates of Table 1 (plus O(n) for symmetry-breaking transforms).
 # Each kind lists the kinds contained in it; meets (intersections) are read off these sets.
 _SUBKINDS = {
     "gl": {"gl", "orthogonal", "monomial", "positive_monomial", "signed_permutation", "permutation"},
@@ -37,11 +33,9 @@ GROUP_KINDS = tuple(_SUBKINDS)
 """tuple of str: the matrix group kinds, largest first: ``gl`` (GL_n), ``orthogonal`` (O(n)),
 ``monomial`` (P·D, D non-zero), ``positive_monomial`` (D > 0), ``signed_permutation`` (D = ±1),
 ``permutation``."""
-GROUP_DESCRIPTIONS = {
-    "gl": "GL_n", "orthogonal": "O(n)", "monomial": "PD, D non-zero",
-    "positive_monomial": "PD, D > 0", "signed_permutation": "PD, D in {±1}",
-    "permutation": "Σ_n (permutations)",
-}
+GROUP_DESCRIPTIONS = {"gl": "GL_n", "orthogonal": "O(n)", "monomial": "PD, D non-zero",
+                      "positive_monomial": "PD, D > 0", "signed_permutation": "PD, D in {±1}",
+                      "permutation": "Σ_n (permutations)"}
 """dict: group kind -> its name as the book's tables print it."""
 
 
@@ -96,6 +90,11 @@ def check_invertible(A: torch.Tensor, name: str = "A") -> None:
         Singular when its smallest singular value is at most ``1e-12`` times ``max(1, largest)``.
     name : str
         What the error message calls ``A``.
+
+    Raises
+    ------
+    ValueError
+        If ``A`` is singular.
     """
     s = torch.linalg.svdvals(A.double())
     if s.numel() and s.min() <= 1e-12 * max(s.max().item(), 1.0):
@@ -222,20 +221,27 @@ class MatrixGroup:
         return True
 
     def subgroup_of(self, kind: str) -> bool:
-        """Whether this group's kind is contained in ``kind`` (one of :data:`GROUP_KINDS`)."""
+        """Whether this group's kind is contained in ``kind``.
+
+        Parameters
+        ----------
+        kind : str
+            One of :data:`GROUP_KINDS`.
+
+        Returns
+        -------
+        bool
+        """
         check_choice("group kind", kind, GROUP_KINDS)
         return self.kind in _SUBKINDS[kind]
 
 
-# --------------------------------------------------------------------------------------------
-# Intertwiner groups (Table 1, Lemma 3.1)
-# --------------------------------------------------------------------------------------------
+# Intertwiner groups (Table 1, Lemma 3.1).
 @dataclasses.dataclass(frozen=True)
 class IntertwinerGroup(MatrixGroup):
     """``G_sigma`` of an activation on ``R^n`` with its homomorphism ``phi_sigma`` (Lemma 3.1).
 
-    Built by :func:`intertwiner_group`; a :class:`MatrixGroup` (``kind``, ``n``) that also knows its
-    activation.
+    A :class:`MatrixGroup` that also knows its activation; built by :func:`intertwiner_group`.
 
     Parameters
     ----------
@@ -265,7 +271,17 @@ class IntertwinerGroup(MatrixGroup):
         return {"A": "A", "abs": "abs(A)", "power": f"A^⊙{self.degree}"}[self.phi_rule]
 
     def sigma(self, x: torch.Tensor) -> torch.Tensor:
-        """The activation applied elementwise to ``x`` (any shape; returns the same shape)."""
+        """The activation applied elementwise.
+
+        Parameters
+        ----------
+        x : torch.Tensor, any shape
+
+        Returns
+        -------
+        torch.Tensor
+            ``sigma(x)``, the shape of ``x``.
+        """
         return activation_fn(self.activation, **dict(self.params))(x)
 
     def phi(self, A) -> torch.Tensor:
