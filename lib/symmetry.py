@@ -1,11 +1,10 @@
-"""Weight-space symmetries (Section 3.2: Proposition 3.4, Remark 3.6): the action of the intertwiner
-groups of :mod:`lib.groups` on a model's weights.
+"""Weight-space symmetries (Section 3.2: Proposition 3.4, eq. 3.5, Remark 3.6): how the groups of
+:mod:`lib.groups` act on a model's weights, read from its ``lib.models.SymmetrySpec`` only.
 
-``sample_elements`` draws one group element per symmetry site of the model's
-``lib.models.SymmetrySpec``; ``apply_elements`` moves the weights by them (the one generic action, read
-from the spec only); ``random_transform`` does both. ``feature_transform``/``transform_features`` give
-how hidden features move (eq. 3.5) and ``site_group(s)`` which group acts at each site, and why.
-These names are also reachable as ``lib.groups.<name>``.
+:func:`sample_elements` draws one element per site, :func:`apply_elements` moves the weights by them,
+:func:`random_transform` does both; :func:`feature_transform` is how a hidden layer's features move
+(eq. 3.5). :func:`transform_errors` and :func:`second_half_errors` measure how well a transform keeps
+the function.
 """
 from __future__ import annotations
 
@@ -14,21 +13,36 @@ import copy
 import torch
 
 from .config import check_choice, get_device
-from .groups import (GROUP_KINDS, IntertwinerGroup, MatrixGroup, _check_invertible, _check_square,
-                     _monomial_pattern, intertwiner_group, meet)
-from .models import symmetry_spec
+from .groups import (GROUP_KINDS, IntertwinerGroup, MatrixGroup, check_invertible, check_square, intertwiner_group,
+                     meet, monomial_pattern)
+from .models import features, forward_from, hidden_layers, symmetry_spec
 
 __all__ = [
     "TRANSFORM_GROUPS", "site_group", "sample_elements", "apply_elements", "random_transform",
     "feature_transform", "transform_features", "site_groups",
+    "relative_change", "transform_errors", "second_half_errors",
 ]
 
 TRANSFORM_GROUPS = ("intertwiner",) + GROUP_KINDS
+"""tuple of str: the ``group`` values of :func:`random_transform`: ``"intertwiner"`` (each site's own
+group, so the function is kept) or any of :data:`lib.groups.GROUP_KINDS`."""
 
 
 def site_group(site, restricted: bool = True) -> IntertwinerGroup:
-    """The intertwiner group acting at a ``lib.models.Site`` after its restrictions (with
-    ``restricted=False``: the activation's own group, ignoring the layers around the site)."""
+    """The intertwiner group acting at one symmetry site.
+
+    Parameters
+    ----------
+    site : lib.models.Site
+        A site of a model's spec (its activation, channel count ``C`` and restriction flags).
+    restricted : bool
+        Apply the site's restrictions (Remark 3.6); ``False``: the activation's own group.
+
+    Returns
+    -------
+    lib.groups.IntertwinerGroup
+        Elements of shape ``(C, C)``.
+    """
     group = intertwiner_group(site.activation, site.channels, **dict(site.params))
     return group.restrict(site.monomial, site.positive_phi, site.phi_fixed) if restricted else group
 
@@ -61,14 +75,31 @@ def _embedded(site, elements: dict, A: torch.Tensor):
 
 def sample_elements(model, generator: torch.Generator, group: str = "intertwiner",
                     sigma: float = 1.0, device=None) -> dict:
-    """One random element per site of the model's spec: ``{site: (C, C) float64 tensor}``.
+    """One random element per site of the model's spec.
 
-    ``group="intertwiner"`` draws from each site's restricted intertwiner group (:func:`site_group`),
-    so that :func:`apply_elements` preserves the function. Any other :data:`GROUP_KINDS` value
-    (``"gl"``, ``"orthogonal"``, ``"permutation"``, ...) draws from that kind instead, intersected
-    with the monomial matrices at BatchNorm sites (the only elements parameters can absorb there);
-    kinds outside a site's intertwiner group break the function (Section 3.3's random rotation).
-    A zero-padded shortcut's channels ``embed`` always carry the parent site's element.
+    ``group="intertwiner"`` draws from each site's :func:`site_group`, so :func:`apply_elements` keeps
+    the function. Another kind (``"gl"``, ``"orthogonal"``, ...) is drawn instead, met with the
+    monomial matrices at BatchNorm sites (all their parameters can absorb); kinds outside a site's
+    group break the function (Section 3.3). A zero-padded shortcut's ``embed`` channels always carry
+    the parent site's element.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by :mod:`lib.models` (it carries a ``SymmetrySpec``).
+    generator : torch.Generator
+        A CPU generator; sites are drawn parents first, in spec order.
+    group : str
+        One of :data:`TRANSFORM_GROUPS`.
+    sigma : float
+        The spread of the log-normal scales (see :meth:`lib.groups.MatrixGroup.sample`).
+    device : str or torch.device, optional
+        Where the elements go; ``None``: :func:`lib.config.get_device`'s default.
+
+    Returns
+    -------
+    dict
+        Site name -> float64 tensor of shape ``(C, C)``, ``C`` the site's channel count.
     """
     check_choice("group", group, TRANSFORM_GROUPS)
     spec = symmetry_spec(model)
@@ -119,12 +150,25 @@ def _along(t: torch.Tensor, L: torch.Tensor, axis: int) -> torch.Tensor:
 def apply_elements(model, elements: dict, strict: bool = True):
     """A deep copy of ``model`` with its weights moved by ``elements`` (Proposition 3.4).
 
-    ``elements[site]`` is a ``(C, C)`` matrix A for a site of ``lib.models.symmetry_spec(model)``;
-    missing sites get the identity. Every parameter/buffer axis tagged ``(site, role)`` in the
-    spec is multiplied by A (``"out"``), by phi(A)^-1 from the right (``"in"``) or by A's
-    permutation pattern (``"perm"``). With ``strict=True`` each A must lie in its site's group
-    (:func:`site_group`, shortcut ties included), which makes the new model the same function;
-    ``strict=False`` applies non-members with phi(A) := A. The input model is not modified.
+    Every parameter/buffer axis tagged ``(site, role)`` in the spec is multiplied by A (``"out"``),
+    by phi(A)^-1 from the right (``"in"``) or by A's permutation pattern (``"perm"``). With
+    ``strict=True`` each A must lie in its site's group (:func:`site_group`, shortcut ties
+    included), so the new model is the same function; ``strict=False`` applies non-members with
+    phi(A) := A. The input model is not modified.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by :mod:`lib.models`.
+    elements : dict
+        Site name -> invertible matrix A of shape ``(C, C)``; missing sites get the identity.
+    strict : bool
+        Require every A to lie in its site's group (a ``ValueError`` otherwise).
+
+    Returns
+    -------
+    nn.Module
+        The transformed copy, with the input model's dtypes.
     """
     spec = symmetry_spec(model)
     unknown = set(elements) - set(spec.sites)
@@ -133,10 +177,10 @@ def apply_elements(model, elements: dict, strict: bool = True):
     mats = {}
     for name, A in elements.items():
         site = spec.sites[name]
-        A = _check_square(A, site.channels, f"elements[{name!r}]").double()
-        _check_invertible(A, f"elements[{name!r}]")
+        A = check_square(A, site.channels, f"elements[{name!r}]").double()
+        check_invertible(A, f"elements[{name!r}]")
         phi = _phi_at(site, A, elements, strict)
-        mats[name] = {"out": A, "in": torch.linalg.inv(phi).T, "perm": _monomial_pattern(A)}
+        mats[name] = {"out": A, "in": torch.linalg.inv(phi).T, "perm": monomial_pattern(A)}
     new = copy.deepcopy(model)
     tensors = dict(new.named_parameters())
     tensors.update(new.named_buffers())
@@ -160,13 +204,28 @@ def apply_elements(model, elements: dict, strict: bool = True):
 
 def random_transform(model, generator: torch.Generator, group: str = "intertwiner",
                      sigma: float = 1.0):
-    """A random weight-space transform of ``model``: ``(new_model, elements)``.
+    """A random weight-space transform of ``model``.
 
-    The generic action of Proposition 3.4, read from ``lib.models.symmetry_spec(model)`` only:
-    :func:`sample_elements` then :func:`apply_elements`. With the default ``group="intertwiner"``
-    the new model computes the same function; ``"gl"`` or ``"orthogonal"`` (or any kind outside
-    the sites' groups) give a deliberately symmetry-breaking transform. ``elements`` maps each
-    site to its ``(C, C)`` float64 matrix, on the model's device.
+    :func:`sample_elements` then :func:`apply_elements`. With ``group="intertwiner"`` the new model
+    computes the same function; ``"gl"``, ``"orthogonal"`` (any kind outside the sites' groups) give
+    a deliberately symmetry-breaking transform.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by :mod:`lib.models`; it is not modified.
+    generator : torch.Generator
+        A CPU generator, the only source of randomness.
+    group : str
+        One of :data:`TRANSFORM_GROUPS`.
+    sigma : float
+        The spread of the log-normal scales (see :meth:`lib.groups.MatrixGroup.sample`).
+
+    Returns
+    -------
+    new_model : nn.Module
+    elements : dict
+        Site name -> float64 matrix of shape ``(C, C)``, on the model's device.
     """
     device = next(iter(model.parameters())).device
     elements = sample_elements(model, generator, group, sigma, device=device)
@@ -174,8 +233,25 @@ def random_transform(model, generator: torch.Generator, group: str = "intertwine
 
 
 def feature_transform(model, layer: str, elements: dict) -> torch.Tensor:
-    """The ``(C, C)`` matrix phi(A) by which hidden layer ``layer``'s channels move (eq. 3.5):
-    features of ``apply_elements(model, elements)`` = phi(A) @ features of ``model``."""
+    """The matrix phi(A) by which hidden layer ``layer``'s channels move (eq. 3.5).
+
+    Features of ``apply_elements(model, elements)`` equal ``transform_features(features of model,
+    feature_transform(model, layer, elements))``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by :mod:`lib.models`.
+    layer : str
+        A hidden layer with a symmetry site.
+    elements : dict
+        As returned by :func:`random_transform`; a missing site means the identity.
+
+    Returns
+    -------
+    torch.Tensor, shape (C, C)
+        Float64; ``C`` the layer's channel count.
+    """
     spec = symmetry_spec(model)
     if layer not in spec.layers:
         raise ValueError(f"unknown layer {layer!r}; layers with a symmetry site: {', '.join(spec.layers)}")
@@ -187,25 +263,46 @@ def feature_transform(model, layer: str, elements: dict) -> torch.Tensor:
 
 
 def transform_features(h: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """``M`` applied on the channel axis (axis 1) of features ``h`` of shape ``(N, C, ...)``."""
+    """``M`` applied on the channel axis of features: ``new[:, i] = sum_j M[i, j] h[:, j]``.
+
+    Parameters
+    ----------
+    h : torch.Tensor, shape (N, C) or (N, C, H, W)
+    M : torch.Tensor, shape (C, C)
+        Cast to ``h``'s dtype and device.
+
+    Returns
+    -------
+    torch.Tensor
+        The shape and dtype of ``h``.
+    """
     return _along(h, M.to(h), 1)
 
 
+# Each restriction flag of a Site, and why it restricts the group (Remark 3.6).
+_REASONS = {"monomial": "BatchNorm before σ: monomial only", "positive_phi": "max-pool after σ: φ(A) ≥ 0",
+            "phi_fixed": "residual stream: φ(A) = A, shared by the stream"}
+
+
 def site_groups(model) -> list[dict]:
-    """Which group acts at each site of ``model``, and why (Remark 3.6): one dict per site with
-    ``site``, ``channels``, ``activation``, ``free`` (the activation's own group), ``group`` (after
-    the restrictions), ``phi``, ``reasons`` and ``layers`` (hidden layers transforming there)."""
+    """Which group acts at each site of ``model``, and why (Remark 3.6), as table rows.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by :mod:`lib.models`.
+
+    Returns
+    -------
+    list of dict
+        One per site, in spec order: ``site``, ``channels`` (int), ``activation``, ``free`` (its own
+        group), ``group`` (restricted), ``phi``, ``reasons``, ``layers`` (hidden layers there).
+    """
     spec = symmetry_spec(model)
     rows = []
     for name, site in spec.sites.items():
         free, group = site_group(site, restricted=False), site_group(site)
-        reasons = []
-        if site.monomial:
-            reasons.append("BatchNorm before σ: monomial only")
-        if site.positive_phi:
-            reasons.append("max-pool after σ: φ(A) ≥ 0")
-        if site.phi_fixed:
-            reasons.append("residual stream: φ(A) = A, shared by the stream")
+        reasons = [why for flag, why in _REASONS.items() if getattr(site, flag)]
         if site.parent:
             reasons.append(f"zero-padded shortcut: channels {site.embed[0]}–{site.embed[-1]} "
                            f"carry {site.parent}'s element")
@@ -215,3 +312,89 @@ def site_groups(model) -> list[dict]:
                          reasons="; ".join(reasons) or "none",
                          layers=", ".join(l for l, s in spec.layers.items() if s == name)))
     return rows
+
+
+# How well a transform keeps the function: the checks of Proposition 3.4 and eq. (3.5).
+def relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    """How much ``new`` differs from ``old``, relative to the size of ``old``.
+
+    Parameters
+    ----------
+    new, old : torch.Tensor
+        The same shape (e.g. ``(N, classes)`` outputs).
+
+    Returns
+    -------
+    float
+        ``max |new - old| / max |old|``, a fraction.
+    """
+    return ((new - old).abs().max() / old.abs().max()).item()
+
+
+def transform_errors(model, x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0) -> dict:
+    """Proposition 3.4 and eq. (3.5) measured on one model, with one random transform per group.
+
+    Draws, in this order, a :func:`random_transform` in the intertwiner group, one in ``"gl"`` and
+    one in ``"orthogonal"`` (the last with ``sigma=1``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by :mod:`lib.models`, in eval mode.
+    x : torch.Tensor, shape (N, ...)
+        Inputs, as the model takes them.
+    generator : torch.Generator
+    sigma : float
+        The spread of the log-normal scales.
+
+    Returns
+    -------
+    dict
+        Fractions (:func:`relative_change`): ``moved`` (largest over parameter tensors), ``out``
+        (outputs), ``eq35`` (worst hidden layer's features against phi(A) times the original's),
+        ``gl`` and ``orth`` (outputs after the symmetry-breaking transforms).
+    """
+    y = model(x)
+    new, elements = random_transform(model, generator, sigma=sigma)
+    f, f_new = features(model, x), features(new, x)
+    eq35 = max(relative_change(f_new[l], transform_features(f[l], feature_transform(model, l, elements)))
+               for l in hidden_layers(model))
+    moved = max(relative_change(p_new, p) for p_new, p in zip(new.parameters(), model.parameters()))
+    return dict(moved=moved, out=relative_change(new(x), y), eq35=eq35,
+                gl=relative_change(random_transform(model, generator, group="gl", sigma=sigma)[0](x), y),
+                orth=relative_change(random_transform(model, generator, group="orthogonal")[0](x), y))
+
+
+def second_half_errors(model, x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0):
+    """The second half of eq. (3.5), ``f_>m(x, W') ∘ phi(A_m) = f_>m(x, W)``, at every hidden layer.
+
+    One :func:`random_transform` is drawn; at each layer ``m`` the transformed model's rest of the
+    network (``lib.models.forward_from``) is fed phi(A_m) times the original's features.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model built by :mod:`lib.models`, in eval mode.
+    x : torch.Tensor, shape (N, ...)
+        Inputs, as the model takes them.
+    generator : torch.Generator
+    sigma : float
+        The spread of the log-normal scales.
+
+    Returns
+    -------
+    worst : float
+        The largest :func:`relative_change` of the outputs over the layers where ``f_>m`` is defined.
+    undefined : int
+        The layers inside a residual block, where ``forward_from`` refuses.
+    """
+    y = model(x)
+    new, elements = random_transform(model, generator, sigma=sigma)
+    f, errs, undefined = features(model, x), [], 0
+    for layer in hidden_layers(model):
+        h_new = transform_features(f[layer], feature_transform(model, layer, elements))
+        try:
+            errs.append(relative_change(forward_from(new, layer, h_new), y))
+        except ValueError:
+            undefined += 1
+    return max(errs), undefined

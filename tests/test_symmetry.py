@@ -5,6 +5,7 @@ from torch import nn
 
 from lib import groups as G
 from lib import models as M
+from lib import symmetry as S
 
 CASES = (
     [("mlp", dict(activation=a), a) for a in ("relu", "leaky_relu", "tanh", "sigmoid", "rbf", "identity", "gelu")]
@@ -49,7 +50,7 @@ def test_random_transform_preserves_function_and_moves_features(arch, kwargs, la
     model = _model(arch, kwargs, seed)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = _inputs(arch, seed)
-    new, elements = G.random_transform(model, torch.Generator().manual_seed(seed))
+    new, elements = S.random_transform(model, torch.Generator().manual_seed(seed))
     assert set(elements) == set(M.symmetry_spec(model).sites)
     # The input model is untouched; the new weights differ (the transform is not the identity).
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -59,7 +60,7 @@ def test_random_transform_preserves_function_and_moves_features(arch, kwargs, la
     # Eq. 3.5: every hidden layer's features move by phi(A) of its site.
     f, f_new = M.features(model, x), M.features(new, x)
     for layer in M.hidden_layers(model):
-        expected = G.transform_features(f[layer], G.feature_transform(model, layer, elements))
+        expected = S.transform_features(f[layer], S.feature_transform(model, layer, elements))
         assert (f_new[layer] - expected).abs().max() <= 1e-8 * max(1.0, f[layer].abs().max().item()), layer
 
 
@@ -67,12 +68,12 @@ def test_random_transform_preserves_function_and_moves_features(arch, kwargs, la
 def test_eq_3_5_second_half_on_an_mlp(activation):
     # f_{>m}(x, W') = f_{>m}(x, W) o phi(A_m)^-1: feed phi(A_m) h to the transformed tail.
     model = _model("mlp", dict(activation=activation, sizes=(5, 7, 6, 3)), 0)
-    new, elements = G.random_transform(model, torch.Generator().manual_seed(3))
+    new, elements = S.random_transform(model, torch.Generator().manual_seed(3))
     # Sequential layout: fc1, act1, fc2, act2, fc3; the tail after act_m starts at index 2m.
     for layer, idx in [("act1", 2), ("act2", 4)]:
         h = torch.randn(9, model[idx].in_features, dtype=torch.float64)
-        phi = G.feature_transform(model, layer, elements)
-        torch.testing.assert_close(new[idx:](G.transform_features(h, phi)), model[idx:](h), rtol=1e-10, atol=1e-10)
+        phi = S.feature_transform(model, layer, elements)
+        torch.testing.assert_close(new[idx:](S.transform_features(h, phi)), model[idx:](h), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("arch,kwargs,group", [
@@ -86,11 +87,11 @@ def test_eq_3_5_second_half_on_an_mlp(activation):
 def test_symmetry_breaking_groups_change_the_function(arch, kwargs, group):
     model = _model(arch, kwargs, 0)
     x = _inputs(arch, 0, n=8)
-    new, elements = G.random_transform(model, torch.Generator().manual_seed(0), group=group)
+    new, elements = S.random_transform(model, torch.Generator().manual_seed(0), group=group)
     assert _rel(new(x), model(x)) > 1e-2
     if any(s.monomial for s in M.symmetry_spec(model).sites.values()):
         # BatchNorm sites can only absorb monomial elements, whatever group was asked for.
-        assert all(G.matrix_group("monomial", len(A)).contains(A) for A in elements.values())
+        assert all(G.MatrixGroup("monomial", len(A)).contains(A) for A in elements.values())
 
 
 @pytest.mark.parametrize("arch,kwargs,group", [
@@ -101,72 +102,72 @@ def test_symmetry_breaking_groups_change_the_function(arch, kwargs, group):
 def test_subgroups_of_the_intertwiner_group_preserve_the_function(arch, kwargs, group):
     model = _model(arch, kwargs, 1)
     x = _inputs(arch, 1)
-    new, _ = G.random_transform(model, torch.Generator().manual_seed(1), group=group)
+    new, _ = S.random_transform(model, torch.Generator().manual_seed(1), group=group)
     assert _rel(new(x), model(x)) < 1e-10
 
 
 def test_resnet_streams_share_elements_and_shortcuts_tie_channels():
     model = _model("resnet20", dict(width=0.25), 0)
     spec = M.symmetry_spec(model)
-    _, el = G.random_transform(model, torch.Generator().manual_seed(2))
+    _, el = S.random_transform(model, torch.Generator().manual_seed(2))
     for name, site in spec.sites.items():
         if site.parent:
             e = list(site.embed)
             torch.testing.assert_close(el[name][e][:, e], el[site.parent])
     # Every block output of a stage transforms by the same matrix; in-block layers by their own.
-    f = {l: G.feature_transform(model, l, el) for l in M.hidden_layers(model)}
+    f = {l: S.feature_transform(model, l, el) for l in M.hidden_layers(model)}
     torch.testing.assert_close(f["layer2.0.act2"], f["layer2.2.act2"])
     assert not torch.allclose(f["layer2.0.act1"], f["layer2.1.act1"])
     # Untying the padded shortcut (a free element on stream2) is rejected, and breaks the function.
-    bad = dict(el, stream2=G.matrix_group("positive_monomial", el["stream2"].shape[0]).sample(
+    bad = dict(el, stream2=G.MatrixGroup("positive_monomial", el["stream2"].shape[0]).sample(
         torch.Generator().manual_seed(9), device="cpu"))
     with pytest.raises(ValueError, match="stream1"):
-        G.apply_elements(model, bad)
+        S.apply_elements(model, bad)
     x = _inputs("resnet20", 0)
-    assert _rel(G.apply_elements(model, bad, strict=False)(x), model(x)) > 1e-2
+    assert _rel(S.apply_elements(model, bad, strict=False)(x), model(x)) > 1e-2
 
 
 def test_site_groups_table():
-    rows = {r["site"]: r for r in G.site_groups(M.myrtle_cnn(width=0.125, activation="tanh"))}
+    rows = {r["site"]: r for r in S.site_groups(M.myrtle_cnn(width=0.125, activation="tanh"))}
     assert rows["act1"]["free"] == rows["act1"]["group"] == "PD, D in {±1}"
     assert rows["act2"]["group"] == "Σ_n (permutations)" and "max-pool" in rows["act2"]["reasons"]
-    rows = {r["site"]: r for r in G.site_groups(M.resnet20(width=0.25))}
+    rows = {r["site"]: r for r in S.site_groups(M.resnet20(width=0.25))}
     assert "residual stream" in rows["stream2"]["reasons"] and "stream1" in rows["stream2"]["reasons"]
     assert rows["stream3"]["layers"] == "layer3.0.act2, layer3.1.act2, layer3.2.act2"
-    rows = {r["site"]: r for r in G.site_groups(M.mlp(activation="identity"))}
+    rows = {r["site"]: r for r in S.site_groups(M.mlp(activation="identity"))}
     assert rows["act1"]["group"] == "GL_n" and rows["act1"]["reasons"] == "none"
 
 
 def test_apply_elements_errors():
     model = M.mlp(activation="relu")
     with pytest.raises(ValueError, match="sites: act1, act2"):
-        G.apply_elements(model, {"act9": torch.eye(16)})
+        S.apply_elements(model, {"act9": torch.eye(16)})
     with pytest.raises(ValueError, match="16x16"):
-        G.apply_elements(model, {"act1": torch.eye(4)})
+        S.apply_elements(model, {"act1": torch.eye(4)})
     with pytest.raises(ValueError, match="singular"):
-        G.apply_elements(model, {"act1": torch.zeros(16, 16)})
+        S.apply_elements(model, {"act1": torch.zeros(16, 16)})
     with pytest.raises(ValueError, match="not in the group.*PD, D > 0"):
-        G.apply_elements(model, {"act1": -torch.eye(16)})
+        S.apply_elements(model, {"act1": -torch.eye(16)})
     bn = M.myrtle_cnn(width=0.125)
     with pytest.raises(ValueError, match="not monomial"):
-        G.apply_elements(bn, {"act1": G.matrix_group("orthogonal", 8).sample(torch.Generator(), device="cpu")},
+        S.apply_elements(bn, {"act1": G.MatrixGroup("orthogonal", 8).sample(torch.Generator(), device="cpu")},
                          strict=False)
     with pytest.raises(ValueError, match="accepted values.*'orthogonal'"):
-        G.random_transform(model, torch.Generator(), group="rotation")
+        S.random_transform(model, torch.Generator(), group="rotation")
     with pytest.raises(ValueError, match="unknown layer"):
-        G.feature_transform(model, "fc1", {})
+        S.feature_transform(model, "fc1", {})
     with pytest.raises(ValueError, match="supported architectures.*myrtle_cnn, resnet20, mlp"):
-        G.random_transform(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), torch.Generator())
+        S.random_transform(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), torch.Generator())
 
 
 def test_partial_elements_and_reproducibility():
     model = _model("myrtle_cnn", dict(width=0.125, batchnorm=False), 0)
     x = _inputs("myrtle_cnn", 0)
     # A single site (as in Section 3.3's one-layer transform) is a symmetry on its own.
-    A = G.site_group(M.symmetry_spec(model).sites["act2"]).sample(torch.Generator().manual_seed(0), device="cpu")
-    assert _rel(G.apply_elements(model, {"act2": A})(x), model(x)) < 1e-10
-    a, ea = G.random_transform(model, torch.Generator().manual_seed(4))
-    b, eb = G.random_transform(model, torch.Generator().manual_seed(4))
+    A = S.site_group(M.symmetry_spec(model).sites["act2"]).sample(torch.Generator().manual_seed(0), device="cpu")
+    assert _rel(S.apply_elements(model, {"act2": A})(x), model(x)) < 1e-10
+    a, ea = S.random_transform(model, torch.Generator().manual_seed(4))
+    b, eb = S.random_transform(model, torch.Generator().manual_seed(4))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
@@ -174,7 +175,7 @@ def test_partial_elements_and_reproducibility():
 def test_float32_models_keep_their_dtype():
     model = M.myrtle_cnn(width=0.125).eval()
     x = torch.randn(4, 3, 32, 32)
-    new, el = G.random_transform(model, torch.Generator().manual_seed(0))
+    new, el = S.random_transform(model, torch.Generator().manual_seed(0))
     assert next(new.parameters()).dtype == torch.float32 and el["act1"].dtype == torch.float64
     assert _rel(new(x), model(x)) < 1e-4
 
@@ -184,7 +185,7 @@ def test_eq35_second_half_where_f_after_m_is_defined(arch, kwargs, label):
     """f_{>m}(x, W') = f_{>m}(x, W) o phi(A_m)^{-1} at every layer where f_{>m} exists; inside a ResNet
     block ``forward_from`` refuses, since the rest of the network also reads the block's input."""
     model, x = _model(arch, kwargs, 0), _inputs(arch, 0)
-    new, elements = G.random_transform(model, torch.Generator().manual_seed(7))
+    new, elements = S.random_transform(model, torch.Generator().manual_seed(7))
     feats, y = M.features(model, x), model(x)
     for layer in M.hidden_layers(model):
         if arch == "resnet20" and layer != "act1" and layer.endswith(".act1"):
@@ -192,5 +193,18 @@ def test_eq35_second_half_where_f_after_m_is_defined(arch, kwargs, label):
                 M.forward_from(model, layer, feats[layer])
             continue
         assert torch.allclose(M.forward_from(model, layer, feats[layer]), y, rtol=1e-10, atol=1e-12), layer
-        h_new = G.transform_features(feats[layer], G.feature_transform(model, layer, elements))
+        h_new = S.transform_features(feats[layer], S.feature_transform(model, layer, elements))
         assert torch.allclose(M.forward_from(new, layer, h_new), y, rtol=1e-9, atol=1e-10), layer
+
+
+def test_transform_errors_and_second_half_errors():
+    model = _model("resnet20", dict(width=0.25), 0)
+    x = _inputs("resnet20", 0)
+    r = S.transform_errors(model, x, torch.Generator().manual_seed(0))
+    assert r["out"] < 1e-10 and r["eq35"] < 1e-10 and r["moved"] > 0.1 and r["gl"] > 1e-2 and r["orth"] > 1e-2
+    # The same draws as random_transform itself: the first element set is reproduced.
+    new, _ = S.random_transform(model, torch.Generator().manual_seed(0))
+    assert r["out"] == _rel(new(x), model(x))
+    worst, undefined = S.second_half_errors(model, x, torch.Generator().manual_seed(1))
+    assert worst < 1e-10 and undefined == 9      # the in-block layer of each of ResNet20's 9 blocks
+    assert S.relative_change(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 2.0])) == 0.5
