@@ -83,6 +83,7 @@ def hsic(K, L, unbiased: bool = True) -> float:
     Returns
     -------
     float
+        The estimate, in the product of the units of ``K`` and ``L``.
     """
     K, L = _gram(K, "K"), _gram(L, "L")
     if K.shape != L.shape:

@@ -63,6 +63,7 @@ def shape_of(A) -> tuple:
     Parameters
     ----------
     A : array, tensor or sequence
+        Anything numpy can take the shape of; tensors are not moved or copied.
 
     Returns
     -------
