@@ -1,4 +1,5 @@
-"""Tests of lib.metrics: invariances (Section 5), fast paths against slow references, known values, errors."""
+"""Tests of the measures of lib.metrics: invariances (Section 5), fast paths against slow references,
+known values, errors. The all-layer comparisons are tested in test_metrics_layers.py."""
 import math
 
 import numpy as np
@@ -6,41 +7,12 @@ import pytest
 import torch
 
 import lib.metrics as M
+from lib.metrics.gram import block_plan
+from reference import (conv_features, grelu_act, haar, kornblith_gram_rbf, kornblith_unbiased_center,
+                       max_kernel_naive, max_kernel_rows, related, rotate_channels)
 
 SEEDS = [0, 1, 2]
-GRELU_CKAS = [M.grelu_cka, M.orthogonal_cka]
 GRELU_ALL = [M.grelu_cka, M.orthogonal_cka, M.grelu_procrustes]
-
-
-def conv_features(seed, n=48, c=6, h=3, w=3, relu=True):
-    """Random conv features with channel-dependent scales (post-ReLU unless ``relu=False``)."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)) * rng.uniform(0.5, 2.0, (1, c, 1, 1)) + rng.uniform(-0.5, 1.0, (1, c, 1, 1))
-    return np.maximum(x, 0) if relu else x
-
-
-def grelu_act(x, seed, translate):
-    """``x`` acted on by a random element of G_ReLU on channels (permutation x positive diagonal), plus a
-    per-channel translation if ``translate``."""
-    rng = np.random.default_rng(1000 + seed)
-    c = x.shape[1]
-    shape = (1, c) + (1,) * (x.ndim - 2)
-    y = x[:, rng.permutation(c)] * np.exp(rng.standard_normal(c)).reshape(shape)
-    return y + rng.standard_normal(c).reshape(shape) * 3 if translate else y
-
-
-def haar(c, seed):
-    q, r = np.linalg.qr(np.random.default_rng(2000 + seed).standard_normal((c, c)))
-    return q * np.sign(np.diag(r))
-
-
-def rotate_channels(x, q):
-    return np.einsum("nc...,cd->nd...", x, q)
-
-
-def related(x, seed, noise=0.7):
-    """A representation correlated with ``x`` but not a transform of it."""
-    return x + noise * np.random.default_rng(3000 + seed).standard_normal(x.shape)
 
 
 # -- G_ReLU invariance and alignment ----------------------------------------------------------------
@@ -162,13 +134,21 @@ def test_blocked_max_kernel_matches_references(seed, shape):
     flat = x.reshape(shape[0], shape[1], -1)
     obvious = np.array([[max(flat[i, c] @ flat[j, c] for c in range(shape[1])) for j in range(shape[0])]
                         for i in range(shape[0])])
-    for ref in (M._reference_max_kernel_rows(x), M._reference_max_kernel_rows(x, "matvec"),
-                M._reference_max_kernel_naive(x)):
+    for ref in (max_kernel_rows(x), max_kernel_rows(x, "matvec"), max_kernel_naive(x)):
         np.testing.assert_allclose(ref.numpy(), obvious, rtol=1e-12, atol=1e-12)
     for block_size, budget in [(None, None), (1, None), (7, 8 * 7 * 7 * 2), (10, 1), (shape[0], None), (1000, 1e9)]:
         K = M.max_kernel_gram(x, block_size=block_size, memory_budget=budget)
         np.testing.assert_allclose(K.numpy(), obvious, rtol=1e-12, atol=1e-12)
         assert torch.equal(K, K.T)
+
+
+@pytest.mark.parametrize("n, c, budget", [(1000, 64, 2**20), (37, 5, 100), (5000, 3, None), (10, 4, 1e9)])
+def test_block_plan_fits_the_budget(n, c, budget):
+    block, chunk = block_plan(n, c, 8, torch.device("cpu"), None, budget)
+    assert 1 <= block <= n and 1 <= chunk <= c
+    # One chunk's products fit the budget unless even one channel does not (then one channel per chunk).
+    assert chunk == 1 or chunk * block * block * 8 <= (budget or 32 * 2**20)
+    assert block_plan(n, c, 8, torch.device("cpu"), 3, budget)[0] == min(3, n)
 
 
 def test_grelu_cka_does_not_depend_on_blocking():
@@ -179,18 +159,6 @@ def test_grelu_cka_does_not_depend_on_blocking():
 
 
 # -- HSIC and CKA against textbook formulas ----------------------------------------------------------
-
-def kornblith_unbiased_center(K):
-    """Kornblith et al.'s ``center_gram(unbiased=True)``, written out."""
-    n = len(K)
-    K = K.copy()
-    np.fill_diagonal(K, 0)
-    means = K.sum(0) / (n - 2)
-    means -= means.sum() / (2 * (n - 1))
-    K -= means[:, None] + means[None, :]
-    np.fill_diagonal(K, 0)
-    return K
-
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_hsic_matches_textbook_forms(seed):
@@ -228,17 +196,13 @@ def test_rbf_cka_matches_kornblith():
     x, y = rng.standard_normal((40, 5)), rng.standard_normal((40, 3))
     y[:, 0] += x[:, 0]
 
-    def gram_rbf(a, threshold):
-        g = a @ a.T
-        d = -2 * g + np.diag(g)[:, None] + np.diag(g)[None, :]
-        return np.exp(-d / (2 * threshold**2 * np.median(d)))
-
     H = np.eye(40) - 1 / 40
     for threshold in (0.5, 1.0, 2.0):
-        kc, lc = H @ gram_rbf(x, threshold) @ H, H @ gram_rbf(y, threshold) @ H
+        kc, lc = H @ kornblith_gram_rbf(x, threshold) @ H, H @ kornblith_gram_rbf(y, threshold) @ H
         expected = (kc * lc).sum() / (np.linalg.norm(kc) * np.linalg.norm(lc))
         assert M.rbf_cka(x, y, threshold=threshold) == pytest.approx(expected, rel=1e-10)
-        np.testing.assert_allclose(M.rbf_gram(x, threshold).numpy(), gram_rbf(x, threshold), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(M.rbf_gram(x, threshold).numpy(), kornblith_gram_rbf(x, threshold),
+                                   rtol=1e-12, atol=1e-14)
 
 
 def test_known_values():
@@ -355,115 +319,3 @@ def test_degenerate_inputs_raise():
         M.max_kernel_gram(x, memory_budget=-1)
     with pytest.raises(ValueError, match="K must be a square"):
         M.hsic(np.ones((4, 5)), np.ones((4, 4)))
-
-
-# -- all layer pairs ----------------------------------------------------------------------------------
-
-def layered(seed, n=40):
-    """Features of three 'layers' of different shapes; the third is a noisy G_ReLU image of the first."""
-    a = conv_features(seed, n=n, c=5, h=4, w=4)
-    b = conv_features(seed + 20, n=n, c=7, h=2, w=2)
-    return {"a": a, "b": b, "c": related(grelu_act(a, seed, translate=False), seed, 0.3)}
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_u_centred_grams_give_the_unbiased_hsic(seed):
-    rng = np.random.default_rng(seed)
-    x, y = rng.standard_normal((30, 4)), rng.standard_normal((30, 6))
-    K, L = torch.as_tensor(x @ x.T), torch.as_tensor(np.abs(y) @ np.abs(y).T)
-    expected = M.hsic(K, L)
-    got = float((M.u_centre(K.clone()) * M.u_centre(L.clone())).sum()) / (30 * 27)
-    assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_similarity_matrices_match_the_pairwise_measures(seed):
-    fa, fb = layered(seed), layered(seed + 100)
-    fb["c"] = fa["c"]
-    out = M.similarity_matrices(fa, fb, M.MATRIX_MEASURES, dtype=torch.float64)
-    pairwise = dict(grelu_cka=lambda x, y: M.grelu_cka(x, y), orthogonal_cka=M.orthogonal_cka,
-                    linear_cka=M.linear_cka, grelu_procrustes=M.grelu_procrustes,
-                    orthogonal_procrustes=M.orthogonal_procrustes)
-    for m, S in out.items():
-        assert S.shape == (3, 3)
-        for i, a in enumerate(fa):
-            for j, b in enumerate(fb):
-                if m in M.CKA_MEASURES or fa[a].shape[2:] == fb[b].shape[2:]:
-                    assert S[i, j] == pytest.approx(pairwise[m](fa[a], fb[b]), abs=1e-10), (m, a, b)
-                else:
-                    assert np.isnan(S[i, j]), (m, a, b)
-    # Same layer: every measure is 1 (layer "c" is shared by both models).
-    for m in M.MATRIX_MEASURES:
-        assert out[m][2, 2] == pytest.approx(1.0, abs=1e-10)
-
-
-def test_similarity_matrices_float32_and_diagonal():
-    fa, fb = layered(3), layered(4)
-    full = M.similarity_matrices(fa, fb, M.MATRIX_MEASURES, dtype=torch.float64)
-    diag = M.similarity_matrices(fa, fb, M.MATRIX_MEASURES, pairs="diagonal")
-    for m in M.MATRIX_MEASURES:
-        assert np.isnan(diag[m][~np.eye(3, dtype=bool)]).all()
-        np.testing.assert_allclose(np.diag(diag[m]), np.diag(full[m]), atol=1e-5)
-    assert M.similarity_matrix(fa, fb, "grelu_cka")[0, 2] == pytest.approx(full["grelu_cka"][0, 2], abs=1e-5)
-
-
-def test_normalized_gram_inner_product_is_cka():
-    x, y = conv_features(1), related(conv_features(1), 1)
-    for m, fn in (("grelu_cka", M.grelu_cka), ("orthogonal_cka", M.orthogonal_cka), ("linear_cka", M.linear_cka)):
-        K, L = (M.normalized_gram(a, m, dtype=torch.float64) for a in (x, y))
-        assert float(torch.linalg.matrix_norm(K)) == pytest.approx(1.0)
-        assert float((K * L).sum()) == pytest.approx(fn(x, y), abs=1e-10)
-
-
-def test_similarity_matrix_errors():
-    fa = layered(0)
-    with pytest.raises(ValueError, match="measure"):
-        M.similarity_matrix(fa, fa, "cca")
-    with pytest.raises(ValueError, match="pairs"):
-        M.similarity_matrix(fa, fa, "grelu_cka", pairs="upper")
-    with pytest.raises(ValueError, match="as many layers"):
-        M.similarity_matrix(fa, {"a": fa["a"]}, "grelu_cka", pairs="diagonal")
-    with pytest.raises(ValueError, match="same number of samples"):
-        M.similarity_matrix(fa, {"a": fa["a"][:10]}, "grelu_cka")
-    with pytest.raises(ValueError, match="at least one layer"):
-        M.similarity_matrix({}, fa, "grelu_cka")
-    with pytest.raises(ValueError, match="channel"):
-        M.similarity_matrix({"z": np.zeros_like(fa["a"])}, fa, "grelu_cka")
-
-
-def test_best_matches():
-    S = np.array([[0.9, 0.1, 0.2], [0.3, 0.2, np.nan], [np.nan, np.nan, np.nan]])
-    np.testing.assert_array_equal(M.best_matches(S), [0, 0, -1])
-    with pytest.raises(ValueError, match="2-D"):
-        M.best_matches(np.ones(3))
-
-
-def test_layer_features_match_model_features_in_any_batching():
-    from lib.models import features, myrtle_cnn
-
-    model = myrtle_cnn(width=0.0625)
-    x = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    ref = features(model, x)
-    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
-        got = M.layer_features(model, x, batch_size=3, dtype=dtype)
-        assert list(got) == list(ref)
-        for name in ref:
-            assert got[name].dtype == dtype and got[name].device.type == "cpu"
-            torch.testing.assert_close(got[name].float(), ref[name], atol=tol, rtol=tol)
-    with pytest.raises(ValueError, match="dtype"):
-        M.layer_features(model, x, dtype=torch.float64)
-
-
-def test_model_pair_similarities_takes_features_once_and_matches_similarity_matrices():
-    from lib.models import myrtle_cnn
-
-    a, b = myrtle_cnn(width=0.0625), myrtle_cnn(width=0.0625)
-    x = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    out = M.model_pair_similarities(a, b, x, ["act2", "act3"], ("grelu_cka", "grelu_procrustes"), dtype=torch.float64)
-    assert out["layers"] == ["act2", "act3"] and out["n_samples"] == 12
-    assert set(out["seconds"]) == {"features", "grelu_cka", "grelu_procrustes"}
-    fa, fb = M.layer_features(a, x, ["act2", "act3"]), M.layer_features(b, x, ["act2", "act3"])
-    ref = M.similarity_matrix(fa, fb, "grelu_cka", dtype=torch.float64)
-    np.testing.assert_allclose(out["matrices"]["grelu_cka"], ref, atol=1e-6)
-    # act2 (32x32) and act3 (16x16) differ in spatial shape: Procrustes only on the diagonal.
-    assert np.isnan(out["matrices"]["grelu_procrustes"][0, 1]) and np.isfinite(out["matrices"]["grelu_procrustes"][0, 0])

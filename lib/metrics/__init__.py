@@ -1,0 +1,40 @@
+"""Representation similarity measures of Section 5: G_ReLU- and orthogonal CKA and Procrustes.
+
+Every measure takes two feature arrays (numpy or torch, any device) with the same number of samples,
+either ``(n_samples, n_features)`` or conv features ``(n_samples, channels, height, width)``, and returns
+a Python float. The conventions are the authors' (``pnnl/modelsym``, see implementation-notes.md,
+"Similarity measures"). The package, one module per concern:
+
+- :mod:`lib.metrics.preprocessing`: the channel view of the inputs, per-channel normalisation, checks;
+- :mod:`lib.metrics.gram`: linear, RBF and max-kernel Gram matrices (the max kernel block by block);
+- :mod:`lib.metrics.cka`: HSIC, CKA from Gram matrices, :func:`linear_cka`, :func:`rbf_cka`,
+  :func:`grelu_cka` (Definition 5.3), :func:`orthogonal_cka` and G_ReLU-CKA's memory estimates;
+- :mod:`lib.metrics.procrustes`: :func:`grelu_procrustes` (Definition 5.2), :func:`orthogonal_procrustes`;
+- :mod:`lib.metrics.layers`: all layer pairs of two models (heatmaps, Table 2, layer identification).
+
+The names below are the measures' documented home (``lib.metrics.<name>``); helpers for writing new
+measures (:func:`~lib.metrics.preprocessing.compute_device`, :func:`~lib.metrics.gram.blocked_max_kernel`,
+...) are public in their modules.
+"""
+from .cka import (cka_from_grams, grelu_cka, grelu_cka_max_samples, grelu_cka_memory, hsic, linear_cka,
+                  orthogonal_cka, rbf_cka)
+from .gram import linear_gram, max_kernel_gram, rbf_gram
+from .layers import (CKA_MEASURES, MATRIX_MEASURES, MEASURE_NAMES, best_matches, cached_pair_similarities,
+                     diagonal_summary, layer_features, model_pair_similarities, normalized_gram, same_layer_rate,
+                     similarity_matrices, u_center)
+from .preprocessing import center_features, flatten_features, normalize_channels, normalize_total, to_channels
+from .procrustes import grelu_procrustes, orthogonal_procrustes
+
+__all__ = [
+    # measures
+    "linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_procrustes", "orthogonal_procrustes",
+    # inputs and preprocessing
+    "to_channels", "flatten_features", "center_features", "normalize_channels", "normalize_total",
+    # Gram matrices, HSIC, memory
+    "linear_gram", "rbf_gram", "max_kernel_gram", "hsic", "cka_from_grams",
+    "grelu_cka_memory", "grelu_cka_max_samples",
+    # all layer pairs of two models
+    "MATRIX_MEASURES", "CKA_MEASURES", "MEASURE_NAMES", "layer_features", "u_center", "normalized_gram",
+    "similarity_matrices", "model_pair_similarities", "cached_pair_similarities",
+    "best_matches", "same_layer_rate", "diagonal_summary",
+]

@@ -1,0 +1,389 @@
+"""Similarity of every layer of one model with every layer of another (heatmaps, Table 2, layer
+identification of Section 5).
+
+:func:`layer_features` takes each model's hidden features once; :func:`similarity_matrices` compares all
+layer pairs for several measures, computing each layer's CKA Gram matrix once (:func:`normalized_gram`,
+U-centred with :func:`u_center`); :func:`model_pair_similarities` does it all for two models and
+:func:`cached_pair_similarities` caches that for two models of the zoo. :func:`best_matches`,
+:func:`same_layer_rate` and :func:`diagonal_summary` read the paper's observations off a matrix.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..config import check_choice
+from ..models import features
+from ..zoo import memo
+from .gram import blocked_max_kernel
+from .preprocessing import (center_features, check_same_samples, compute_device, normalize_channel_major,
+                            rescaled, shape_of)
+from .procrustes import grelu_procrustes, orthogonal_procrustes
+
+__all__ = ["MATRIX_MEASURES", "CKA_MEASURES", "PAIR_MODES", "MEASURE_NAMES", "layer_features", "u_center",
+           "normalized_gram", "similarity_matrices", "model_pair_similarities", "cached_pair_similarities",
+           "best_matches", "same_layer_rate", "diagonal_summary"]
+
+#: The measures :func:`similarity_matrices` computes, by their function names in :mod:`lib.metrics`.
+MATRIX_MEASURES = ("grelu_cka", "orthogonal_cka", "linear_cka", "grelu_procrustes", "orthogonal_procrustes")
+#: The CKA measures among :data:`MATRIX_MEASURES` (computed through :func:`normalized_gram`).
+CKA_MEASURES = ("grelu_cka", "orthogonal_cka", "linear_cka")
+#: Which layer pairs :func:`similarity_matrices` compares: every pair, or layer ``i`` with layer ``i`` only.
+PAIR_MODES = ("all", "diagonal")
+#: How the book names each measure of :data:`MATRIX_MEASURES` in tables and figures.
+MEASURE_NAMES = {"grelu_cka": "G_ReLU-CKA", "orthogonal_cka": "orthogonal CKA", "linear_cka": "linear CKA",
+                 "grelu_procrustes": "G_ReLU-Procrustes", "orthogonal_procrustes": "orthogonal Procrustes"}
+
+
+@torch.no_grad()
+def layer_features(model: torch.nn.Module, x: torch.Tensor, layers=None, *, dtype=torch.float32,
+                   batch_size: int = 250) -> dict:
+    """Hidden features of ``model`` on inputs ``x``, as CPU tensors in ``dtype``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model of :mod:`lib.models` (run in eval mode on its own device).
+    x : torch.Tensor
+        Model inputs ``(n_samples, 3, H, W)`` on the model's device (e.g. from :func:`lib.data.to_input`).
+    layers : list of str, optional
+        Layer names for :func:`lib.models.features` (default: every hidden activation layer).
+    dtype : torch.dtype
+        Storage type, ``torch.float32`` or ``torch.float16`` (half the memory; the measures convert back
+        to ``float32``/``float64``; values beyond 65504 become infinite and are reported by them).
+    batch_size : int
+        Images per forward pass; only one batch's features exist in float32 at a time.
+
+    Returns
+    -------
+    dict
+        ``{name: tensor (n_samples, channels, height, width)}`` in forward order, on the CPU.
+    """
+    check_choice("dtype", dtype, (torch.float32, torch.float16))
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    out: dict = {}
+    for start in range(0, len(x), batch_size):
+        chunk = features(model, x[start:start + batch_size], layers, batch_size=batch_size)
+        for name, f in chunk.items():
+            if name not in out:
+                out[name] = torch.empty((len(x),) + tuple(f.shape[1:]), dtype=dtype)
+            out[name][start:start + len(f)] = f.to("cpu", dtype)
+    return out
+
+
+def u_center(K: torch.Tensor) -> torch.Tensor:
+    """The "U-centred" Gram matrix of Székely and Rizzo, computed in place.
+
+    Off the diagonal ``K_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))`` with ``r`` the row sums and ``s``
+    the total of ``K`` with its diagonal zeroed; zero on the diagonal. The unbiased HSIC of
+    :func:`lib.metrics.hsic` is ``<u_center(K), u_center(L)> / (n (n-3))``, so a CKA is the cosine of
+    U-centred Gram matrices: each layer's Gram matrix is centred and normalised once and then reused
+    for every layer it is compared with.
+
+    Parameters
+    ----------
+    K : torch.Tensor
+        A symmetric ``(n_samples, n_samples)`` Gram matrix, ``n_samples >= 4``; overwritten.
+
+    Returns
+    -------
+    torch.Tensor
+        ``K`` itself, U-centred.
+    """
+    n = K.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
+    K.fill_diagonal_(0)
+    r = K.sum(dim=1)
+    K -= r[:, None] / (n - 2)
+    K -= r[None, :] / (n - 2)
+    K += r.sum() / ((n - 1) * (n - 2))
+    K.fill_diagonal_(0)
+    return K
+
+
+def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size: int | None = None,
+                    memory_budget: float | None = None, dtype=torch.float32, device=None,
+                    name: str = "X") -> torch.Tensor:
+    """The centred Gram matrix of ``X`` for a CKA ``measure``, scaled to unit Frobenius norm.
+
+    The CKA of two inputs is the inner product of their matrices:
+    ``(normalized_gram(X, m) * normalized_gram(Y, m)).sum()`` equals ``grelu_cka(X, Y)`` etc.
+
+    Parameters
+    ----------
+    X : array or tensor
+        ``(n_samples, channels[, height, width])``.
+    measure : str
+        ``"grelu_cka"`` (max kernel of the channel-normalised features, U-centred), ``"orthogonal_cka"``
+        (linear kernel of the same, U-centred) or ``"linear_cka"`` (linear kernel of the centred
+        flattened features, i.e. Kornblith et al.'s biased CKA).
+    zero_channels : str
+        See :func:`lib.metrics.preprocessing.normalize_channels`.
+    block_size, memory_budget
+        See :func:`lib.metrics.gram.block_plan`.
+    dtype, device, name
+        As for :func:`lib.metrics.preprocessing.to_channels`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_samples, n_samples)`` of unit Frobenius norm.
+    """
+    check_choice("measure", measure, CKA_MEASURES)
+    dev = compute_device(X, device=device)
+    if measure == "linear_cka":
+        # Centred features give an already doubly centred Gram matrix: the biased HSIC is <K, L>.
+        f = rescaled(center_features(X, dtype=dtype, device=dev, name=name), inplace=True)
+        K = f @ f.T
+    else:
+        z = normalize_channel_major(X, True, zero_channels, dtype, dev, name)
+        if measure == "grelu_cka":
+            K = blocked_max_kernel(z, block_size, memory_budget)
+        else:
+            f = z.permute(1, 0, 2).reshape(z.shape[1], -1)
+            K = f @ f.T
+        del z
+        K = u_center(K)
+    norm = float(torch.linalg.vector_norm(K))
+    if not norm > 0:
+        raise ValueError(f"{name} gives a degenerate Gram matrix (all samples coincide after preprocessing); "
+                         f"CKA is undefined")
+    return K.div_(norm)
+
+
+def _check_layers(feats_a: dict, feats_b: dict, pairs: str) -> None:
+    names_a, names_b = list(feats_a), list(feats_b)
+    if not names_a or not names_b:
+        raise ValueError("feats_a and feats_b must each hold at least one layer")
+    if pairs == "diagonal" and len(names_a) != len(names_b):
+        raise ValueError(f"pairs='diagonal' needs as many layers in feats_a as in feats_b; got "
+                         f"{len(names_a)} and {len(names_b)}")
+    for a in names_a:
+        check_same_samples(feats_a[a], feats_b[names_b[0]])
+    for b in names_b:
+        check_same_samples(feats_a[names_a[0]], feats_b[b])
+
+
+def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "orthogonal_cka"), *,
+                        pairs: str = "all", zero_channels: str = "keep", block_size: int | None = None,
+                        memory_budget: float | None = None, dtype=torch.float32, device=None) -> dict:
+    """Similarity of every layer of model A with every layer of model B, for several measures.
+
+    Each CKA Gram matrix is computed once per layer and model (:func:`normalized_gram`), so the cost is
+    ``len(feats_a) + len(feats_b)`` Gram matrices, not their product; A's matrices are held while B's
+    are computed one at a time (peak ``(len(feats_a) + 1) n_samples^2`` numbers per measure).
+
+    Parameters
+    ----------
+    feats_a, feats_b : dict
+        ``{layer: features (n_samples, channels[, height, width])}`` of the two models on the same inputs
+        (e.g. from :func:`layer_features`); the order of the dicts is the order of rows and columns.
+    measures : sequence of str
+        Names from :data:`MATRIX_MEASURES`.
+    pairs : str
+        ``"all"`` (every layer pair) or ``"diagonal"`` (only layer ``i`` of A with layer ``i`` of B,
+        e.g. Table 2; needs as many layers in A as in B).
+    zero_channels : str
+        See :func:`lib.metrics.preprocessing.normalize_channels`; ``"keep"`` by default because trained
+        ReLU layers often have dead channels.
+    block_size, memory_budget
+        See :func:`lib.metrics.gram.block_plan`.
+    dtype : torch.dtype
+        Computation type (``float32`` by default: the CKAs and Procrustes values agree with ``float64``
+        to about 1e-5 on real features, at half the time and memory).
+    device : str or torch.device, optional
+        See :func:`lib.metrics.preprocessing.compute_device`.
+
+    Returns
+    -------
+    dict
+        ``{measure: array (len(feats_a), len(feats_b))}``. Entries not computed are NaN: off the diagonal
+        for ``pairs="diagonal"``, and for the Procrustes measures every pair whose spatial shapes differ
+        (the authors compare same-shaped layers only).
+    """
+    for m in measures:
+        check_choice("measure", m, MATRIX_MEASURES)
+    check_choice("pairs", pairs, PAIR_MODES)
+    _check_layers(feats_a, feats_b, pairs)
+    names_a, names_b = list(feats_a), list(feats_b)
+    wanted = np.array([[pairs == "all" or i == j for j in range(len(names_b))] for i in range(len(names_a))])
+    gram_kw = dict(zero_channels=zero_channels, block_size=block_size, memory_budget=memory_budget,
+                   dtype=dtype, device=device)
+    out = {}
+    for m in measures:
+        S = np.full((len(names_a), len(names_b)), np.nan)
+        if m in CKA_MEASURES:
+            grams_a = [normalized_gram(feats_a[a], m, name=f"feats_a[{a!r}]", **gram_kw)
+                       if wanted[i].any() else None for i, a in enumerate(names_a)]
+            for j, b in enumerate(names_b):
+                if not wanted[:, j].any():
+                    continue
+                L = normalized_gram(feats_b[b], m, name=f"feats_b[{b!r}]", **gram_kw)
+                for i, K in enumerate(grams_a):
+                    if wanted[i, j]:
+                        S[i, j] = min(1.0, max(-1.0, float(torch.dot(K.reshape(-1), L.to(K).reshape(-1)))))
+                del L
+            del grams_a
+        else:
+            fn = grelu_procrustes if m == "grelu_procrustes" else orthogonal_procrustes
+            kw = dict(zero_channels=zero_channels) if m == "grelu_procrustes" else {}
+            for i, a in enumerate(names_a):
+                for j, b in enumerate(names_b):
+                    if wanted[i, j] and shape_of(feats_a[a])[2:] == shape_of(feats_b[b])[2:]:
+                        S[i, j] = fn(feats_a[a], feats_b[b], dtype=dtype, device=device, **kw)
+        out[m] = S
+    return out
+
+
+def model_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor, layers=None,
+                            measures=MATRIX_MEASURES, *, feature_dtype=torch.float32, batch_size: int = 250,
+                            **kwargs) -> dict:
+    """All-layer-pairs similarities of two models on the inputs ``x``, each model's features taken once.
+
+    Parameters
+    ----------
+    model_a, model_b : torch.nn.Module
+        Models of :mod:`lib.models` with the same hidden layers ``layers``.
+    x : torch.Tensor
+        Inputs ``(n_samples, 3, H, W)`` on the models' device.
+    layers : list of str, optional
+        Hidden layer names (default: every hidden activation layer of ``model_a``).
+    measures : sequence of str
+        Names from :data:`MATRIX_MEASURES`, all computed from the same features.
+    feature_dtype : torch.dtype
+        How features are held on the CPU between the forward passes and the measures (``float16``
+        halves the memory at some accuracy; see :func:`layer_features`).
+    batch_size : int
+        Images per forward pass.
+    **kwargs
+        For :func:`similarity_matrices` (``pairs``, ``dtype``, ``device``, ...).
+
+    Returns
+    -------
+    dict
+        ``layers`` (list of names), ``matrices`` (``{measure: array (n_layers, n_layers)}``),
+        ``seconds`` (``{"features": s, measure: s, ...}``, wall-clock seconds), ``feature_mib`` (MiB of
+        features per model) and ``n_samples``.
+    """
+    t0 = time.perf_counter()
+    fa = layer_features(model_a, x, layers, dtype=feature_dtype, batch_size=batch_size)
+    fb = layer_features(model_b, x, list(fa), dtype=feature_dtype, batch_size=batch_size)
+    seconds = {"features": time.perf_counter() - t0}
+    matrices = {}
+    for m in measures:
+        t0 = time.perf_counter()
+        matrices[m] = similarity_matrices(fa, fb, (m,), **kwargs)[m]
+        seconds[m] = time.perf_counter() - t0
+    mib = sum(f.numel() * f.element_size() for f in fa.values()) / 2**20
+    return dict(layers=list(fa), matrices=matrices, seconds=seconds, feature_mib=mib, n_samples=len(x))
+
+
+def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor, layers,
+                             measures=MATRIX_MEASURES, *, device=None) -> dict:
+    """:func:`model_pair_similarities` of two zoo models, cached on disk (``lib.zoo.memo``, kind
+    ``"similarity"``).
+
+    Features are held in float32 and compared in float32 with ``zero_channels="keep"``; the cache key
+    is made of the models' zoo keys (``model.zoo_key``, set by :func:`lib.zoo.get`), the layers, the
+    number of inputs and the measures, so the inputs ``x`` must be the same for the same count (the
+    book's fixed test subset).
+
+    Parameters
+    ----------
+    model_a, model_b : torch.nn.Module
+        Models from :func:`lib.zoo.get`.
+    x : torch.Tensor
+        Inputs ``(n_samples, 3, H, W)`` on the models' device.
+    layers : list of str
+        Hidden layer names.
+    measures : sequence of str
+        Names from :data:`MATRIX_MEASURES`.
+    device : str or torch.device, optional
+        Where the measures run.
+
+    Returns
+    -------
+    dict
+        As :func:`model_pair_similarities`; ``seconds`` are those of the run that filled the cache.
+    """
+    for name, model in (("model_a", model_a), ("model_b", model_b)):
+        if not hasattr(model, "zoo_key"):
+            raise ValueError(f"{name} has no zoo_key; cached_pair_similarities takes models from lib.zoo.get")
+    config = dict(a=model_a.zoo_key, b=model_b.zoo_key, layers=list(layers), n_images=len(x), measures=measures,
+                  feature_dtype="float32", dtype="float32", zero_channels="keep", version=1)
+    return memo("similarity", config, lambda: model_pair_similarities(
+        model_a, model_b, x, layers, measures, feature_dtype=torch.float32, device=device))
+
+
+def best_matches(S) -> np.ndarray:
+    """For each row of a similarity matrix, the column of its largest entry.
+
+    Parameters
+    ----------
+    S : array
+        ``(n_layers_a, n_layers_b)``; NaN entries (not compared) are ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_layers_a,)`` integer column indices; -1 for a row without any entry.
+    """
+    S = np.asarray(S, dtype=float)
+    if S.ndim != 2:
+        raise ValueError(f"S must be a 2-D similarity matrix; got shape {S.shape}")
+    filled = np.where(np.isnan(S), -np.inf, S)
+    best = filled.argmax(axis=1)
+    return np.where(np.isfinite(filled).any(axis=1), best, -1)
+
+
+def same_layer_rate(S) -> float:
+    """The layer-identification test of Kornblith et al. 2019 between two seeds of one architecture.
+
+    Parameters
+    ----------
+    S : array
+        ``(n_layers, n_layers)`` similarity matrix, model A's layers as rows and B's as columns, in the
+        same order; NaN entries are not compared.
+
+    Returns
+    -------
+    float
+        The fraction (0 to 1) of the rows with at least two compared entries whose largest entry is on
+        the diagonal (``best_matches(S)[i] == i``); NaN if no row has two.
+    """
+    S = np.asarray(S, dtype=float)
+    counted = (~np.isnan(S)).sum(axis=1) > 1
+    return float(np.mean((best_matches(S) == np.arange(len(S)))[counted]))
+
+
+def diagonal_summary(S, in_block=None) -> dict:
+    """Means of the diagonal of a same-architecture similarity matrix, as the paper reads Figs. 2 and 5.
+
+    Parameters
+    ----------
+    S : array
+        ``(n_layers, n_layers)`` similarity matrix between two models of one architecture.
+    in_block : sequence of bool, optional
+        ``(n_layers,)``: which layers lie inside a residual block (``lib.models.layer_info``'s
+        ``in_block``).
+
+    Returns
+    -------
+    dict
+        ``same_layer``: :func:`same_layer_rate` (fraction); ``early`` and ``late``: mean diagonal over
+        the first and the last third of the layers (at least one layer each); ``in_block`` and
+        ``other``: mean diagonal over the layers inside residual blocks and over the others (both None
+        if no layer is inside a block).
+    """
+    d = np.diag(np.asarray(S, dtype=float))
+    third = max(1, len(d) // 3)
+    inside = np.zeros(len(d), bool) if in_block is None else np.asarray(in_block, dtype=bool)
+    out = dict(same_layer=same_layer_rate(S), early=d[:third].mean(), late=d[-third:].mean(),
+               in_block=None, other=None)
+    if inside.any():
+        out.update(in_block=d[inside].mean(), other=d[~inside].mean())
+    return out
