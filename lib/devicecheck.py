@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from .data import load_cifar10
+from .models import build
+from .train import recipe, train
+
 __all__ = ["chapter_script", "run_chapter", "recipe_timings", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,10 +125,6 @@ def run_chapter(chapter: str | os.PathLike, parameters: dict | None = None, env:
 def recipe_timings(device, epochs: int = 1, n_train: int | None = None) -> list[dict]:
     """Train the full-width Myrtle CNN and ResNet20 with each recipe for ``epochs`` epoch(s) and
     report images per second and test accuracy (a fraction): the timings of issue 9's item 3."""
-    from .data import load_cifar10
-    from .models import build
-    from .train import recipe, train
-
     data = load_cifar10()
     rows = []
     for arch in (dict(arch="myrtle_cnn", width=1.0), dict(arch="resnet20", width=1.0)):

@@ -6,6 +6,7 @@ figure shows it exactly once; captions live in the chapter's MyST figure metadat
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 
@@ -110,7 +111,6 @@ def concept_samples(images, rows: dict, figsize=None) -> Figure:
     the tab20 palette). Each overlay shows the image in grey with every present concept painted in
     its colour, the names of the present concepts beneath.
     """
-    from matplotlib import colormaps
 
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
@@ -220,7 +220,6 @@ def rotation_curves(alphas, panels: dict, xlabel: str = r"rotation $\alpha$ ($Q^
     ``panels[ylabel] = {name: (mean, std)}``, each of shape ``(n_alphas,)``; a name keeps its colour
     across panels and the legend is drawn once, in the first panel.
     """
-    from matplotlib import colormaps
 
     fig = Figure(figsize=figsize or (4.2 * len(panels), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
