@@ -43,6 +43,18 @@ class Dataset:
     (float images, channels first, grayscale, labels outside ``0 .. len(classes) - 1``, a label count
     that differs from the image count) is a ``ValueError`` saying what was expected; numpy arrays are
     converted to tensors.
+
+    Attributes
+    ----------
+    x_train, x_test : torch.Tensor
+        uint8 images ``(n, H, W, 3)``.
+    y_train, y_test : torch.Tensor
+        int64 labels ``(n,)`` in ``0 .. len(classes) - 1``.
+    classes : list of str
+    identity : str
+        Names the data in cache keys (:func:`lib.zoo.model_key`).
+    source : str
+        The file the data came from (``""``: built in memory).
     """
 
     x_train: torch.Tensor

@@ -31,7 +31,13 @@ __all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table",
 
 
 def results_dir() -> Path:
-    """Where chapters write their results (``$SYMMETRIES_RESULTS`` or the cache's ``results``)."""
+    """Where chapters write their results.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$SYMMETRIES_RESULTS`` if set (created), else the cache's ``results`` folder.
+    """
     env = os.environ.get("SYMMETRIES_RESULTS")
     if env:
         Path(env).mkdir(parents=True, exist_ok=True)
@@ -49,7 +55,17 @@ def _plain(x):
 
 
 class Recorder:
-    """Collects ``(key, ours, paper)`` rows for one chapter run and writes them as JSON."""
+    """Collects ``(key, ours, paper)`` rows for one chapter run and writes them as JSON.
+
+    Parameters
+    ----------
+    chapter : str
+        The chapter's name (``"stitching"``), the stem of its results file.
+    scale : str
+        A key of :data:`lib.settings.SCALES`.
+    seed : int
+        The chapter's replicate; files of seeds other than 0 are called ``<chapter>-seed<k>.json``.
+    """
 
     def __init__(self, chapter: str, scale: str, seed: int = 0):
         check_choice("scale", scale, SCALES)
@@ -57,17 +73,40 @@ class Recorder:
         self.rows: list[dict] = []
 
     def add(self, key: str, ours, paper=None, unit: str = "", note: str = "", std=None, paper_std=None):
-        """Record one number (``ours``), optionally its spread (``std``) and the paper's value."""
+        """Record one number; a key recorded again keeps the last value.
+
+        Parameters
+        ----------
+        key : str
+            Unique within the chapter, e.g. ``"penalty_grelu_act3"``.
+        ours : float or int
+            Our number; NaN and infinities are stored as ``None``.
+        paper : float, optional
+            The paper's number in the same unit.
+        unit : str
+            ``"%"`` (percent), ``"pp"`` (percentage points), ``""`` (a fraction or a count), ...
+        note : str
+            What the reader needs to compare (seeds, images, departures).
+        std, paper_std : float, optional
+            Spreads over seeds or pairs.
+
+        Returns
+        -------
+        object
+            ``ours``, unchanged (so a chapter can record and use a number in one expression).
+        """
         self.rows = [r for r in self.rows if r["key"] != key]
         self.rows.append(dict(key=key, ours=_plain(ours), std=_plain(std), paper=_plain(paper),
                               paper_std=_plain(paper_std), unit=unit, note=note))
         return ours
 
     def path(self) -> Path:
+        """The file :meth:`save` writes: ``<results dir>/<scale>/<chapter>[-seed<k>].json``."""
         suffix = f"-seed{self.seed}" if self.seed else ""
         return results_dir() / self.scale / f"{self.chapter}{suffix}.json"
 
     def save(self) -> Path:
+        """Write the rows atomically and return :meth:`path`."""
         path = self.path()
         payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
         with atomic_path(path) as tmp:
@@ -76,7 +115,25 @@ class Recorder:
 
 
 def load_results(scale: str, directory: str | os.PathLike | None = None) -> list[dict]:
-    """Every recorded row at ``scale``, each with its ``chapter`` and ``seed``, sorted by chapter."""
+    """Every recorded row at one scale.
+
+    Parameters
+    ----------
+    scale : str
+        A key of :data:`lib.settings.SCALES`.
+    directory : path-like, optional
+        The folder of results files (default: ``results_dir() / scale``).
+
+    Returns
+    -------
+    list of dict
+        The rows of :meth:`Recorder.add`, each with its ``chapter`` and ``seed``, by file name.
+
+    Raises
+    ------
+    ValueError
+        Naming a damaged results file and the chapter to re-run.
+    """
     check_choice("scale", scale, SCALES)
     folder = Path(directory) if directory else results_dir() / scale
     rows = []
@@ -154,9 +211,19 @@ def table(header, rows, align: str | None = None) -> str:
 
 
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
-    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's.
+    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via :func:`table`).
 
-    Chapters appear in ``order`` (e.g. the book's table of contents), then alphabetically.
+    Parameters
+    ----------
+    rows : list of dict
+        From :func:`load_results`.
+    order : list of str, optional
+        Chapter names in the order to show them (e.g. the book's table of contents); others follow
+        alphabetically.
+
+    Returns
+    -------
+    str
     """
     order = order or []
     rank = lambda r: (order.index(r["chapter"]) if r["chapter"] in order else len(order), r["chapter"], r["seed"])
