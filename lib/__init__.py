@@ -1,12 +1,27 @@
 """Library behind the reproduction of "On the Symmetries of Deep Learning Models and their Internal
 Representations" (Godfrey, Brown, Emerson, Kvinge, NeurIPS 2022).
 
-One module per concept: ``config`` (device, scales, caches), ``groups`` (activations and intertwiner
-groups), ``symmetry`` (their action on weights), ``models`` (with ``convnext``), ``data``, ``train``, ``zoo``
-(trained-model cache), ``stitching``, ``rotation``, ``metrics`` (similarity measures; built on
-``preprocessing`` and ``gram``, all-layer comparisons in ``similarity``), ``dissection`` (with
-``dissection_study``, the concept data reader ``broden`` and generator ``synthetic_concepts``), ``plotting``,
-``results`` and ``sweep``. Names moved out of ``groups``, ``metrics``, ``dissection``, ``broden`` and
-``models`` stay importable from those modules.
+One module or subpackage per concept; callers import from where the code lives::
+
+    lib/
+      settings.py      every setting in one place: the scales (one literal each), training recipes,
+                       the book's model families, stitching protocols
+      config.py        device, precision policy (autocast, exact_mode), cache folders, atomic writes
+      cache.py         checksummed files, the memo of expensive results, model fingerprints
+      groups.py        activations and their intertwiner groups (Section 3.1)
+      symmetry.py      the groups' action on weights (Section 3.2)
+      models/          spec (SymmetrySpec, Site, the ARCHITECTURES registry, split), myrtle, resnet,
+                       mlp, convnext
+      data.py          CIFAR-10 as tensors, on-device augmentation, a synthetic stand-in for tests
+      train.py         the Recipe type and the training loop
+      zoo/             trained models cached on disk (store) and the book's families (book);
+                       ``python -m lib.zoo train``
+      stitching/       matching, layers, surgery, experiment, sanity (Sections 3.3 and 4)
+      metrics/         similarity measures: preprocessing, gram, cka, procrustes, layers (Section 5)
+      dissection/      network dissection: iou, broden, synthetic, study (Section 6)
+      results.py       recorded numbers, tables, ``python -m lib.results compare``
+      plotting.py      figures
+      sweep.py         a chapter run per parameter combination (papermill, Dask)
+      devicecheck.py   the project's own check on a GPU machine
 """
 __version__ = "0.1.0"

@@ -19,13 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import atomic_path, cache_dir, file_sha256, get_device
+from .config import atomic_path, cache_dir, check_choice, file_sha256, get_device
+from .settings import SUBSET_SEED
 
-__all__ = ["Dataset", "load_cifar10", "synthetic_dataset", "subset", "to_input", "augment", "batches",
-           "MEAN", "STD", "FILENAME"]
+__all__ = ["Dataset", "load_cifar10", "load_data", "synthetic_dataset", "subset", "to_input", "augment", "batches",
+           "MEAN", "STD", "FILENAME", "DATASETS", "DOWNLOAD_TIMEOUT"]
 
+#: The file :func:`load_cifar10` reads (keys x_train, y_train, x_test, y_test, classes).
 FILENAME = "cifar10.npz"
-# Per-channel normalisation on the 0-255 scale, as the authors' code (implementation notes).
+#: The datasets :func:`load_data` knows: CIFAR-10, and a small synthetic stand-in for tests.
+DATASETS = ("cifar10", "synthetic")
+#: Per-channel normalisation on the 0-255 scale, as the authors' code (implementation notes).
 MEAN = (125.307, 122.961, 113.8575)
 STD = (51.5865, 50.847, 51.255)
 
@@ -39,6 +43,18 @@ class Dataset:
     (float images, channels first, grayscale, labels outside ``0 .. len(classes) - 1``, a label count
     that differs from the image count) is a ``ValueError`` saying what was expected; numpy arrays are
     converted to tensors.
+
+    Attributes
+    ----------
+    x_train, x_test : torch.Tensor
+        uint8 images ``(n, H, W, 3)``.
+    y_train, y_test : torch.Tensor
+        int64 labels ``(n,)`` in ``0 .. len(classes) - 1``.
+    classes : list of str
+    identity : str
+        Names the data in cache keys (:func:`lib.zoo.model_key`).
+    source : str
+        The file the data came from (``""``: built in memory).
     """
 
     x_train: torch.Tensor
@@ -58,6 +74,7 @@ class Dataset:
             setattr(self, f"y_{split}", y)
 
     def describe(self) -> str:
+        """One line naming the data, where they came from and the split sizes (for chapter output)."""
         return (f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
                 f"{len(self.x_test)} test images")
 
@@ -94,7 +111,7 @@ def _candidates(data_dir) -> list[Path]:
     return [Path(d) / FILENAME for d in dirs if d]
 
 
-# Seconds a download may wait for the server before it counts as offline (a proxy that accepts
+#: Seconds a download may wait for the server before it counts as offline (a proxy that accepts
 # connections and never answers would otherwise hang forever).
 DOWNLOAD_TIMEOUT = 60.0
 
@@ -157,6 +174,23 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> Dataset:
     the file, downloads CIFAR-10 with torchvision and writes the npz into the cache (atomically).
     The result is cached in memory; its ``identity`` holds the file's sha256 prefix, so every number
     computed from it can say which copy of CIFAR-10 produced it.
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        A folder holding ``cifar10.npz``, searched first.
+
+    Returns
+    -------
+    Dataset
+        50,000 training and 10,000 test images, uint8 ``(n, 32, 32, 3)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no copy is found and the download fails (offline).
+    ValueError
+        If the file is damaged or lacks a key.
     """
     candidates = _candidates(data_dir)
     for path in candidates:
@@ -167,11 +201,47 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> Dataset:
     return _load(str(target.resolve()))
 
 
+def load_data(dataset: str = "cifar10") -> Dataset:
+    """The dataset every chapter and the zoo use.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"cifar10"`` (:func:`load_cifar10`) or ``"synthetic"`` (512 training and 256 test images of
+        :func:`synthetic_dataset`, for tests).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    ValueError
+        For another name.
+    """
+    check_choice("dataset", dataset, DATASETS)
+    return load_cifar10() if dataset == "cifar10" else synthetic_dataset(n_train=512, n_test=256)
+
+
 def synthetic_dataset(n_train: int = 256, n_test: int = 128, num_classes: int = 10, size: int = 32,
                       seed: int = 0) -> Dataset:
     """A learnable stand-in for CIFAR-10 for unit tests: each class is a coloured blob at its own place.
 
     Shapes and dtypes match :func:`load_cifar10`, so every code path can be tested without the data.
+
+    Parameters
+    ----------
+    n_train, n_test : int
+        Images per split.
+    num_classes, size : int
+        Classes, and the image side in pixels.
+    seed : int
+        Seeds the blobs' places and colours, the labels and the noise.
+
+    Returns
+    -------
+    Dataset
+        uint8 images ``(n, size, size, 3)``; ``identity`` spells every argument.
     """
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -196,18 +266,43 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int | None):
     """The first ``n`` items of a fixed shuffle of ``(x, y)`` (all of them if ``n`` is None).
 
     The stored splits are sorted by class, so a plain ``x[:n]`` would hold one class only; the
-    shuffle is seeded independently of any experiment so every chapter sees the same subset.
+    shuffle is seeded independently of any experiment (:data:`lib.settings.SUBSET_SEED`), so every
+    chapter sees the same subset.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Items and labels, of the same length.
+    n : int or None
+        How many (>= 1).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor)
     """
     if n is None or n >= len(x):
         return x, y
     if n < 1:
         raise ValueError(f"subset size n must be positive or None, got {n}")
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(20221128))[:n]
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(SUBSET_SEED))[:n]
     return x[idx], y[idx]
 
 
 def to_input(x: torch.Tensor, device=None) -> torch.Tensor:
-    """uint8 images ``(n, H, W, 3)`` -> normalised float32 ``(n, 3, H, W)`` in channels_last memory."""
+    """Model inputs from stored images: normalised by :data:`MEAN` and :data:`STD`.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        uint8 images ``(n, H, W, 3)``.
+    device : optional
+        For :func:`lib.config.get_device`.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(n, 3, H, W)`` in channels_last memory, on ``device``.
+    """
     _check_images(x, "x")
     device = get_device(device)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
@@ -217,9 +312,24 @@ def to_input(x: torch.Tensor, device=None) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 2) -> torch.Tensor:
-    """Random horizontal flips and translations by up to ``translate`` pixels (zero fill), per image,
-    on a whole batch ``(n, C, H, W)`` on its own device. ``generator`` lives on the CPU so that the
-    same seed gives the same augmentation on every device."""
+    """Random horizontal flips and translations (zero fill), per image, on a whole batch on its device.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        A batch ``(n, C, H, W)``.
+    generator : torch.Generator
+        A CPU generator, so that the same seed gives the same augmentation on every device.
+    flip : bool
+        Flip each image horizontally with probability 1/2.
+    translate : int
+        Shift each image by up to this many pixels in each direction.
+
+    Returns
+    -------
+    torch.Tensor
+        The same shape as ``x``.
+    """
     if not (isinstance(translate, numbers.Integral) and translate >= 0):
         raise ValueError(f"translate must be an integer >= 0 (pixels); got {translate!r}")
     n, _, h, w = x.shape
@@ -246,7 +356,23 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, tran
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
             shuffle: bool = True, drop_last: bool = False):
-    """Yield ``(x[idx], y[idx])`` minibatches of tensors already on the device (shuffled by ``generator``)."""
+    """Minibatches of tensors already on the device.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        Items and labels, of the same length.
+    batch_size : int
+    generator : torch.Generator, optional
+        Shuffles the order (CPU generator).
+    shuffle, drop_last : bool
+        Shuffle first; drop a last, smaller batch.
+
+    Yields
+    ------
+    (torch.Tensor, torch.Tensor)
+        ``(x[idx], y[idx])``.
+    """
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
     if len(y) != len(x):

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from .data import load_cifar10
+from .models import build
+from .train import recipe, train
+
 __all__ = ["chapter_script", "run_chapter", "recipe_timings", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +68,17 @@ def chapter_script(chapter: str | os.PathLike, parameters: dict | None = None) -
 
     Parameters
     ----------
-    chapter : path of a ``book/*.md`` file.
-    parameters : values assigned right after the cell tagged ``parameters``, as papermill injects
-        them (e.g. ``{"scale": "smoke"}``).
+    chapter : path-like
+        A ``book/*.md`` file.
+    parameters : dict, optional
+        Values assigned right after the cell tagged ``parameters``, as papermill injects them (e.g.
+        ``{"scale": "smoke"}``).
 
     Returns
     -------
-    str, the script: an IPython stand-in, then every code cell in order, each preceded by a comment
-    with its number.
+    str
+        The script: an IPython stand-in, then every code cell in order, each preceded by a comment
+        with its number.
     """
     text = Path(chapter).read_text()
     cells = _CELL.findall(text)
@@ -98,10 +105,20 @@ def run_chapter(chapter: str | os.PathLike, parameters: dict | None = None, env:
                 timeout: float = 900) -> dict:
     """Run :func:`chapter_script` of ``chapter`` in a subprocess in ``book/``.
 
+    Parameters
+    ----------
+    chapter, parameters
+        As for :func:`chapter_script`.
+    env : dict, optional
+        The subprocess's environment (default: this one's).
+    timeout : float
+        Seconds.
+
     Returns
     -------
-    dict with ``chapter``, ``ok`` (bool), ``seconds`` (wall time) and ``error`` (the last lines of
-    stderr, or ``""``).
+    dict
+        ``chapter``, ``ok`` (bool), ``seconds`` (wall time) and ``error`` (the last lines of stderr,
+        or ``""``).
     """
     script = chapter_script(chapter, parameters)
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
@@ -119,12 +136,21 @@ def run_chapter(chapter: str | os.PathLike, parameters: dict | None = None, env:
 
 
 def recipe_timings(device, epochs: int = 1, n_train: int | None = None) -> list[dict]:
-    """Train the full-width Myrtle CNN and ResNet20 with each recipe for ``epochs`` epoch(s) and
-    report images per second and test accuracy (a fraction): the timings of issue 9's item 3."""
-    from .data import load_cifar10
-    from .models import build
-    from .train import recipe, train
+    """Train the full-width Myrtle CNN and ResNet20 with each recipe, timed.
 
+    Parameters
+    ----------
+    device : str or torch.device
+    epochs : int
+    n_train : int, optional
+        Training images (default: all).
+
+    Returns
+    -------
+    list of dict
+        ``arch``, ``recipe``, ``epochs``, ``seconds``, ``images_per_second`` and ``test_acc`` (a
+        fraction), one per architecture and recipe.
+    """
     data = load_cifar10()
     rows = []
     for arch in (dict(arch="myrtle_cnn", width=1.0), dict(arch="resnet20", width=1.0)):
@@ -141,6 +167,18 @@ def recipe_timings(device, epochs: int = 1, n_train: int | None = None) -> list[
 
 
 def main(argv=None) -> int:
+    """The command line ``python -m lib.devicecheck [--device cuda|cpu] [--skip ...] [--chapters ...]``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 when every part passed (or there is no CUDA to check), else 1.
+    """
     parser = argparse.ArgumentParser(prog="python -m lib.devicecheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="device to check (cpu: the same run on the CPU, to test the check itself)")

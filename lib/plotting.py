@@ -1,11 +1,13 @@
 """Figures. Every function takes arrays (saved results) and returns a ``matplotlib.figure.Figure``.
 
 Figures are built with the object API (no pyplot state), so a chapter cell that ends with the
-figure shows it exactly once; captions live in the chapter's MyST figure metadata, not in titles.
+figure shows it exactly once (as a PNG); captions live in the chapter's MyST figure metadata, not in
+titles. Every function takes ``figsize``, ``(width, height)`` in inches.
 """
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 
@@ -30,8 +32,22 @@ __all__ = ["bars_with_errors", "heatmap", "curves", "curve_panels", "concept_sam
 
 def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None = None,
                      figsize=(7, 3.5)) -> Figure:
-    """Grouped bars: ``groups[name] = (means, stds)`` over ``labels``; ``paper[name]`` (optional)
-    draws the paper's values as black ticks on the matching bars."""
+    """Grouped bars with error bars, and the paper's values as black ticks.
+
+    Parameters
+    ----------
+    labels : sequence
+        The groups along the x axis, ``(n_labels,)``.
+    groups : dict
+        ``{name: (means, stds)}``, each ``(n_labels,)``: one bar series per name.
+    ylabel : str
+    paper : dict, optional
+        ``{name: values}`` ``(n_labels,)``, drawn as ticks on the matching bars.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     n = len(groups)
@@ -51,7 +67,22 @@ def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None 
 
 def heatmap(matrices: dict, row_labels, col_labels=None, vmin=0.0, vmax=1.0,
             xlabel: str = "", ylabel: str = "", cmap: str = "magma", figsize=None) -> Figure:
-    """Side-by-side heatmaps, one per ``matrices[name]`` (panel titles are the names)."""
+    """Side-by-side heatmaps with one colour bar.
+
+    Parameters
+    ----------
+    matrices : dict
+        ``{panel title: matrix}``, each ``(n_rows, n_cols)``.
+    row_labels, col_labels : sequence
+        Tick labels (``col_labels`` defaults to ``row_labels``).
+    vmin, vmax : float
+        The colour scale's range.
+    xlabel, ylabel, cmap : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     col_labels = row_labels if col_labels is None else col_labels
     n = len(matrices)
     fig = Figure(figsize=figsize or (4.2 * n + 0.6, 4), layout="constrained")
@@ -70,7 +101,24 @@ def heatmap(matrices: dict, row_labels, col_labels=None, vmin=0.0, vmax=1.0,
 
 def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = None,
            figsize=(5, 3.5), logy: bool = False) -> Figure:
-    """Line plot of ``ys[name]`` against ``x`` with optional shaded ``stds[name]``."""
+    """Curves against a common x axis, with shaded ± std.
+
+    Parameters
+    ----------
+    x : sequence
+        ``(n_points,)``.
+    ys : dict
+        ``{name: y}``, each ``(n_points,)``.
+    xlabel, ylabel : str
+    stds : dict, optional
+        ``{name: std}``, each ``(n_points,)``, shaded around the curve.
+    logy : bool
+        Logarithmic y axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     for name, y in ys.items():
@@ -88,7 +136,20 @@ def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = 
 
 
 def curve_panels(panels: dict, xlabel: str = "", ylabel: str = "", figsize=None, sharey: bool = True) -> Figure:
-    """One line plot per panel, side by side: ``panels[title][name] = (x, y)``; legend on the first."""
+    """Line plots side by side, the legend on the first.
+
+    Parameters
+    ----------
+    panels : dict
+        ``{title: {name: (x, y)}}``.
+    xlabel, ylabel : str
+    sharey : bool
+        One y axis for all panels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = Figure(figsize=figsize or (3.2 * len(panels), 3.2), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=sharey, squeeze=False)[0]
     for ax, (title, lines) in zip(axes, panels.items()):
@@ -109,8 +170,18 @@ def concept_samples(images, rows: dict, figsize=None) -> Figure:
     ``masks`` of shape ``(n, k, h, w)`` and optional RGB ``colours`` ``(k, 3)`` in [0, 255] (default:
     the tab20 palette). Each overlay shows the image in grey with every present concept painted in
     its colour, the names of the present concepts beneath.
+
+    Parameters
+    ----------
+    images : array
+        ``(n, H, W, 3)`` or ``(n, 3, H, W)``.
+    rows : dict
+        As above.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    from matplotlib import colormaps
 
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
@@ -149,9 +220,24 @@ def concept_samples(images, rows: dict, figsize=None) -> Figure:
 # --------------------------------------------------------------------------------------------
 def log_bars(labels, groups: dict, ylabel: str = "", hline: float | None = None,
              floor: float = 1e-17, figsize=(7, 3.5)) -> Figure:
-    """Grouped bars on a log axis: ``groups[name]`` holds one value per label (NaN: no bar).
-    Values below ``floor`` (exact zeros included) are drawn at ``floor``, the bottom of the axis.
-    ``hline`` draws a dashed reference level (e.g. a tolerance)."""
+    """Grouped bars on a log axis.
+
+    Parameters
+    ----------
+    labels : sequence
+        ``(n_labels,)``.
+    groups : dict
+        ``{name: values}``, each ``(n_labels,)`` (NaN: no bar).
+    ylabel : str
+    hline : float, optional
+        A dashed reference level (e.g. a tolerance).
+    floor : float
+        The bottom of the axis; smaller values (exact zeros included) are drawn there.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(labels))
@@ -171,8 +257,17 @@ def log_bars(labels, groups: dict, ylabel: str = "", hline: float | None = None,
 
 
 def ray_images(points: dict, figsize=None) -> Figure:
-    """One panel per ``points[name]``, an ``(m, 2)`` array of unit vectors (images of coordinate
-    rays), drawn on the unit circle with the coordinate rays R>=0 e_1, R>=0 e_2 as arrows."""
+    """Images of coordinate rays on the unit circle, with the rays R>=0 e_1, R>=0 e_2 as arrows.
+
+    Parameters
+    ----------
+    points : dict
+        ``{panel title: unit vectors}``, each ``(m, 2)``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     n = len(points)
     fig = Figure(figsize=figsize or (3.2 * n, 3.3), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
@@ -194,8 +289,20 @@ def ray_images(points: dict, figsize=None) -> Figure:
 
 def channel_scatter(panels: dict, xlabel: str = "", ylabel: str = "", c=None,
                     figsize=None) -> Figure:
-    """Side-by-side scatter plots, ``panels[name] = (x, y)``, e.g. two hidden channels of a model
-    before and after a weight-space transform; ``c`` colours the points (same in every panel)."""
+    """Scatter plots side by side, e.g. two hidden channels before and after a weight-space transform.
+
+    Parameters
+    ----------
+    panels : dict
+        ``{title: (x, y)}``, each ``(n_points,)``.
+    xlabel, ylabel : str
+    c : array, optional
+        ``(n_points,)`` colours of the points, the same in every panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     n = len(panels)
     fig = Figure(figsize=figsize or (3.6 * n, 3.4), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
@@ -217,10 +324,20 @@ def rotation_curves(alphas, panels: dict, xlabel: str = r"rotation $\alpha$ ($Q^
                     figsize=None) -> Figure:
     """Side-by-side panels of curves against ``alphas`` ``(n_alphas,)`` with shaded ± std.
 
-    ``panels[ylabel] = {name: (mean, std)}``, each of shape ``(n_alphas,)``; a name keeps its colour
-    across panels and the legend is drawn once, in the first panel.
+    A name keeps its colour across panels and the legend is drawn once, in the first panel.
+
+    Parameters
+    ----------
+    alphas : sequence
+        ``(n_alphas,)``.
+    panels : dict
+        ``{ylabel: {name: (mean, std)}}``, each ``(n_alphas,)``.
+    xlabel : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    from matplotlib import colormaps
 
     fig = Figure(figsize=figsize or (4.2 * len(panels), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -247,8 +364,22 @@ __all__ += ["rotation_curves"]
 # --------------------------------------------------------------------------------------------
 def labeled_scatter(x, y, labels, xlabel: str = "", ylabel: str = "", xerr=None, yerr=None,
                     figsize=(4.5, 3.6)) -> Figure:
-    """Scatter of ``y`` against ``x`` (both ``(n_points,)``), each point annotated with ``labels[i]``
-    (e.g. a layer name); optional ``xerr``/``yerr`` ``(n_points,)`` draw error bars."""
+    """A scatter plot with each point annotated (e.g. with a layer name).
+
+    Parameters
+    ----------
+    x, y : sequence
+        ``(n_points,)``.
+    labels : sequence
+        ``(n_points,)`` annotations.
+    xlabel, ylabel : str
+    xerr, yerr : sequence, optional
+        ``(n_points,)`` error bars.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()

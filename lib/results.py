@@ -8,22 +8,36 @@ A chapter records every number it compares with the paper::
 
 ``save`` writes ``<results dir>/<scale>/<chapter>[-seed<k>].json`` atomically. The results dir is
 ``$SYMMETRIES_RESULTS`` if set (sweeps set it per run), else the ``results`` folder of the cache.
+
+:func:`compare_results` lists every recorded number that differs between two results folders
+(``python -m lib.results compare A B``), e.g. before and after a change that must not change any.
 """
 from __future__ import annotations
 
+import argparse
+import fnmatch
 import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
-from .config import atomic_path, cache_dir, check_choice, SCALES
+from .config import atomic_path, cache_dir, check_choice
+from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table"]
+__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "VALUE_FIELDS",
+           "compare_results", "main"]
 
 
 def results_dir() -> Path:
-    """Where chapters write their results (``$SYMMETRIES_RESULTS`` or the cache's ``results``)."""
+    """Where chapters write their results.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$SYMMETRIES_RESULTS`` if set (created), else the cache's ``results`` folder.
+    """
     env = os.environ.get("SYMMETRIES_RESULTS")
     if env:
         Path(env).mkdir(parents=True, exist_ok=True)
@@ -41,7 +55,17 @@ def _plain(x):
 
 
 class Recorder:
-    """Collects ``(key, ours, paper)`` rows for one chapter run and writes them as JSON."""
+    """Collects ``(key, ours, paper)`` rows for one chapter run and writes them as JSON.
+
+    Parameters
+    ----------
+    chapter : str
+        The chapter's name (``"stitching"``), the stem of its results file.
+    scale : str
+        A key of :data:`lib.settings.SCALES`.
+    seed : int
+        The chapter's replicate; files of seeds other than 0 are called ``<chapter>-seed<k>.json``.
+    """
 
     def __init__(self, chapter: str, scale: str, seed: int = 0):
         check_choice("scale", scale, SCALES)
@@ -49,17 +73,40 @@ class Recorder:
         self.rows: list[dict] = []
 
     def add(self, key: str, ours, paper=None, unit: str = "", note: str = "", std=None, paper_std=None):
-        """Record one number (``ours``), optionally its spread (``std``) and the paper's value."""
+        """Record one number; a key recorded again keeps the last value.
+
+        Parameters
+        ----------
+        key : str
+            Unique within the chapter, e.g. ``"penalty_grelu_act3"``.
+        ours : float or int
+            Our number; NaN and infinities are stored as ``None``.
+        paper : float, optional
+            The paper's number in the same unit.
+        unit : str
+            ``"%"`` (percent), ``"pp"`` (percentage points), ``""`` (a fraction or a count), ...
+        note : str
+            What the reader needs to compare (seeds, images, departures).
+        std, paper_std : float, optional
+            Spreads over seeds or pairs.
+
+        Returns
+        -------
+        object
+            ``ours``, unchanged (so a chapter can record and use a number in one expression).
+        """
         self.rows = [r for r in self.rows if r["key"] != key]
         self.rows.append(dict(key=key, ours=_plain(ours), std=_plain(std), paper=_plain(paper),
                               paper_std=_plain(paper_std), unit=unit, note=note))
         return ours
 
     def path(self) -> Path:
+        """The file :meth:`save` writes: ``<results dir>/<scale>/<chapter>[-seed<k>].json``."""
         suffix = f"-seed{self.seed}" if self.seed else ""
         return results_dir() / self.scale / f"{self.chapter}{suffix}.json"
 
     def save(self) -> Path:
+        """Write the rows atomically and return :meth:`path`."""
         path = self.path()
         payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
         with atomic_path(path) as tmp:
@@ -68,7 +115,25 @@ class Recorder:
 
 
 def load_results(scale: str, directory: str | os.PathLike | None = None) -> list[dict]:
-    """Every recorded row at ``scale``, each with its ``chapter`` and ``seed``, sorted by chapter."""
+    """Every recorded row at one scale.
+
+    Parameters
+    ----------
+    scale : str
+        A key of :data:`lib.settings.SCALES`.
+    directory : path-like, optional
+        The folder of results files (default: ``results_dir() / scale``).
+
+    Returns
+    -------
+    list of dict
+        The rows of :meth:`Recorder.add`, each with its ``chapter`` and ``seed``, by file name.
+
+    Raises
+    ------
+    ValueError
+        Naming a damaged results file and the chapter to re-run.
+    """
     check_choice("scale", scale, SCALES)
     folder = Path(directory) if directory else results_dir() / scale
     rows = []
@@ -146,9 +211,19 @@ def table(header, rows, align: str | None = None) -> str:
 
 
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
-    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's.
+    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via :func:`table`).
 
-    Chapters appear in ``order`` (e.g. the book's table of contents), then alphabetically.
+    Parameters
+    ----------
+    rows : list of dict
+        From :func:`load_results`.
+    order : list of str, optional
+        Chapter names in the order to show them (e.g. the book's table of contents); others follow
+        alphabetically.
+
+    Returns
+    -------
+    str
     """
     order = order or []
     rank = lambda r: (order.index(r["chapter"]) if r["chapter"] in order else len(order), r["chapter"], r["seed"])
@@ -156,3 +231,117 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
                  [[r["chapter"], r["seed"], f"`{r['key']}`", _fmt(r["ours"], r["std"], r["unit"]),
                    _fmt(r["paper"], r["paper_std"], r["unit"]), r["note"]] for r in sorted(rows, key=rank)],
                  align="lrlrrl")
+
+
+#: The fields of a recorded row that :func:`compare_results` compares (notes hold wall times).
+VALUE_FIELDS = ("ours", "std", "paper", "paper_std", "unit")
+
+
+def _recorded(folder: Path) -> dict:
+    # {(results file relative to folder, key): row} of every JSON results file under folder.
+    out = {}
+    for f in sorted(folder.rglob("*.json")):
+        try:
+            payload = json.loads(f.read_text())
+            rows = payload["rows"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"the results file {f} is damaged ({type(exc).__name__}: {exc})") from exc
+        for r in rows:
+            out[str(f.relative_to(folder)), r["key"]] = r
+    return out
+
+
+def _same(a, b, rtol: float, atol: float) -> bool:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if numbers:
+        return math.isclose(a, b, rel_tol=rtol, abs_tol=atol)
+    return a == b
+
+
+def compare_results(dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=("*_seconds",),
+                    fields=VALUE_FIELDS) -> list[dict]:
+    """Every recorded value that differs between two results folders, and every key recorded in one only.
+
+    Parameters
+    ----------
+    dir_a, dir_b : path-like
+        Results folders: ``$SYMMETRIES_RESULTS`` of two runs (holding ``<scale>/<chapter>.json``),
+        or two scale folders. Every ``*.json`` below them is read; rows are matched by the file's
+        path relative to the folder and the row's ``key``.
+    rtol, atol : float
+        Numbers ``a`` and ``b`` agree when ``|a - b| <= max(rtol * max(|a|, |b|), atol)``
+        (:func:`math.isclose`); other values (``None``, units) must be equal.
+    ignore : sequence of str
+        Glob patterns of keys not compared (default: wall-clock times, ``*_seconds``).
+    fields : sequence of str
+        The fields of a row compared (default :data:`VALUE_FIELDS`; notes are not compared).
+
+    Returns
+    -------
+    list of dict
+        One per difference, sorted by file and key: ``file``, ``key``, ``field`` (``None`` for a key
+        recorded in one folder only), ``a`` and ``b`` (the values; ``None`` where absent). Empty when
+        the folders agree.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a folder does not exist.
+    ValueError
+        If a results file is damaged.
+    """
+    folders = [Path(d) for d in (dir_a, dir_b)]
+    for d in folders:
+        if not d.is_dir():
+            raise FileNotFoundError(f"results folder {d} does not exist")
+    a, b = (_recorded(d) for d in folders)
+    out = []
+    for file, key in sorted(set(a) | set(b)):
+        if any(fnmatch.fnmatchcase(key, p) for p in ignore):
+            continue
+        ra, rb = a.get((file, key)), b.get((file, key))
+        if ra is None or rb is None:
+            out.append(dict(file=file, key=key, field=None, a=ra and ra.get("ours"), b=rb and rb.get("ours")))
+            continue
+        out += [dict(file=file, key=key, field=f, a=ra.get(f), b=rb.get(f)) for f in fields
+                if not _same(ra.get(f), rb.get(f), rtol, atol)]
+    return out
+
+
+def main(argv=None) -> int:
+    """The command line ``python -m lib.results compare A B [--rtol R] [--atol T] [--ignore GLOB ...]``.
+
+    Prints one line per difference of :func:`compare_results` and a summary.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 when the folders agree, 1 when they differ.
+    """
+    parser = argparse.ArgumentParser(prog="python -m lib.results", description="Compare recorded results.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="list every recorded value that differs between two results folders")
+    c.add_argument("a", help="a results folder ($SYMMETRIES_RESULTS of one run, or one of its scale folders)")
+    c.add_argument("b", help="the results folder to compare it with")
+    c.add_argument("--rtol", type=float, default=1e-9, help="relative tolerance of numbers (default 1e-9)")
+    c.add_argument("--atol", type=float, default=0.0, help="absolute tolerance of numbers (default 0)")
+    c.add_argument("--ignore", nargs="*", default=["*_seconds"], help="glob patterns of keys to skip "
+                   "(default: *_seconds)")
+    args = parser.parse_args(argv)
+    diffs = compare_results(args.a, args.b, args.rtol, args.atol, tuple(args.ignore))
+    for d in diffs:
+        what = "recorded in one folder only" if d["field"] is None else d["field"]
+        print(f"{d['file']}  {d['key']}  {what}: {d['a']!r} != {d['b']!r}")
+    n = len({(d["file"], d["key"]) for d in diffs})
+    print(f"{n} key(s) differ between {args.a} and {args.b}" if diffs else f"no differences between {args.a} and "
+          f"{args.b} (rtol {args.rtol:g}, atol {args.atol:g}, ignoring {', '.join(args.ignore) or 'nothing'})")
+    return 1 if diffs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

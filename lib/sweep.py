@@ -39,13 +39,34 @@ def _literal(text: str):
 
 
 def expand(grid: dict) -> list[dict]:
-    """All combinations of ``grid`` (``{name: [values]}``), in a stable order."""
+    """All combinations of a parameter grid, in a stable order.
+
+    Parameters
+    ----------
+    grid : dict
+        ``{name: [values]}``.
+
+    Returns
+    -------
+    list of dict
+        One ``{name: value}`` per combination, names sorted.
+    """
     names = sorted(grid)
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
 def run_name(params: dict) -> str:
-    """A file-name-safe spelling of ``params`` such as ``scale-cpu_seed-0``."""
+    """A file-name-safe spelling of one run's parameters.
+
+    Parameters
+    ----------
+    params : dict
+
+    Returns
+    -------
+    str
+        Such as ``scale-cpu_seed-0`` (``"default"`` for no parameters).
+    """
     safe = lambda v: "".join(c if c.isalnum() or c in ".-" else "-" for c in str(v))
     return "_".join(f"{k}-{safe(params[k])}" for k in sorted(params)) or "default"
 
@@ -55,6 +76,23 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
 
     Safe to call from threads and from Dask workers: everything run-specific goes through the
     subprocess's environment and files, never through this process's global state.
+
+    Parameters
+    ----------
+    chapter : str
+        A chapter file.
+    params : dict
+        Its parameters for this run.
+    out_dir : str
+        The chapter's runs folder.
+    timeout : float, optional
+        Seconds per run.
+
+    Returns
+    -------
+    dict
+        ``params``, ``ok``, ``notebook``, ``error``, the recorded ``rows`` and ``skipped`` (whether a
+        finished run was found).
     """
     out_dir = Path(out_dir)
     name = run_name(params)
@@ -123,7 +161,19 @@ def _run_safely(chapter: str, params: dict, out_dir: str, timeout: float | None)
 def chapter_parameters(chapter: str) -> list[str]:
     """The names that ``chapter``'s cell tagged ``parameters`` assigns, in order.
 
-    Raises ``ValueError`` (naming the file) when the chapter has no such cell.
+    Parameters
+    ----------
+    chapter : str
+        A chapter file.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when the chapter has no such cell.
     """
     # Chapters are MyST files; say so, so that one without a Jupytext header is read the same way.
     nb = jupytext.read(chapter, fmt="md:myst" if str(chapter).endswith(".md") else None)
@@ -145,6 +195,26 @@ def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, schedul
     ``workers`` runs execute at a time in a local pool; with ``scheduler`` (a Dask distributed
     address, e.g. of a SLURM or Kubernetes deployment) the runs go to that cluster instead.
     The collected rows are also written to ``<out>/<chapter>/results.json``.
+
+    Parameters
+    ----------
+    chapter : str
+        A chapter file, e.g. ``book/05_stitching.md``.
+    grid : dict
+        ``{parameter: [values]}``; every name must be set by the chapter's parameters cell.
+    out : str
+        The output folder.
+    workers : int
+        Runs at a time in the local pool.
+    scheduler : str, optional
+        The address of a Dask distributed scheduler.
+    timeout : float, optional
+        Seconds per run.
+
+    Returns
+    -------
+    list of dict
+        One status per run (:func:`run_one`).
     """
     if not Path(chapter).is_file():
         raise ValueError(f"chapter {chapter!r} does not exist; pass a path such as book/03_model_zoo.md")
@@ -187,8 +257,18 @@ def _hashable(value):
 def summarize(table: list[dict], over: str = "seed") -> dict:
     """Mean and std of ``ours`` for each key over the runs that differ only in parameter ``over``.
 
-    Returns ``{(key, other parameters...): dict(mean, std, n, paper)}``; list-valued parameters
-    appear as tuples (so that they can be part of the key).
+    Parameters
+    ----------
+    table : list of dict
+        The rows of a sweep's ``results.json``: ``key``, ``ours``, ``paper`` and ``param_<name>``.
+    over : str
+        The parameter averaged over.
+
+    Returns
+    -------
+    dict
+        ``{(key, other parameters...): dict(mean, std, n, paper)}``; list-valued parameters appear
+        as tuples (so that they can be part of the key).
     """
     groups: dict = {}
     for row in table:
@@ -204,6 +284,18 @@ def summarize(table: list[dict], over: str = "seed") -> dict:
 
 
 def main(argv=None) -> int:
+    """The command line ``python -m lib.sweep CHAPTER -p NAME VALUE... [--workers N] [--scheduler ADDRESS]``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 when every run succeeded, else 1.
+    """
     parser = argparse.ArgumentParser(prog="python -m lib.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("chapter", help="a chapter file, e.g. book/05_stitching.md")
     parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),

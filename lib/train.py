@@ -1,4 +1,5 @@
-"""Training recipes and a small, fast training loop (in the spirit of airbench).
+"""Training recipes (:class:`Recipe`; their values are :data:`lib.settings.RECIPES`) and a small, fast
+training loop (in the spirit of airbench).
 
 Data lives as tensors on the training device; augmentation is done on whole batches there. On CUDA
 the loop uses channels_last and bfloat16 autocast; on the CPU it runs eagerly with channels_last
@@ -20,12 +21,47 @@ from tqdm.auto import tqdm
 
 from .config import PRECISIONS, autocast, check_choice, get_device
 from .data import Dataset, augment, batches, subset, to_input
+from .settings import RECIPES, scale_settings
 
-__all__ = ["Recipe", "RECIPES", "recipe", "train", "evaluate", "make_optimizer", "throughput"]
+__all__ = ["Recipe", "recipe", "recipe_for_scale", "train", "evaluate", "make_optimizer", "throughput"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
+    """A training recipe: everything besides the architecture and the seed that changes the weights.
+
+    Every field is part of the zoo's cache key (:func:`lib.zoo.model_key`). The named recipes are
+    :data:`lib.settings.RECIPES`; :func:`recipe` and :func:`recipe_for_scale` build them. A bad
+    field is a ``ValueError`` naming it and what it accepts, raised when the recipe is made.
+
+    Attributes
+    ----------
+    name : str
+        ``"paper"`` or ``"fast"``: the entry of :data:`lib.settings.RECIPES` it started from.
+    epochs, batch_size : int
+        Passes over the training images (>= 1); images per optimiser step (>= 1).
+    optimizer : str
+        ``"adam"`` or ``"sgd"`` (Nesterov momentum when ``momentum > 0``).
+    lr, momentum, weight_decay : float
+        Peak learning rate; SGD momentum (unused by Adam); L2 coefficient of parameters named "weight".
+    schedule : str
+        ``"step"`` (decay by ``gamma`` every ``step_size`` epochs) or ``"onecycle"`` (linear warm-up over
+        the fraction ``warmup`` of all steps, then linear decay to 0).
+    step_size : int
+    gamma, warmup, label_smoothing : float
+        ``warmup`` and ``label_smoothing`` are fractions in [0, 1].
+    flip : bool
+        Random horizontal flips.
+    translate : int
+        Random translation, in pixels.
+    keep_best : bool
+        Keep the epoch with the best test accuracy (the authors' choice) instead of the last.
+    n_train, n_test : int or None
+        Training images and test images for accuracies (``None``: all).
+    precision : str
+        A :data:`lib.config.PRECISIONS` mode: ``"bulk"`` (bfloat16 autocast where fast) or ``"float32"``.
+    """
+
     name: str
     epochs: int              # passes over the training images
     batch_size: int          # images per optimiser step
@@ -78,25 +114,30 @@ class Recipe:
         check_choice("precision", self.precision, PRECISIONS)
 
 
-RECIPES = {
-    # The authors' recipe (implementation notes): 50 epochs of Adam, StepLR 12/0.5, batch 32.
-    "paper": Recipe("paper", epochs=50, batch_size=32, optimizer="adam", lr=1e-3, momentum=0.0,
-                    weight_decay=1e-4, schedule="step", step_size=12, gamma=0.5, warmup=0.0,
-                    label_smoothing=0.0, flip=True, translate=2, keep_best=True),
-    # A fast recipe for small budgets: large batches, Nesterov SGD, one-cycle, label smoothing.
-    "fast": Recipe("fast", epochs=10, batch_size=512, optimizer="sgd", lr=0.2, momentum=0.9,
-                   weight_decay=5e-4, schedule="onecycle", step_size=0, gamma=1.0, warmup=0.2,
-                   label_smoothing=0.1, flip=True, translate=2, keep_best=False),
-}
-
-
 def recipe(name: str | Recipe, **overrides) -> Recipe:
-    """The named recipe (``"paper"`` or ``"fast"``) with some fields replaced (e.g. ``epochs=8``)."""
+    """A named recipe with some fields replaced.
+
+    Parameters
+    ----------
+    name : str or Recipe
+        A key of :data:`lib.settings.RECIPES` (``"paper"`` or ``"fast"``), or a recipe to start from.
+    **overrides
+        Fields of :class:`Recipe` to replace (e.g. ``epochs=8``).
+
+    Returns
+    -------
+    Recipe
+
+    Raises
+    ------
+    ValueError
+        For an unknown recipe name or field, or a bad field value.
+    """
     if isinstance(name, Recipe):
         base = name
     else:
         check_choice("recipe", name, RECIPES)
-        base = RECIPES[name]
+        base = Recipe(name=name, **RECIPES[name])
     fields = {f.name for f in dataclasses.fields(Recipe)}
     unknown = set(overrides) - fields
     if unknown:
@@ -104,8 +145,46 @@ def recipe(name: str | Recipe, **overrides) -> Recipe:
     return dataclasses.replace(base, **overrides)
 
 
+def recipe_for_scale(scale: str, name: str | None = None, **overrides) -> Recipe:
+    """The training recipe of the zoo at ``scale``, with some fields replaced.
+
+    Parameters
+    ----------
+    scale : str
+        A key of :data:`lib.settings.SCALES`; its ``recipe``, ``epochs``, ``n_train`` and ``n_test``
+        are used.
+    name : str, optional
+        Another recipe to start from (default: the scale's).
+    **overrides
+        Fields of :class:`Recipe` to replace, e.g. ``optimizer="adam", lr=2e-3`` for a network
+        without BatchNorm.
+
+    Returns
+    -------
+    Recipe
+    """
+    s = scale_settings(scale)
+    fields = dict(epochs=s.epochs, n_train=s.n_train, n_test=s.n_test)
+    return recipe(name or s.recipe, **{**fields, **overrides})
+
+
 def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
-    """Optimiser and per-step learning-rate scheduler for recipe ``r``."""
+    """The optimiser and per-step learning-rate scheduler of recipe ``r``.
+
+    Weight decay applies to parameters whose name ends in "weight" only.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    r : Recipe
+    steps_per_epoch : int
+        Optimiser steps per epoch (the schedule counts steps).
+
+    Returns
+    -------
+    (torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR)
+        Call the scheduler's ``step()`` after every optimiser step.
+    """
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n.endswith("weight")]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith("weight")]
     groups = [dict(params=decay, weight_decay=r.weight_decay), dict(params=rest, weight_decay=0.0)]
@@ -130,12 +209,28 @@ def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device=None, batch_size: int = 1000,
              precision: str = "float32") -> float:
-    """Accuracy (fraction in [0, 1]) of ``model`` on uint8 images ``x`` ``(n, H, W, 3)`` or float
-    inputs ``(n, 3, H, W)``, labels ``y``; the model is put in eval mode and restored afterwards.
+    """The accuracy of ``model`` on labelled images; its train/eval mode is restored afterwards.
 
-    ``precision`` is a :data:`lib.config.PRECISIONS` mode. The default is float32, because callers
-    compare accuracies (stitching penalties, Theorem 4.2's exact zero) and both sides of a difference
-    must be computed alike; the training loop passes its recipe's precision for its own progress."""
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor
+        uint8 images ``(n, H, W, 3)`` or model inputs ``(n, 3, H, W)``.
+    y : torch.Tensor
+        Labels ``(n,)``.
+    device : optional
+        For :func:`lib.config.get_device`.
+    batch_size : int
+    precision : str
+        A :data:`lib.config.PRECISIONS` mode. The default is float32, because callers compare
+        accuracies (stitching penalties, Theorem 4.2's exact zero) and both sides of a difference must
+        be computed alike; the training loop passes its recipe's precision for its own progress.
+
+    Returns
+    -------
+    float
+        The fraction in [0, 1] of images classified correctly.
+    """
     device = get_device(device)
     was = model.training
     model.eval()
@@ -151,13 +246,38 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device=None, ba
 
 def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None, progress: bool = True,
           state: dict | None = None, on_epoch=None, desc: str = "train") -> list[dict]:
-    """Train ``model`` in place with recipe ``r``; return the per-epoch history.
+    """Train ``model`` in place with recipe ``r``; deterministic for a given seed on the CPU.
 
-    Each history row has ``epoch``, ``loss``, ``train_acc``, ``test_acc``, ``lr`` and ``seconds``.
-    ``state`` (from a checkpoint written by ``on_epoch``) resumes an interrupted run: it holds the
-    model, optimiser, scheduler and generator states, the history and the best weights so far.
-    ``on_epoch(state)`` is called after every epoch with such a dict. With ``r.keep_best`` the model
-    ends with the weights of its best test epoch.
+    Parameters
+    ----------
+    model : torch.nn.Module
+    data : lib.data.Dataset
+        Its first ``r.n_train`` / ``r.n_test`` images of a fixed shuffle are used (:func:`lib.data.subset`).
+    r : Recipe
+    seed : int
+        Seeds the global torch generator and the generator of batches and augmentation.
+    device : optional
+        For :func:`lib.config.get_device`.
+    progress : bool
+        Show a progress bar and one line per epoch.
+    state : dict, optional
+        A checkpoint written through ``on_epoch``, to resume an interrupted run: the model,
+        optimiser, scheduler and generator states, the history and the best weights so far.
+    on_epoch : callable, optional
+        Called after every epoch with such a dict.
+    desc : str
+        The label of the progress output and of errors.
+
+    Returns
+    -------
+    list of dict
+        One row per epoch: ``epoch``, ``loss``, ``train_acc`` and ``test_acc`` (fractions), ``lr``,
+        ``seconds``. With ``r.keep_best`` the model ends with the weights of its best test epoch.
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss or the weights stop being finite; nothing is stored for that epoch.
     """
     device = get_device(device)
     torch.manual_seed(seed)
@@ -232,8 +352,22 @@ def throughput(model: nn.Module, batch_size: int = 512, precision: str = "bulk",
 
     Times ``steps`` optimiser steps (SGD, cross-entropy on random inputs of shape
     ``(batch_size, 3, image_size, image_size)``) after one warm-up step, with the training loop's
-    memory format and autocast, and returns ``batch_size`` divided by the fastest step. A short
-    calibration for time budgets (:func:`lib.zoo.estimate_seconds`); the model's weights change.
+    memory format and autocast. A short calibration for time budgets
+    (:func:`lib.zoo.estimate_seconds`); the model's weights change.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    batch_size, steps, image_size : int
+    precision : str
+        A :data:`lib.config.PRECISIONS` mode.
+    device : optional
+        For :func:`lib.config.get_device`.
+
+    Returns
+    -------
+    float
+        ``batch_size`` divided by the fastest step's seconds (images per second).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be at least 1, got steps={steps}, batch_size={batch_size}")

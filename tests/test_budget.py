@@ -7,8 +7,8 @@ makes this test fail.
 """
 import pytest
 
-from lib import zoo
-from lib.config import BUDGET_SECONDS
+from lib import train, zoo
+from lib.settings import BUDGET_SECONDS
 
 # The chapters themselves (similarity, stitching, fine-tuning, dissection) measured about 15 min in
 # a cold `cpu` build; the zoo gets the rest of the 2 h with a margin for a loaded machine.
@@ -26,7 +26,7 @@ def test_cpu_zoo_training_fits_the_book_budget():
 
 
 def test_estimate_counts_epochs_and_images():
-    r = zoo.recipe_for_scale("cpu", epochs=4, n_train=1000, n_test=300)
+    r = train.recipe_for_scale("cpu", epochs=4, n_train=1000, n_test=300)
     assert zoo.estimate_seconds(r, images_per_second=100.0) == pytest.approx(4 * 11.0)
 
 

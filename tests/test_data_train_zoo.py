@@ -1,27 +1,20 @@
-"""Data loading, batch augmentation, training determinism and the zoo cache (synthetic data only)."""
+"""Data loading, batch augmentation, training determinism, the zoo cache and its keys (synthetic data only)."""
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from lib import data, train, zoo
-from lib.config import scale_settings
-
-TINY = dict(arch="myrtle_cnn", width=0.0625)
-
-
-def tiny_recipe(**kw):
-    return train.recipe("fast", **{**dict(epochs=2, batch_size=64, lr=0.05), **kw})
+from lib import cache, data, settings, train, zoo
+from lib.models import build
+from lib.results import Recorder, load_results, markdown_table
 
 
-def test_load_cifar10_finds_file_in_data_dir(tmp_path, monkeypatch):
+def test_load_cifar10_finds_file_in_data_dir(tmp_path, monkeypatch, cifar_npz):
     monkeypatch.delenv("SYMMETRIES_DATA", raising=False)
     monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path / "cache"))
-    x = np.random.default_rng(0).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
-    y = np.arange(20) % 10
-    np.savez(tmp_path / "cifar10.npz", x_train=x, y_train=y, x_test=x[:10], y_test=y[:10],
-             classes=np.array([f"c{i}" for i in range(10)]))
+    cifar_npz(tmp_path)
     d = data.load_cifar10(tmp_path)
     assert d.x_train.shape == (20, 32, 32, 3) and d.x_train.dtype == torch.uint8
     assert d.y_test.dtype == torch.int64 and d.classes[3] == "c3"
@@ -91,15 +84,16 @@ def test_batches_cover_every_item_once():
 
 
 def test_recipes_and_bad_names():
-    assert train.RECIPES["paper"].epochs == 50 and train.RECIPES["paper"].batch_size == 32
+    assert train.recipe("paper").epochs == 50 and train.recipe("paper").batch_size == 32
+    assert settings.RECIPES["paper"]["epochs"] == 50
     assert train.recipe("fast", epochs=3).epochs == 3
     with pytest.raises(ValueError, match="accepted values: 'paper', 'fast'"):
         train.recipe("slow")
     with pytest.raises(ValueError, match="unknown recipe fields"):
         train.recipe("fast", epoch=3)
     with pytest.raises(ValueError, match="scale"):
-        zoo.recipe_for_scale("huge")
-    assert zoo.recipe_for_scale("smoke").n_train == scale_settings("smoke").n_train
+        train.recipe_for_scale("huge")
+    assert train.recipe_for_scale("smoke").n_train == settings.scale_settings("smoke").n_train
 
 
 def test_onecycle_and_step_schedules():
@@ -118,11 +112,10 @@ def test_onecycle_and_step_schedules():
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
 
 
-def test_training_learns_and_is_deterministic():
+def test_training_learns_and_is_deterministic(tiny_arch, tiny_recipe):
     d = data.synthetic_dataset(n_train=256, n_test=128, seed=0)
-    r = tiny_recipe()
-    from lib.models import build
-    m1, m2 = build(TINY, seed=3), build(TINY, seed=3)
+    r = tiny_recipe(epochs=2, batch_size=64)
+    m1, m2 = build(tiny_arch, seed=3), build(tiny_arch, seed=3)
     h1 = train.train(m1, d, r, seed=3, device="cpu", progress=False)
     train.train(m2, d, r, seed=3, device="cpu", progress=False)
     assert [k for k in h1[0]] == ["epoch", "loss", "train_acc", "test_acc", "lr", "seconds"]
@@ -132,60 +125,49 @@ def test_training_learns_and_is_deterministic():
     assert train.evaluate(m1, d.x_test, d.y_test, "cpu") == h1[-1]["test_acc"]
 
 
-def test_zoo_caches_and_keys(tmp_path):
+def test_zoo_caches_and_keys(tmp_path, tiny_arch, tiny_recipe):
     d = data.synthetic_dataset(n_train=128, n_test=64)
     r = tiny_recipe(epochs=1)
-    m = zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
-    folder = tmp_path / zoo.model_key(TINY, r, 0, d.identity)
+    m = zoo.get(tiny_arch, r, seed=0, data=d, root=tmp_path, progress=False)
+    folder = tmp_path / zoo.model_key(tiny_arch, r, 0, d.identity)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["test_acc"] == m.zoo_meta["test_acc"] and meta["seed"] == 0 and len(meta["history"]) == 1
     assert not (folder / "checkpoint.pt").exists()
     mtime = (folder / "weights.pt").stat().st_mtime
-    again = zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
+    again = zoo.get(tiny_arch, r, seed=0, data=d, root=tmp_path, progress=False)
     assert (folder / "weights.pt").stat().st_mtime == mtime
     for a, b in zip(m.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
     # Defaults filled in give the same key; anything that changes weights gives another.
-    assert zoo.model_key(TINY, r, 0, d.identity) == zoo.model_key(dict(TINY, batchnorm=True), r, 0, d.identity)
-    assert zoo.model_key(TINY, r, 1, d.identity) != zoo.model_key(TINY, r, 0, d.identity)
-    assert zoo.model_key(TINY, tiny_recipe(epochs=2), 0, d.identity) != zoo.model_key(TINY, r, 0, d.identity)
+    assert zoo.model_key(tiny_arch, r, 0, d.identity) == zoo.model_key(dict(tiny_arch, batchnorm=True), r, 0, d.identity)
+    assert zoo.model_key(tiny_arch, r, 1, d.identity) != zoo.model_key(tiny_arch, r, 0, d.identity)
+    assert zoo.model_key(tiny_arch, tiny_recipe(epochs=2), 0, d.identity) != zoo.model_key(tiny_arch, r, 0, d.identity)
 
 
-def test_zoo_detects_corruption_and_retrains(tmp_path):
+def test_zoo_detects_corruption_and_retrains(tmp_path, tiny_arch, tiny_recipe):
     d = data.synthetic_dataset(n_train=128, n_test=64)
     r = tiny_recipe(epochs=1)
-    zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
-    weights = tmp_path / zoo.model_key(TINY, r, 0, d.identity) / "weights.pt"
+    zoo.get(tiny_arch, r, seed=0, data=d, root=tmp_path, progress=False)
+    weights = tmp_path / zoo.model_key(tiny_arch, r, 0, d.identity) / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:100])          # truncated
     with pytest.warns(UserWarning, match="corrupted"):
-        m = zoo.get(TINY, r, seed=0, data=d, root=tmp_path, progress=False)
+        m = zoo.get(tiny_arch, r, seed=0, data=d, root=tmp_path, progress=False)
     assert weights.stat().st_size > 100 and m.zoo_meta["test_acc"] >= 0
 
 
-def test_zoo_resumes_from_checkpoint(tmp_path, capsys):
+def test_zoo_resumes_from_checkpoint(tmp_path, capsys, tiny_arch, tiny_recipe, interrupted_checkpoint):
     d = data.synthetic_dataset(n_train=128, n_test=64)
     r = tiny_recipe(epochs=2)
-    full = zoo.get(TINY, r, seed=5, data=d, root=tmp_path / "a", progress=False)
+    full = zoo.get(tiny_arch, r, seed=5, data=d, root=tmp_path / "a", progress=False)
     # Interrupt a second run after its first epoch, then resume it: same weights bit for bit.
-    folder = tmp_path / "b" / zoo.model_key(TINY, r, 5, d.identity)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(state):
-        zoo._write_checked(folder / "checkpoint.pt", zoo._torch_bytes(dict(state, seconds=0.0)))
-        raise Stop
-    from lib.models import build
-    folder.mkdir(parents=True)
-    with pytest.raises(Stop):
-        train.train(build(TINY, seed=5), d, r, seed=5, device="cpu", progress=False, on_epoch=stop_after_first)
-    resumed = zoo.get(TINY, r, seed=5, data=d, root=tmp_path / "b", progress=False)
+    interrupted_checkpoint(d, tmp_path / "b", r, seed=5, arch=tiny_arch)
+    resumed = zoo.get(tiny_arch, r, seed=5, data=d, root=tmp_path / "b", progress=False)
     assert "from epoch 1" in capsys.readouterr().out
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
 
 
-def test_unwritable_zoo_fails_before_training(tmp_path):
+def test_unwritable_zoo_fails_before_training(tmp_path, tiny_arch, tiny_recipe):
     d = data.synthetic_dataset(n_train=64, n_test=32)
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -197,27 +179,79 @@ def test_unwritable_zoo_fails_before_training(tmp_path):
         blocker.write_text("x")
         ro = blocker                                              # a file is never a folder
     with pytest.raises((PermissionError, FileExistsError, NotADirectoryError)):
-        zoo.get(TINY, tiny_recipe(epochs=1), 0, data=d, root=ro, progress=False)
+        zoo.get(tiny_arch, tiny_recipe(), 0, data=d, root=ro, progress=False)
 
 
-def test_pairs_and_memo(tmp_path):
-    d = data.synthetic_dataset(n_train=64, n_test=32)
-    ps = zoo.pairs(TINY, tiny_recipe(epochs=1), n_pairs=2, seed0=10, data=d, root=tmp_path, progress=False)
-    assert [(a.zoo_meta["seed"], b.zoo_meta["seed"]) for a, b in ps] == [(10, 11), (12, 13)]
-    with pytest.raises(ValueError, match="n_pairs"):
-        zoo.pairs(TINY, n_pairs=0)
+def test_memo_computes_once_per_config(tmp_path):
     calls = []
     f = lambda: calls.append(1) or {"x": 1.5}
-    assert zoo.memo("t", {"a": 1}, f, root=tmp_path) == {"x": 1.5}
-    assert zoo.memo("t", {"a": 1}, f, root=tmp_path) == {"x": 1.5} and len(calls) == 1
-    zoo.memo("t", {"a": 2}, f, root=tmp_path)
+    assert cache.memo("t", {"a": 1}, f, root=tmp_path) == {"x": 1.5}
+    assert cache.memo("t", {"a": 1}, f, root=tmp_path) == {"x": 1.5} and len(calls) == 1
+    cache.memo("t", {"a": 2}, f, root=tmp_path)
     assert len(calls) == 2
     with pytest.raises(ValueError, match="dataset"):
-        zoo.load_data("imagenet")
+        data.load_data("imagenet")
+
+
+# Keys computed before the redesign of issue 14 (lib.zoo, lib.config and zoo.book_models of commit 4abcb08):
+# moving the settings must not retrain a model nor invalidate a cached result.
+SMOKE_KEYS = {
+    "myrtle": ["77469450007012321f28", "e1f79c20c77ffc9d20da"],
+    "myrtle_narrow": ["a9604d3e5aa983df58c1", "81fc9c80f35bf3d6226b"],
+    "myrtle_nobn": ["d6d197b13f6da56c2080"],
+    "resnet20": ["3c241f81606d24990f0e", "fd20562ac49a45cd2bf6"],
+    "resnet20_dissection": ["3c241f81606d24990f0e"],
+    "resnet20_noresrelu": ["6e6d309507772159742f"],
+    "convnext": ["493decda7f66d23e73ba"],
+    "resnet20_slope0": ["3c241f81606d24990f0e", "fd20562ac49a45cd2bf6"],
+    "resnet20_slope1": ["95f0f0164815496c7603", "27d613300ec92207cb4e"],
+}
+# The sha256 of every key of every scale and replicates 0 and 1, as JSON {"<scale>/<seed>": {family: keys}}.
+ALL_KEYS_SHA256 = "5bb0909788bb3baea5e0ce1b3973b5fb78cf03c8bd33415b7635516ea5349b25"
+
+
+def _book_keys(scale, seed):
+    return {name: [zoo.model_key(e["arch"], e["recipe"], s, "data") for s in e["seeds"]]
+            for name, e in zoo.book_models(scale, seed).items()}
+
+
+def test_model_and_memo_keys_are_those_before_the_redesign():
+    assert _book_keys("smoke", 0) == SMOKE_KEYS and list(_book_keys("smoke", 0)) == list(SMOKE_KEYS)
+    every = {f"{scale}/{seed}": _book_keys(scale, seed) for scale in settings.SCALES for seed in (0, 1)}
+    assert hashlib.sha256(json.dumps(every, sort_keys=True).encode()).hexdigest() == ALL_KEYS_SHA256
+    config = dict(kind="x", fingerprints=["abc", "def"], settings=dict(lr=1e-3, epochs=4), n=None, version=1)
+    assert cache.memo_key(config) == "702003a50a5630ad12c1"
+    assert cache.fingerprint(build(dict(arch="myrtle_cnn", width=0.0625), seed=0)) == "9fbd995946bfa2390cd8"
+    assert cache.fingerprint(build(dict(arch="resnet20", width=0.25), seed=1)) == "585d958c9570197accba"
+
+
+def test_stitching_protocol_per_scale_is_the_one_before_the_redesign():
+    fast = dict(optimizer="adam", lr=1e-3, lr_decay=True, momentum=0.0, weight_decay=1e-4, batch_size=128, alpha=0.1,
+                sinkhorn_rounds=16, p_only_fraction=0.5, bn_adapt=True, init="closed_form", precision="bulk")
+    assert {s: settings.SCALES[s].stitch for s in ("smoke", "cpu", "gpu")} == {
+        "smoke": dict(fast, epochs=1), "cpu": dict(fast, epochs=4), "gpu": dict(fast, epochs=5)}
+    assert settings.SCALES["paper"].stitch == dict(fast, optimizer="sgd", lr_decay=False, epochs=20, batch_size=32,
+                                                   init="random")
+
+
+def test_load_pairs_pairs_consecutive_seeds_of_a_family(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_ZOO", str(tmp_path))
+    d = data.synthetic_dataset(n_train=64, n_test=32)
+    # At smoke scale the slope families have one pair; the ReLU one is a 1-epoch ResNet20 on 512 images.
+    (a, b), = zoo.load_pairs("resnet20_slope1", "smoke", seed=2, data=d)
+    assert (a.zoo_meta["seed"], b.zoo_meta["seed"]) == (4, 5) and not a.training
+    entry = zoo.book_models("smoke", seed=2)["resnet20_slope1"]
+    assert [m.zoo_key for m in (a, b)] == [zoo.model_key(entry["arch"], entry["recipe"], s, d.identity) for s in (4, 5)]
+    with pytest.raises(ValueError, match="n_pairs must be between 1 and 1"):
+        zoo.load_pairs("myrtle", "smoke", n_pairs=2, data=d)
+    with pytest.raises(ValueError, match="n_pairs must be between 1 and 0"):
+        zoo.load_pairs("myrtle_nobn", "smoke", data=d)
+    with pytest.raises(ValueError, match="accepted values"):
+        zoo.load_pairs("vgg", "smoke", data=d)
+    assert len(zoo.load_family("resnet20_slope1", "smoke", seed=2, n_models=1, data=d)) == 1
 
 
 def test_recorder_roundtrip_and_table(tmp_path, monkeypatch):
-    from lib.results import Recorder, load_results, markdown_table
     monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
     rec = Recorder("stitching", "smoke", seed=2)
     rec.add("penalty", np.float64(1.5), std=0.25, paper=2.0, unit="%")

@@ -18,27 +18,25 @@ import numpy as np
 import pytest
 import torch
 
-from lib import data, metrics, sweep, train, zoo
+from lib import cache, data, metrics, sweep, train, zoo
+from lib.zoo import store as zoo_store
 from lib.config import atomic_path
 
-TINY = dict(arch="myrtle_cnn", width=0.0625)
-
-
-def tiny_recipe(**kw):
-    return train.recipe("fast", **{**dict(epochs=1, batch_size=32, lr=0.05), **kw})
+@pytest.fixture()
+def get(tiny_arch, tiny_recipe):
+    """``get(d, root, recipe=None, seed=0, **kw)``: the tiny model from the zoo in ``root`` (trained if missing)."""
+    def get(d, root, **kw):
+        return zoo.get(tiny_arch, kw.pop("recipe", tiny_recipe()), kw.pop("seed", 0), data=d, root=root,
+                       progress=False, **kw)
+    return get
 
 
 @pytest.fixture()
-def tiny_data():
-    return data.synthetic_dataset(n_train=64, n_test=32)
-
-
-def get(d, root, **kw):
-    return zoo.get(TINY, kw.pop("recipe", tiny_recipe()), kw.pop("seed", 0), data=d, root=root, progress=False, **kw)
-
-
-def entry(d, root, recipe=None, seed=0) -> Path:
-    return Path(root) / zoo.model_key(TINY, recipe or tiny_recipe(), seed, d.identity)
+def entry(tiny_arch, tiny_recipe):
+    """``entry(d, root, recipe=None, seed=0)``: the zoo folder of the tiny model."""
+    def entry(d, root, recipe=None, seed=0) -> Path:
+        return Path(root) / zoo.model_key(tiny_arch, recipe or tiny_recipe(), seed, d.identity)
+    return entry
 
 
 def fail_for(monkeypatch, cls, method, paths, err):
@@ -67,7 +65,7 @@ def snapshot(folder: Path) -> dict:
 # -- 1. a shared zoo: the user's umask, and no deletion on read errors ----------------------------
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
-def test_files_get_the_users_umask(tmp_path, tiny_data, umask, mode):
+def test_files_get_the_users_umask(tmp_path, tiny_data, umask, mode, get):
     old = os.umask(umask)
     try:
         with atomic_path(tmp_path / "f.json") as tmp:
@@ -82,7 +80,7 @@ def test_files_get_the_users_umask(tmp_path, tiny_data, umask, mode):
 
 
 @pytest.mark.parametrize("name", ["meta.json", "weights.pt"])
-def test_unreadable_zoo_entry_is_an_error_and_never_deleted(tmp_path, tiny_data, monkeypatch, name):
+def test_unreadable_zoo_entry_is_an_error_and_never_deleted(tmp_path, tiny_data, monkeypatch, name, get, entry):
     get(tiny_data, tmp_path)
     folder = entry(tiny_data, tmp_path)
     before = snapshot(folder)
@@ -93,17 +91,17 @@ def test_unreadable_zoo_entry_is_an_error_and_never_deleted(tmp_path, tiny_data,
     assert snapshot(folder) == before
 
 
-def test_unreadable_checkpoint_and_memo_are_errors_and_kept(tmp_path, tiny_data, monkeypatch):
+def test_unreadable_checkpoint_and_memo_are_errors_and_kept(tmp_path, tiny_data, monkeypatch, get, entry):
     folder = entry(tiny_data, tmp_path)
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"someone else's checkpoint")
-    assert zoo.memo("k", {"a": 1}, lambda: 0.125, root=tmp_path / "memo") == 0.125
+    assert cache.memo("k", {"a": 1}, lambda: 0.125, root=tmp_path / "memo") == 0.125
     memo_file = next((tmp_path / "memo" / "k").glob("*.pkl"))
     fail_for(monkeypatch, Path, "read_bytes", [folder / "checkpoint.pt", memo_file], errno.EACCES)
     with pytest.raises(PermissionError, match="checkpoint.pt.*left untouched"):
         get(tiny_data, tmp_path)
     with pytest.raises(PermissionError, match=f"{memo_file.name}.*left untouched"):
-        zoo.memo("k", {"a": 1}, lambda: pytest.fail("recomputed"), root=tmp_path / "memo")
+        cache.memo("k", {"a": 1}, lambda: pytest.fail("recomputed"), root=tmp_path / "memo")
     monkeypatch.undo()
     assert (folder / "checkpoint.pt").read_bytes() == b"someone else's checkpoint"
     assert not (folder / "weights.pt").exists() and memo_file.exists()
@@ -111,7 +109,7 @@ def test_unreadable_checkpoint_and_memo_are_errors_and_kept(tmp_path, tiny_data,
 
 # -- 2. a diverged model is never cached -----------------------------------------------------------
 
-def test_non_finite_loss_stops_training_and_caches_nothing(tmp_path, tiny_data):
+def test_non_finite_loss_stops_training_and_caches_nothing(tmp_path, tiny_data, get, entry, tiny_recipe):
     r = tiny_recipe(lr=1e30)
     for _ in range(2):                                            # and the second call does not serve it
         with pytest.raises(FloatingPointError, match="recipe 'fast' .*lr 1e\\+30.*diverged in epoch 1"):
@@ -121,7 +119,7 @@ def test_non_finite_loss_stops_training_and_caches_nothing(tmp_path, tiny_data):
         assert not (folder / "checkpoint.pt").exists()
 
 
-def test_nan_learning_rate_is_refused_before_training():
+def test_nan_learning_rate_is_refused_before_training(tiny_recipe):
     with pytest.raises(ValueError, match="lr must be a finite number > 0; got nan"):
         tiny_recipe(lr=float("nan"))
 
@@ -135,17 +133,17 @@ def test_memo_value_that_cannot_be_stored_is_returned_with_one_warning(tmp_path,
     for _ in range(2):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert zoo.memo("k", {"a": 1}, lambda: calls.append(1) or {"x": 0.125}, root=root) == {"x": 0.125}
+            assert cache.memo("k", {"a": 1}, lambda: calls.append(1) or {"x": 0.125}, root=root) == {"x": 0.125}
         assert len(caught) == 1 and "could not be cached" in str(caught[0].message)
         assert "read-only" in str(caught[0].message)
     assert len(calls) == 2 and not root.exists()
 
 
-def test_full_disk_says_disk_space(tmp_path, tiny_data, monkeypatch):
+def test_full_disk_says_disk_space(tmp_path, tiny_data, monkeypatch, get):
     fail_for(monkeypatch, Path, "write_bytes", [tmp_path], errno.ENOSPC)
     fail_for(monkeypatch, Path, "write_text", [tmp_path], errno.ENOSPC)
     with pytest.warns(UserWarning, match="could not be cached.*no disk space left") as caught:
-        assert zoo.memo("k", {"a": 1}, lambda: 7, root=tmp_path / "memo") == 7
+        assert cache.memo("k", {"a": 1}, lambda: 7, root=tmp_path / "memo") == 7
     assert len(caught) == 1
     with pytest.raises(OSError, match=f"cannot write {tmp_path}.*no disk space left.*free disk space") as info:
         get(tiny_data, tmp_path / "zoo")
@@ -157,46 +155,21 @@ def test_full_disk_says_disk_space(tmp_path, tiny_data, monkeypatch):
     assert not list(tmp_path.rglob("meta.json")) and not list(tmp_path.rglob("*.tmp*"))
 
 
-def write_npz(folder: Path, n: int = 20, **overrides) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    x = np.random.default_rng(0).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
-    arrays = dict(x_train=x, y_train=np.arange(n) % 10, x_test=x[:10], y_test=np.arange(10),
-                  classes=np.array([f"c{i}" for i in range(10)]))
-    np.savez(folder / data.FILENAME, **{**arrays, **overrides})
-    return folder / data.FILENAME
-
-
-def test_unwritable_empty_cache_does_not_break_load_data(tmp_path, monkeypatch):
-    write_npz(tmp_path / "data")
+def test_unwritable_empty_cache_does_not_break_load_data(tmp_path, monkeypatch, cifar_npz):
+    cifar_npz(tmp_path / "data")
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache would be")
     monkeypatch.setenv("SYMMETRIES_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SYMMETRIES_CACHE", str(blocker / "cache"))
-    d = zoo.load_data()
+    d = data.load_data()
     assert d.x_train.shape == (20, 32, 32, 3) and d.source == str((tmp_path / "data" / data.FILENAME).resolve())
     with pytest.warns(UserWarning, match="could not be cached"):
-        assert zoo.memo("k", {"a": 1}, lambda: 3) == 3
+        assert cache.memo("k", {"a": 1}, lambda: 3) == 3
 
 
 # -- 4. bit flips are detected, reported and recomputed --------------------------------------------
 
-def interrupted_checkpoint(d, root, r, seed=0) -> Path:
-    class Stop(Exception):
-        pass
-
-    folder = entry(d, root, r, seed)
-    folder.mkdir(parents=True)
-
-    def stop(state):
-        zoo._write_checked(folder / "checkpoint.pt", zoo._torch_bytes(dict(state, seconds=0.0)))
-        raise Stop
-    from lib.models import build
-    with pytest.raises(Stop):
-        train.train(build(TINY, seed=seed), d, r, seed=seed, device="cpu", progress=False, on_epoch=stop)
-    return folder / "checkpoint.pt"
-
-
-def test_changed_checkpoint_bytes_are_not_resumed(tmp_path, tiny_data, capsys):
+def test_changed_checkpoint_bytes_are_not_resumed(tmp_path, tiny_data, capsys, get, tiny_recipe, interrupted_checkpoint):
     r = tiny_recipe(epochs=2)
     ckpt = interrupted_checkpoint(tiny_data, tmp_path / "b", r)
     flip_byte(ckpt, ckpt.stat().st_size // 2)
@@ -209,18 +182,18 @@ def test_changed_checkpoint_bytes_are_not_resumed(tmp_path, tiny_data, capsys):
 def test_changed_memo_entry_is_recomputed_not_served(tmp_path):
     calls = []
     compute = lambda: calls.append(1) or {"x": 0.125}
-    zoo.memo("k", {"a": 1}, compute, root=tmp_path)
+    cache.memo("k", {"a": 1}, compute, root=tmp_path)
     path = next((tmp_path / "k").glob("*.pkl"))
     raw = path.read_bytes()
     changed = raw.replace(struct.pack(">d", 0.125), struct.pack(">d", 0.625))
     assert changed != raw and pickle.loads(changed.split(b"\n", 2)[2]) == {"x": 0.625}
     path.write_bytes(changed)
     with pytest.warns(UserWarning, match=f"memo entry {path} is corrupted .*sha256.*recomputing"):
-        assert zoo.memo("k", {"a": 1}, compute, root=tmp_path) == {"x": 0.125}
-    assert zoo.memo("k", {"a": 1}, compute, root=tmp_path) == {"x": 0.125} and len(calls) == 2
+        assert cache.memo("k", {"a": 1}, compute, root=tmp_path) == {"x": 0.125}
+    assert cache.memo("k", {"a": 1}, compute, root=tmp_path) == {"x": 0.125} and len(calls) == 2
 
 
-def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data):
+def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data, get, entry):
     good = get(tiny_data, tmp_path)
     weights = entry(tiny_data, tmp_path) / "weights.pt"
     flip_byte(weights, weights.stat().st_size - 200)
@@ -233,8 +206,8 @@ def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data):
 # -- 5. damaged files: errors name the file and what to do -----------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "bit flip", "empty"])
-def test_damaged_data_npz_names_the_file(tmp_path, damage):
-    path = write_npz(tmp_path / damage.replace(" ", "_"))
+def test_damaged_data_npz_names_the_file(tmp_path, damage, cifar_npz):
+    path = cifar_npz(tmp_path / damage.replace(" ", "_"))
     raw = path.read_bytes()
     if damage == "truncated":
         path.write_bytes(raw[: len(raw) // 2])
@@ -316,8 +289,8 @@ def test_wrong_data_formats_are_refused(change, message):
         as_dataset(x, y)
 
 
-def test_wrong_layout_in_npz_names_the_file(tmp_path):
-    path = write_npz(tmp_path, y_train=np.arange(20) % 10 + 1)
+def test_wrong_layout_in_npz_names_the_file(tmp_path, cifar_npz):
+    path = cifar_npz(tmp_path, y_train=np.arange(20) % 10 + 1)
     with pytest.raises(ValueError, match=f"{path.resolve()} does not hold CIFAR-10.*labels 0..9"):
         data.load_cifar10(tmp_path)
     with pytest.raises(ValueError, match="x must have dtype torch.uint8"):
@@ -338,7 +311,7 @@ def test_bad_recipe_settings_name_the_parameter(field, value, accepted):
 
 @pytest.mark.parametrize("arch", [dict(arch="myrtle_cnn", width=0), dict(arch="resnet20", width=-0.5),
                                   dict(arch="myrtle_cnn", width=float("nan"))])
-def test_bad_width_fails_before_anything_is_written(tmp_path, tiny_data, arch):
+def test_bad_width_fails_before_anything_is_written(tmp_path, tiny_data, arch, tiny_recipe):
     with pytest.raises(ValueError, match="width must be a finite number > 0.*got"):
         zoo.get(arch, tiny_recipe(), 0, data=tiny_data, root=tmp_path, progress=False)
     assert not list(tmp_path.iterdir())
@@ -431,7 +404,7 @@ def test_summarize_handles_list_valued_parameters():
 
 # -- 11. identical runs give identical files ----------------------------------------------------------------
 
-def test_weights_file_bytes_are_identical_between_runs(tmp_path, tiny_data):
+def test_weights_file_bytes_are_identical_between_runs(tmp_path, tiny_data, get):
     a, b = get(tiny_data, tmp_path / "a"), get(tiny_data, tmp_path / "b")
     wa, wb = ((tmp_path / r / m.zoo_key / "weights.pt").read_bytes() for r, m in (("a", a), ("b", b)))
     assert wa == wb
@@ -440,15 +413,15 @@ def test_weights_file_bytes_are_identical_between_runs(tmp_path, tiny_data):
 
 # -- two processes, one model ---------------------------------------------------------------------------------
 
-def test_concurrent_requests_train_a_model_once(tmp_path, tiny_data, monkeypatch, capsys):
+def test_concurrent_requests_train_a_model_once(tmp_path, tiny_data, monkeypatch, capsys, get):
     calls = []
-    real_train = zoo.train
+    real_train = zoo_store.train
 
     def slow_train(*args, **kwargs):
         calls.append(threading.current_thread().name)
         time.sleep(1.0)                                           # long enough for the other to arrive
         return real_train(*args, **kwargs)
-    monkeypatch.setattr(zoo, "train", slow_train)
+    monkeypatch.setattr(zoo_store, "train", slow_train)
     models = {}
     threads = [threading.Thread(target=lambda n=n: models.__setitem__(n, get(tiny_data, tmp_path)), name=f"t{n}")
                for n in range(2)]

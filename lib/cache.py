@@ -1,0 +1,198 @@
+"""Checked files and a memo for expensive results: what the zoo and the chapters cache on disk.
+
+A checked file starts with a magic line and the sha256 of the rest (the payload), so that a damaged
+file is detected and never used (:func:`write_checked`, :func:`read_checked`). :func:`memo` caches
+any picklable result under a hash of its configuration; :func:`fingerprint` is the cache key of a
+model's weights. Every file is written atomically with the user's umask (:func:`lib.config.atomic_path`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import warnings
+from pathlib import Path
+
+import torch
+
+from .config import atomic_path, cache_dir
+
+__all__ = ["CorruptedError", "write_checked", "read_checked", "unreadable_error", "torch_bytes", "fingerprint",
+           "memo_key", "memo"]
+
+# Checked files (zoo checkpoints, memo entries) start with this line and the sha256 of the payload.
+_MAGIC = b"symmetries-checked-v1\n"
+
+
+class CorruptedError(ValueError):
+    """A cache file whose content is damaged (as opposed to one that cannot be read at all)."""
+
+
+def write_checked(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically, behind a header that holds its sha256.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file; its folder is created.
+    payload : bytes
+        The content, read back by :func:`read_checked`.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def read_checked(path: Path) -> bytes:
+    """The payload of a file written by :func:`write_checked`.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    CorruptedError
+        If the header is missing or the payload does not match its checksum.
+    FileNotFoundError
+        (or ``NotADirectoryError``) if there is no such file; other ``OSError`` (permissions, I/O)
+        propagate unchanged.
+    """
+    raw = path.read_bytes()
+    head, digest = len(_MAGIC), len(_MAGIC) + 64
+    if not raw.startswith(_MAGIC) or raw[digest:digest + 1] != b"\n":
+        raise CorruptedError(f"{path} lacks its checksum header (damaged, or written by an older version)")
+    payload = raw[digest + 1:]
+    if hashlib.sha256(payload).hexdigest().encode() != raw[head:digest]:
+        raise CorruptedError(f"{path} does not match its sha256 checksum")
+    return payload
+
+
+def unreadable_error(path: Path, exc: OSError) -> OSError:
+    """The error to raise for a cache file that exists but cannot be read (permissions, I/O).
+
+    Not corruption: the file may be fine for its owner, so nothing is deleted and the user decides.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+    exc : OSError
+        The error reading it raised.
+
+    Returns
+    -------
+    OSError
+        With ``exc``'s ``errno`` and a message that names ``path`` and says what to do.
+    """
+    return OSError(exc.errno, f"cannot read the cache file {path} ({exc.strerror or exc}); it was left "
+                              f"untouched. Make it readable (a shared cache needs group read permission) "
+                              f"or use your own cache (root=, SYMMETRIES_ZOO or SYMMETRIES_CACHE)")
+
+
+def torch_bytes(obj) -> bytes:
+    """``torch.save(obj)`` as bytes, identical for identical objects.
+
+    Saved into a buffer, the archive is always named "archive" (saved to a file it takes the file's
+    name, a random temporary one), so identical runs give identical bytes; writing the bytes
+    ourselves also turns a full disk into an ``OSError`` that says so.
+
+    Parameters
+    ----------
+    obj : object
+        Anything ``torch.save`` accepts (a state_dict, a checkpoint dict).
+
+    Returns
+    -------
+    bytes
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A cache key that follows a model's weights and buffers themselves.
+
+    A transformed copy of a zoo model can therefore never be mistaken for the original.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    str
+        The first 20 hexadecimal digits of the sha256 of every state_dict entry's name and bytes.
+    """
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def memo_key(config: dict) -> str:
+    """The key of :func:`memo`'s entry for ``config``.
+
+    Parameters
+    ----------
+    config : dict
+        JSON-serialisable (other values are spelled with ``str``).
+
+    Returns
+    -------
+    str
+        The first 20 hexadecimal digits of the sha256 of ``config`` as JSON with sorted keys.
+    """
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def memo(kind: str, config: dict, compute, root=None):
+    """``compute()``, cached on disk under a hash of ``(kind, config)``.
+
+    For experiment results that are expensive to recompute (stitching penalties, features): a warm
+    rebuild of the book reads them back. Each entry carries the sha256 of its pickle: a damaged
+    entry is reported (naming the file) and recomputed, never returned. An entry that exists but
+    cannot be read (permissions) is an ``OSError`` and is left alone. A value that cannot be stored
+    (read-only cache, full disk) is returned all the same, with one warning.
+
+    Parameters
+    ----------
+    kind : str
+        The kind of result, a subfolder of the memo (``"similarity"``, ``"stitching"``).
+    config : dict
+        Everything the result depends on (JSON-serialisable), e.g. model fingerprints and settings.
+    compute : callable
+        Called without arguments when there is no valid entry; its value must be picklable.
+    root : path-like, optional
+        The memo folder; default the cache's ``memo`` folder (:func:`lib.config.cache_dir`).
+
+    Returns
+    -------
+    object
+        The cached or computed value.
+    """
+    key = memo_key(config)
+    path = (Path(root) if root is not None else cache_dir("memo", create=False)) / kind / f"{key}.pkl"
+    try:
+        return pickle.loads(read_checked(path))
+    except (FileNotFoundError, NotADirectoryError):  # no entry (NotADirectory: nor a cache folder)
+        pass
+    except OSError as exc:
+        raise unreadable_error(path, exc) from exc
+    except Exception as exc:  # damaged, or pickled by code that has changed since
+        msg = f"memo entry {path} is corrupted ({type(exc).__name__}: {exc}); recomputing it"
+        warnings.warn(msg)
+        print(msg)
+    value = compute()
+    try:
+        write_checked(path, pickle.dumps(value))
+    except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
+        warnings.warn(f"the result {kind}/{key} was computed but could not be cached ({exc}); it is returned, "
+                      f"and will be computed again next time")
+    return value

@@ -1,0 +1,282 @@
+"""The cache of trained models: one folder per model, keyed by everything that changes its weights.
+
+:func:`get` returns a trained model, training it only when it is not cached. The key
+(:func:`model_key`) is a hash of the architecture config, every recipe field, the seed and the
+dataset's identity (which includes the data file's checksum). A model folder holds ``weights.pt`` (a
+state_dict), ``meta.json`` (history, accuracy, wall time, device, versions and the weights' sha256)
+and, while training, ``checkpoint.pt`` (one per epoch, for resuming, checked by
+:func:`lib.cache.read_checked`) and ``.lock`` (a second process asking for the same model waits on
+it, then loads the model). Every file is written atomically with the user's umask. A damaged entry
+is reported and retrained; one that cannot be read (permissions) is an error and is never deleted.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): concurrent processes may both train
+    fcntl = None
+
+from .. import __version__
+from ..cache import CorruptedError, read_checked, torch_bytes, unreadable_error, write_checked
+from ..config import atomic_path, cache_dir, get_device
+from ..data import Dataset, load_data
+from ..models import build
+from ..train import Recipe, recipe as make_recipe, train
+
+__all__ = ["zoo_dir", "canonical_arch", "model_key", "info", "get"]
+
+
+def zoo_dir(root: str | os.PathLike | None = None) -> Path:
+    """The zoo folder, created on demand.
+
+    Parameters
+    ----------
+    root : path-like, optional
+        The folder; default ``$SYMMETRIES_ZOO``, else the cache's ``zoo`` subfolder
+        (:func:`lib.config.cache_dir`).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    if root is None and os.environ.get("SYMMETRIES_ZOO"):
+        root = os.environ["SYMMETRIES_ZOO"]
+    path = Path(root) if root is not None else cache_dir("zoo")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def canonical_arch(arch: dict) -> dict:
+    """An architecture config with every default filled in, keys sorted.
+
+    So ``{"arch": "resnet20"}`` and ``{"arch": "resnet20", "width": 1.0}`` share one zoo key.
+
+    Parameters
+    ----------
+    arch : dict
+        A config for :func:`lib.models.build`.
+
+    Returns
+    -------
+    dict
+    """
+    return dict(sorted(build(arch).arch.items()))
+
+
+def model_key(arch: dict, r: Recipe, seed: int, data_identity: str) -> str:
+    """The zoo key of a model: a hash of everything that changes its trained weights.
+
+    Parameters
+    ----------
+    arch : dict
+        A config for :func:`lib.models.build` (defaults filled in by :func:`canonical_arch`).
+    r : lib.train.Recipe
+        Every field counts.
+    seed : int
+    data_identity : str
+        :attr:`lib.data.Dataset.identity` (holds the data file's checksum).
+
+    Returns
+    -------
+    str
+        20 hexadecimal digits, the name of the model's folder in the zoo.
+    """
+    payload = json.dumps(dict(arch=canonical_arch(arch), recipe=dataclasses.asdict(r), seed=int(seed),
+                              data=data_identity), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"the zoo folder {folder} is not writable ({exc}); pass root= or set "
+                              f"SYMMETRIES_ZOO to a writable folder") from exc
+
+
+def _load_cached(folder: Path, model: torch.nn.Module):
+    """The metadata of the entry in ``folder`` with its weights loaded into ``model``; ``None`` if
+    there is no entry. A damaged entry raises ``CorruptedError``; an unreadable one ``OSError``."""
+    meta_path, weights = folder / "meta.json", folder / "weights.pt"
+    try:
+        text = meta_path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise unreadable_error(meta_path, exc) from exc
+    try:
+        payload = weights.read_bytes()
+    except FileNotFoundError as exc:
+        raise CorruptedError(f"zoo entry {folder} has meta.json but no weights.pt") from exc
+    except OSError as exc:
+        raise unreadable_error(weights, exc) from exc
+    try:
+        meta = json.loads(text)
+        if hashlib.sha256(payload).hexdigest() != meta["weights_sha256"]:
+            raise ValueError(f"{weights} does not match the sha256 in meta.json")
+        model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
+        return meta
+    except Exception as exc:  # any damage (truncation, bad JSON, wrong keys, changed bytes)
+        raise CorruptedError(f"zoo entry {folder} is corrupted ({type(exc).__name__}: {exc})") from exc
+
+
+@contextlib.contextmanager
+def _training_lock(folder: Path):
+    """Hold an exclusive lock on ``folder/.lock`` (flock: released by the OS if the process dies)."""
+    if fcntl is None:
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another process is training zoo entry {folder}; waiting for it to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10",
+         root=None, data: Dataset | None = None) -> dict | None:
+    """The metadata of a cached model.
+
+    Parameters
+    ----------
+    arch, recipe, seed, dataset, root, data
+        As for :func:`get`.
+
+    Returns
+    -------
+    dict or None
+        The model's ``meta.json``, or ``None`` if it is not in the zoo.
+    """
+    r = make_recipe(recipe)
+    data = data or load_data(dataset)
+    meta = zoo_dir(root) / model_key(arch, r, seed, data.identity) / "meta.json"
+    return json.loads(meta.read_text()) if meta.exists() else None
+
+
+def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10", *,
+        data: Dataset | None = None, root=None, device=None, progress: bool = True) -> torch.nn.Module:
+    """A model trained with ``recipe`` from ``seed``, from the zoo or trained now (then cached).
+
+    Parameters
+    ----------
+    arch : dict
+        A config for :func:`lib.models.build`.
+    recipe : str or lib.train.Recipe
+        A recipe or the name of one (:func:`lib.train.recipe`).
+    seed : int
+        Seeds the initial weights and the training.
+    dataset : str
+        For :func:`lib.data.load_data` when ``data`` is not given.
+    data : lib.data.Dataset, optional
+    root : path-like, optional
+        The zoo folder (:func:`zoo_dir`).
+    device : optional
+        For :func:`lib.config.get_device`.
+    progress : bool
+        Show training progress.
+
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode on ``device``, with its metadata as ``zoo_meta`` (``test_acc`` a fraction) and
+        its cache key as ``zoo_key``.
+
+    Raises
+    ------
+    PermissionError
+        If the model must be trained and the zoo folder is not writable (before any training).
+    OSError
+        If an entry exists but cannot be read; it is left untouched.
+    """
+    r = make_recipe(recipe)
+    device = get_device(device)
+    data = data or load_data(dataset)
+    key = model_key(arch, r, seed, data.identity)
+    folder = zoo_dir(root) / key
+    model = build(arch, seed=seed)
+    try:
+        meta = _load_cached(folder, model)
+    except CorruptedError:
+        meta = None
+    if meta is None:
+        _check_writable(folder)
+        # Another process may be training this entry: wait for it, then look again, so that a model
+        # is trained once however many processes ask for it.
+        with _training_lock(folder):
+            try:
+                meta = _load_cached(folder, model)
+            except CorruptedError as exc:
+                msg = f"{exc}; retraining it"
+                warnings.warn(msg)
+                print(msg)
+                for f in (folder / "meta.json", folder / "weights.pt"):
+                    f.unlink(missing_ok=True)
+            if meta is None:
+                # A failed load may have copied part of a state_dict: start from the seed's init.
+                model = build(arch, seed=seed)
+                meta = _train_and_store(model, arch, r, seed, data, folder, device, progress)
+    model.zoo_meta = meta
+    model.zoo_key = key
+    return model.to(device).eval()
+
+
+def _train_and_store(model, arch, r, seed, data, folder, device, progress) -> dict:
+    ckpt_path = folder / "checkpoint.pt"
+    state = None
+    try:
+        state = torch.load(io.BytesIO(read_checked(ckpt_path)), map_location="cpu", weights_only=False)
+        print(f"resuming {folder.name} from epoch {state['epoch']}")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise unreadable_error(ckpt_path, exc) from exc
+    except Exception as exc:  # damaged: a wrong checkpoint must never be resumed from
+        msg = f"checkpoint {ckpt_path} is corrupted ({type(exc).__name__}: {exc}); training from scratch"
+        warnings.warn(msg)
+        print(msg)
+        state = None
+    prior_seconds = state.get("seconds", 0.0) if state else 0.0
+    t0 = time.perf_counter()
+
+    def save_checkpoint(s):
+        s["seconds"] = prior_seconds + time.perf_counter() - t0
+        write_checked(ckpt_path, torch_bytes(s))
+
+    name = f"{arch.get('arch')} seed {seed}"
+    history = train(model, data, r, seed=seed, device=device, progress=progress, state=state,
+                    on_epoch=save_checkpoint, desc=name)
+    seconds = prior_seconds + time.perf_counter() - t0
+    payload = torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    with atomic_path(folder / "weights.pt") as tmp:
+        tmp.write_bytes(payload)
+    meta = dict(arch=canonical_arch(arch), recipe=dataclasses.asdict(r), seed=seed, data=data.identity,
+                history=history, test_acc=max(h["test_acc"] for h in history) if r.keep_best
+                else history[-1]["test_acc"], seconds=seconds, device=str(device),
+                device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                torch=torch.__version__, lib=__version__, weights_sha256=hashlib.sha256(payload).hexdigest())
+    with atomic_path(folder / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    ckpt_path.unlink(missing_ok=True)
+    return meta
