@@ -16,6 +16,7 @@ from torchvision.models.resnet import Bottleneck
 
 from .. import zoo
 from ..config import file_sha256
+from ..data import load_data
 from ..models import residual_outputs
 
 __all__ = ["ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models", "zoo_models"]
@@ -168,7 +169,7 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
     seed : int
         The book's seed; each family's first model seed is used.
     data : lib.data.Dataset, optional
-        CIFAR-10 (default: :func:`lib.zoo.load_data`).
+        CIFAR-10 (default: :func:`lib.data.load_data`).
     device : str or torch.device, optional
         Where to train if a model is not cached.
 
@@ -179,7 +180,7 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
         the zoo's model key, ``test_acc`` the test accuracy (a fraction), ``arch`` the architecture
         settings as text (``"arch=resnet20, width=0.25"``), ``seconds`` the recorded training time.
     """
-    data = data or zoo.load_data()
+    data = data or load_data()
     book = zoo.book_models(scale, seed)
     out = {}
     for name, label, layer, inner in ZOO_TRIO:

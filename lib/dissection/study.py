@@ -3,7 +3,7 @@ chapter's figures and checks.
 
 * :func:`concept_dataset`: Broden at ``paper`` scale, the offline dataset of
   :func:`lib.dissection.synthetic.make_concept_dataset` on CIFAR-10 otherwise.
-* :func:`dissect_memo`: :func:`lib.dissection.iou.dissect` cached with :func:`lib.zoo.memo`;
+* :func:`dissect_memo`: :func:`lib.dissection.iou.dissect` cached with :func:`lib.cache.memo`;
   :func:`stage_scan` and :func:`most_interpretable_stage` choose the layer to dissect.
 * :func:`layer_iou` and :func:`layers_agree` for the chapter's checks; :func:`unit_examples` for its
   figure of one detector.
@@ -18,7 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import zoo
-from ..config import SCALES, cache_dir, check_choice, get_device, scale_settings
+from ..cache import memo
+from ..config import cache_dir, check_choice, get_device
+from ..data import load_data
+from ..settings import SCALES, scale_settings
 from ..models import features
 from .broden import IMAGENET_MEAN, IMAGENET_STD, BrodenDataset
 from .iou import dissect, iou_scores, quantile_thresholds
@@ -44,7 +47,7 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     Parameters
     ----------
     scale : str
-        A scale of :data:`lib.config.SCALES` (``"smoke"``, ``"cpu"``, ``"gpu"``, ``"paper"``).
+        A scale of :data:`lib.settings.SCALES` (``"smoke"``, ``"cpu"``, ``"gpu"``, ``"paper"``).
     broden_dir : str or os.PathLike, optional
         The Broden dataset's folder (e.g. ``broden1_224``); required at ``paper`` scale.
     n_images : int, optional
@@ -52,7 +55,7 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     seed : int
         Seed of the image choice and the pasted concepts.
     data : lib.data.Dataset, optional
-        CIFAR-10 (default: :func:`lib.zoo.load_data`).
+        CIFAR-10 (default: :func:`lib.data.load_data`).
     pasted : bool
         Paste textures and shapes into the images (True) or keep the photographs (False).
 
@@ -77,7 +80,7 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
         ds = BrodenDataset(broden_dir, resolution=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         return ds, dict(broden_dir=str(Path(broden_dir).resolve()), n_images=len(ds), resolution=224)
     n = scale_settings(scale).dissection_images if n_images is None else n_images
-    data = data or zoo.load_data()
+    data = data or load_data()
     p = 0.5 if pasted else 0.0
     root = cache_dir("broden") / f"cifar10-test-n{n}-seed{seed}{'' if pasted else '-natural'}"
     make_concept_dataset(root, n, seed=seed, images=data.x_test.numpy(), labels=data.y_test.numpy(),
@@ -92,7 +95,7 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
 
 def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: dict, alphas, n_rotations: int,
                  seed: int = 0, quantile: float = 0.005, iou_threshold: float = 0.04, device=None) -> DissectionResult:
-    """:func:`lib.dissection.iou.dissect`, cached with :func:`lib.zoo.memo`.
+    """:func:`lib.dissection.iou.dissect`, cached with :func:`lib.cache.memo`.
 
     The cache key holds the model's ``net["key"]``, the layer, ``dataset_config``, the alphas, the
     number of rotations, the seed and the NetDissect settings.
@@ -116,7 +119,7 @@ def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: 
     """
     config = dict(model=net["key"], layer=layer, dataset=dataset_config, alphas=[float(a) for a in alphas],
                   n_rotations=n_rotations, seed=seed, quantile=quantile, iou_threshold=iou_threshold)
-    d = zoo.memo("dissection", config, lambda: dissect(
+    d = memo("dissection", config, lambda: dissect(
         net["model"], layer, dataset, alphas=alphas, n_rotations=n_rotations, seed=seed, quantile=quantile,
         iou_threshold=iou_threshold, device=device, progress=False).to_dict())
     return DissectionResult.from_dict(d)

@@ -16,7 +16,7 @@ import torch
 
 from ..config import check_choice
 from ..models import features
-from ..zoo import memo
+from ..cache import memo
 from .gram import blocked_max_kernel
 from .preprocessing import (center_features, check_same_samples, compute_device, normalize_channel_major,
                             rescaled, shape_of)
@@ -284,7 +284,7 @@ def model_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, 
 
 def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor, layers,
                              measures=MATRIX_MEASURES, *, device=None) -> dict:
-    """:func:`model_pair_similarities` of two zoo models, cached on disk (``lib.zoo.memo``, kind
+    """:func:`model_pair_similarities` of two zoo models, cached on disk (``lib.cache.memo``, kind
     ``"similarity"``).
 
     Features are held in float32 and compared in float32 with ``zero_channels="keep"``; the cache key
