@@ -18,6 +18,8 @@ import pytest
 from nbval import plugin
 from papermill.parameterize import parameterize_notebook
 
+from lib.devicecheck import chapter_files
+
 ROOT = Path(__file__).parent
 BOOK = ROOT / "book"
 SMOKE = {"scale": "smoke"}
@@ -68,6 +70,6 @@ class ChapterNotebook(plugin.IPyNbFile):
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path.suffix == ".md" and file_path.parent == BOOK:
+    if file_path.suffix == ".md" and file_path.parent == BOOK and file_path in chapter_files(BOOK):
         return ChapterNotebook.from_parent(parent, path=file_path)
     return None

@@ -29,7 +29,7 @@ from .data import load_cifar10
 from .models import build
 from .train import recipe, train
 
-__all__ = ["chapter_script", "run_chapter", "recipe_timings", "main"]
+__all__ = ["chapter_files", "chapter_script", "run_chapter", "recipe_timings", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 _CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(.*?)^```\s*$", re.S | re.M)
@@ -61,6 +61,26 @@ def _split_cell(cell: str) -> tuple[str, str]:
     while head < len(lines) and re.match(r"^:\w+:", lines[head]):
         head += 1
     return "\n".join(lines[:head]), "\n".join(lines[head:])
+
+
+def chapter_files(book_dir) -> list[Path]:
+    """The executable chapters of a book folder: its ``*.md`` files that are Jupytext notebooks.
+
+    Reference pages (the API reference, the bibliography) are plain MyST pages without a
+    ``kernelspec`` in their front matter; they have no cells to run and no parameters.
+
+    Parameters
+    ----------
+    book_dir : str or os.PathLike
+        The folder of the chapters (``book/``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        Sorted by name.
+    """
+    files = sorted(Path(book_dir).glob("*.md"))
+    return [f for f in files if "kernelspec:" in f.read_text(encoding="utf-8").split("\n---", 1)[0]]
 
 
 def chapter_script(chapter: str | os.PathLike, parameters: dict | None = None) -> str:
@@ -202,7 +222,7 @@ def main(argv=None) -> int:
         if proc.returncode:
             print("\n".join(proc.stdout.splitlines()[-40:]))
     if "chapters" not in args.skip:
-        chapters = args.chapters or sorted(str(p) for p in (ROOT / "book").glob("*.md"))
+        chapters = args.chapters or [str(p) for p in chapter_files(ROOT / "book")]
         for ch in chapters:
             res = run_chapter(ch, {"scale": "smoke"}, env)
             summary.append(f"chapter {res['chapter']} at smoke on {args.device}: "

@@ -1,6 +1,7 @@
 """lib.devicecheck: chapters as plain scripts (no Jupyter, no IPython), and its no-CUDA exit."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +70,10 @@ def test_without_cuda_it_says_so_and_exits_0(capsys):
     assert devicecheck.main([]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "no CUDA" in out[0]
+
+
+def test_chapter_files_are_the_notebooks_and_skip_reference_pages():
+    names = [p.name for p in devicecheck.chapter_files(Path(__file__).parents[1] / "book")]
+    assert names[0] == "00_intro.md" and "09_results.md" in names
+    # The API reference and the bibliography are plain pages: nothing to execute, no parameters.
+    assert "10_api.md" not in names and "11_references.md" not in names
