@@ -403,3 +403,45 @@ def test_rotation_penalty_history_and_bad_input():
     with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
         sanity.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40], torch.zeros(2, 16, 32, 32),
                                data.y_test[:2], 1)
+
+
+def test_recovered_fraction_counts_live_channels_only():
+    g = torch.Generator().manual_seed(0)
+    true_perm = torch.randperm(8, generator=g)
+    P = torch.eye(8)[:, true_perm]                   # column i has its entry in row true_perm[i]
+    M = P * (torch.rand(8, generator=g) + 0.5)[None, :]
+    assert torch.equal(stitching.permutation_of(M), true_perm)
+    assert torch.equal(stitching.permutation_of(-M), true_perm)          # signs do not matter
+    wrong = true_perm.clone()
+    wrong[[0, 1]] = wrong[[1, 0]]
+    assert stitching.recovered_fraction(true_perm, true_perm) == 1.0
+    assert stitching.recovered_fraction(wrong, true_perm) == 0.75
+    alive = torch.ones(8, dtype=torch.bool)
+    alive[[0, 1]] = False                            # the swapped channels are dead: they do not count
+    assert stitching.recovered_fraction(wrong, true_perm, alive) == 1.0
+
+
+def test_last_quarter_change_reads_the_end_of_the_history():
+    rows = lambda pens: [dict(epoch=i, penalty=p) for i, p in enumerate(pens)]      # noqa: E731
+    assert stitching.last_quarter_change(rows([0.3])) == 0.0                        # nothing trained
+    assert stitching.last_quarter_change(rows([0.5, 0.2])) == pytest.approx(30.0)   # pp, epoch 1 vs 0
+    # 8 epochs: the last 2 (a quarter) moved the penalty from 0.10 to 0.04, i.e. 6 pp.
+    assert stitching.last_quarter_change(rows([0.5, 0.4, 0.3, 0.2, 0.15, 0.12, 0.10, 0.07, 0.04])) == pytest.approx(6.0)
+
+
+def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
+    data = synthetic_dataset(n_train=32, n_test=16)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    calls = []
+
+    def fronts():
+        calls.append(1)
+        return tuple(sanity.pre_activations(m, "conv1", x, device="cpu") for x in (data.x_train, data.x_test))
+
+    args = (m, "key", "conv1", "grelu", 0, data, 1, None, None)
+    first = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
+    again = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
+    assert calls == [1] and [h["penalty"] for h in again["history"]] == [h["penalty"] for h in first["history"]]
+    sanity.cached_rotation_penalty(*args[:4], 1, *args[5:], batch_size=16, fronts=fronts)   # another trial
+    assert calls == [1, 1]

@@ -250,8 +250,18 @@ class ConvNeXtBack(nn.Module):
 
 
 def split_convnext(model: ConvNeXtCIFAR, layer: str) -> tuple:
-    """Cut a :class:`ConvNeXtCIFAR` after hidden layer ``layer``: ``(ConvNeXtFront, ConvNeXtBack)``.
+    """Cut a :class:`ConvNeXtCIFAR` after a hidden layer (a block's ``act``).
 
-    ``back(front(x)) == model(x)``; the parts share the model's modules.
+    Parameters
+    ----------
+    model : ConvNeXtCIFAR
+        The network; the parts share its modules.
+    layer : str
+        A hidden layer, ``"stage{s}.{b}.act"``.
+
+    Returns
+    -------
+    tuple
+        ``(ConvNeXtFront, ConvNeXtBack)`` with ``back(front(x)) == model(x)``.
     """
     return ConvNeXtFront(model, layer), ConvNeXtBack(model, layer)

@@ -90,7 +90,18 @@ def _architecture(model: nn.Module) -> Architecture | None:
 
 
 def hidden_layers(model: nn.Module) -> list[str]:
-    """Names of the model's hidden activation layers (``lib.groups.Activation`` modules), in forward order."""
+    """Names of the model's hidden activation layers, in forward order.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model.
+
+    Returns
+    -------
+    list of str
+        The names of its ``lib.groups.Activation`` modules (e.g. ``["act1", "act2", "act3", "act4"]``).
+    """
     return [name for name, m in model.named_modules() if isinstance(m, Activation)]
 
 

@@ -152,7 +152,18 @@ class ResNet(nn.Module):
 
 
 def stage_channels(width: float) -> list:
-    """Channels of ResNet20's three stages: ``round(16 * width * 2**k)``, at least 1, for k = 0, 1, 2."""
+    """Channels of ResNet20's three stages.
+
+    Parameters
+    ----------
+    width : float
+        Multiplier of 16, 32, 64.
+
+    Returns
+    -------
+    list of int
+        ``round(16 * width * 2**k)``, at least 1, for k = 0, 1, 2.
+    """
     return [max(1, round(16 * width * 2**k)) for k in range(3)]
 
 
@@ -317,9 +328,19 @@ class ResNetBack(nn.Module):
 
 
 def split_resnet(model: ResNet, layer: str) -> tuple:
-    """Cut a :class:`ResNet` after hidden layer ``layer``: ``(ResNetFront, ResNetBack)``.
+    """Cut a :class:`ResNet` after a hidden layer.
 
-    ``back(front(x)) == model(x)``; the parts share the model's modules.
+    Parameters
+    ----------
+    model : ResNet
+        The network; the parts share its modules.
+    layer : str
+        A hidden layer of ``model``.
+
+    Returns
+    -------
+    tuple
+        ``(ResNetFront, ResNetBack)`` with ``back(front(x)) == model(x)``.
     """
     return ResNetFront(model, layer), ResNetBack(model, layer)
 

@@ -142,12 +142,36 @@ def conv_axes(out_site: str | None, in_site: str | None, out_role: str = "out") 
 
 
 def dense_axes(out_site: str | None, in_site: str | None, out_role: str = "out") -> tuple:
-    """The axes of a ``(C_out, C_in)`` dense weight; as :func:`conv_axes` without the kernel axes."""
+    """The axes of a ``(C_out, C_in)`` dense weight.
+
+    Parameters
+    ----------
+    out_site, in_site : str or None
+        The sites of the outputs and inputs (None: untouched, e.g. the logits).
+    out_role : str
+        ``"out"``, or ``"perm"`` when a BatchNorm follows.
+
+    Returns
+    -------
+    tuple
+        Two entries for :attr:`SymmetrySpec.axes`.
+    """
     return (_site_axis(out_site, out_role), _site_axis(in_site, "in"))
 
 
 def bias_axes(site: str | None) -> tuple:
-    """The axis of a ``(C,)`` bias of a linear map whose outputs are ``site``'s pre-activations."""
+    """The axis of a ``(C,)`` bias of a linear map whose outputs are ``site``'s pre-activations.
+
+    Parameters
+    ----------
+    site : str or None
+        The site (None: untouched).
+
+    Returns
+    -------
+    tuple
+        One entry for :attr:`SymmetrySpec.axes`.
+    """
     return (_site_axis(site, "out"),)
 
 
