@@ -1,8 +1,13 @@
-"""Stitching layers, stitched models, Theorem 4.2 and the rotation penalty (random models, synthetic data)."""
+"""Model cuts, stitching layers, stitched models, Theorem 4.2 and the rotation penalty (random models,
+synthetic data)."""
+import copy
+
 import pytest
 import torch
 
-from lib import groups, models, rotation, stitching
+from lib import groups, models, stitching, symmetry
+from lib.stitching import sanity
+from lib.config import exact_mode
 from lib.data import synthetic_dataset, to_input
 
 MYRTLE = dict(arch="myrtle_cnn", width=0.125)
@@ -25,19 +30,80 @@ def _model(arch, seed=0):
     return _randomise_bn(models.build(arch, seed=seed), seed)
 
 
+def _front(model, layer, x):
+    # A's state at ``layer``: (h,) or, inside a residual block, (h, block_input).
+    with torch.no_grad():
+        return models.split(model, layer)[0](x)
+
+
 def _x(n=16, seed=0):
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+SPLIT_CASES = {
+    "myrtle": dict(arch="myrtle_cnn", width=0.125),
+    "myrtle_nobn": dict(arch="myrtle_cnn", width=0.125, batchnorm=False),
+    "resnet20": RESNET,
+    "resnet20_noresrelu": dict(arch="resnet20", width=0.25, residual_activation=False),
+    "mlp": dict(arch="mlp", sizes=(8, 16, 12, 4), activation="leaky_relu"),
+    "convnext": dict(arch="convnext_cifar", width=0.25, depths=(1, 2), kernel_size=3),
+    "convnext_bn": dict(arch="convnext_cifar", width=0.25, depths=(2, 1), kernel_size=3, norm="batch"),
+}
+
+
+def _split_inputs(arch, dtype, n=6):
+    shape = (n, arch["sizes"][0]) if arch["arch"] == "mlp" else (n, 3, 32, 32)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("name", SPLIT_CASES)
+def test_split_back_of_front_is_the_model_at_every_layer(name, dtype, tol):
+    model = _randomise_bn(models.build(SPLIT_CASES[name], seed=2), 2).to(dtype)
+    x = _split_inputs(SPLIT_CASES[name], dtype)
+    layers = models.hidden_layers(model)
+    assert len(layers) >= 2
+    with torch.no_grad(), exact_mode():
+        y = model(x)
+        feats = models.features(model, x)
+        for layer in layers:
+            front, back = models.split(model, layer)
+            state = front(x)
+            assert len(state) == len(back.inputs) and back.inputs[0] == "h"
+            torch.testing.assert_close(state[0], feats[layer], rtol=tol, atol=tol)
+            torch.testing.assert_close(back(state), y, rtol=tol, atol=tol)
+            # The parts share the model's weights: nothing is copied.
+            assert {id(p) for p in [*front.parameters(), *back.parameters()]} <= {id(p) for p in model.parameters()}
+
+
+def test_split_passes_the_block_input_inside_residual_blocks():
+    model = _model(RESNET)
+    x = _x(4)
+    inside = {"layer1.0.act1": "act1", "layer2.0.act1": "layer1.2", "layer3.2.act1": "layer3.1"}
+    for layer, before in inside.items():
+        front, back = models.split(model, layer)
+        assert back.inputs == ("h", "block_input")
+        h, block_in = front(x)
+        torch.testing.assert_close(block_in, models.features(model, x, [before])[before])
+        # The rest of the network really reads the block input (the shortcut), not h alone.
+        assert not torch.allclose(back((h, block_in)), back((h, torch.zeros_like(block_in))))
+    for layer in ("act1", "layer1.0.act2", "layer3.2.act2"):
+        assert models.split(model, layer)[1].inputs == ("h",)
+    with pytest.raises(ValueError, match="unknown layer 'layer1.0.conv1'; this model's hidden layers: act1, "):
+        models.split(model, "layer1.0.conv1")
+    with pytest.raises(ValueError, match="unknown layer 'layer1.0.act2'"):
+        models.split(models.resnet20(0.25, residual_activation=False), "layer1.0.act2")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("layer", ["act1", "act2", "act4"])
 def test_theorem_4_2_matching_recovers_planted_transform(seed, layer):
     a = _model(MYRTLE, seed)
-    b, elements = groups.random_transform(a, torch.Generator().manual_seed(100 + seed))
+    b, elements = symmetry.random_transform(a, torch.Generator().manual_seed(100 + seed))
     x = _x(seed=seed)
-    fa = stitching._capture(a, layer, x)[0]
-    fb = stitching._capture(b, layer, x)[0]
-    M = groups.feature_transform(a, layer, elements).float()
+    fa = _front(a, layer, x)[0]
+    fb = _front(b, layer, x)[0]
+    M = symmetry.feature_transform(a, layer, elements).float()
     perm, scales = stitching.activation_matching(fa, fb)
     # Channels that never fire on these inputs (random weights, small late layers) are
     # interchangeable; every live channel must be matched exactly.
@@ -54,8 +120,8 @@ def test_theorem_4_2_matching_recovers_planted_transform(seed, layer):
 
 def test_theorem_4_2_low_rank_cannot_reproduce():
     a = _model(MYRTLE)
-    b, elements = groups.random_transform(a, torch.Generator().manual_seed(5))
-    M = groups.feature_transform(a, "act2", elements).float()
+    b, elements = symmetry.random_transform(a, torch.Generator().manual_seed(5))
+    M = symmetry.feature_transform(a, "act2", elements).float()
     # The best rank-r approximation of a monomial matrix with distinct scales has error >= its
     # (r+1)-th singular value, which is positive for r < C: rank layers cannot hold phi(A).
     sv = torch.linalg.svdvals(M)
@@ -145,7 +211,7 @@ def test_only_the_stitching_layer_trains():
 def test_stitch_experiment_penalty_and_matching_on_self():
     data = synthetic_dataset(n_train=64, n_test=32)
     a = _model(MYRTLE, 0)
-    b, _ = groups.random_transform(a, torch.Generator().manual_seed(3))
+    b, _ = symmetry.random_transform(a, torch.Generator().manual_seed(3))
     res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], data, device="cpu",
                                       settings=stitching.StitchSettings(epochs=1, bn_adapt=False,
                                                                         precision="float32"),
@@ -160,7 +226,7 @@ EXACT = stitching.StitchSettings(epochs=0, bn_adapt=False, precision="float32")
 
 def _planted(seed=3):
     a = _model(MYRTLE, 0)
-    b, elements = groups.random_transform(a, torch.Generator().manual_seed(seed))
+    b, elements = symmetry.random_transform(a, torch.Generator().manual_seed(seed))
     return a, b, elements
 
 
@@ -176,9 +242,9 @@ def test_closed_form_starts_are_exact_on_a_planted_pair(layer):
         assert res["variants"][v]["penalty"] == 0.0, v
         assert [h["epoch"] for h in res["variants"][v]["history"]] == [0]
     # The least-squares map is the planted phi(A) on the channels that fire (dead ones get 0).
-    M = groups.feature_transform(a, layer, elements).float()
+    M = symmetry.feature_transform(a, layer, elements).float()
     x = to_input(data.x_train, "cpu")
-    alive = stitching._capture(a, layer, x)[0].amax(dim=(0, 2, 3)) > 0
+    alive = _front(a, layer, x)[0].amax(dim=(0, 2, 3)) > 0
     W = res["variants"]["full"]["matrix"]
     torch.testing.assert_close(W[:, alive], M[:, alive], rtol=1e-3, atol=1e-3)
 
@@ -188,10 +254,10 @@ def test_least_squares_streams_and_reduced_rank_is_optimal():
     xa = torch.randn(500, 6, generator=g, dtype=torch.float64)
     xb = xa @ torch.randn(6, 5, generator=g, dtype=torch.float64) + 0.3 + 0.1 * torch.randn(500, 5, generator=g,
                                                                                               dtype=torch.float64)
-    whole = stitching._moments_of(xa, xb)
+    whole = stitching.moments_of(xa, xb)
     streamed = None
     for part in (slice(0, 123), slice(123, 400), slice(400, 500)):
-        streamed = stitching._add_moments(streamed, stitching._moments_of(xa[part], xb[part]))
+        streamed = stitching.add_moments(streamed, stitching.moments_of(xa[part], xb[part]))
     for k in whole:
         torch.testing.assert_close(torch.as_tensor(streamed[k]), torch.as_tensor(whole[k]))
     W, b = stitching.least_squares(whole)
@@ -217,11 +283,11 @@ def test_birkhoff_from_matching_keeps_the_planted_permutation():
     settings = stitching.StitchSettings(epochs=2, batch_size=32, bn_adapt=False, precision="float32")
     res = stitching.stitch_experiment(a, b, "act3", ["grelu"], data, None, None, settings,
                                       feature_dtype=torch.float32, device="cpu")
-    true_perm = groups.feature_transform(a, "act3", elements).abs().argmax(0)
+    true_perm = symmetry.feature_transform(a, "act3", elements).abs().argmax(0)
     got = res["variants"]["grelu"]["matrix"].abs().argmax(0)
     # Channels that never fire on these images (random weights) are interchangeable, so the
     # permutation is only defined on the live ones.
-    alive = stitching._capture(a, "act3", to_input(data.x_train, "cpu"))[0].amax(dim=(0, 2, 3)) > 0
+    alive = _front(a, "act3", to_input(data.x_train, "cpu"))[0].amax(dim=(0, 2, 3)) > 0
     assert alive.float().mean() > 0.75
     assert (got == true_perm)[alive].float().mean() >= 0.9
     assert len(res["variants"]["grelu"]["history"]) == 3
@@ -266,11 +332,11 @@ def test_errors():
 def test_rotated_model_applies_map_and_freezes_front():
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
     g = torch.Generator().manual_seed(0)
-    A = rotation.random_channel_map("orthogonal", 16, g)
+    A = sanity.random_channel_map("orthogonal", 16, g)
     torch.testing.assert_close(A.T @ A, torch.eye(16, dtype=A.dtype))
-    P = rotation.random_channel_map("grelu", 16, g)
+    P = sanity.random_channel_map("grelu", 16, g)
     assert groups.intertwiner_group("relu", 16).contains(P)
-    new = rotation.rotated_model(m, "conv2", P)
+    new = sanity.rotated_model(m, "conv2", P)
     x = _x(4)
     z = m.conv2(m.act1(m.conv1(x)))
     torch.testing.assert_close(new.conv2(new.act1(new.conv1(x))), torch.einsum("ij,njhw->nihw", P.float(), z),
@@ -279,9 +345,9 @@ def test_rotated_model_applies_map_and_freezes_front():
     assert not any(p.requires_grad for p in new.conv2.parameters())
     assert all(p.requires_grad for p in new.conv3.parameters())
     with pytest.raises(ValueError, match="must be a Conv2d"):
-        rotation.rotated_model(m, "act1", P)
+        sanity.rotated_model(m, "act1", P)
     with pytest.raises(ValueError, match="unknown layer 'conv7'"):
-        rotation.rotated_model(m, "conv7", P)
+        sanity.rotated_model(m, "conv7", P)
 
 
 def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch):
@@ -293,13 +359,13 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch):
     settings = stitching.StitchSettings(epochs=1, batch_size=32)
     first = stitching.cached_experiment(a, b, "act2", ["matching"], data, 64, 32, settings)
     calls = []
-    monkeypatch.setattr(stitching, "stitch_experiment", lambda *args, **kw: calls.append(1))
+    monkeypatch.setattr(stitching.experiment, "stitch_experiment", lambda *args, **kw: calls.append(1))
     again = stitching.cached_experiment(a, b, "act2", ["matching"], data, 64, 32, settings)
     assert not calls and again["variants"]["matching"]["penalty"] == first["variants"]["matching"]["penalty"]
     stitching.cached_experiment(a, b, "act3", ["matching"], data, 64, 32, settings)
     assert calls == [1]                                  # another layer is another entry
     # A transformed copy of B has other weights, hence another entry (never B's cached result).
-    copy, _ = groups.random_transform(b, torch.Generator().manual_seed(0))
+    copy, _ = symmetry.random_transform(b, torch.Generator().manual_seed(0))
     stitching.cached_experiment(a, copy, "act2", ["matching"], data, 64, 32, settings)
     assert calls == [1, 1]
 
@@ -307,15 +373,15 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch):
 def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one():
     data = synthetic_dataset(n_train=64, n_test=32)
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    z_tr = rotation.pre_activations(m, "conv2", data.x_train, dtype=torch.float32, device="cpu")
-    z_te = rotation.pre_activations(m, "conv2", data.x_test, dtype=torch.float32, device="cpu")
+    z_tr = sanity.pre_activations(m, "conv2", data.x_train, dtype=torch.float32, device="cpu")
+    z_te = sanity.pre_activations(m, "conv2", data.x_test, dtype=torch.float32, device="cpu")
     tail = m[3:]                       # after conv2 (16 channels at width 0.125)
     ref = tail(z_te)
     err = {}
-    for kind in rotation.ROTATION_KINDS:
-        A = rotation.random_channel_map(kind, 16, torch.Generator().manual_seed(1))
-        t = __import__("copy").deepcopy(tail)
-        rotation.refit_next_conv(t, A, z_tr)
+    for kind in sanity.ROTATION_KINDS:
+        A = sanity.random_channel_map(kind, 16, torch.Generator().manual_seed(1))
+        t = copy.deepcopy(tail)
+        sanity.refit_next_conv(t, A, z_tr)
         err[kind] = ((t(torch.einsum("ij,njhw->nihw", A.float(), z_te)) - ref).abs().max() / ref.abs().max()).item()
     assert err["grelu"] < 1e-3 < err["orthogonal"]
 
@@ -323,17 +389,59 @@ def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one():
 def test_rotation_penalty_history_and_bad_input():
     data = synthetic_dataset(n_train=64, n_test=32)
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    res = rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), data, 1, None, None,
+    res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), data, 1, None, None,
                                     batch_size=32, device="cpu", precision="float32")
     assert [h["epoch"] for h in res["history"]] == [0, 1]
     # The refit start is the original function: penalty 0 before any fine-tuning.
     assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
-        rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, -1, device="cpu")
+        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, -1, device="cpu")
     with pytest.raises(ValueError, match="unknown start 'warm'; accepted values: 'refit', 'transformed'"):
-        rotation.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, 1, start="warm", device="cpu")
+        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, 1, start="warm", device="cpu")
     with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
-        rotation.rotation_penalty(m, "conv1", "gl", torch.Generator(), data, 1, device="cpu")
+        sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), data, 1, device="cpu")
     with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
-        rotation.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40], torch.zeros(2, 16, 32, 32),
+        sanity.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40], torch.zeros(2, 16, 32, 32),
                                data.y_test[:2], 1)
+
+
+def test_recovered_fraction_counts_live_channels_only():
+    g = torch.Generator().manual_seed(0)
+    true_perm = torch.randperm(8, generator=g)
+    P = torch.eye(8)[:, true_perm]                   # column i has its entry in row true_perm[i]
+    M = P * (torch.rand(8, generator=g) + 0.5)[None, :]
+    assert torch.equal(stitching.permutation_of(M), true_perm)
+    assert torch.equal(stitching.permutation_of(-M), true_perm)          # signs do not matter
+    wrong = true_perm.clone()
+    wrong[[0, 1]] = wrong[[1, 0]]
+    assert stitching.recovered_fraction(true_perm, true_perm) == 1.0
+    assert stitching.recovered_fraction(wrong, true_perm) == 0.75
+    alive = torch.ones(8, dtype=torch.bool)
+    alive[[0, 1]] = False                            # the swapped channels are dead: they do not count
+    assert stitching.recovered_fraction(wrong, true_perm, alive) == 1.0
+
+
+def test_last_quarter_change_reads_the_end_of_the_history():
+    rows = lambda pens: [dict(epoch=i, penalty=p) for i, p in enumerate(pens)]      # noqa: E731
+    assert stitching.last_quarter_change(rows([0.3])) == 0.0                        # nothing trained
+    assert stitching.last_quarter_change(rows([0.5, 0.2])) == pytest.approx(30.0)   # pp, epoch 1 vs 0
+    # 8 epochs: the last 2 (a quarter) moved the penalty from 0.10 to 0.04, i.e. 6 pp.
+    assert stitching.last_quarter_change(rows([0.5, 0.4, 0.3, 0.2, 0.15, 0.12, 0.10, 0.07, 0.04])) == pytest.approx(6.0)
+
+
+def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
+    data = synthetic_dataset(n_train=32, n_test=16)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    calls = []
+
+    def fronts():
+        calls.append(1)
+        return tuple(sanity.pre_activations(m, "conv1", x, device="cpu") for x in (data.x_train, data.x_test))
+
+    args = (m, "key", "conv1", "grelu", 0, data, 1, None, None)
+    first = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
+    again = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
+    assert calls == [1] and [h["penalty"] for h in again["history"]] == [h["penalty"] for h in first["history"]]
+    sanity.cached_rotation_penalty(*args[:4], 1, *args[5:], batch_size=16, fronts=fronts)   # another trial
+    assert calls == [1, 1]

@@ -24,19 +24,29 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import PRECISIONS, autocast, check_choice, exact_mode, get_device
-from .data import subset, to_input
-from .groups import intertwiner_group, matrix_group
+from ..config import PRECISIONS, autocast, check_choice, exact_mode, get_device
+from ..data import subset, to_input
+from ..groups import intertwiner_group, matrix_group
+from ..zoo import memo
+from .matching import add_moments, least_squares, moments_of
 
 __all__ = ["ROTATION_KINDS", "ROTATION_STARTS", "FixedChannelMap", "random_channel_map", "rotated_model",
-           "pre_activations", "refit_next_conv", "finetune_tail", "rotation_penalty"]
+           "pre_activations", "refit_next_conv", "finetune_tail", "rotation_penalty", "cached_rotation_penalty"]
 
 ROTATION_KINDS = ("grelu", "orthogonal")
+"""tuple of str: the transforms of the sanity test: a random G_ReLU element or a random orthogonal matrix."""
 ROTATION_STARTS = ("refit", "transformed")
+"""tuple of str: the starts of the fine-tuning: after a least-squares refit of the next conv, or the paper's."""
 
 
 class FixedChannelMap(nn.Module):
-    """A fixed (non-trainable) ``h -> A h`` on the channel axis of ``(N, C, H, W)``: a 1x1 conv."""
+    """A fixed (non-trainable) ``h -> A h`` on the channel axis of ``(N, C, H, W)``: a 1x1 conv.
+
+    Parameters
+    ----------
+    A : torch.Tensor
+        ``(C, C)``, stored as a float32 buffer.
+    """
 
     def __init__(self, A: torch.Tensor):
         super().__init__()
@@ -47,36 +57,33 @@ class FixedChannelMap(nn.Module):
 
 
 def random_channel_map(kind: str, channels: int, generator: torch.Generator, sigma: float = 1.0) -> torch.Tensor:
-    """A ``(C, C)`` float64 matrix: a random G_ReLU element (uniform permutation times mean-one
-    log-normal diagonal with ``sigma``) or a Haar-random orthogonal matrix (QR with the sign fix)."""
+    """A random transform of the sanity test.
+
+    Parameters
+    ----------
+    kind : str
+        ``"grelu"``: a uniform permutation times a mean-one log-normal diagonal with ``sigma``;
+        ``"orthogonal"``: Haar-random (QR with the sign fix).
+    channels : int
+        C.
+    generator : torch.Generator
+        The source of randomness.
+    sigma : float
+        Log-normal spread of the diagonal (grelu).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(C, C)``, float64, on the CPU.
+    """
     check_choice("kind", kind, ROTATION_KINDS)
     if kind == "grelu":
         return intertwiner_group("relu", channels).sample(generator, sigma=sigma, device="cpu")
     return matrix_group("orthogonal", channels).sample(generator, device="cpu")
 
 
-def rotated_model(model: nn.Sequential, layer: str, A: torch.Tensor) -> nn.Sequential:
-    """A copy of the Sequential ``model`` with ``A`` applied after its module ``layer`` (a conv) and
-    every parameter up to and including ``layer`` frozen."""
-    names = [n for n, _ in model.named_children()]
-    if not isinstance(model, nn.Sequential) or layer not in names:
-        raise ValueError(f"unknown layer {layer!r}; this model's modules: {', '.join(names)}")
-    conv = getattr(model, layer)
-    if not isinstance(conv, nn.Conv2d):
-        raise ValueError(f"layer {layer!r} must be a Conv2d (the transform acts on the pre-activation), "
-                         f"got {type(conv).__name__}")
-    if tuple(A.shape) != (conv.out_channels, conv.out_channels):
-        raise ValueError(f"A must be {conv.out_channels}x{conv.out_channels} for {layer!r}, got {tuple(A.shape)}")
-    new = copy.deepcopy(model)
-    dev = conv.weight.device
-    setattr(new, layer, nn.Sequential(getattr(new, layer), FixedChannelMap(A.to(dev))))
-    for name in names[:names.index(layer) + 1]:
-        for p in getattr(new, name).parameters():
-            p.requires_grad_(False)
-    return new
-
-
-def _split(model: nn.Sequential, layer: str) -> int:
+def _cut_after_conv(model: nn.Sequential, layer: str) -> int:
+    # The index after the Conv2d child ``layer`` of a Sequential: where the transform goes.
     names = [n for n, _ in model.named_children()]
     if not isinstance(model, nn.Sequential) or layer not in names:
         raise ValueError(f"unknown layer {layer!r}; this model's modules: {', '.join(names)}")
@@ -86,13 +93,64 @@ def _split(model: nn.Sequential, layer: str) -> int:
     return names.index(layer) + 1
 
 
+def rotated_model(model: nn.Sequential, layer: str, A: torch.Tensor) -> nn.Sequential:
+    """A copy of ``model`` with ``A`` applied after its conv ``layer`` and everything up to there frozen.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        A Myrtle CNN (not modified).
+    layer : str
+        A ``Conv2d`` child of ``model`` (the transform acts on its output, the pre-activation).
+    A : torch.Tensor
+        ``(C, C)`` with C the conv's output channels.
+
+    Returns
+    -------
+    nn.Sequential
+        The copy, with ``layer`` replaced by ``Sequential(conv, FixedChannelMap(A))``.
+    """
+    names = [n for n, _ in model.named_children()]
+    idx = _cut_after_conv(model, layer)
+    conv = getattr(model, layer)
+    if tuple(A.shape) != (conv.out_channels, conv.out_channels):
+        raise ValueError(f"A must be {conv.out_channels}x{conv.out_channels} for {layer!r}, got {tuple(A.shape)}")
+    new = copy.deepcopy(model)
+    dev = conv.weight.device
+    setattr(new, layer, nn.Sequential(getattr(new, layer), FixedChannelMap(A.to(dev))))
+    for name in names[:idx]:
+        for p in getattr(new, name).parameters():
+            p.requires_grad_(False)
+    return new
+
+
 @torch.no_grad()
 def pre_activations(model: nn.Sequential, layer: str, x: torch.Tensor, batch_size: int = 500,
                     dtype=torch.float16, device=None) -> torch.Tensor:
-    """The output of conv ``layer`` (the pre-activation) for uint8 images ``x`` ``(n, H, W, 3)``:
-    shape ``(n, C, h, w)``, stored as ``dtype``, computed in float32 in eval mode."""
+    """The output of conv ``layer`` (the pre-activation), computed in float32 in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        A Myrtle CNN.
+    layer : str
+        A ``Conv2d`` child of ``model``.
+    x : torch.Tensor
+        uint8 images ``(n, H, W, 3)``.
+    batch_size : int
+        Images per forward pass.
+    dtype : torch.dtype
+        Storage of the result.
+    device : str or torch.device, optional
+        Where to compute.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, C, h, w)`` as ``dtype``.
+    """
     device = get_device(device)
-    front = model[:_split(model, layer)].to(device).eval()
+    front = model[:_cut_after_conv(model, layer)].to(device).eval()
     with exact_mode():
         return torch.cat([front(to_input(x[s:s + batch_size], device)).to(dtype)
                           for s in range(0, len(x), batch_size)])
@@ -109,13 +167,21 @@ def _first_conv(tail: nn.Sequential) -> int:
 def refit_next_conv(tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch_size: int = 250) -> None:
     """Refit, in place, the first convolution of ``tail`` by least squares (with its bias).
 
-    ``tail`` is the model after the transformed conv; ``z`` ``(n, C, h, w)`` the original
-    pre-activations. The refitted conv, fed ``g(A z)`` (``g``: the modules before it, e.g. ReLU and
-    max-pool), best reproduces in squared error over all ``n·h'·w'`` positions the output it had on
-    ``g(z)``; the normal equations over its ``C·k·k`` unfolded inputs are summed in float64 over chunks.
-    """
-    from .stitching import _add_moments, _moments_of, least_squares
+    The refitted conv, fed ``g(A z)`` (``g``: the modules before it, e.g. ReLU and max-pool), best
+    reproduces in squared error over all ``n·h'·w'`` positions the output it had on ``g(z)``; the
+    normal equations over its ``C·k·k`` unfolded inputs are summed in float64 over chunks.
 
+    Parameters
+    ----------
+    tail : nn.Sequential
+        The model after the transformed conv; its first conv must have a bias.
+    A : torch.Tensor
+        The transform ``(C, C)``.
+    z : torch.Tensor
+        The original pre-activations ``(n, C, h, w)``.
+    batch_size : int
+        Samples per chunk of the normal equations.
+    """
     i = _first_conv(tail)
     g, conv = tail[:i], tail[i]
     dev = conv.weight.device
@@ -128,7 +194,7 @@ def refit_next_conv(tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch
             x = F.unfold(g(F.conv2d(zb, M)), conv.kernel_size, conv.dilation, conv.padding, conv.stride)
             x = x.movedim(1, -1).reshape(-1, x.shape[1]).double()          # (b·L, C·k·k)
             y = target.movedim(1, -1).reshape(-1, target.shape[1]).double()
-            moments = _add_moments(moments, _moments_of(x, y))
+            moments = add_moments(moments, moments_of(x, y))
     W, b = least_squares(moments)
     conv.weight.copy_(W.reshape(conv.weight.shape).to(conv.weight))
     if conv.bias is None:
@@ -155,10 +221,33 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
                   lr_decay: bool = True) -> list[dict]:
     """Train ``net`` (the transform and the layers after it) in place on cached pre-activations.
 
-    Adam with ``weight_decay`` on parameters named ``weight``; the learning rate falls linearly from
-    ``lr`` to 0 over all steps with ``lr_decay`` (so the last epochs settle), else stays at ``lr``
-    (the authors' recipe without its step schedule); no augmentation. Returns the history, one row per epoch with
-    the start as epoch 0: ``epoch``, ``loss`` (training cross-entropy, nats), ``test_acc`` (fraction).
+    Adam with ``weight_decay`` on parameters named ``weight``; no augmentation.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Maps pre-activations ``(N, C, h, w)`` to outputs ``(N, classes)``.
+    train_z, test_z : torch.Tensor
+        Cached pre-activations ``(n, C, h, w)``.
+    y_train, y_test : torch.Tensor
+        Labels ``(n,)``.
+    epochs : int
+        Passes over ``train_z`` (0 evaluates the start only).
+    batch_size, lr, weight_decay : int, float, float
+        Adam's batch, peak learning rate and L2 coefficient.
+    seed : int
+        Seed of the batch order.
+    precision : str
+        ``lib.config`` precision.
+    lr_decay : bool
+        The learning rate falls linearly from ``lr`` to 0 over all steps (so the last epochs settle),
+        else stays at ``lr`` (the authors' recipe without its step schedule).
+
+    Returns
+    -------
+    list of dict
+        One row per epoch, the start as epoch 0: ``epoch``, ``loss`` (training cross-entropy, nats),
+        ``test_acc`` (fraction).
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
@@ -198,22 +287,39 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
 
     Parameters
     ----------
-    model : a Myrtle CNN without BatchNorm (a ``Sequential``); it is not modified.
-    layer : a conv of ``model`` (the transform acts on its output, the pre-activation).
-    kind : ``"grelu"`` or ``"orthogonal"`` (:func:`random_channel_map` draws it from ``generator``).
-    epochs : fine-tuning passes over the ``n_train`` training images (``lib.data.subset``; None: all).
-    start : ``"refit"`` (next conv refitted by least squares first, :func:`refit_next_conv`) or
+    model : nn.Sequential
+        A Myrtle CNN without BatchNorm; it is not modified.
+    layer : str
+        A conv of ``model`` (the transform acts on its output, the pre-activation).
+    kind : str
+        ``"grelu"`` or ``"orthogonal"`` (:func:`random_channel_map` draws it from ``generator``).
+    generator : torch.Generator
+        The transform's source.
+    data : lib.data.Dataset
+        The images.
+    epochs : int
+        Fine-tuning passes over the training images.
+    n_train, n_test : int or None
+        Images taken with ``lib.data.subset`` (None: all).
+    batch_size, lr, seed, precision
+        As for :func:`finetune_tail`.
+    device : str or torch.device, optional
+        Where to compute.
+    start : str
+        ``"refit"`` (next conv refitted by least squares first, :func:`refit_next_conv`) or
         ``"transformed"`` (the paper's: fine-tune from the trained weights).
-    fronts : ``(train_z, test_z)`` from :func:`pre_activations` on the same subsets, to share one
-        front between trials; computed here when None.
+    fronts : tuple of torch.Tensor, optional
+        ``(train_z, test_z)`` from :func:`pre_activations` on the same subsets, to share one front
+        between trials; computed here when None.
 
     Returns
     -------
-    dict with accuracies as fractions: ``clean`` (the model on the cached test fronts), ``start``
-    (right after the transform), ``refit`` (after the refit; equal to ``start`` for
-    ``"transformed"``), ``finetuned`` (best over the epochs, the start included), ``final`` (last
-    epoch), ``penalty = clean - finetuned`` and ``final_penalty``; ``history`` (per epoch, with
-    ``penalty``) and ``seconds``.
+    dict
+        Accuracies as fractions: ``clean`` (the model on the cached test fronts), ``start`` (right
+        after the transform), ``refit`` (after the refit; equal to ``start`` for ``"transformed"``),
+        ``finetuned`` (best over the epochs, the start included), ``final`` (last epoch),
+        ``penalty = clean - finetuned`` and ``final_penalty`` (fractions); ``history`` (per epoch,
+        with ``penalty``) and ``seconds``.
     """
     check_choice("kind", kind, ROTATION_KINDS)
     check_choice("start", start, ROTATION_STARTS)
@@ -221,7 +327,7 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
         raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
     device = get_device(device)
     t0 = time.perf_counter()
-    idx = _split(model, layer)
+    idx = _cut_after_conv(model, layer)
     model = model.to(device)
     A = random_channel_map(kind, getattr(model, layer).out_channels, generator)
     x_tr, y_tr = subset(data.x_train, data.y_train, n_train)
@@ -247,3 +353,39 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
     return dict(layer=layer, kind=kind, start_kind=start, clean=clean, start=start_acc, refit=history[0]["test_acc"],
                 finetuned=finetuned, final=history[-1]["test_acc"], penalty=clean - finetuned,
                 final_penalty=clean - history[-1]["test_acc"], history=history, seconds=time.perf_counter() - t0)
+
+
+def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, kind: str, trial: int, data,
+                            epochs: int, n_train: int | None, n_test: int | None, batch_size: int = 256,
+                            lr: float = 1e-3, seed: int = 0, start: str = "refit", fronts=None) -> dict:
+    """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.zoo.memo``).
+
+    The transform comes from ``torch.Generator().manual_seed(1000 * seed + trial)`` and the batch
+    order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        A Myrtle CNN without BatchNorm.
+    model_key : str
+        Its ``lib.zoo.model_key`` (the memo key's name for the weights).
+    layer, kind, data, epochs, n_train, n_test, batch_size, lr, start
+        As for :func:`rotation_penalty`.
+    trial : int
+        The trial's index.
+    seed : int
+        The chapter's seed.
+    fronts : callable or tuple, optional
+        ``(train_z, test_z)`` as for :func:`rotation_penalty`, or a function returning them, called
+        only when the result is not cached yet.
+
+    Returns
+    -------
+    dict
+        :func:`rotation_penalty`'s result.
+    """
+    config = dict(model=model_key, layer=layer, kind=kind, trial=trial, seed=seed, epochs=epochs, start=start,
+                  n_train=n_train, n_test=n_test, batch_size=batch_size, lr=lr, version=2)
+    return memo("rotation_penalty", config, lambda: rotation_penalty(
+        model, layer, kind, torch.Generator().manual_seed(1000 * seed + trial), data, epochs, n_train, n_test,
+        batch_size=batch_size, lr=lr, seed=seed + trial, start=start, fronts=fronts() if callable(fronts) else fronts))
