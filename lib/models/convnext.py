@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..config import check_choice
-from ..groups import Activation
+from ..activations import Activation
 
 __all__ = ["convnext_cifar", "ConvNeXtBlock", "ConvNeXtCIFAR", "LayerNorm2d", "ConvNeXtFront", "ConvNeXtBack",
            "split_convnext"]

@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from ..groups import Activation
+from ..activations import Activation
 from .spec import SymmetrySpec, Site, activation_params, bias_axes, dense_axes
 
 __all__ = ["mlp", "mlp_spec"]

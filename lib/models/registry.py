@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import check_choice
-from ..groups import Activation
+from ..activations import Activation
 from .convnext import ConvNeXtBlock, convnext_cifar, split_convnext
 from .mlp import mlp
 from .myrtle import myrtle_cnn

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..groups import Activation
+from ..activations import Activation
 from .spec import SymmetrySpec, Site, activation_params, check_width, conv_axes, dense_axes, norm_axes
 
 __all__ = ["PadShortcut", "BasicBlock", "ResNet", "ResNetFront", "ResNetBack", "resnet20", "resnet_spec", "stage_channels",

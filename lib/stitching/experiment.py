@@ -17,7 +17,7 @@ import torch
 from ..config import check_choice, get_device
 from ..data import subset
 from ..train import evaluate
-from ..zoo import fingerprint, memo
+from ..cache import fingerprint, memo
 from .matching import least_squares, matching_from_moments, matching_matrix
 from .surgery import channels_at, feature_moments, front_features, stitch
 from .training import INITS, StitchSettings, check_settings, train_stitch
@@ -155,7 +155,7 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
 def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
                       n_test: int | None = 2000, settings: StitchSettings = StitchSettings(), seed: int = 0,
                       feature_dtype=torch.float16) -> dict:
-    """:func:`stitch_experiment`, memoised on disk (``lib.zoo.memo``) so a warm rebuild recomputes nothing.
+    """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes nothing.
 
     The memo key holds both models' weight fingerprints (``lib.zoo.fingerprint``), the data, the
     layer, the variants, the image counts, every stitching setting, the seed and the dtype of the

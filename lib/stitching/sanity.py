@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 from ..config import PRECISIONS, autocast, check_choice, exact_mode, get_device
 from ..data import subset, to_input
-from ..groups import intertwiner_group, matrix_group
-from ..zoo import memo
+from ..groups import MatrixGroup, intertwiner_group
+from ..cache import memo
 from .matching import add_moments, least_squares, moments_of
 
 __all__ = ["ROTATION_KINDS", "ROTATION_STARTS", "FixedChannelMap", "random_channel_map", "rotated_model",
@@ -79,7 +79,7 @@ def random_channel_map(kind: str, channels: int, generator: torch.Generator, sig
     check_choice("kind", kind, ROTATION_KINDS)
     if kind == "grelu":
         return intertwiner_group("relu", channels).sample(generator, sigma=sigma, device="cpu")
-    return matrix_group("orthogonal", channels).sample(generator, device="cpu")
+    return MatrixGroup("orthogonal", channels).sample(generator, device="cpu")
 
 
 def _cut_after_conv(model: nn.Sequential, layer: str) -> int:
@@ -358,7 +358,7 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
 def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, kind: str, trial: int, data,
                             epochs: int, n_train: int | None, n_test: int | None, batch_size: int = 256,
                             lr: float = 1e-3, seed: int = 0, start: str = "refit", fronts=None) -> dict:
-    """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.zoo.memo``).
+    """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.cache.memo``).
 
     The transform comes from ``torch.Generator().manual_seed(1000 * seed + trial)`` and the batch
     order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting.

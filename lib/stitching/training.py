@@ -7,13 +7,18 @@ import time
 import torch
 from torch.nn import functional as F
 
-from ..config import PRECISIONS, autocast, check_choice, scale_settings
+from ..config import PRECISIONS, autocast, check_choice
+from ..settings import SCALES, scale_settings
 from .surgery import Stitched
 
 __all__ = ["INITS", "StitchSettings", "settings_for_scale", "check_settings", "train_stitch", "last_quarter_change"]
 
 INITS = ("closed_form", "random")
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
+
+
+# The defaults are the cpu-scale protocol; its values live in lib.settings (one home for settings).
+_CPU = SCALES["cpu"].stitch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,24 +56,24 @@ class StitchSettings:
         ``lib.config`` precision of training and evaluation (``"float32"``: exact).
     """
 
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    lr_decay: bool = True
-    momentum: float = 0.0
-    weight_decay: float = 1e-4
-    epochs: int = 4
-    batch_size: int = 128
-    alpha: float = 0.1
-    sinkhorn_rounds: int = 16
-    p_only_fraction: float = 0.5
-    bn_adapt: bool = True
-    init: str = "closed_form"
-    precision: str = "bulk"
+    optimizer: str = _CPU["optimizer"]
+    lr: float = _CPU["lr"]
+    lr_decay: bool = _CPU["lr_decay"]
+    momentum: float = _CPU["momentum"]
+    weight_decay: float = _CPU["weight_decay"]
+    epochs: int = _CPU["epochs"]
+    batch_size: int = _CPU["batch_size"]
+    alpha: float = _CPU["alpha"]
+    sinkhorn_rounds: int = _CPU["sinkhorn_rounds"]
+    p_only_fraction: float = _CPU["p_only_fraction"]
+    bn_adapt: bool = _CPU["bn_adapt"]
+    init: str = _CPU["init"]
+    precision: str = _CPU["precision"]
 
     @classmethod
     def paper(cls) -> "StitchSettings":
         """The authors' protocol: plain SGD, lr 1e-3, 20 epochs, batch 32, random starts."""
-        return cls(optimizer="sgd", lr_decay=False, epochs=20, batch_size=32, init="random")
+        return cls(**SCALES["paper"].stitch)
 
 
 def settings_for_scale(scale: str, **overrides) -> StitchSettings:
@@ -77,8 +82,7 @@ def settings_for_scale(scale: str, **overrides) -> StitchSettings:
     Parameters
     ----------
     scale : str
-        A key of ``lib.config.SCALES``: the paper's protocol at ``"paper"``, else the default
-        :class:`StitchSettings` with the scale's ``stitch_epochs``.
+        A key of ``lib.settings.SCALES``; the protocol is that scale's ``stitch`` literal.
     **overrides
         Fields to replace.
 
@@ -86,9 +90,7 @@ def settings_for_scale(scale: str, **overrides) -> StitchSettings:
     -------
     StitchSettings
     """
-    s = scale_settings(scale)
-    base = StitchSettings.paper() if scale == "paper" else StitchSettings(epochs=s.stitch_epochs)
-    return dataclasses.replace(base, **overrides)
+    return dataclasses.replace(StitchSettings(**scale_settings(scale).stitch), **overrides)
 
 
 def check_settings(settings: StitchSettings) -> None:
