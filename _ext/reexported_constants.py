@@ -46,9 +46,17 @@ class ConstantDocumenter(DataDocumenter):
 
 
 def _keep(app, what, name, obj, skip, options):
-    """Keep an upper-case constant that autodoc skips for lack of a comment in the package itself."""
+    """Keep an upper-case constant that autodoc skips for lack of a comment in the package itself.
+
+    Only a name the documented module exports (its ``__all__``, where it has one): autodoc marks the
+    others skipped, and a module that merely imports a constant (``lib.train`` imports ``RECIPES``)
+    must not document a second copy of it.
+    """
     if what == "module" and skip and name.isupper() and defining_comment(name, obj) is not None:
-        return False
+        module = sys.modules.get(app.env.temp_data.get("autodoc:module") or "")
+        exported = getattr(module, "__all__", None)
+        if exported is None or name in exported:
+            return False
     return None
 
 

@@ -8,10 +8,12 @@ One module or subpackage per concept; callers import from where the code lives::
                        the book's model families, stitching protocols
       config.py        device, precision policy (autocast, exact_mode), cache folders, atomic writes
       cache.py         checksummed files, the memo of expensive results, model fingerprints
-      groups.py        activations and their intertwiner groups (Section 3.1)
+      activations.py   the elementwise activations (Table 1's sigma), by name
+      groups.py        their intertwiner groups (Section 3.1)
+      intertwining.py  intertwiner groups found numerically, Theorem 3.3's ray check
       symmetry.py      the groups' action on weights (Section 3.2)
-      models/          spec (SymmetrySpec, Site, the ARCHITECTURES registry, split), myrtle, resnet,
-                       mlp, convnext
+      models/          spec (SymmetrySpec, Site), myrtle, resnet, mlp, convnext, registry (the
+                       ARCHITECTURES registry, split)
       data.py          CIFAR-10 as tensors, on-device augmentation, a synthetic stand-in for tests
       train.py         the Recipe type and the training loop
       zoo/             trained models cached on disk (store) and the book's families (book);

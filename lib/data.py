@@ -27,10 +27,12 @@ __all__ = ["Dataset", "load_cifar10", "load_data", "synthetic_dataset", "subset"
 
 #: The file :func:`load_cifar10` reads (keys x_train, y_train, x_test, y_test, classes).
 FILENAME = "cifar10.npz"
-#: The datasets :func:`load_data` knows: CIFAR-10, and a small synthetic stand-in for tests.
+#: The datasets :func:`load_data` knows, CIFAR-10 and a small synthetic stand-in for tests.
 DATASETS = ("cifar10", "synthetic")
-#: Per-channel normalisation on the 0-255 scale, as the authors' code (implementation notes).
+#: Per-channel (R, G, B) mean of the normalisation on the 0-255 scale, as the authors' code
+#: (implementation notes).
 MEAN = (125.307, 122.961, 113.8575)
+#: Per-channel (R, G, B) standard deviation of the normalisation on the 0-255 scale, as :data:`MEAN`.
 STD = (51.5865, 50.847, 51.255)
 
 
@@ -112,7 +114,7 @@ def _candidates(data_dir) -> list[Path]:
 
 
 #: Seconds a download may wait for the server before it counts as offline (a proxy that accepts
-# connections and never answers would otherwise hang forever).
+#: connections and never answers would otherwise hang forever).
 DOWNLOAD_TIMEOUT = 60.0
 
 

@@ -270,7 +270,7 @@ def compare_results(dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=
         path relative to the folder and the row's ``key``.
     rtol, atol : float
         Numbers ``a`` and ``b`` agree when ``|a - b| <= max(rtol * max(|a|, |b|), atol)``
-        (:func:`math.isclose`); other values (``None``, units) must be equal.
+        (``math.isclose``); other values (``None``, units) must be equal.
     ignore : sequence of str
         Glob patterns of keys not compared (default: wall-clock times, ``*_seconds``).
     fields : sequence of str

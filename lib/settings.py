@@ -65,7 +65,8 @@ class Scale:
     alphas: tuple                  # geodesic positions between I and Q
 
 
-#: The training recipes: the fields of lib.train.Recipe besides its name (lib.train.recipe builds one).
+#: The training recipes by name, each with the fields of lib.train.Recipe besides its name
+#: (lib.train.recipe builds one).
 RECIPES = {
     # The authors' recipe (implementation notes): 50 epochs of Adam, StepLR 12/0.5, batch 32.
     "paper": dict(epochs=50, batch_size=32, optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=1e-4,
@@ -84,7 +85,7 @@ NOBN_RECIPE = dict(optimizer="adam", lr=2e-3, weight_decay=5e-5)
 
 #: The ConvNeXt-style network of Section 6 as the paper builds it (LayerNorm, 7x7 depthwise kernels)...
 CONVNEXT_PAPER = dict(layer_scale=0.1)
-#: ...and with BatchNorm and 3x3 depthwise kernels: on 2 CPU cores in 8 epochs the LayerNorm/7x7
+#: ...and with BatchNorm and 3x3 depthwise kernels, since on 2 CPU cores in 8 epochs the LayerNorm/7x7
 #: network (Adam) reached 54 % against the ResNets' 76 %, at half their speed; with BatchNorm it trains
 #: with the ResNets' SGD recipe. No activation follows its residual additions either way, which is
 #: what Section 6 compares. It trains in float32: bfloat16 autocast measured slower for its depthwise
@@ -107,14 +108,14 @@ STITCH_FAST = dict(
     init="closed_form",       # default start of every variant: "closed_form" or "random" (paper)
     precision="bulk",         # lib.config precision of training and evaluation ("float32": exact)
 )
-#: The authors' protocol (implementation notes): plain SGD at a constant lr 1e-3, batch 32, random starts.
+#: The authors' protocol (implementation notes), plain SGD at a constant lr 1e-3, batch 32, random starts.
 STITCH_PAPER = dict(STITCH_FAST, optimizer="sgd", lr_decay=False, batch_size=32, init="random")
 
 #: The seed of the one fixed shuffle from which every chapter draws its image subsets (lib.data.subset).
 SUBSET_SEED = 20221128
 
 
-#: Every scale's settings, one commented literal each (see :class:`Scale`).
+#: Every scale's settings, one commented literal each (see :class:`lib.settings.Scale`).
 SCALES: dict[str, Scale] = {
     # Seconds per chapter on 2 CPU cores: what the tests run. Its numbers mean nothing.
     "smoke": Scale(

@@ -1,16 +1,16 @@
 """Network dissection (Bau et al. 2017) under rotations of a layer's basis: Section 6 of the paper.
 
-* :mod:`~lib.dissection.iou`: the NetDissect algorithm (:func:`quantile_thresholds`,
+* ``iou``: the NetDissect algorithm (:func:`quantile_thresholds`,
   :func:`iou_scores`) and :func:`dissect`, which repeats it in bases rotated by ``Q^alpha``;
-  its result is a :class:`DissectionResult` (:mod:`~lib.dissection.result`).
-* :mod:`~lib.dissection.rotations`: Haar-random rotations (:func:`random_rotation`) and the
+  its result is a :class:`DissectionResult` (``result``).
+* ``rotations``: Haar-random rotations (:func:`random_rotation`) and the
   geodesic ``Q^alpha`` (:func:`rotation_power`).
-* :mod:`~lib.dissection.broden`: the reader of concept datasets in Broden's layout
-  (:class:`BrodenDataset`); :mod:`~lib.dissection.synthetic`: the offline concept dataset
+* ``broden``: the reader of concept datasets in Broden's layout
+  (:class:`BrodenDataset`); ``synthetic``: the offline concept dataset
   (:func:`make_concept_dataset`).
-* :mod:`~lib.dissection.networks`: the networks dissected per scale (:func:`zoo_models`,
-  :func:`imagenet_models`); :mod:`~lib.dissection.study`: the concept data per scale, cached
-  dissections and the chapter's layer scan and checks; :mod:`~lib.dissection.trends`: whether a
+* ``networks``: the networks dissected per scale (:func:`zoo_models`,
+  :func:`imagenet_models`); ``study``: the concept data per scale, cached
+  dissections and the chapter's layer scan and checks; ``trends``: whether a
   count falls or rises along the rotation path.
 """
 from .broden import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, INDEX_COLUMNS,

@@ -4,7 +4,7 @@
 and the images and PNG label masks (label = R + 256 G) under ``images/``, as NetDissect-Lite's
 loader does, and streams batches of images, boolean concept masks and annotation flags. It reads
 the real Broden dataset and the small offline one written by
-:func:`lib.dissection.synthetic.make_concept_dataset` alike.
+:func:`lib.dissection.make_concept_dataset` alike.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ CIFAR10_STD = tuple(s / 255.0 for s in STD)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 #: Per-channel (R, G, B) standard deviation of torchvision's ImageNet normalisation.
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The per-image metadata columns of a Broden ``index.csv``, before one column per category:
-#: image file, split, image height and width, mask height and width (pixels).
+#: The per-image metadata columns of a Broden ``index.csv``, before one column per category (image
+#: file, split, image height and width, mask height and width, in pixels).
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 
 
@@ -189,12 +189,12 @@ class BrodenDataset:
         Parameters
         ----------
         category : str
-            One of :attr:`categories`.
+            One of ``categories``.
 
         Returns
         -------
         list of int
-            Their indices on the mask axis (into :attr:`concepts`).
+            Their indices on the mask axis (into ``concepts``).
         """
         check_choice("category", category, self.categories)
         return [i for i, c in enumerate(self.concept_categories) if c == category]
@@ -252,9 +252,9 @@ class BrodenDataset:
         Yields
         ------
         images : torch.Tensor
-            float32 ``(B, 3, H, W)``, ``(H, W)`` = :attr:`image_size`.
+            float32 ``(B, 3, H, W)``, ``(H, W)`` = ``image_size``.
         masks : torch.Tensor
-            bool ``(B, n_concepts, sh, sw)``, ``(sh, sw)`` = :attr:`mask_size`.
+            bool ``(B, n_concepts, sh, sw)``, ``(sh, sw)`` = ``mask_size``.
         annotated : torch.Tensor
             bool ``(B, n_concepts)``, whether the image has annotation in the concept's category.
         """

@@ -5,7 +5,7 @@ its top ``quantile`` activation value over the dataset (:func:`quantile_threshol
 maps are upsampled bilinearly to the mask resolution and thresholded; the IoU with every concept is
 accumulated over the dataset, counting only images annotated for the concept's category; a unit
 detects its best concept if that IoU exceeds ``iou_threshold``. :func:`dissect` repeats this in bases
-rotated by ``Q^alpha`` (:mod:`lib.dissection.rotations`).
+rotated by ``Q^alpha`` (``lib.dissection.rotations``).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from ..models import residual_outputs
 
 __all__ = ["ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models", "zoo_models"]
 
-#: The small-scale trio from the zoo: ``(zoo family, label, residual-stream output, layer inside the
+#: The small-scale trio from the zoo, each ``(zoo family, label, residual-stream output, layer inside the
 #: block)``. The residual output named here is the paper's choice (the last one); the chapter may
 #: dissect another stage (:func:`stage_outputs`), since colour detectors sit early in these small
 #: CIFAR networks.

@@ -1,4 +1,4 @@
-"""The result of a dissection under rotations (:func:`lib.dissection.iou.dissect`), and the
+"""The result of a dissection under rotations (:func:`lib.dissection.dissect`), and the
 invariants every such result satisfies."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ _ARRAYS = ("interpretable", "unique", "by_category", "iou")
 
 @dataclasses.dataclass
 class DissectionResult:
-    """What :func:`lib.dissection.iou.dissect` found, per rotation path position and rotation.
+    """What :func:`lib.dissection.dissect` found, per rotation path position and rotation.
 
     Attributes
     ----------
@@ -95,7 +95,7 @@ class DissectionResult:
         -------
         dict
             ``{statement: bool}``: the alpha-0 row is the unrotated dissection (equal for every
-            rotation, and its detector count is that of :attr:`labels`); counts lie in
+            rotation, and its detector count is that of ``labels``); counts lie in
             ``[0, n_units]``; distinct concepts never exceed detectors; the per-category counts add
             up to the detector count.
         """

@@ -2,8 +2,8 @@
 chapter's figures and checks.
 
 * :func:`concept_dataset`: Broden at ``paper`` scale, the offline dataset of
-  :func:`lib.dissection.synthetic.make_concept_dataset` on CIFAR-10 otherwise.
-* :func:`dissect_memo`: :func:`lib.dissection.iou.dissect` cached with :func:`lib.cache.memo`;
+  :func:`lib.dissection.make_concept_dataset` on CIFAR-10 otherwise.
+* :func:`dissect_memo`: :func:`lib.dissection.dissect` cached with :func:`lib.cache.memo`;
   :func:`stage_scan` and :func:`most_interpretable_stage` choose the layer to dissect.
 * :func:`layer_iou` and :func:`layers_agree` for the chapter's checks; :func:`unit_examples` for its
   figure of one detector.
@@ -95,7 +95,7 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
 
 def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: dict, alphas, n_rotations: int,
                  seed: int = 0, quantile: float = 0.005, iou_threshold: float = 0.04, device=None) -> DissectionResult:
-    """:func:`lib.dissection.iou.dissect`, cached with :func:`lib.cache.memo`.
+    """:func:`lib.dissection.dissect`, cached with :func:`lib.cache.memo`.
 
     The cache key holds the model's ``net["key"]``, the layer, ``dataset_config``, the alphas, the
     number of rotations, the seed and the NetDissect settings.
@@ -111,7 +111,7 @@ def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: 
     dataset_config : dict
         What identifies the data, as from :func:`concept_dataset`.
     alphas, n_rotations, seed, quantile, iou_threshold, device
-        As for :func:`lib.dissection.iou.dissect`.
+        As for :func:`lib.dissection.dissect`.
 
     Returns
     -------
@@ -132,11 +132,11 @@ def stage_scan(nets: dict, dataset: BrodenDataset, dataset_config: dict, seed: i
     Parameters
     ----------
     nets : dict
-        ``{name: dict(model, key, ...)}``, as from :func:`lib.dissection.networks.zoo_models`.
+        ``{name: dict(model, key, ...)}``, as from :func:`lib.dissection.zoo_models`.
     dataset, dataset_config
         As for :func:`dissect_memo`.
     seed, quantile, iou_threshold
-        As for :func:`lib.dissection.iou.dissect`.
+        As for :func:`lib.dissection.dissect`.
 
     Returns
     -------
@@ -166,9 +166,9 @@ def most_interpretable_stage(results) -> int:
 
 def layer_iou(model: nn.Module, layer: str, dataset: BrodenDataset, quantile: float = 0.005, device=None,
               batch_size: int = 256) -> np.ndarray:
-    """NetDissect IoU of a layer's units in their own basis, by :func:`lib.dissection.iou.iou_scores`
+    """NetDissect IoU of a layer's units in their own basis, by :func:`lib.dissection.iou_scores`
     on the layer's activations over the whole dataset, held in memory (an independent path to the
-    alpha-0 IoU of :func:`lib.dissection.iou.dissect`).
+    alpha-0 IoU of :func:`lib.dissection.dissect`).
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 :func:`make_concept_dataset` writes CIFAR-10 (or synthetic) images with procedurally generated
 concepts (colours, textures, shapes, classes) and exact masks, in the layout that
-:class:`lib.dissection.broden.BrodenDataset` reads, because the real Broden dataset cannot be
+:class:`lib.dissection.BrodenDataset` reads, because the real Broden dataset cannot be
 downloaded here.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ def rotation_trend(alphas, counts, tolerance: float = 0.1) -> dict:
     alphas : sequence of float
         Positions on the path, length ``n_alphas`` >= 2.
     counts : array_like
-        ``(n_alphas, n_rotations)``, e.g. :attr:`DissectionResult.interpretable`.
+        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a :class:`DissectionResult`.
     tolerance : float
         The relative change (a fraction, >= 0) beyond which the count falls or rises.
 
@@ -74,7 +74,7 @@ def rotation_slope_test(alphas, counts, n_permutations: int = 10_000, seed: int 
     alphas : sequence of float
         Positions on the path, length ``n_alphas`` >= 2, not all equal.
     counts : array_like
-        ``(n_alphas, n_rotations)``, e.g. :attr:`DissectionResult.interpretable`.
+        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a :class:`DissectionResult`.
     n_permutations : int
         Random shuffles of the permutation test, >= 1.
     seed : int

@@ -5,15 +5,15 @@ either ``(n_samples, n_features)`` or conv features ``(n_samples, channels, heig
 a Python float. The conventions are the authors' (``pnnl/modelsym``, see implementation-notes.md,
 "Similarity measures"). The package, one module per concern:
 
-- :mod:`lib.metrics.preprocessing`: the channel view of the inputs, per-channel normalisation, checks;
-- :mod:`lib.metrics.gram`: linear, RBF and max-kernel Gram matrices (the max kernel block by block);
-- :mod:`lib.metrics.cka`: HSIC, CKA from Gram matrices, :func:`linear_cka`, :func:`rbf_cka`,
+- ``lib.metrics.preprocessing``: the channel view of the inputs, per-channel normalisation, checks;
+- ``lib.metrics.gram``: linear, RBF and max-kernel Gram matrices (the max kernel block by block);
+- ``lib.metrics.cka``: HSIC, CKA from Gram matrices, :func:`linear_cka`, :func:`rbf_cka`,
   :func:`grelu_cka` (Definition 5.3), :func:`orthogonal_cka` and G_ReLU-CKA's memory estimates;
-- :mod:`lib.metrics.procrustes`: :func:`grelu_procrustes` (Definition 5.2), :func:`orthogonal_procrustes`;
-- :mod:`lib.metrics.layers`: all layer pairs of two models (heatmaps, Table 2, layer identification).
+- ``lib.metrics.procrustes``: :func:`grelu_procrustes` (Definition 5.2), :func:`orthogonal_procrustes`;
+- ``lib.metrics.layers``: all layer pairs of two models (heatmaps, Table 2, layer identification).
 
 The names below are the measures' documented home (``lib.metrics.<name>``); helpers for writing new
-measures (:func:`~lib.metrics.preprocessing.compute_device`, :func:`~lib.metrics.gram.blocked_max_kernel`,
+measures (``lib.metrics.preprocessing.compute_device``, ``lib.metrics.gram.blocked_max_kernel``,
 ...) are public in their modules.
 """
 from .cka import (cka_from_grams, grelu_cka, grelu_cka_max_samples, grelu_cka_memory, hsic, linear_cka,

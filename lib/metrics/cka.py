@@ -1,7 +1,7 @@
 """HSIC and the CKA measures of Section 5: G_ReLU-CKA, the authors' orthogonal CKA, linear and RBF CKA.
 
 Every measure takes two feature arrays with the same number of samples (see
-:mod:`lib.metrics.preprocessing`) and returns a Python float in ``[-1, 1]``.
+``lib.metrics.preprocessing``) and returns a Python float in ``[-1, 1]``.
 
 - :func:`grelu_cka` (Definition 5.3): each channel centred and scaled to unit norm over (samples,
   positions); max kernel ``K[i, j] = max_c <x_ic, x_jc>``; unbiased HSIC; invariant to channel
@@ -148,7 +148,7 @@ def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None
     debiased : bool
         Unbiased HSIC estimator instead of the biased one.
     dtype, device
-        As for :func:`lib.metrics.preprocessing.to_channels`.
+        As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------
@@ -178,11 +178,11 @@ def rbf_cka(X, Y, threshold: float = 1.0, debiased: bool = False, *, dtype=torch
     X, Y : arrays or tensors
         ``(n_samples, ...)`` each.
     threshold : float
-        Bandwidth relative to the median distance, see :func:`lib.metrics.gram.rbf_gram`.
+        Bandwidth relative to the median distance, see :func:`lib.metrics.rbf_gram`.
     debiased : bool
         Unbiased HSIC estimator instead of the biased one.
     dtype, device
-        As for :func:`lib.metrics.preprocessing.to_channels`.
+        As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------
@@ -200,7 +200,7 @@ def grelu_cka(X, Y, zero_channels: str = "raise", *, block_size: int | None = No
     """G_ReLU-CKA (Definition 5.3) with the authors' conventions.
 
     Channels centred and scaled to unit norm over (samples, positions), max-kernel Gram matrices
-    (:func:`lib.metrics.gram.max_kernel_gram`), unbiased HSIC. Equals 1 when ``Y = X P D + 1 v^T`` on
+    (:func:`lib.metrics.max_kernel_gram`), unbiased HSIC. Equals 1 when ``Y = X P D + 1 v^T`` on
     channels (``P`` permutation, ``D`` positive diagonal, ``v`` one constant per channel). Peak memory:
     :func:`grelu_cka_memory`.
 
@@ -211,11 +211,11 @@ def grelu_cka(X, Y, zero_channels: str = "raise", *, block_size: int | None = No
     Y : array or tensor
         ``(n_samples, cy[, h', w'])``; may differ from ``X`` in shape apart from ``n_samples``.
     zero_channels : str
-        See :func:`lib.metrics.preprocessing.normalize_channels`.
+        See :func:`lib.metrics.normalize_channels`.
     block_size, memory_budget
-        See :func:`lib.metrics.gram.block_plan`.
+        See ``lib.metrics.gram.block_plan``.
     dtype, device
-        As for :func:`lib.metrics.preprocessing.to_channels`.
+        As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------

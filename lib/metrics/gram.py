@@ -1,4 +1,4 @@
-"""Gram matrices of features for the CKA measures (:mod:`lib.metrics.cka`).
+"""Gram matrices of features for the CKA measures (``lib.metrics.cka``).
 
 :func:`linear_gram`, :func:`rbf_gram` (with Kornblith et al.'s bandwidth) and :func:`max_kernel_gram`,
 the max kernel of G_ReLU-CKA. The max kernel is computed block by block within a memory budget
@@ -33,9 +33,9 @@ def linear_gram(X, **kw) -> torch.Tensor:
     Parameters
     ----------
     X : array or tensor
-        ``(n_samples, ...)``, see :func:`lib.metrics.preprocessing.to_channels`.
+        ``(n_samples, ...)``, see :func:`lib.metrics.to_channels`.
     **kw
-        ``dtype``, ``device``, ``name`` for :func:`lib.metrics.preprocessing.to_channels`.
+        ``dtype``, ``device``, ``name`` for :func:`lib.metrics.to_channels`.
 
     Returns
     -------
@@ -64,11 +64,11 @@ def rbf_gram(X, threshold: float = 1.0, **kw) -> torch.Tensor:
     Parameters
     ----------
     X : array or tensor
-        ``(n_samples, ...)``, see :func:`lib.metrics.preprocessing.to_channels`.
+        ``(n_samples, ...)``, see :func:`lib.metrics.to_channels`.
     threshold : float
         Bandwidth relative to the median distance (positive).
     **kw
-        ``dtype``, ``device``, ``name`` for :func:`lib.metrics.preprocessing.to_channels`.
+        ``dtype``, ``device``, ``name`` for :func:`lib.metrics.to_channels`.
 
     Returns
     -------
@@ -153,7 +153,7 @@ def blocked_max_kernel(z: torch.Tensor, block_size: int | None = None,
     ----------
     z : torch.Tensor
         ``(channels, n_samples, positions)``, e.g. from
-        :func:`lib.metrics.preprocessing.normalize_channel_major`.
+        ``lib.metrics.preprocessing.normalize_channel_major``.
     block_size, memory_budget
         See :func:`block_plan`.
 
@@ -190,7 +190,7 @@ def max_kernel_gram(X, block_size: int | None = None, memory_budget: float | Non
     Parameters
     ----------
     X : array or tensor
-        ``(n_samples, channels[, height, width])``, see :func:`lib.metrics.preprocessing.to_channels`;
+        ``(n_samples, channels[, height, width])``, see :func:`lib.metrics.to_channels`;
         for ``(n_samples, n_features)`` this is ``max_k X[i, k] X[j, k]``.
     block_size : int, optional
         Rows (and columns) of one block; None chooses it from ``memory_budget``.
@@ -199,7 +199,7 @@ def max_kernel_gram(X, block_size: int | None = None, memory_budget: float | Non
         channel per chunk); None: 32 MiB on CPU, 1 GiB on CUDA. The block itself and its running maximum
         add ``2 * block_size^2`` numbers.
     dtype, device
-        As for :func:`lib.metrics.preprocessing.to_channels`.
+        As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------

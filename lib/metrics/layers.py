@@ -122,11 +122,11 @@ def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size:
         (linear kernel of the same, U-centred) or ``"linear_cka"`` (linear kernel of the centred
         flattened features, i.e. Kornblith et al.'s biased CKA).
     zero_channels : str
-        See :func:`lib.metrics.preprocessing.normalize_channels`.
+        See :func:`lib.metrics.normalize_channels`.
     block_size, memory_budget
-        See :func:`lib.metrics.gram.block_plan`.
+        See ``lib.metrics.gram.block_plan``.
     dtype, device, name
-        As for :func:`lib.metrics.preprocessing.to_channels`.
+        As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------
@@ -188,15 +188,15 @@ def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "or
         ``"all"`` (every layer pair) or ``"diagonal"`` (only layer ``i`` of A with layer ``i`` of B,
         e.g. Table 2; needs as many layers in A as in B).
     zero_channels : str
-        See :func:`lib.metrics.preprocessing.normalize_channels`; ``"keep"`` by default because trained
+        See :func:`lib.metrics.normalize_channels`; ``"keep"`` by default because trained
         ReLU layers often have dead channels.
     block_size, memory_budget
-        See :func:`lib.metrics.gram.block_plan`.
+        See ``lib.metrics.gram.block_plan``.
     dtype : torch.dtype
         Computation type (``float32`` by default: the CKAs and Procrustes values agree with ``float64``
         to about 1e-5 on real features, at half the time and memory).
     device : str or torch.device, optional
-        See :func:`lib.metrics.preprocessing.compute_device`.
+        See ``lib.metrics.preprocessing.compute_device``.
 
     Returns
     -------

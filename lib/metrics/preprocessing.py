@@ -29,8 +29,8 @@ __all__ = ["DTYPES", "ZERO_CHANNELS", "compute_device", "shape_of", "check_same_
 #: Computation types every measure accepts (``dtype=``); float64 is the default.
 DTYPES = (torch.float64, torch.float32)
 
-#: What per-channel normalisation does with a channel of zero norm: ``"raise"`` a ``ValueError``, or
-#: ``"keep"`` it at zero (the authors' behaviour, e.g. for dead ReLU channels).
+#: What per-channel normalisation does with a channel of zero norm, either ``"raise"`` a ``ValueError``
+#: or ``"keep"`` it at zero (the authors' behaviour, e.g. for dead ReLU channels).
 ZERO_CHANNELS = ("raise", "keep")
 
 
@@ -186,7 +186,7 @@ def to_channels(X, *, dtype=torch.float64, device=None, name: str = "X") -> torc
         ``(n_samples, n_features)``, ``(n_samples, channels, positions)`` or ``(n_samples, channels,
         height, width)``. Plain features count as channels with one position.
     dtype : torch.dtype
-        ``torch.float64`` or ``torch.float32`` (:data:`DTYPES`).
+        ``torch.float64`` or ``torch.float32`` (``lib.metrics.preprocessing.DTYPES``).
     device : str or torch.device, optional
         None: the input's device (CPU for numpy); else a device for :func:`lib.config.get_device`.
     name : str
@@ -271,7 +271,7 @@ def normalize_channel_major(X, center: bool = True, zero_channels: str = "raise"
                             device=None, name: str = "X") -> torch.Tensor:
     """:func:`normalize_channels` in the channel-major layout of :func:`channel_major`.
 
-    The max kernel (:func:`lib.metrics.gram.blocked_max_kernel`) and the linear kernel of the
+    The max kernel (``lib.metrics.gram.blocked_max_kernel``) and the linear kernel of the
     channel-normalised CKAs start from this layout, which spares a second copy of the features.
 
     Parameters

@@ -50,9 +50,9 @@ def grelu_procrustes(X, Y, zero_channels: str = "raise", *, dtype=torch.float64,
     Y : array or tensor
         ``(n_samples, cy[, h, w])``, the same spatial shape as ``X``.
     zero_channels : str
-        See :func:`lib.metrics.preprocessing.normalize_channels`.
+        See :func:`lib.metrics.normalize_channels`.
     dtype, device
-        As for :func:`lib.metrics.preprocessing.to_channels`.
+        As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------

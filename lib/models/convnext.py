@@ -55,9 +55,9 @@ class ConvNeXtBlock(nn.Module):
     Notes
     -----
     ``dw``: depthwise conv; ``pw1``/``pw2``: 1x1 convs to 4x the channels and back; ``act``: GELU (an
-    ``lib.groups.Activation``, so the expanded layer is a hidden layer). ``out`` is an identity on the
+    :class:`lib.activations.Activation`, so the expanded layer is a hidden layer). ``out`` is an identity on the
     residual-stream output, so that ``features(model, x, ["<block>.out"])`` captures it.
-    :meth:`inner` and :meth:`outer` are the two halves of :meth:`forward` around ``act``.
+    :meth:`inner` and :meth:`outer` are the two halves of ``forward`` around ``act``.
     """
 
     def __init__(self, dim: int, layer_scale: float | None = 1e-6, kernel_size: int = 7, norm: str = "layer"):

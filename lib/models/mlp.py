@@ -50,7 +50,7 @@ def mlp(sizes=(8, 16, 16, 4), activation: str = "relu", negative_slope: float = 
     sizes : sequence of int
         Units per layer, input first, output last.
     activation : str
-        The activation's name (``lib.groups.ACTIVATIONS``).
+        The activation's name (:data:`lib.activations.ACTIVATIONS`).
     negative_slope : float
         LeakyReLU's slope (only for ``activation="leaky_relu"``).
     degree : int, optional

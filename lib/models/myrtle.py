@@ -21,7 +21,7 @@ def myrtle_spec(channels, activation: str, params: dict, batchnorm: bool) -> Sym
     activation : str
         The activation's name.
     params : dict
-        Its parameters (:func:`lib.models.spec.activation_params`).
+        Its parameters (``lib.models.spec.activation_params``).
     batchnorm : bool
         Whether each convolution is followed by a BatchNorm (then the sites are monomial and the
         convolutions carry no bias).
@@ -75,7 +75,7 @@ def myrtle_cnn(width: float = 1.0, batchnorm: bool = True, activation: str = "re
     batchnorm : bool
         BatchNorm after every convolution.
     activation : str
-        The activation's name (``lib.groups.ACTIVATIONS``).
+        The activation's name (:data:`lib.activations.ACTIVATIONS`).
     num_classes : int
         Outputs of the final linear layer.
     in_channels : int

@@ -100,7 +100,7 @@ def hidden_layers(model: nn.Module) -> list[str]:
     Returns
     -------
     list of str
-        The names of its ``lib.groups.Activation`` modules (e.g. ``["act1", "act2", "act3", "act4"]``).
+        The names of its :class:`lib.activations.Activation` modules (e.g. ``["act1", "act2", "act3", "act4"]``).
     """
     return [name for name, m in model.named_modules() if isinstance(m, Activation)]
 

@@ -60,7 +60,7 @@ class BasicBlock(nn.Module):
 
     Notes
     -----
-    :meth:`inner` and :meth:`outer` are the two halves of :meth:`forward` around ``act1``: the rest of
+    :meth:`inner` and :meth:`outer` are the two halves of ``forward`` around ``act1``: the rest of
     the block needs both ``act1``'s output and the block's input (Remark 3.6).
     """
 
@@ -175,7 +175,7 @@ def resnet_spec(channels, blocks_per_stage: int, activation: str, params: dict,
     Parameters
     ----------
     channels : sequence of int
-        Channels of the three stages (:func:`stage_channels`).
+        Channels of the three stages (``stage_channels``).
     blocks_per_stage : int
         Blocks per stage.
     activation : str
@@ -242,7 +242,7 @@ def resnet20(width: float = 1.0, activation: str = "relu", negative_slope: float
     width : float
         Multiplier of the channel counts.
     activation : str
-        The activation's name (``lib.groups.ACTIVATIONS``).
+        The activation's name (:data:`lib.activations.ACTIVATIONS`).
     negative_slope : float
         LeakyReLU's slope (only for ``activation="leaky_relu"``).
     num_classes : int

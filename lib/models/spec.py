@@ -30,11 +30,11 @@ class Site:
     Parameters
     ----------
     name : str
-        The site's name (a key of :attr:`SymmetrySpec.sites`).
+        The site's name (a key of the ``sites`` of a :class:`SymmetrySpec`).
     channels : int
         Dimension of the activation space (channels of a conv layer, units of a dense one).
     activation : str
-        The activation applied at the site (a key of ``lib.groups.ACTIVATIONS``).
+        The activation applied at the site (a key of :data:`lib.activations.ACTIVATIONS`).
     params : tuple
         The activation's parameters as sorted ``(key, value)`` pairs, e.g. ``(("negative_slope", 0.01),)``.
     monomial : bool
@@ -92,14 +92,14 @@ def activation_params(activation: str, negative_slope: float | None) -> dict:
     Parameters
     ----------
     activation : str
-        An activation name (``lib.groups.ACTIVATIONS``).
+        An activation name (:data:`lib.activations.ACTIVATIONS`).
     negative_slope : float or None
         LeakyReLU's slope for negative inputs (ignored for other activations).
 
     Returns
     -------
     dict
-        Keyword arguments for ``lib.groups.Activation``.
+        Keyword arguments for :class:`lib.activations.Activation`.
     """
     return {"negative_slope": negative_slope} if activation == "leaky_relu" else {}
 

@@ -236,7 +236,7 @@ def last_quarter_change(history: list) -> float:
     ----------
     history : list of dict
         Rows with ``penalty`` (a fraction), the start as row 0 (:func:`train_stitch` with penalties
-        added by ``stitch_experiment``, or ``lib.stitching.sanity.rotation_penalty``).
+        added by ``stitch_experiment``, or :func:`lib.stitching.sanity.rotation_penalty`).
 
     Returns
     -------

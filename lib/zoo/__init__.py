@@ -1,8 +1,8 @@
 """The model zoo: trained models cached on disk, and the book's model families.
 
-* :mod:`lib.zoo.store`: :func:`get` a model trained with a recipe from a seed (trained once, then
+* ``lib.zoo.store``: :func:`get` a model trained with a recipe from a seed (trained once, then
   read from the cache), its :func:`model_key`, :func:`info` and the cache folder :func:`zoo_dir`.
-* :mod:`lib.zoo.book`: the book's families at a scale (:func:`book_models`, from
+* ``lib.zoo.book``: the book's families at a scale (:func:`book_models`, from
   :func:`lib.settings.model_families`), :func:`load_family` and :func:`load_pairs` for chapters, and
   the zoo step that trains them all before a build (:func:`train_book`, ``python -m lib.zoo train``).
 """

@@ -88,7 +88,7 @@ def model_key(arch: dict, r: Recipe, seed: int, data_identity: str) -> str:
         Every field counts.
     seed : int
     data_identity : str
-        :attr:`lib.data.Dataset.identity` (holds the data file's checksum).
+        The ``identity`` of a :class:`lib.data.Dataset` (holds the data file's checksum).
 
     Returns
     -------
