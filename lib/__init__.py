@@ -18,7 +18,7 @@ One module or subpackage per concept; callers import from where the code lives::
       train.py         the Recipe type and the training loop
       zoo/             trained models cached on disk (store) and the book's families (book);
                        ``python -m lib.zoo train``
-      stitching/       matching, layers, surgery, experiment, sanity (Sections 3.3 and 4)
+      stitching/       matching, layers, surgery, training, experiment, sanity, finetune (3.3, 4)
       metrics/         similarity measures: preprocessing, gram, cka, procrustes, layers (Section 5)
       dissection/      network dissection: iou, broden, synthetic, study (Section 6)
       results.py       recorded numbers, tables, ``python -m lib.results compare``

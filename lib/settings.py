@@ -17,8 +17,8 @@ import os
 from .config import check_choice
 
 __all__ = ["Scale", "SCALES", "DEFAULT_SCALE", "BUDGET_SECONDS", "RECIPES", "NOBN_RECIPE", "CONVNEXT_CPU",
-           "CONVNEXT_PAPER", "STITCH_FAST", "STITCH_PAPER", "SUBSET_SEED", "resolve_scale", "scale_settings",
-           "model_families"]
+           "CONVNEXT_PAPER", "STITCH_FAST", "STITCH_PAPER", "FINETUNE_FAST", "FINETUNE_PAPER", "RESNET_LAYERS",
+           "SLOPE_LAYERS", "SUBSET_SEED", "resolve_scale", "scale_settings", "model_families"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +53,16 @@ class Scale:
     rotation_trials: int           # random transforms per layer (paper: 10)
     finetune_epochs: int           # fine-tuning epochs after the transform (paper: 50)
     finetune_images: int | None    # training images for the fine-tuning (None: all 50,000)
+    finetune: dict                 # how the tail is fine-tuned: batch size, lr and its schedule
     slopes: tuple                  # LeakyReLU negative slopes of the appendix D.3 sweep
     slope_width: float             # ResNet20 width used in the slope sweep
     slope_epochs: int              # training epochs of each slope-sweep model
-    slope_pairs: int               # model pairs per slope
+    slope_pairs: int               # model pairs per slope (each is stitched)
+    slope_layers: tuple | str      # ResNet20 layers of the slope sweep ("all": the 19 ReLU layers)
+    # -- ResNet20 stitching (appendix D.3) -----------------------------------------------------------
+    resnet_layers: tuple | str     # ReLU layers stitched ("all": the 19 of them)
+    resnet_variants: tuple         # stitching layers (lib.stitching.stitch_experiment's variant names)
+    resnet_pairs: int              # ResNet20 pairs stitched (paper: 16; the zoo trains n_pairs)
     convnext_width: float          # width multiplier of the ConvNeXt-style network of Section 6
     dissection_width: float        # width of Section 6's two ResNet20s (with and without residual ReLU)
     # -- network dissection (Section 6) ---------------------------------------------------------
@@ -107,9 +113,30 @@ STITCH_FAST = dict(
     bn_adapt=True,            # B's BatchNorms after the stitch in train mode (running stats adapt)
     init="closed_form",       # default start of every variant: "closed_form" or "random" (paper)
     precision="bulk",         # lib.config precision of training and evaluation ("float32": exact)
+    fronts="cached",          # A's front: computed once on clean images ("cached"), or per batch from
+                              # flipped and translated ones ("augmented", the authors' data loader)
+    bn_epoch="none",          # which layer kinds get the authors' --bn_epoch pass before each
+                              # evaluation: "none", "grelu" (the authors' runs) or "all"
+    random_bias=False,        # random starts of full/rank layers get a bias (closed-form starts always
+                              # fit one); the authors' layers have none (Stitcher(bias=False))
 )
-#: The authors' protocol (implementation notes), plain SGD at a constant lr 1e-3, batch 32, random starts.
-STITCH_PAPER = dict(STITCH_FAST, optimizer="sgd", lr_decay=False, batch_size=32, init="random")
+#: The authors' protocol (implementation notes, and their release: stitch_*.slurm): plain SGD at a
+#: constant lr 1e-3, batch 32, random starts without bias, A's front recomputed per batch from augmented
+#: images, and the --bn_epoch pass for G_ReLU layers.
+STITCH_PAPER = dict(STITCH_FAST, optimizer="sgd", lr_decay=False, batch_size=32, init="random",
+                    fronts="augmented", bn_epoch="grelu")
+
+#: How the tail is fine-tuned after the transform of the sanity test (Fig. 4), Adam with lr 1e-3:
+#: batches of 256 and a rate decaying linearly to 0 for few epochs...
+FINETUNE_FAST = dict(batch_size=256, lr=1e-3, schedule="linear", step_size=0, gamma=1.0)
+#: ...and the authors' recipe: batch 32, StepLR halving the rate every 12 epochs.
+FINETUNE_PAPER = dict(batch_size=32, lr=1e-3, schedule="step", step_size=12, gamma=0.5)
+
+#: The ResNet20 layers stitched below `paper` scale: the stem, the first block's inner ReLU of stages
+#: 1 and 2, and the last block outputs of stages 2 and 3 (5 of the 19, both kinds represented)...
+RESNET_LAYERS = ("act1", "layer1.0.act1", "layer2.0.act1", "layer2.2.act2", "layer3.2.act2")
+#: ...and those of the slope sweep: a block output and an in-block ReLU.
+SLOPE_LAYERS = ("layer2.2.act2", "layer3.0.act1")
 
 #: The seed of the one fixed shuffle from which every chapter draws its image subsets (lib.data.subset).
 SUBSET_SEED = 20221128
@@ -127,8 +154,10 @@ SCALES: dict[str, Scale] = {
         n_feature_images=128,
         # stitching and the rotation penalty
         stitch=dict(STITCH_FAST, epochs=1), stitch_images=256, eval_images=512, rotation_trials=1,
-        finetune_epochs=1, finetune_images=256,
-        slopes=(0.0, 1.0), slope_width=0.25, slope_epochs=1, slope_pairs=1, convnext_width=0.125,
+        finetune_epochs=1, finetune_images=256, finetune=FINETUNE_FAST,
+        slopes=(0.0, 1.0), slope_width=0.25, slope_epochs=1, slope_pairs=1, slope_layers=SLOPE_LAYERS,
+        resnet_layers=RESNET_LAYERS, resnet_variants=("full", "rank1", "grelu", "matching"), resnet_pairs=1,
+        convnext_width=0.125,
         dissection_width=0.25,
         # dissection
         dissection_images=64, n_rotations=2, alphas=(0.0, 0.5, 1.0),
@@ -140,8 +169,10 @@ SCALES: dict[str, Scale] = {
         nobn_recipe=NOBN_RECIPE, convnext_arch=CONVNEXT_CPU, convnext_recipe=dict(precision="float32"),
         n_feature_images=2000,
         stitch=dict(STITCH_FAST, epochs=4), stitch_images=5000, eval_images=2000, rotation_trials=3,
-        finetune_epochs=3, finetune_images=5000,
-        slopes=(0.0, 0.9, 1.0), slope_width=0.25, slope_epochs=8, slope_pairs=1, convnext_width=0.25,
+        finetune_epochs=3, finetune_images=5000, finetune=FINETUNE_FAST,
+        slopes=(0.0, 0.9, 1.0), slope_width=0.25, slope_epochs=8, slope_pairs=1, slope_layers=SLOPE_LAYERS,
+        resnet_layers=RESNET_LAYERS, resnet_variants=("full", "rank1", "grelu", "matching"), resnet_pairs=1,
+        convnext_width=0.25,
         dissection_width=0.25,
         dissection_images=1000, n_rotations=5, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
     ),
@@ -153,21 +184,25 @@ SCALES: dict[str, Scale] = {
         nobn_recipe=NOBN_RECIPE, convnext_arch=CONVNEXT_CPU, convnext_recipe=dict(precision="float32"),
         n_feature_images=10000,
         stitch=dict(STITCH_FAST, epochs=5), stitch_images=50000, eval_images=None, rotation_trials=5,
-        finetune_epochs=5, finetune_images=None,
+        finetune_epochs=5, finetune_images=None, finetune=FINETUNE_FAST,
         slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=8, slope_pairs=3,
-        convnext_width=1.0, dissection_width=1.0,
+        slope_layers=SLOPE_LAYERS, resnet_layers=RESNET_LAYERS, resnet_variants=("full", "rank1", "grelu", "matching"),
+        resnet_pairs=4, convnext_width=1.0, dissection_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),
-    # The paper's protocol: the authors' recipe (Adam for every network) and widths, their ConvNeXt
-    # and their stitching protocol, 32 pairs. A GPU, hours.
+    # The paper's protocol: the authors' recipe (Adam for every network) and widths, their ConvNeXt,
+    # their stitching and fine-tuning protocols, 32 Myrtle pairs, and appendix D.3 in full (16 ResNet20
+    # pairs, all 19 layers, every stitching layer; the slope sweep at every layer). A GPU, hours.
     "paper": Scale(
         name="paper",
         recipe="paper", epochs=50, n_train=None, n_test=None, myrtle_width=1.0, resnet_width=1.0, n_pairs=32,
         nobn_recipe={}, convnext_arch=CONVNEXT_PAPER, convnext_recipe={},
         n_feature_images=10000,
         stitch=dict(STITCH_PAPER, epochs=20), stitch_images=50000, eval_images=None, rotation_trials=10,
-        finetune_epochs=50, finetune_images=None,
+        finetune_epochs=50, finetune_images=None, finetune=FINETUNE_PAPER,
         slopes=(0.0, 0.01, 0.1, 0.5, 0.9, 1.0), slope_width=1.0, slope_epochs=50, slope_pairs=3,
+        slope_layers="all", resnet_layers="all",
+        resnet_variants=("full", "rank1", "rank2", "rank4", "grelu", "matching"), resnet_pairs=16,
         convnext_width=1.0, dissection_width=1.0,
         dissection_images=10000, n_rotations=10, alphas=tuple(i / 10 for i in range(11)),
     ),

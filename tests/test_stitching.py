@@ -1,6 +1,7 @@
 """Model cuts, stitching layers, stitched models, Theorem 4.2 and the rotation penalty (random models,
 synthetic data)."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -401,8 +402,8 @@ def test_rotation_penalty_history_and_bad_input():
     with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
         sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), data, 1, device="cpu")
     with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
-        sanity.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40], torch.zeros(2, 16, 32, 32),
-                               data.y_test[:2], 1)
+        stitching.finetune.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40],
+                                         torch.zeros(2, 16, 32, 32), data.y_test[:2], 1)
 
 
 def test_recovered_fraction_counts_live_channels_only():
@@ -445,3 +446,159 @@ def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp
     assert calls == [1] and [h["penalty"] for h in again["history"]] == [h["penalty"] for h in first["history"]]
     sanity.cached_rotation_penalty(*args[:4], 1, *args[5:], batch_size=16, fronts=fronts)   # another trial
     assert calls == [1, 1]
+
+
+# -- the authors' protocol at `paper` scale (issue 11 items 1-3) -------------------------------------
+
+def test_paper_scale_has_the_authors_protocols():
+    from lib.settings import FINETUNE_FAST, SCALES
+    paper = stitching.settings_for_scale("paper")
+    assert paper == stitching.StitchSettings.paper()
+    assert (paper.optimizer, paper.lr, paper.lr_decay, paper.momentum, paper.weight_decay, paper.batch_size,
+            paper.epochs, paper.init) == ("sgd", 1e-3, False, 0.0, 1e-4, 32, 20, "random")
+    assert (paper.fronts, paper.bn_epoch, paper.random_bias) == ("augmented", "grelu", False)
+    assert (paper.alpha, paper.sinkhorn_rounds, paper.p_only_fraction, paper.bn_adapt) == (0.1, 16, 0.5, True)
+    assert SCALES["paper"].finetune == dict(batch_size=32, lr=1e-3, schedule="step", step_size=12, gamma=0.5)
+    S = SCALES["paper"]
+    assert (S.resnet_pairs, S.resnet_layers, S.slope_layers) == (16, "all", "all") and S.slope_pairs > 1
+    assert set(S.resnet_variants) == {"full", "rank1", "rank2", "rank4", "grelu", "matching"}
+    # Below paper scale every new field keeps the protocol that produced the cached results.
+    for scale in ("smoke", "cpu", "gpu"):
+        s = stitching.settings_for_scale(scale)
+        assert {k: getattr(s, k) for k in stitching.LEGACY_FIELDS} == stitching.LEGACY_FIELDS
+        assert SCALES[scale].finetune == FINETUNE_FAST
+
+
+def test_memo_keys_of_the_existing_protocols_are_unchanged():
+    from lib.cache import memo_key
+    data = synthetic_dataset(n_train=64, n_test=32)
+    a, b = (models.build(MYRTLE, seed=s) for s in (0, 1))
+    key = {scale: memo_key(stitching.experiment_config(a, b, "act2", ["matching"], data, 64, 32,
+                                                       stitching.settings_for_scale(scale)))
+           for scale in ("smoke", "cpu", "gpu", "paper")}
+    # The keys before the fields fronts, bn_epoch and random_bias existed (commit d5ff221).
+    assert key == dict(smoke="e3a4bc7771f0ae235160", cpu="2d3cf7df70dc60a062b9", gpu="482b529f7b92d0d7625c",
+                       paper=key["paper"])
+    assert key["paper"] != "b538cec1ccb75654db9a"        # the paper protocol changed: a new entry
+    assert "fronts" in stitching.memo_settings(stitching.settings_for_scale("paper"))
+
+
+def test_augmented_fronts_differ_from_cached_ones_and_train():
+    data = synthetic_dataset(n_train=64, n_test=32)
+    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    before_a = {k: v.clone() for k, v in a.state_dict().items()}
+    s = stitching.stitch(a, b, "act2", "full")
+    cached = stitching.front_features(a, "act2", data.x_train, device="cpu")[0]
+    aug = stitching.augmented_front(s, data.x_train, torch.Generator().manual_seed(0))[0]
+    again = stitching.augmented_front(s, data.x_train, torch.Generator().manual_seed(0))[0]
+    assert aug.shape == cached.shape and torch.equal(aug, again)          # seeded
+    differs = (aug - cached).flatten(1).abs().amax(1) > 1e-4
+    assert differs.float().mean() > 0.5                                    # most images are moved
+    te = stitching.front_features(a, "act2", data.x_test, device="cpu")
+    settings = stitching.StitchSettings(epochs=2, batch_size=16, lr=0.1, precision="float32")
+    out = {}
+    for fronts in stitching.FRONTS:
+        m = stitching.stitch(a, b, "act2", "full")
+        start = m.stitch.weight.detach().clone()
+        kw = dict(train_images=data.x_train) if fronts == "augmented" else {}
+        tr = None if fronts == "augmented" else stitching.front_features(a, "act2", data.x_train, device="cpu")
+        out[fronts] = stitching.train_stitch(m, tr, data.y_train, te, data.y_test,
+                                             dataclasses.replace(settings, fronts=fronts), **kw)
+        assert len(out[fronts]["history"]) == 3 and not torch.equal(m.stitch.weight, start)
+    # Same start and batch order: only the fronts differ, and so does what the layer learns.
+    assert not torch.allclose(out["cached"]["matrix"], out["augmented"]["matrix"])
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, before_a[k]), k
+    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], data, device="cpu",
+                                      settings=dataclasses.replace(settings, fronts="augmented", epochs=1))
+    assert set(res["variants"]) == {"full_random", "matching"}
+
+
+def test_bn_epoch_pass_reestimates_b_statistics_with_the_rounded_permutation():
+    data = synthetic_dataset(n_train=32, n_test=16)
+    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    s = stitching.stitch(a, b, "act1", "grelu", generator=torch.Generator().manual_seed(0))   # soft P
+    for m in s.model_b.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0                       # running statistics = those of the last batch
+    h = stitching.front_features(a, "act1", data.x_train, device="cpu")[0]
+    bn, conv = s.model_b.bn2, s.model_b.conv2      # the first BatchNorm after the stitch
+    saved = {n: t.clone() for n, t in s.model_b.named_buffers()}
+    s.eval()
+    with torch.no_grad(), exact_mode():
+        s.stitch.hard = True
+        hard = conv(s.stitch(h)).mean((0, 2, 3))
+        s.stitch.hard = False
+        soft = conv(s.stitch(h)).mean((0, 2, 3))
+        with stitching.bn_epoch_stats(s, [(h,)]):
+            inside = bn.running_mean.clone()
+    torch.testing.assert_close(inside, hard, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(inside, soft, atol=1e-3)
+    # Left behind: the statistics from before the pass, the layer soft again, the mode as it was.
+    for n, t in s.model_b.named_buffers():
+        assert torch.equal(t, saved[n]), n
+    assert not s.stitch.hard and not s.training and not bn.training
+    # In training the pass changes what is evaluated, never what is trained.
+    te = stitching.front_features(a, "act1", data.x_test, device="cpu")
+    runs = {}
+    for mode in ("none", "grelu"):
+        m = stitching.stitch(a, b, "act1", "grelu", generator=torch.Generator().manual_seed(0))
+        settings = stitching.StitchSettings(epochs=2, batch_size=8, precision="float32", bn_epoch=mode)
+        runs[mode] = (stitching.train_stitch(m, (h,), data.y_train, te, data.y_test, settings), m)
+    assert torch.equal(runs["none"][0]["matrix"], runs["grelu"][0]["matrix"])
+    for (n, t), (_, u) in zip(runs["none"][1].model_b.named_buffers(), runs["grelu"][1].model_b.named_buffers()):
+        assert torch.equal(t, u), n
+
+
+def test_paper_finetune_schedule_halves_the_rate_at_epoch_12():
+    from lib.settings import SCALES
+    cfg = SCALES["paper"].finetune
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg["lr"])
+    sched = stitching.finetune.lr_schedule(opt, cfg["schedule"], 50, 3, cfg["step_size"], cfg["gamma"])
+    lrs = []
+    for _ in range(50):                            # the lr of each epoch, 3 steps each
+        lrs.append(opt.param_groups[0]["lr"])
+        for _ in range(3):
+            opt.step()
+            sched.step()
+    assert lrs[0] == lrs[11] == 1e-3 and lrs[12] == lrs[23] == 5e-4
+    assert lrs[24] == 2.5e-4 and lrs[49] == pytest.approx(1e-3 / 16)
+    # Below paper scale: the linear decay to 0 the cached results were computed with.
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = stitching.finetune.lr_schedule(opt, SCALES["cpu"].finetune["schedule"], 3, 4)
+    for _ in range(6):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+
+
+def test_unknown_protocol_values_name_the_accepted_ones():
+    data = synthetic_dataset(n_train=32, n_test=16)
+    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    s = stitching.stitch(a, b, "act2", "full")
+    fronts = stitching.front_features(a, "act2", data.x_train, device="cpu")
+    y = data.y_train
+    with pytest.raises(ValueError, match="unknown fronts 'precomputed'; accepted values: 'cached', 'augmented'"):
+        stitching.train_stitch(s, fronts, y, fronts, y, stitching.StitchSettings(fronts="precomputed"))
+    with pytest.raises(ValueError, match="unknown fronts 'clean'; accepted values: 'cached', 'augmented'"):
+        stitching.stitch_experiment(a, b, "act2", ["full"], data, settings=stitching.StitchSettings(fronts="clean"))
+    with pytest.raises(ValueError, match="unknown bn_epoch 'full'; accepted values: 'none', 'grelu', 'all'"):
+        stitching.train_stitch(s, fronts, y, fronts, y, stitching.StitchSettings(bn_epoch="full"))
+    with pytest.raises(ValueError, match="fronts='augmented' needs train_images"):
+        stitching.train_stitch(s, None, y, fronts, y, stitching.StitchSettings(fronts="augmented"))
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'; accepted values: 'linear', 'constant', 'step'"):
+        stitching.finetune.lr_schedule(opt, "cosine", 1, 1)
+
+
+def test_random_bias_gives_random_starts_a_bias(monkeypatch):
+    data = synthetic_dataset(n_train=32, n_test=16)
+    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    built, real = [], stitching.experiment.stitch
+    monkeypatch.setattr(stitching.experiment, "stitch",
+                        lambda *args, **kw: built.append(real(*args, **kw)) or built[-1])
+    for random_bias in (False, True):
+        settings = stitching.StitchSettings(epochs=0, random_bias=random_bias)
+        stitching.stitch_experiment(a, b, "act2", ["full_random", "rank1_random", "grelu_random"], data, 32, 16,
+                                    settings, device="cpu")
+    assert [m.stitch.bias is not None for m in built] == [False, False, False, True, True, False]

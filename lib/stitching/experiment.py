@@ -20,9 +20,9 @@ from ..train import evaluate
 from ..cache import fingerprint, memo
 from .matching import least_squares, matching_from_moments, matching_matrix
 from .surgery import channels_at, feature_moments, front_features, stitch
-from .training import INITS, StitchSettings, check_settings, train_stitch
+from .training import INITS, StitchSettings, check_settings, memo_settings, train_stitch
 
-__all__ = ["VARIANT_HELP", "parse_variant", "stitch_experiment", "cached_experiment"]
+__all__ = ["VARIANT_HELP", "parse_variant", "stitch_experiment", "experiment_config", "cached_experiment"]
 
 
 VARIANT_HELP = ("'full', 'rank<r>' (r in 1..C, e.g. 'rank1'), 'grelu', each optionally with the suffix "
@@ -69,7 +69,11 @@ def parse_variant(name: str, channels: int, init: str = "closed_form") -> tuple:
 def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
                       n_test: int | None = 2000, settings: StitchSettings = StitchSettings(), seed: int = 0,
                       feature_dtype=torch.float16, device=None) -> dict:
-    """Stitch A into B at ``layer`` with each of ``variants``, sharing A's precomputed front.
+    """Stitch A into B at ``layer`` with each of ``variants``, sharing A's front.
+
+    With ``settings.fronts == "cached"`` A's training front is computed once (as ``feature_dtype``);
+    with ``"augmented"`` it is computed per batch from augmented images (``lib.stitching.train_stitch``).
+    A's test front is always computed once, on clean images.
 
     Parameters
     ----------
@@ -116,10 +120,13 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
     clean = [evaluate(m, x_te, y_te, device, precision=settings.precision) for m in (model_a, model_b)]
     out = dict(clean=clean, layer=layer, n_train=len(y_tr), n_test=len(y_te), variants={})
     tm = time.perf_counter()
-    moments, match = None, None
+    moments, match, train_front = None, None, None
+    cached = settings.fronts == "cached"
     if any(init != "random" for _, _, init in parsed.values()):
-        moments, train_front = feature_moments(model_a, model_b, layer, x_tr, device=device, front_dtype=feature_dtype)
-    else:
+        moments = feature_moments(model_a, model_b, layer, x_tr, device=device,
+                                  front_dtype=feature_dtype if cached else None)
+        moments, train_front = moments if cached else (moments, None)
+    elif cached:
         train_front = front_features(model_a, layer, x_tr, dtype=feature_dtype, device=device)
     fronts = dict(train=train_front, test=front_features(model_a, layer, x_te, dtype=feature_dtype, device=device))
     out["moments_seconds"] = time.perf_counter() - tm
@@ -128,7 +135,7 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
         t0 = time.perf_counter()
         closed = init != "random"
         model = stitch(model_a, model_b, layer, kind, rank, generator=torch.Generator().manual_seed(seed + i),
-                       bias=closed and kind != "grelu")
+                       bias=(closed or settings.random_bias) and kind != "grelu")
         row = {}
         if closed and kind == "grelu":
             if match is None:
@@ -140,7 +147,8 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
             W, b = least_squares(moments, rank)
             model.stitch.set_affine(W.float().to(device), b.float().to(device))
         s = dataclasses.replace(settings, epochs=0) if init == "matching" else settings
-        row.update(train_stitch(model, fronts["train"], y_tr, fronts["test"], y_te, s, seed))
+        row.update(train_stitch(model, fronts["train"], y_tr, fronts["test"], y_te, s, seed,
+                                train_images=None if cached else x_tr))
         row["seconds"] = time.perf_counter() - t0
         mean_clean = sum(clean) / 2
         for h in row["history"]:
@@ -152,14 +160,42 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
     return out
 
 
+def experiment_config(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
+                      n_test: int | None = 2000, settings: StitchSettings = StitchSettings(), seed: int = 0,
+                      feature_dtype=torch.float16) -> dict:
+    """What :func:`cached_experiment`'s memo key is a hash of (``lib.cache.memo_key``).
+
+    Both models' weight fingerprints (``lib.cache.fingerprint``), the data, the layer, the variants,
+    the image counts, the stitching settings (:func:`lib.stitching.memo_settings`: fields at their
+    legacy value left out, so older entries stay valid), the seed and, unless float16, the dtype of
+    the stored fronts.
+
+    Parameters
+    ----------
+    model_a, model_b, layer, variants, data, n_train, n_test, settings, seed, feature_dtype
+        As for :func:`stitch_experiment`.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable.
+    """
+    variants = [variants] if isinstance(variants, str) else list(variants)
+    config = dict(a=fingerprint(model_a), b=fingerprint(model_b), data=data.identity, layer=layer,
+                  variants=variants, n_train=n_train, n_test=n_test, settings=memo_settings(settings), seed=seed,
+                  version=2)
+    if feature_dtype != torch.float16:
+        config["feature_dtype"] = str(feature_dtype)
+    return config
+
+
 def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
                       n_test: int | None = 2000, settings: StitchSettings = StitchSettings(), seed: int = 0,
                       feature_dtype=torch.float16) -> dict:
     """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes nothing.
 
-    The memo key holds both models' weight fingerprints (``lib.zoo.fingerprint``), the data, the
-    layer, the variants, the image counts, every stitching setting, the seed and the dtype of the
-    stored fronts (float16 saves memory; exactness checks such as Theorem 4.2 want float32).
+    The memo key is a hash of :func:`experiment_config` (float16 fronts save memory; exactness
+    checks such as Theorem 4.2 want float32).
 
     Parameters
     ----------
@@ -172,10 +208,6 @@ def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int
         :func:`stitch_experiment`'s result.
     """
     variants = [variants] if isinstance(variants, str) else list(variants)
-    config = dict(a=fingerprint(model_a), b=fingerprint(model_b), data=data.identity, layer=layer,
-                  variants=variants, n_train=n_train, n_test=n_test, settings=dataclasses.asdict(settings), seed=seed,
-                  version=2)
-    if feature_dtype != torch.float16:
-        config["feature_dtype"] = str(feature_dtype)
+    config = experiment_config(model_a, model_b, layer, variants, data, n_train, n_test, settings, seed, feature_dtype)
     return memo("stitching", config, lambda: stitch_experiment(
         model_a, model_b, layer, variants, data, n_train, n_test, settings, seed, feature_dtype=feature_dtype))

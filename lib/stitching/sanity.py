@@ -8,7 +8,8 @@ no later weights can undo it on all inputs, so the penalty should be large.
 
 The frozen front (the model up to and including the transformed convolution) is run once per layer
 (:func:`pre_activations`) and shared by every trial and kind; each trial trains only the tail, on
-those cached pre-activations (no augmentation). Two starts: ``"transformed"`` (the paper's: the
+those cached pre-activations (no augmentation), with the scale's schedule
+(``lib.stitching.finetune``). Two starts: ``"transformed"`` (the paper's: the
 tail as trained, fed ``A z``) and ``"refit"`` (the default): the next convolution is first refitted
 by least squares so that it reproduces the original model's next pre-activation from the transformed
 input, the same algorithm for both kinds. For ``A`` in G_ReLU the fit is exact (ReLU and max-pooling
@@ -24,19 +25,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import PRECISIONS, autocast, check_choice, exact_mode, get_device
+from ..config import check_choice, exact_mode, get_device
 from ..data import subset, to_input
 from ..groups import MatrixGroup, intertwiner_group
 from ..cache import memo
+from .finetune import SCHEDULES, finetune_tail, tail_accuracy
 from .matching import add_moments, least_squares, moments_of
 
 __all__ = ["ROTATION_KINDS", "ROTATION_STARTS", "FixedChannelMap", "random_channel_map", "rotated_model",
-           "pre_activations", "refit_next_conv", "finetune_tail", "rotation_penalty", "cached_rotation_penalty"]
+           "pre_activations", "refit_next_conv", "rotation_penalty", "cached_rotation_penalty"]
 
 ROTATION_KINDS = ("grelu", "orthogonal")
 """tuple of str: the transforms of the sanity test: a random G_ReLU element or a random orthogonal matrix."""
 ROTATION_STARTS = ("refit", "transformed")
 """tuple of str: the starts of the fine-tuning: after a least-squares refit of the next conv, or the paper's."""
+
 
 
 class FixedChannelMap(nn.Module):
@@ -202,87 +205,11 @@ def refit_next_conv(tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch
     conv.bias.copy_(b.to(conv.bias))
 
 
-@torch.no_grad()
-def _tail_accuracy(net: nn.Module, z: torch.Tensor, y: torch.Tensor, precision: str, batch_size: int = 1000) -> float:
-    dev = next(net.parameters()).device
-    was = net.training
-    net.eval()
-    correct = 0
-    with autocast(dev, precision):
-        for s in range(0, len(y), batch_size):
-            correct += (net(z[s:s + batch_size].to(dev).float()).argmax(1).cpu() == y[s:s + batch_size]).sum().item()
-    net.train(was)
-    return correct / max(1, len(y))
-
-
-def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, test_z: torch.Tensor,
-                  y_test: torch.Tensor, epochs: int, batch_size: int = 256, lr: float = 1e-3,
-                  weight_decay: float = 1e-4, seed: int = 0, precision: str = "bulk",
-                  lr_decay: bool = True) -> list[dict]:
-    """Train ``net`` (the transform and the layers after it) in place on cached pre-activations.
-
-    Adam with ``weight_decay`` on parameters named ``weight``; no augmentation.
-
-    Parameters
-    ----------
-    net : nn.Module
-        Maps pre-activations ``(N, C, h, w)`` to outputs ``(N, classes)``.
-    train_z, test_z : torch.Tensor
-        Cached pre-activations ``(n, C, h, w)``.
-    y_train, y_test : torch.Tensor
-        Labels ``(n,)``.
-    epochs : int
-        Passes over ``train_z`` (0 evaluates the start only).
-    batch_size, lr, weight_decay : int, float, float
-        Adam's batch, peak learning rate and L2 coefficient.
-    seed : int
-        Seed of the batch order.
-    precision : str
-        ``lib.config`` precision.
-    lr_decay : bool
-        The learning rate falls linearly from ``lr`` to 0 over all steps (so the last epochs settle),
-        else stays at ``lr`` (the authors' recipe without its step schedule).
-
-    Returns
-    -------
-    list of dict
-        One row per epoch, the start as epoch 0: ``epoch``, ``loss`` (training cross-entropy, nats),
-        ``test_acc`` (fraction).
-    """
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
-    if len(train_z) != len(y_train) or len(test_z) != len(y_test):
-        raise ValueError(f"pre-activations and labels must have equal counts, got {len(train_z)} and "
-                         f"{len(y_train)} (train), {len(test_z)} and {len(y_test)} (test)")
-    check_choice("precision", precision, PRECISIONS)
-    dev = next(net.parameters()).device
-    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    opt = torch.optim.Adam([dict(params=[p for n, p in params if n.endswith("weight")], weight_decay=weight_decay),
-                            dict(params=[p for n, p in params if not n.endswith("weight")], weight_decay=0.0)], lr=lr)
-    total = max(1, epochs * -(-len(y_train) // batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total if lr_decay else 1.0)
-    gen = torch.Generator().manual_seed(seed)
-    history = [dict(epoch=0, loss=float("nan"), test_acc=_tail_accuracy(net, test_z, y_test, precision))]
-    for epoch in range(epochs):
-        net.train()
-        tot, seen = 0.0, 0
-        for idx in torch.randperm(len(y_train), generator=gen).split(batch_size):
-            with autocast(dev, precision):
-                loss = F.cross_entropy(net(train_z[idx].to(dev).float()).float(), y_train[idx].to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            tot, seen = tot + loss.item() * len(idx), seen + len(idx)
-        history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=_tail_accuracy(net, test_z, y_test, precision)))
-    net.eval()
-    return history
-
-
 def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: torch.Generator, data,
                      epochs: int, n_train: int | None = 10000, n_test: int | None = 2000, batch_size: int = 256,
                      lr: float = 1e-3, seed: int = 0, device=None, start: str = "refit", fronts: tuple | None = None,
-                     precision: str = "bulk") -> dict:
+                     precision: str = "bulk", schedule: str = "linear", step_size: int = 12,
+                     gamma: float = 0.5) -> dict:
     """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front, fine-tune.
 
     Parameters
@@ -301,8 +228,8 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
         Fine-tuning passes over the training images.
     n_train, n_test : int or None
         Images taken with ``lib.data.subset`` (None: all).
-    batch_size, lr, seed, precision
-        As for :func:`finetune_tail`.
+    batch_size, lr, seed, precision, schedule, step_size, gamma
+        As for :func:`lib.stitching.finetune.finetune_tail`.
     device : str or torch.device, optional
         Where to compute.
     start : str
@@ -323,6 +250,7 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
     """
     check_choice("kind", kind, ROTATION_KINDS)
     check_choice("start", start, ROTATION_STARTS)
+    check_choice("schedule", schedule, SCHEDULES)
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
     device = get_device(device)
@@ -341,12 +269,13 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
     tail = copy.deepcopy(model[idx:])
     for p in tail.parameters():
         p.requires_grad_(True)
-    clean = _tail_accuracy(tail, test_z, y_te, precision)
+    clean = tail_accuracy(tail, test_z, y_te, precision)
     net = nn.Sequential(FixedChannelMap(A.to(device)), tail)
-    start_acc = _tail_accuracy(net, test_z, y_te, precision)
+    start_acc = tail_accuracy(net, test_z, y_te, precision)
     if start == "refit":
         refit_next_conv(tail, A, train_z)
-    history = finetune_tail(net, train_z, y_tr, test_z, y_te, epochs, batch_size, lr, seed=seed, precision=precision)
+    history = finetune_tail(net, train_z, y_tr, test_z, y_te, epochs, batch_size, lr, seed=seed, precision=precision,
+                            schedule=schedule, step_size=step_size, gamma=gamma)
     for h in history:
         h["penalty"] = clean - h["test_acc"]
     finetuned = max(h["test_acc"] for h in history)
@@ -357,11 +286,13 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
 
 def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, kind: str, trial: int, data,
                             epochs: int, n_train: int | None, n_test: int | None, batch_size: int = 256,
-                            lr: float = 1e-3, seed: int = 0, start: str = "refit", fronts=None) -> dict:
+                            lr: float = 1e-3, seed: int = 0, start: str = "refit", fronts=None,
+                            schedule: str = "linear", step_size: int = 12, gamma: float = 0.5) -> dict:
     """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.cache.memo``).
 
     The transform comes from ``torch.Generator().manual_seed(1000 * seed + trial)`` and the batch
-    order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting.
+    order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting (the
+    schedule's only when it is not ``"linear"``, so that older entries stay valid).
 
     Parameters
     ----------
@@ -369,7 +300,7 @@ def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, ki
         A Myrtle CNN without BatchNorm.
     model_key : str
         Its ``lib.zoo.model_key`` (the memo key's name for the weights).
-    layer, kind, data, epochs, n_train, n_test, batch_size, lr, start
+    layer, kind, data, epochs, n_train, n_test, batch_size, lr, start, schedule, step_size, gamma
         As for :func:`rotation_penalty`.
     trial : int
         The trial's index.
@@ -386,6 +317,9 @@ def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, ki
     """
     config = dict(model=model_key, layer=layer, kind=kind, trial=trial, seed=seed, epochs=epochs, start=start,
                   n_train=n_train, n_test=n_test, batch_size=batch_size, lr=lr, version=2)
+    if schedule != "linear":
+        config.update(schedule=schedule, step_size=step_size, gamma=gamma)
     return memo("rotation_penalty", config, lambda: rotation_penalty(
         model, layer, kind, torch.Generator().manual_seed(1000 * seed + trial), data, epochs, n_train, n_test,
-        batch_size=batch_size, lr=lr, seed=seed + trial, start=start, fronts=fronts() if callable(fronts) else fronts))
+        batch_size=batch_size, lr=lr, seed=seed + trial, start=start, fronts=fronts() if callable(fronts) else fronts,
+        schedule=schedule, step_size=step_size, gamma=gamma))

@@ -1,6 +1,12 @@
-"""Training a stitching layer on A's cached state, and the protocol it follows (:class:`StitchSettings`)."""
+"""Training a stitching layer on A's state, and the protocol it follows (:class:`StitchSettings`).
+
+A's state is either cached (computed once on clean images) or computed per batch from augmented
+images (the authors' data loader); before each evaluation B's BatchNorm statistics may be re-estimated
+with the evaluated layer (the authors' ``--bn_epoch``, :func:`bn_epoch_stats`).
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
@@ -8,13 +14,22 @@ import torch
 from torch.nn import functional as F
 
 from ..config import PRECISIONS, autocast, check_choice
-from ..settings import SCALES, scale_settings
+from ..data import augment, to_input
+from ..settings import RECIPES, SCALES, scale_settings
 from .surgery import Stitched
 
-__all__ = ["INITS", "StitchSettings", "settings_for_scale", "check_settings", "train_stitch", "last_quarter_change"]
+__all__ = ["INITS", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
+           "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch", "last_quarter_change"]
 
 INITS = ("closed_form", "random")
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
+FRONTS = ("cached", "augmented")
+"""tuple of str: A's front computed once on clean images, or per batch from augmented ones (the authors')."""
+BN_EPOCH = ("none", "grelu", "all")
+"""tuple of str: the layer kinds that get the BatchNorm pass before each evaluation (:func:`bn_epoch_stats`)."""
+LEGACY_FIELDS = dict(fronts="cached", bn_epoch="none", random_bias=False)
+"""dict: fields added after results were cached, at the values that reproduce the older protocol; a memo
+key leaves them out at these values (:func:`memo_settings`), so that cached results stay valid."""
 
 
 # The defaults are the cpu-scale protocol; its values live in lib.settings (one home for settings).
@@ -54,6 +69,16 @@ class StitchSettings:
         Default start of every variant: ``"closed_form"`` or ``"random"`` (paper).
     precision : str
         ``lib.config`` precision of training and evaluation (``"float32"``: exact).
+    fronts : str
+        ``"cached"``: A's front computed once on the clean training images; ``"augmented"`` (the
+        authors'): computed per batch, under ``no_grad``, from images flipped and translated as in the
+        paper recipe (``lib.settings.RECIPES["paper"]``).
+    bn_epoch : str
+        Which layer kinds get the authors' ``--bn_epoch`` pass before each evaluation
+        (:func:`bn_epoch_stats`): ``"none"``, ``"grelu"`` (the authors' runs) or ``"all"``.
+    random_bias : bool
+        Random starts of full and rank layers get a trainable bias (the paper's word "affine"); the
+        authors' released layers have none. Closed-form starts always fit one.
     """
 
     optimizer: str = _CPU["optimizer"]
@@ -69,10 +94,14 @@ class StitchSettings:
     bn_adapt: bool = _CPU["bn_adapt"]
     init: str = _CPU["init"]
     precision: str = _CPU["precision"]
+    fronts: str = _CPU["fronts"]
+    bn_epoch: str = _CPU["bn_epoch"]
+    random_bias: bool = _CPU["random_bias"]
 
     @classmethod
     def paper(cls) -> "StitchSettings":
-        """The authors' protocol: plain SGD, lr 1e-3, 20 epochs, batch 32, random starts."""
+        """The authors' protocol: plain SGD, lr 1e-3, 20 epochs, batch 32, random starts without bias,
+        augmented fronts, and the BatchNorm pass for G_ReLU layers."""
         return cls(**SCALES["paper"].stitch)
 
 
@@ -104,15 +133,91 @@ def check_settings(settings: StitchSettings) -> None:
     Raises
     ------
     ValueError
-        Naming the field and its accepted values (optimizer, init, precision, epochs, batch size).
+        Naming the field and its accepted values (optimizer, init, precision, fronts, bn_epoch,
+        epochs, batch size).
     """
     check_choice("optimizer", settings.optimizer, ("sgd", "adam"))
     check_choice("init", settings.init, INITS)
     check_choice("precision", settings.precision, PRECISIONS)
+    check_choice("fronts", settings.fronts, FRONTS)
+    check_choice("bn_epoch", settings.bn_epoch, BN_EPOCH)
     if not isinstance(settings.epochs, int) or settings.epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}")
     if settings.batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
+
+
+def memo_settings(settings: StitchSettings) -> dict:
+    """The settings as a memo key holds them: every field, except those at their legacy value.
+
+    Parameters
+    ----------
+    settings : StitchSettings
+
+    Returns
+    -------
+    dict
+        ``dataclasses.asdict(settings)`` without the fields of :data:`LEGACY_FIELDS` that hold their
+        legacy value, so a protocol that existed before those fields keeps its memo key.
+    """
+    return {k: v for k, v in dataclasses.asdict(settings).items()
+            if not (k in LEGACY_FIELDS and v == LEGACY_FIELDS[k])}
+
+
+@torch.no_grad()
+def augmented_front(model: Stitched, x: torch.Tensor, generator: torch.Generator) -> tuple:
+    """A's state for uint8 images after the paper recipe's augmentation (random flip, translate by 2).
+
+    Parameters
+    ----------
+    model : Stitched
+        The stitched model (A runs in eval mode, without gradient).
+    x : torch.Tensor
+        uint8 images ``(n, H, W, 3)``, ideally already on the model's device.
+    generator : torch.Generator
+        A CPU generator: the source of the flips and shifts.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        As :func:`lib.stitching.front_features`: ``(h,)`` or ``(h, block_input)``, each ``(n, C, h, w)``.
+    """
+    dev = next(model.stitch.parameters()).device
+    recipe = RECIPES["paper"]
+    return model.front(augment(to_input(x, dev), generator, recipe["flip"], recipe["translate"]))
+
+
+@contextlib.contextmanager
+def bn_epoch_stats(model: Stitched, states):
+    """The authors' ``--bn_epoch`` pass: B's BatchNorm statistics re-estimated for one evaluation.
+
+    Inside the ``with`` block B's running statistics are those left by a no-grad pass over ``states``
+    with B in train mode and the stitching layer as evaluated (a G_ReLU layer's P rounded to a
+    permutation); on leaving it they are restored, so training goes on from the statistics it had.
+    (The authors run this pass, over a whole augmented epoch, before each test of their G_ReLU runs.)
+
+    Parameters
+    ----------
+    model : Stitched
+        The stitched model.
+    states : iterable of tuple
+        A's states, one per batch (as :meth:`Stitched.tail` takes them).
+    """
+    saved = {n: b.clone() for n, b in model.model_b.named_buffers()}
+    was = model.training
+    model.train(True)
+    model.stitch.hard = model.stitch.kind == "grelu"
+    try:
+        with torch.no_grad():
+            for state in states:
+                model.tail(state)
+        yield model
+    finally:
+        model.stitch.hard = False
+        with torch.no_grad():
+            for n, b in model.model_b.named_buffers():
+                b.copy_(saved[n])
+        model.train(was)
 
 
 @torch.no_grad()
@@ -146,28 +251,36 @@ def _check_state(name: str, state: tuple, y: torch.Tensor) -> None:
 _ADAPT_BATCHES = 30
 
 
-def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, test_state: tuple,
-                 y_test: torch.Tensor, settings: StitchSettings = StitchSettings(), seed: int = 0) -> dict:
-    """Train ``model.stitch`` alone on A's precomputed state; evaluate on the test state every epoch.
+def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tensor, test_state: tuple,
+                 y_test: torch.Tensor, settings: StitchSettings = StitchSettings(), seed: int = 0,
+                 train_images: torch.Tensor | None = None) -> dict:
+    """Train ``model.stitch`` alone on A's state; evaluate on the test state every epoch.
 
     grelu: the first ``p_only_fraction`` of the epochs leave D fixed; after every step P is clipped
     and Sinkhorn-projected and D clipped; evaluation rounds P with the Hungarian algorithm. With
     ``bn_adapt`` B's BatchNorm statistics are re-estimated on the training fronts before the start
-    is evaluated.
+    is evaluated; with ``bn_epoch`` covering the layer's kind, before every later evaluation too
+    (:func:`bn_epoch_stats`, a whole epoch of training batches).
 
     Parameters
     ----------
     model : Stitched
         The stitched model, its stitching layer already at its start.
-    train_state, test_state : tuple of torch.Tensor
-        A's fronts (``lib.stitching.front_features``), each ``(n, C, h, w)``.
+    train_state : tuple of torch.Tensor or None
+        A's training fronts (``lib.stitching.front_features``), each ``(n, C, h, w)``; unused (may be
+        None) with ``settings.fronts == "augmented"``.
     y_train, y_test : torch.Tensor
-        Labels ``(n,)``, one per front.
+        Labels ``(n,)``, one per training image and per test front.
+    test_state : tuple of torch.Tensor
+        A's test fronts (never augmented).
     settings : StitchSettings
         The protocol; ``settings.epochs = 0`` evaluates the start only. With ``lr_decay`` the
         learning rate falls linearly from ``lr`` to 0 over all steps.
     seed : int
-        Seed of the batch order.
+        Seed of the batch order (and, ``seed + 1``, of the augmentation; ``seed + 2``, of the batches
+        of the BatchNorm pass).
+    train_images : torch.Tensor, optional
+        uint8 training images ``(n, H, W, 3)``, needed with ``settings.fronts == "augmented"``.
 
     Returns
     -------
@@ -178,10 +291,19 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
         map, rounded for grelu) and ``seconds``.
     """
     check_settings(settings)
-    _check_state("train_state", train_state, y_train)
-    _check_state("test_state", test_state, y_test)
     layer = model.stitch
     dev = next(layer.parameters()).device
+    if settings.fronts == "augmented":
+        if train_images is None:
+            raise ValueError("fronts='augmented' needs train_images (uint8 (n, H, W, 3)); accepted: "
+                             "train_images with one image per label, or fronts='cached' with train_state")
+        _check_state("train_images", (train_images,), y_train)
+        images, aug_gen = train_images.to(dev), torch.Generator().manual_seed(seed + 1)
+        state_of = lambda idx: augmented_front(model, images[idx.to(dev)], aug_gen)   # noqa: E731
+    else:
+        _check_state("train_state", train_state, y_train)
+        state_of = lambda idx: tuple(t[idx].to(dev) for t in train_state)                # noqa: E731
+    _check_state("test_state", test_state, y_test)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     if layer.kind == "grelu":
@@ -199,15 +321,17 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
         idx_all = torch.randperm(len(y_train), generator=gen).split(settings.batch_size)[:_ADAPT_BATCHES]
         with torch.no_grad(), autocast(dev, settings.precision):
             for idx in idx_all:
-                model.tail(tuple(t[idx].to(dev) for t in train_state))
+                model.tail(state_of(idx))
     evaluate = lambda: _accuracy(model, test_state, y_test, precision=settings.precision)   # noqa: E731
+    bn_pass = settings.bn_epoch == "all" or settings.bn_epoch == layer.kind
+    bn_gen = torch.Generator().manual_seed(seed + 2)
     history = [dict(epoch=0, loss=float("nan"), test_acc=evaluate())]
     for epoch in range(settings.epochs):
         model.train(settings.bn_adapt)
         tot, seen = 0.0, 0
         for idx in torch.randperm(len(y_train), generator=gen).split(settings.batch_size):
             with autocast(dev, settings.precision):
-                out = model.tail(tuple(t[idx].to(dev) for t in train_state))
+                out = model.tail(state_of(idx))
                 loss = F.cross_entropy(out.float(), y_train[idx].to(dev))
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
             if layer.kind == "grelu":
@@ -220,7 +344,13 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
             opt.step()
             sched.step()
             layer.project(settings.sinkhorn_rounds)
-        history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=evaluate()))
+        if bn_pass:
+            batches = torch.randperm(len(y_train), generator=bn_gen).split(settings.batch_size)
+            with autocast(dev, settings.precision), bn_epoch_stats(model, (state_of(i) for i in batches)):
+                acc = evaluate()
+        else:
+            acc = evaluate()
+        history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=acc))
     model.eval()
     layer.hard = layer.kind == "grelu"
     final = layer.matrix().detach().cpu()
