@@ -18,14 +18,14 @@ from .matching import (activation_matching, add_moments, channels_last_2d, hunga
                        matching_from_moments, matching_matrix, moments_of, permutation_of, recovered_fraction,
                        sinkhorn)
 from .surgery import Stitched, channels_at, feature_moments, front_features, stitch
-from .training import INITS, StitchSettings, check_settings, last_quarter_change, settings_for_scale, train_stitch
+from .training import GRELU_P, INITS, StitchSettings, check_settings, last_quarter_change, settings_for_scale, train_stitch
 
 __all__ = [
     "sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments", "matching_from_moments",
     "activation_matching", "least_squares", "matching_matrix", "permutation_of", "recovered_fraction",
     "LAYER_KINDS", "StitchLayer",
     "channels_at", "front_features", "feature_moments", "Stitched", "stitch",
-    "INITS", "StitchSettings", "settings_for_scale", "check_settings", "train_stitch", "last_quarter_change",
+    "GRELU_P", "INITS", "StitchSettings", "settings_for_scale", "check_settings", "train_stitch", "last_quarter_change",
     "VARIANT_HELP", "parse_variant", "stitch_experiment", "cached_experiment",
     "sanity",
 ]

@@ -140,6 +140,9 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
             W, b = least_squares(moments, rank)
             model.stitch.set_affine(W.float().to(device), b.float().to(device))
         s = dataclasses.replace(settings, epochs=0) if init == "matching" else settings
+        if init == "random":
+            # A random P has nothing to keep fixed: the paper's start goes with the paper's optimiser.
+            s = dataclasses.replace(s, grelu_p="birkhoff")
         row.update(train_stitch(model, fronts["train"], y_tr, fronts["test"], y_te, s, seed))
         row["seconds"] = time.perf_counter() - t0
         mean_clean = sum(clean) / 2
@@ -150,6 +153,10 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
         row.update(kind=kind, rank=rank, init=init)
         out["variants"][name] = row
     return out
+
+
+# Values of settings fields that did not exist when the cache's version 2 began (omitted from keys).
+_LEGACY_SETTINGS = dict(grelu_p="birkhoff", grelu_lr=None)
 
 
 def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
@@ -172,8 +179,11 @@ def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int
         :func:`stitch_experiment`'s result.
     """
     variants = [variants] if isinstance(variants, str) else list(variants)
+    # Settings fields added later are left out of the key while they hold their legacy values, so
+    # results cached before they existed stay valid.
+    fields = {k: v for k, v in dataclasses.asdict(settings).items() if _LEGACY_SETTINGS.get(k, object()) != v}
     config = dict(a=fingerprint(model_a), b=fingerprint(model_b), data=data.identity, layer=layer,
-                  variants=variants, n_train=n_train, n_test=n_test, settings=dataclasses.asdict(settings), seed=seed,
+                  variants=variants, n_train=n_train, n_test=n_test, settings=fields, seed=seed,
                   version=2)
     if feature_dtype != torch.float16:
         config["feature_dtype"] = str(feature_dtype)

@@ -11,9 +11,11 @@ from ..config import PRECISIONS, autocast, check_choice
 from ..settings import SCALES, scale_settings
 from .surgery import Stitched
 
-__all__ = ["INITS", "StitchSettings", "settings_for_scale", "check_settings", "train_stitch", "last_quarter_change"]
+__all__ = ["INITS", "GRELU_P", "StitchSettings", "settings_for_scale", "check_settings", "train_stitch", "last_quarter_change"]
 
 INITS = ("closed_form", "random")
+GRELU_P = ("birkhoff", "fixed")
+"""tuple of str: how G_ReLU's permutation trains: on the Birkhoff polytope, or fixed at its start."""
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
 
 
@@ -52,6 +54,12 @@ class StitchSettings:
         B's BatchNorms after the stitch in train mode (running statistics adapt).
     init : str
         Default start of every variant: ``"closed_form"`` or ``"random"`` (paper).
+    grelu_p : str
+        ``"birkhoff"``: G_ReLU's permutation P is trained on the Birkhoff polytope (the paper's
+        optimiser); ``"fixed"``: P stays at its start (activation matching) and only the scales D
+        train. A random start always uses the Birkhoff optimiser.
+    grelu_lr : float or None
+        Learning rate of the G_ReLU layer (None: ``lr``).
     precision : str
         ``lib.config`` precision of training and evaluation (``"float32"``: exact).
     """
@@ -68,6 +76,8 @@ class StitchSettings:
     p_only_fraction: float = _CPU["p_only_fraction"]
     bn_adapt: bool = _CPU["bn_adapt"]
     init: str = _CPU["init"]
+    grelu_p: str = _CPU["grelu_p"]
+    grelu_lr: float | None = _CPU["grelu_lr"]
     precision: str = _CPU["precision"]
 
     @classmethod
@@ -108,6 +118,7 @@ def check_settings(settings: StitchSettings) -> None:
     """
     check_choice("optimizer", settings.optimizer, ("sgd", "adam"))
     check_choice("init", settings.init, INITS)
+    check_choice("grelu_p", settings.grelu_p, GRELU_P)
     check_choice("precision", settings.precision, PRECISIONS)
     if not isinstance(settings.epochs, int) or settings.epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}")
@@ -184,14 +195,17 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
     dev = next(layer.parameters()).device
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
+    # A fixed permutation trains D alone; the Birkhoff optimiser trains P too (P first, see p_only).
+    birkhoff = layer.kind == "grelu" and settings.grelu_p == "birkhoff"
     if layer.kind == "grelu":
-        groups = [dict(params=[layer.p], weight_decay=0.0),
-                  dict(params=[layer.d], weight_decay=settings.weight_decay)]
+        lr = settings.lr if settings.grelu_lr is None else settings.grelu_lr
+        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + \
+                 [dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)]
     else:
         groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
     opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
            if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
-    p_only = round(settings.epochs * settings.p_only_fraction) if layer.kind == "grelu" else 0
+    p_only = round(settings.epochs * settings.p_only_fraction) if birkhoff else 0
     total = max(1, settings.epochs * -(-len(y_train) // settings.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total if settings.lr_decay else 1.0)
     if settings.bn_adapt:
@@ -210,7 +224,7 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
                 out = model.tail(tuple(t[idx].to(dev) for t in train_state))
                 loss = F.cross_entropy(out.float(), y_train[idx].to(dev))
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
-            if layer.kind == "grelu":
+            if birkhoff:
                 # The vertex penalty: the Frobenius norm is largest (sqrt C) exactly at permutations.
                 loss = loss - settings.alpha * layer.p.norm()
             opt.zero_grad(set_to_none=True)
@@ -219,7 +233,11 @@ def train_stitch(model: Stitched, train_state: tuple, y_train: torch.Tensor, tes
                 layer.d.grad = None
             opt.step()
             sched.step()
-            layer.project(settings.sinkhorn_rounds)
+            if birkhoff:
+                layer.project(settings.sinkhorn_rounds)
+            elif layer.kind == "grelu":
+                with torch.no_grad():
+                    layer.d.clamp_(min=0)
         history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=evaluate()))
     model.eval()
     layer.hard = layer.kind == "grelu"
