@@ -18,7 +18,7 @@ from .matching import (activation_matching, add_moments, channels_last_2d, hunga
                        matching_from_moments, matching_matrix, moments_of, permutation_of, recovered_fraction,
                        sinkhorn)
 from .surgery import Stitched, channels_at, feature_moments, front_features, stitch
-from .training import (BN_EPOCH, FRONTS, INITS, LEGACY_FIELDS, StitchSettings, augmented_front, bn_epoch_stats,
+from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, LEGACY_FIELDS, StitchSettings, augmented_front, bn_epoch_stats,
                        check_settings, last_quarter_change, memo_settings, settings_for_scale, train_stitch)
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     "activation_matching", "least_squares", "matching_matrix", "permutation_of", "recovered_fraction",
     "LAYER_KINDS", "StitchLayer",
     "channels_at", "front_features", "feature_moments", "Stitched", "stitch",
-    "INITS", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
+    "INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
     "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch", "last_quarter_change",
     "VARIANT_HELP", "parse_variant", "stitch_experiment", "experiment_config", "cached_experiment",
     "finetune", "sanity",

@@ -147,6 +147,9 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
             W, b = least_squares(moments, rank)
             model.stitch.set_affine(W.float().to(device), b.float().to(device))
         s = dataclasses.replace(settings, epochs=0) if init == "matching" else settings
+        if init == "random":
+            # A random P has nothing to keep fixed: the paper's start goes with the paper's optimiser.
+            s = dataclasses.replace(s, grelu_p="birkhoff")
         row.update(train_stitch(model, fronts["train"], y_tr, fronts["test"], y_te, s, seed,
                                 train_images=None if cached else x_tr))
         row["seconds"] = time.perf_counter() - t0

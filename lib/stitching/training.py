@@ -18,16 +18,18 @@ from ..data import augment, to_input
 from ..settings import RECIPES, SCALES, scale_settings
 from .surgery import Stitched
 
-__all__ = ["INITS", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
+__all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
            "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch", "last_quarter_change"]
 
 INITS = ("closed_form", "random")
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
+GRELU_P = ("birkhoff", "fixed")
+"""tuple of str: how G_ReLU's permutation trains: on the Birkhoff polytope, or fixed at its start."""
 FRONTS = ("cached", "augmented")
 """tuple of str: A's front computed once on clean images, or per batch from augmented ones (the authors')."""
 BN_EPOCH = ("none", "grelu", "all")
 """tuple of str: the layer kinds that get the BatchNorm pass before each evaluation (:func:`bn_epoch_stats`)."""
-LEGACY_FIELDS = dict(fronts="cached", bn_epoch="none", random_bias=False)
+LEGACY_FIELDS = dict(fronts="cached", bn_epoch="none", random_bias=False, grelu_p="birkhoff", grelu_lr=None)
 """dict: fields added after results were cached, at the values that reproduce the older protocol; a memo
 key leaves them out at these values (:func:`memo_settings`), so that cached results stay valid."""
 
@@ -67,6 +69,12 @@ class StitchSettings:
         B's BatchNorms after the stitch in train mode (running statistics adapt).
     init : str
         Default start of every variant: ``"closed_form"`` or ``"random"`` (paper).
+    grelu_p : str
+        ``"birkhoff"``: G_ReLU's permutation P is trained on the Birkhoff polytope (the paper's
+        optimiser); ``"fixed"``: P stays at its start (activation matching) and only the scales D
+        train. A random start always uses the Birkhoff optimiser.
+    grelu_lr : float or None
+        Learning rate of the G_ReLU layer (None: ``lr``).
     precision : str
         ``lib.config`` precision of training and evaluation (``"float32"``: exact).
     fronts : str
@@ -93,6 +101,8 @@ class StitchSettings:
     p_only_fraction: float = _CPU["p_only_fraction"]
     bn_adapt: bool = _CPU["bn_adapt"]
     init: str = _CPU["init"]
+    grelu_p: str = _CPU["grelu_p"]
+    grelu_lr: float | None = _CPU["grelu_lr"]
     precision: str = _CPU["precision"]
     fronts: str = _CPU["fronts"]
     bn_epoch: str = _CPU["bn_epoch"]
@@ -138,6 +148,7 @@ def check_settings(settings: StitchSettings) -> None:
     """
     check_choice("optimizer", settings.optimizer, ("sgd", "adam"))
     check_choice("init", settings.init, INITS)
+    check_choice("grelu_p", settings.grelu_p, GRELU_P)
     check_choice("precision", settings.precision, PRECISIONS)
     check_choice("fronts", settings.fronts, FRONTS)
     check_choice("bn_epoch", settings.bn_epoch, BN_EPOCH)
@@ -306,14 +317,17 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
     _check_state("test_state", test_state, y_test)
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
+    # A fixed permutation trains D alone; the Birkhoff optimiser trains P too (P first, see p_only).
+    birkhoff = layer.kind == "grelu" and settings.grelu_p == "birkhoff"
     if layer.kind == "grelu":
-        groups = [dict(params=[layer.p], weight_decay=0.0),
-                  dict(params=[layer.d], weight_decay=settings.weight_decay)]
+        lr = settings.lr if settings.grelu_lr is None else settings.grelu_lr
+        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + \
+                 [dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)]
     else:
         groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
     opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
            if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
-    p_only = round(settings.epochs * settings.p_only_fraction) if layer.kind == "grelu" else 0
+    p_only = round(settings.epochs * settings.p_only_fraction) if birkhoff else 0
     total = max(1, settings.epochs * -(-len(y_train) // settings.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total if settings.lr_decay else 1.0)
     if settings.bn_adapt:
@@ -334,7 +348,7 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
                 out = model.tail(state_of(idx))
                 loss = F.cross_entropy(out.float(), y_train[idx].to(dev))
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
-            if layer.kind == "grelu":
+            if birkhoff:
                 # The vertex penalty: the Frobenius norm is largest (sqrt C) exactly at permutations.
                 loss = loss - settings.alpha * layer.p.norm()
             opt.zero_grad(set_to_none=True)
@@ -343,7 +357,11 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
                 layer.d.grad = None
             opt.step()
             sched.step()
-            layer.project(settings.sinkhorn_rounds)
+            if birkhoff:
+                layer.project(settings.sinkhorn_rounds)
+            elif layer.kind == "grelu":
+                with torch.no_grad():
+                    layer.d.clamp_(min=0)
         if bn_pass:
             batches = torch.randperm(len(y_train), generator=bn_gen).split(settings.batch_size)
             with autocast(dev, settings.precision), bn_epoch_stats(model, (state_of(i) for i in batches)):
