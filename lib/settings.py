@@ -177,7 +177,9 @@ SCALES: dict[str, Scale] = {
         # for matching at act4); penalties on all 10,000 test images (2,000 leave +-0.7 pp of noise).
         stitch=dict(STITCH_FAST, epochs=4), stitch_images=5000, eval_images=2000, rotation_trials=3,
         fig1=dict(stitch_images=50000, eval_images=None, epochs=2, lr=1e-2, grelu_p="fixed", grelu_lr=3e-3),
-        finetune_epochs=3, finetune_images=5000, finetune=FINETUNE_FAST,
+        # Fig. 4's fine-tune at a third of the notes' rate: 1e-3 knocked the exact refit start of a G_ReLU
+        # transform 3 pp off in the first epoch, and the penalties of both kinds settle (< 1 pp) by the last.
+        finetune_epochs=3, finetune_images=5000, finetune=dict(FINETUNE_FAST, lr=3e-4),
         slopes=(0.0, 0.9, 1.0), slope_width=0.25, slope_epochs=8, slope_pairs=1, slope_layers=SLOPE_LAYERS,
         resnet_layers=RESNET_LAYERS, resnet_variants=("full", "rank1", "grelu", "matching"), resnet_pairs=1,
         convnext_width=0.25,
