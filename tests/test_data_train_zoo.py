@@ -167,8 +167,8 @@ def test_zoo_resumes_from_checkpoint(tmp_path, capsys, tiny_arch, tiny_recipe, i
         assert torch.equal(a, b)
 
 
-def test_unwritable_zoo_fails_before_training(tmp_path, tiny_arch, tiny_recipe):
-    d = data.synthetic_dataset(n_train=64, n_test=32)
+def test_unwritable_zoo_fails_before_training(tmp_path, tiny_arch, tiny_recipe, tiny_data):
+    d = tiny_data
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
@@ -236,9 +236,9 @@ def test_stitching_protocol_per_scale_is_the_one_before_the_redesign():
                                                    init="random", fronts="augmented", bn_epoch="grelu")
 
 
-def test_load_pairs_pairs_consecutive_seeds_of_a_family(tmp_path, monkeypatch):
+def test_load_pairs_pairs_consecutive_seeds_of_a_family(tmp_path, monkeypatch, tiny_data):
     monkeypatch.setenv("SYMMETRIES_ZOO", str(tmp_path))
-    d = data.synthetic_dataset(n_train=64, n_test=32)
+    d = tiny_data
     # At smoke scale the slope families have one pair; the ReLU one is a 1-epoch ResNet20 on 512 images.
     (a, b), = zoo.load_pairs("resnet20_slope1", "smoke", seed=2, data=d)
     assert (a.zoo_meta["seed"], b.zoo_meta["seed"]) == (4, 5) and not a.training

@@ -97,9 +97,9 @@ def test_best_matches():
         M.best_matches(np.ones(3))
 
 
-def test_layer_features_match_model_features_in_any_batching():
+def test_layer_features_match_model_features_in_any_batching(random_images):
     model = myrtle_cnn(width=0.0625)
-    x = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = random_images(10, seed=0)
     ref = features(model, x)
     for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
         got = M.layer_features(model, x, batch_size=3, dtype=dtype)
@@ -111,9 +111,9 @@ def test_layer_features_match_model_features_in_any_batching():
         M.layer_features(model, x, dtype=torch.float64)
 
 
-def test_model_pair_similarities_takes_features_once_and_matches_similarity_matrices():
+def test_model_pair_similarities_takes_features_once_and_matches_similarity_matrices(random_images):
     a, b = myrtle_cnn(width=0.0625), myrtle_cnn(width=0.0625)
-    x = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x = random_images(12, seed=1)
     out = M.model_pair_similarities(a, b, x, ["act2", "act3"], ("grelu_cka", "grelu_procrustes"), dtype=torch.float64)
     assert out["layers"] == ["act2", "act3"] and out["n_samples"] == 12
     assert set(out["seconds"]) == {"features", "grelu_cka", "grelu_procrustes"}
@@ -136,11 +136,11 @@ def test_same_layer_rate_and_diagonal_summary():
     assert set(M.MEASURE_NAMES) == set(M.MATRIX_MEASURES)
 
 
-def test_cached_pair_similarities_reads_back_under_a_stable_key(tmp_path, monkeypatch):
+def test_cached_pair_similarities_reads_back_under_a_stable_key(tmp_path, monkeypatch, random_images):
     monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
     a, b = myrtle_cnn(width=0.0625), myrtle_cnn(width=0.0625)
     a.zoo_key, b.zoo_key = "key-a", "key-b"
-    x = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x = random_images(12, seed=2)
     first = M.cached_pair_similarities(a, b, x, ["act2", "act3"], ("grelu_cka",))
     # The key of the similarity chapter's cache entries, written out: entries cached by earlier versions
     # of the book are read back, not recomputed.

@@ -13,16 +13,15 @@ from lib.symmetry import random_transform
 from lib.train import recipe
 
 
-def _pair():
+def _pair(random_images):
     model = build(dict(arch="myrtle_cnn", width=0.25, batchnorm=False), seed=0).eval()
     moved, _ = random_transform(model, torch.Generator().manual_seed(3))
-    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    return model, moved.eval(), x
+    return model, moved.eval(), random_images(seed=4)
 
 
 @torch.no_grad()
-def test_exact_check_holds_under_emulated_reduced_precision_only_through_the_policy():
-    model, moved, x = _pair()
+def test_exact_check_holds_under_emulated_reduced_precision_only_through_the_policy(random_images):
+    model, moved, x = _pair(random_images)
     # Emulate the GPU's bulk precision for everything, as a chapter running under autocast would.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with exact_mode():

@@ -15,30 +15,19 @@ MYRTLE = dict(arch="myrtle_cnn", width=0.125)
 RESNET = dict(arch="resnet20", width=0.25)
 
 
-def _randomise_bn(model, seed):
-    # Non-trivial running statistics so that eval-mode BatchNorm is not the identity.
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
-
-
-def _model(arch, seed=0):
-    return _randomise_bn(models.build(arch, seed=seed), seed)
+@pytest.fixture()
+def bn_model(randomize_batchnorm):
+    """``bn_model(arch, seed=0)``: ``arch`` built with ``seed``, its BatchNorm statistics randomised
+    with the same seed (conftest's ``randomize_batchnorm``), in eval mode."""
+    def make(arch, seed=0):
+        return randomize_batchnorm(models.build(arch, seed=seed), seed)
+    return make
 
 
 def _front(model, layer, x):
     # A's state at ``layer``: (h,) or, inside a residual block, (h, block_input).
     with torch.no_grad():
         return models.split(model, layer)[0](x)
-
-
-def _x(n=16, seed=0):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 SPLIT_CASES = {
@@ -59,8 +48,8 @@ def _split_inputs(arch, dtype, n=6):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("name", SPLIT_CASES)
-def test_split_back_of_front_is_the_model_at_every_layer(name, dtype, tol):
-    model = _randomise_bn(models.build(SPLIT_CASES[name], seed=2), 2).to(dtype)
+def test_split_back_of_front_is_the_model_at_every_layer(name, dtype, tol, bn_model):
+    model = bn_model(SPLIT_CASES[name], 2).to(dtype)
     x = _split_inputs(SPLIT_CASES[name], dtype)
     layers = models.hidden_layers(model)
     assert len(layers) >= 2
@@ -77,9 +66,9 @@ def test_split_back_of_front_is_the_model_at_every_layer(name, dtype, tol):
             assert {id(p) for p in [*front.parameters(), *back.parameters()]} <= {id(p) for p in model.parameters()}
 
 
-def test_split_passes_the_block_input_inside_residual_blocks():
-    model = _model(RESNET)
-    x = _x(4)
+def test_split_passes_the_block_input_inside_residual_blocks(bn_model, random_images):
+    model = bn_model(RESNET)
+    x = random_images(4)
     inside = {"layer1.0.act1": "act1", "layer2.0.act1": "layer1.2", "layer3.2.act1": "layer3.1"}
     for layer, before in inside.items():
         front, back = models.split(model, layer)
@@ -98,10 +87,10 @@ def test_split_passes_the_block_input_inside_residual_blocks():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("layer", ["act1", "act2", "act4"])
-def test_theorem_4_2_matching_recovers_planted_transform(seed, layer):
-    a = _model(MYRTLE, seed)
+def test_theorem_4_2_matching_recovers_planted_transform(seed, layer, bn_model, random_images):
+    a = bn_model(MYRTLE, seed)
     b, elements = symmetry.random_transform(a, torch.Generator().manual_seed(100 + seed))
-    x = _x(seed=seed)
+    x = random_images(seed=seed)
     fa = _front(a, layer, x)[0]
     fb = _front(b, layer, x)[0]
     M = symmetry.feature_transform(a, layer, elements).float()
@@ -119,8 +108,8 @@ def test_theorem_4_2_matching_recovers_planted_transform(seed, layer):
     torch.testing.assert_close(s.eval()(x), a(x), rtol=1e-3, atol=1e-4)
 
 
-def test_theorem_4_2_low_rank_cannot_reproduce():
-    a = _model(MYRTLE)
+def test_theorem_4_2_low_rank_cannot_reproduce(bn_model):
+    a = bn_model(MYRTLE)
     b, elements = symmetry.random_transform(a, torch.Generator().manual_seed(5))
     M = symmetry.feature_transform(a, "act2", elements).float()
     # The best rank-r approximation of a monomial matrix with distinct scales has error >= its
@@ -169,17 +158,17 @@ def test_rank_layer_has_rank_at_most_r(r):
 @pytest.mark.parametrize("arch,layer", [(MYRTLE, "act1"), (MYRTLE, "act3"), (MYRTLE, "act4"),
                                         (RESNET, "act1"), (RESNET, "layer1.0.act2"), (RESNET, "layer2.0.act1"),
                                         (RESNET, "layer3.2.act1"), (RESNET, "layer3.2.act2")])
-def test_identity_stitch_of_model_with_itself_reproduces_it(arch, layer):
-    a = _model(arch)
-    x = _x()
+def test_identity_stitch_of_model_with_itself_reproduces_it(arch, layer, bn_model, random_images):
+    a = bn_model(arch)
+    x = random_images()
     s = stitching.stitch(a, a, layer, "full", init="identity").eval()
     torch.testing.assert_close(s(x), a(x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(s.tail(s.front(x)), a(x), rtol=1e-4, atol=1e-5)
 
 
-def test_in_block_stitch_uses_a_block_input_for_the_shortcut():
-    a, b = _model(RESNET, 0), _model(RESNET, 1)
-    x = _x()
+def test_in_block_stitch_uses_a_block_input_for_the_shortcut(bn_model, random_images):
+    a, b = bn_model(RESNET, 0), bn_model(RESNET, 1)
+    x = random_images()
     s = stitching.stitch(a, b, "layer2.0.act1", "full", init="identity").eval()
     h, block_in = s.front(x)
     assert block_in.shape[1] == a.layer1[2].conv2.out_channels and h.shape[1] == a.layer2[0].conv1.out_channels
@@ -187,9 +176,9 @@ def test_in_block_stitch_uses_a_block_input_for_the_shortcut():
     assert not torch.allclose(s.tail((h, block_in)), s.tail((h, torch.zeros_like(block_in))))
 
 
-def test_only_the_stitching_layer_trains():
+def test_only_the_stitching_layer_trains(bn_model):
     data = synthetic_dataset(n_train=32, n_test=16)
-    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
     before_a = {k: v.clone() for k, v in a.state_dict().items()}
     before_b = {k: v.clone() for k, v in b.state_dict().items()}
     for kind, rank in (("grelu", None), ("rank", 2), ("full", None)):
@@ -209,11 +198,10 @@ def test_only_the_stitching_layer_trains():
         assert torch.equal(v, before_b[k]), k
 
 
-def test_stitch_experiment_penalty_and_matching_on_self():
-    data = synthetic_dataset(n_train=64, n_test=32)
-    a = _model(MYRTLE, 0)
+def test_stitch_experiment_penalty_and_matching_on_self(bn_model, tiny_data):
+    a = bn_model(MYRTLE, 0)
     b, _ = symmetry.random_transform(a, torch.Generator().manual_seed(3))
-    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], data, device="cpu",
+    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], tiny_data, device="cpu",
                                       settings=stitching.StitchSettings(epochs=1, bn_adapt=False,
                                                                         precision="float32"),
                                       feature_dtype=torch.float32)
@@ -225,16 +213,21 @@ def test_stitch_experiment_penalty_and_matching_on_self():
 EXACT = stitching.StitchSettings(epochs=0, bn_adapt=False, precision="float32")
 
 
-def _planted(seed=3):
-    a = _model(MYRTLE, 0)
-    b, elements = symmetry.random_transform(a, torch.Generator().manual_seed(seed))
-    return a, b, elements
+@pytest.fixture()
+def planted(bn_model):
+    """``planted(seed=3)``: ``bn_model(MYRTLE, 0)``, a random symmetry transform of it seeded ``seed``,
+    and that transform's elements."""
+    def make(seed=3):
+        a = bn_model(MYRTLE, 0)
+        b, elements = symmetry.random_transform(a, torch.Generator().manual_seed(seed))
+        return a, b, elements
+    return make
 
 
 @pytest.mark.parametrize("layer", ["act2", "act3"])
-def test_closed_form_starts_are_exact_on_a_planted_pair(layer):
+def test_closed_form_starts_are_exact_on_a_planted_pair(layer, planted):
     data = synthetic_dataset(n_train=96, n_test=64)
-    a, b, elements = _planted()
+    a, b, elements = planted()
     C = stitching.channels_at(a, layer)
     res = stitching.stitch_experiment(a, b, layer, ["full", f"rank{C}", "matching", "rank1"], data, None, None,
                                       EXACT, feature_dtype=torch.float32, device="cpu")
@@ -278,9 +271,9 @@ def test_least_squares_streams_and_reduced_rank_is_optimal():
             assert sse(Wr, br) <= sse(Rw, xb.mean(0) - Rw @ xa.mean(0)) + 1e-9
 
 
-def test_birkhoff_from_matching_keeps_the_planted_permutation():
+def test_birkhoff_from_matching_keeps_the_planted_permutation(planted):
     data = synthetic_dataset(n_train=128, n_test=64)
-    a, b, elements = _planted()
+    a, b, elements = planted()
     settings = stitching.StitchSettings(epochs=2, batch_size=32, bn_adapt=False, precision="float32")
     res = stitching.stitch_experiment(a, b, "act3", ["grelu"], data, None, None, settings,
                                       feature_dtype=torch.float32, device="cpu")
@@ -294,26 +287,26 @@ def test_birkhoff_from_matching_keeps_the_planted_permutation():
     assert len(res["variants"]["grelu"]["history"]) == 3
 
 
-def test_bad_input_names_the_accepted_values():
-    data = synthetic_dataset(n_train=64, n_test=32)
-    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+def test_bad_input_names_the_accepted_values(bn_model, tiny_data):
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
     s = stitching.stitch(a, b, "act2", "full")
-    fronts = stitching.front_features(a, "act2", data.x_train, device="cpu")
+    fronts = stitching.front_features(a, "act2", tiny_data.x_train, device="cpu")
     with pytest.raises(ValueError, match="64 images but 40 labels; accepted: one label per front"):
-        stitching.train_stitch(s, fronts, data.y_train[:40], fronts, data.y_train)
+        stitching.train_stitch(s, fronts, tiny_data.y_train[:40], fronts, tiny_data.y_train)
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
-        stitching.train_stitch(s, fronts, data.y_train, fronts, data.y_train, stitching.StitchSettings(epochs=-1))
+        stitching.train_stitch(s, fronts, tiny_data.y_train, fronts, tiny_data.y_train,
+                               stitching.StitchSettings(epochs=-1))
     with pytest.raises(ValueError, match="unknown variant 'affine'; accepted: 'full', 'rank<r>'"):
-        stitching.stitch_experiment(a, b, "act2", ["affine"], data, device="cpu")
+        stitching.stitch_experiment(a, b, "act2", ["affine"], tiny_data, device="cpu")
     for bad in ("rank0", "rank17"):
         with pytest.raises(ValueError, match=f"variant '{bad}': rank must be in 1..16"):
-            stitching.stitch_experiment(a, b, "act2", [bad], data, device="cpu")
+            stitching.stitch_experiment(a, b, "act2", [bad], tiny_data, device="cpu")
     with pytest.raises(ValueError, match="unknown init 'zeros'; accepted values: 'closed_form', 'random'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], data, settings=stitching.StitchSettings(init="zeros"))
+        stitching.stitch_experiment(a, b, "act2", ["full"], tiny_data, settings=stitching.StitchSettings(init="zeros"))
 
 
-def test_errors():
-    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+def test_errors(bn_model):
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
     with pytest.raises(ValueError, match="unknown layer 'conv9'.*act1, act2, act3, act4"):
         stitching.stitch(a, b, "conv9", "full")
     with pytest.raises(ValueError, match="rank must be an integer in 1..8"):
@@ -323,14 +316,14 @@ def test_errors():
     with pytest.raises(ValueError, match="layer_kind.*'full', 'rank', 'grelu'"):
         stitching.stitch(a, b, "act1", "affine")
     with pytest.raises(ValueError, match="same architecture"):
-        stitching.stitch(a, _model(RESNET), "act1", "full")
+        stitching.stitch(a, bn_model(RESNET), "act1", "full")
     with pytest.raises(ValueError, match="same device"):
         stitching.stitch(a, models.build(MYRTLE).to("meta"), "act1", "full")
     with pytest.raises(ValueError, match="equal shapes"):
         stitching.activation_matching(torch.rand(4, 3), torch.rand(4, 5))
 
 
-def test_rotated_model_applies_map_and_freezes_front():
+def test_rotated_model_applies_map_and_freezes_front(random_images):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
     g = torch.Generator().manual_seed(0)
     A = sanity.random_channel_map("orthogonal", 16, g)
@@ -338,7 +331,7 @@ def test_rotated_model_applies_map_and_freezes_front():
     P = sanity.random_channel_map("grelu", 16, g)
     assert groups.intertwiner_group("relu", 16).contains(P)
     new = sanity.rotated_model(m, "conv2", P)
-    x = _x(4)
+    x = random_images(4)
     z = m.conv2(m.act1(m.conv1(x)))
     torch.testing.assert_close(new.conv2(new.act1(new.conv1(x))), torch.einsum("ij,njhw->nihw", P.float(), z),
                                rtol=1e-4, atol=1e-5)
@@ -351,31 +344,29 @@ def test_rotated_model_applies_map_and_freezes_front():
         sanity.rotated_model(m, "conv7", P)
 
 
-def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch):
-    from lib import train, zoo
+def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch, tiny_data, tiny_recipe):
+    from lib import zoo
     monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
-    data = synthetic_dataset(n_train=64, n_test=32)
-    r = train.recipe("fast", epochs=1, batch_size=32, lr=0.05)
-    a, b = (zoo.get(MYRTLE, r, s, data=data, progress=False) for s in (0, 1))
+    r = tiny_recipe()
+    a, b = (zoo.get(MYRTLE, r, s, data=tiny_data, progress=False) for s in (0, 1))
     settings = stitching.StitchSettings(epochs=1, batch_size=32)
-    first = stitching.cached_experiment(a, b, "act2", ["matching"], data, 64, 32, settings)
+    first = stitching.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, settings)
     calls = []
     monkeypatch.setattr(stitching.experiment, "stitch_experiment", lambda *args, **kw: calls.append(1))
-    again = stitching.cached_experiment(a, b, "act2", ["matching"], data, 64, 32, settings)
+    again = stitching.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, settings)
     assert not calls and again["variants"]["matching"]["penalty"] == first["variants"]["matching"]["penalty"]
-    stitching.cached_experiment(a, b, "act3", ["matching"], data, 64, 32, settings)
+    stitching.cached_experiment(a, b, "act3", ["matching"], tiny_data, 64, 32, settings)
     assert calls == [1]                                  # another layer is another entry
     # A transformed copy of B has other weights, hence another entry (never B's cached result).
     copy, _ = symmetry.random_transform(b, torch.Generator().manual_seed(0))
-    stitching.cached_experiment(a, copy, "act2", ["matching"], data, 64, 32, settings)
+    stitching.cached_experiment(a, copy, "act2", ["matching"], tiny_data, 64, 32, settings)
     assert calls == [1, 1]
 
 
-def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one():
-    data = synthetic_dataset(n_train=64, n_test=32)
+def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one(tiny_data):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    z_tr = sanity.pre_activations(m, "conv2", data.x_train, dtype=torch.float32, device="cpu")
-    z_te = sanity.pre_activations(m, "conv2", data.x_test, dtype=torch.float32, device="cpu")
+    z_tr = sanity.pre_activations(m, "conv2", tiny_data.x_train, dtype=torch.float32, device="cpu")
+    z_te = sanity.pre_activations(m, "conv2", tiny_data.x_test, dtype=torch.float32, device="cpu")
     tail = m[3:]                       # after conv2 (16 channels at width 0.125)
     ref = tail(z_te)
     err = {}
@@ -387,23 +378,22 @@ def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one():
     assert err["grelu"] < 1e-3 < err["orthogonal"]
 
 
-def test_rotation_penalty_history_and_bad_input():
-    data = synthetic_dataset(n_train=64, n_test=32)
+def test_rotation_penalty_history_and_bad_input(tiny_data):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), data, 1, None, None,
-                                    batch_size=32, device="cpu", precision="float32")
+    res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), tiny_data, 1, None, None,
+                                  batch_size=32, device="cpu", precision="float32")
     assert [h["epoch"] for h in res["history"]] == [0, 1]
     # The refit start is the original function: penalty 0 before any fine-tuning.
     assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
-        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, -1, device="cpu")
+        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data, -1, device="cpu")
     with pytest.raises(ValueError, match="unknown start 'warm'; accepted values: 'refit', 'transformed'"):
-        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), data, 1, start="warm", device="cpu")
+        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data, 1, start="warm", device="cpu")
     with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
-        sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), data, 1, device="cpu")
+        sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), tiny_data, 1, device="cpu")
     with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
-        stitching.finetune.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), data.y_train[:40],
-                                         torch.zeros(2, 16, 32, 32), data.y_test[:2], 1)
+        stitching.finetune.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), tiny_data.y_train[:40],
+                                         torch.zeros(2, 16, 32, 32), tiny_data.y_test[:2], 1)
 
 
 def test_recovered_fraction_counts_live_channels_only():
@@ -471,11 +461,10 @@ def test_paper_scale_has_the_authors_protocols():
     assert SCALES["cpu"].finetune == dict(FINETUNE_FAST, lr=3e-4)
 
 
-def test_memo_keys_of_the_existing_protocols_are_unchanged():
+def test_memo_keys_of_the_existing_protocols_are_unchanged(tiny_data):
     from lib.cache import memo_key
-    data = synthetic_dataset(n_train=64, n_test=32)
     a, b = (models.build(MYRTLE, seed=s) for s in (0, 1))
-    key = {scale: memo_key(stitching.experiment_config(a, b, "act2", ["matching"], data, 64, 32,
+    key = {scale: memo_key(stitching.experiment_config(a, b, "act2", ["matching"], tiny_data, 64, 32,
                                                        stitching.settings_for_scale(scale)))
            for scale in ("smoke", "cpu", "gpu", "paper")}
     # The keys before the fields fronts, bn_epoch and random_bias existed (commit d5ff221).
@@ -485,40 +474,39 @@ def test_memo_keys_of_the_existing_protocols_are_unchanged():
     assert "fronts" in stitching.memo_settings(stitching.settings_for_scale("paper"))
 
 
-def test_augmented_fronts_differ_from_cached_ones_and_train():
-    data = synthetic_dataset(n_train=64, n_test=32)
-    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data):
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
     before_a = {k: v.clone() for k, v in a.state_dict().items()}
     s = stitching.stitch(a, b, "act2", "full")
-    cached = stitching.front_features(a, "act2", data.x_train, device="cpu")[0]
-    aug = stitching.augmented_front(s, data.x_train, torch.Generator().manual_seed(0))[0]
-    again = stitching.augmented_front(s, data.x_train, torch.Generator().manual_seed(0))[0]
+    cached = stitching.front_features(a, "act2", tiny_data.x_train, device="cpu")[0]
+    aug = stitching.augmented_front(s, tiny_data.x_train, torch.Generator().manual_seed(0))[0]
+    again = stitching.augmented_front(s, tiny_data.x_train, torch.Generator().manual_seed(0))[0]
     assert aug.shape == cached.shape and torch.equal(aug, again)          # seeded
     differs = (aug - cached).flatten(1).abs().amax(1) > 1e-4
     assert differs.float().mean() > 0.5                                    # most images are moved
-    te = stitching.front_features(a, "act2", data.x_test, device="cpu")
+    te = stitching.front_features(a, "act2", tiny_data.x_test, device="cpu")
     settings = stitching.StitchSettings(epochs=2, batch_size=16, lr=0.1, precision="float32")
     out = {}
     for fronts in stitching.FRONTS:
         m = stitching.stitch(a, b, "act2", "full")
         start = m.stitch.weight.detach().clone()
-        kw = dict(train_images=data.x_train) if fronts == "augmented" else {}
-        tr = None if fronts == "augmented" else stitching.front_features(a, "act2", data.x_train, device="cpu")
-        out[fronts] = stitching.train_stitch(m, tr, data.y_train, te, data.y_test,
+        kw = dict(train_images=tiny_data.x_train) if fronts == "augmented" else {}
+        tr = None if fronts == "augmented" else stitching.front_features(a, "act2", tiny_data.x_train, device="cpu")
+        out[fronts] = stitching.train_stitch(m, tr, tiny_data.y_train, te, tiny_data.y_test,
                                              dataclasses.replace(settings, fronts=fronts), **kw)
         assert len(out[fronts]["history"]) == 3 and not torch.equal(m.stitch.weight, start)
     # Same start and batch order: only the fronts differ, and so does what the layer learns.
     assert not torch.allclose(out["cached"]["matrix"], out["augmented"]["matrix"])
     for k, v in a.state_dict().items():
         assert torch.equal(v, before_a[k]), k
-    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], data, device="cpu",
+    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], tiny_data, device="cpu",
                                       settings=dataclasses.replace(settings, fronts="augmented", epochs=1))
     assert set(res["variants"]) == {"full_random", "matching"}
 
 
-def test_bn_epoch_pass_reestimates_b_statistics_with_the_rounded_permutation():
+def test_bn_epoch_pass_reestimates_b_statistics_with_the_rounded_permutation(bn_model):
     data = synthetic_dataset(n_train=32, n_test=16)
-    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
     s = stitching.stitch(a, b, "act1", "grelu", generator=torch.Generator().manual_seed(0))   # soft P
     for m in s.model_b.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -574,9 +562,9 @@ def test_paper_finetune_schedule_halves_the_rate_at_epoch_12():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)
 
 
-def test_unknown_protocol_values_name_the_accepted_ones():
+def test_unknown_protocol_values_name_the_accepted_ones(bn_model):
     data = synthetic_dataset(n_train=32, n_test=16)
-    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
     s = stitching.stitch(a, b, "act2", "full")
     fronts = stitching.front_features(a, "act2", data.x_train, device="cpu")
     y = data.y_train
@@ -593,9 +581,9 @@ def test_unknown_protocol_values_name_the_accepted_ones():
         stitching.finetune.lr_schedule(opt, "cosine", 1, 1)
 
 
-def test_random_bias_gives_random_starts_a_bias(monkeypatch):
+def test_random_bias_gives_random_starts_a_bias(monkeypatch, bn_model):
     data = synthetic_dataset(n_train=32, n_test=16)
-    a, b = _model(MYRTLE, 0), _model(MYRTLE, 1)
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
     built, real = [], stitching.experiment.stitch
     monkeypatch.setattr(stitching.experiment, "stitch",
                         lambda *args, **kw: built.append(real(*args, **kw)) or built[-1])

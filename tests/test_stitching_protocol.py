@@ -61,14 +61,13 @@ def test_unknown_grelu_p_names_the_accepted_values():
         stitching.check_settings(dataclasses.replace(FIXED, grelu_p="soft"))
 
 
-def test_memo_key_omits_new_fields_at_their_legacy_values(monkeypatch):
-    data = synthetic_dataset(n_train=64, n_test=32)
+def test_memo_key_omits_new_fields_at_their_legacy_values(monkeypatch, tiny_data):
     a, b = _pair()
     configs = []
     monkeypatch.setattr(experiment, "memo", lambda kind, config, compute: configs.append(config))
     legacy = stitching.StitchSettings(epochs=1)
     for s in (legacy, dataclasses.replace(legacy, grelu_p="fixed"), dataclasses.replace(legacy, grelu_lr=3e-3)):
-        experiment.cached_experiment(a, b, "act2", ["matching"], data, 64, 32, s)
+        experiment.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, s)
     assert "grelu_p" not in configs[0]["settings"] and "grelu_lr" not in configs[0]["settings"]
     # The legacy key is exactly the one of the settings before these fields existed.
     before = {k: v for k, v in dataclasses.asdict(legacy).items() if k not in stitching.LEGACY_FIELDS}

@@ -20,19 +20,16 @@ CASES = (
 IDS = [f"{arch}-{label}" for arch, _, label in CASES]
 
 
-def _model(arch, kwargs, seed):
-    torch.manual_seed(seed)
-    model = M.build(dict(arch=arch, **kwargs)).double().eval()
-    # Non-trivial BatchNorm statistics and affine parameters, as after training.
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g))
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(c, generator=g))
-            m.bias.data.copy_(torch.randn(c, generator=g))
-    return model
+@pytest.fixture()
+def double_model(randomize_batchnorm):
+    """``double_model(arch, kwargs, seed)``: ``arch`` built after ``torch.manual_seed(seed)``, in float64 and
+    eval mode, with BatchNorm statistics and affine parameters as after training (conftest's
+    ``randomize_batchnorm`` with spread 1 and signed weights, seeded ``seed``)."""
+    def make(arch, kwargs, seed):
+        torch.manual_seed(seed)
+        model = M.build(dict(arch=arch, **kwargs)).double()
+        return randomize_batchnorm(model, seed, spread=1.0, signed=True)
+    return make
 
 
 def _inputs(arch, seed, n=6):
@@ -46,8 +43,8 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("arch,kwargs,label", CASES, ids=IDS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_random_transform_preserves_function_and_moves_features(arch, kwargs, label, seed):
-    model = _model(arch, kwargs, seed)
+def test_random_transform_preserves_function_and_moves_features(arch, kwargs, label, seed, double_model):
+    model = double_model(arch, kwargs, seed)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = _inputs(arch, seed)
     new, elements = S.random_transform(model, torch.Generator().manual_seed(seed))
@@ -65,9 +62,9 @@ def test_random_transform_preserves_function_and_moves_features(arch, kwargs, la
 
 
 @pytest.mark.parametrize("activation", ["relu", "polynomial"])
-def test_eq_3_5_second_half_on_an_mlp(activation):
+def test_eq_3_5_second_half_on_an_mlp(activation, double_model):
     # f_{>m}(x, W') = f_{>m}(x, W) o phi(A_m)^-1: feed phi(A_m) h to the transformed tail.
-    model = _model("mlp", dict(activation=activation, sizes=(5, 7, 6, 3)), 0)
+    model = double_model("mlp", dict(activation=activation, sizes=(5, 7, 6, 3)), 0)
     new, elements = S.random_transform(model, torch.Generator().manual_seed(3))
     # Sequential layout: fc1, act1, fc2, act2, fc3; the tail after act_m starts at index 2m.
     for layer, idx in [("act1", 2), ("act2", 4)]:
@@ -84,8 +81,8 @@ def test_eq_3_5_second_half_on_an_mlp(activation):
     ("myrtle_cnn", dict(width=0.125), "gl"), ("resnet20", dict(width=0.25), "gl"),
     ("resnet20", dict(width=0.25, activation="tanh"), "monomial"),
 ])
-def test_symmetry_breaking_groups_change_the_function(arch, kwargs, group):
-    model = _model(arch, kwargs, 0)
+def test_symmetry_breaking_groups_change_the_function(arch, kwargs, group, double_model):
+    model = double_model(arch, kwargs, 0)
     x = _inputs(arch, 0, n=8)
     new, elements = S.random_transform(model, torch.Generator().manual_seed(0), group=group)
     assert _rel(new(x), model(x)) > 1e-2
@@ -99,15 +96,15 @@ def test_symmetry_breaking_groups_change_the_function(arch, kwargs, group):
     ("resnet20", dict(width=0.25, activation="tanh"), "signed_permutation"),
     ("myrtle_cnn", dict(width=0.125, activation="tanh"), "permutation"),
 ])
-def test_subgroups_of_the_intertwiner_group_preserve_the_function(arch, kwargs, group):
-    model = _model(arch, kwargs, 1)
+def test_subgroups_of_the_intertwiner_group_preserve_the_function(arch, kwargs, group, double_model):
+    model = double_model(arch, kwargs, 1)
     x = _inputs(arch, 1)
     new, _ = S.random_transform(model, torch.Generator().manual_seed(1), group=group)
     assert _rel(new(x), model(x)) < 1e-10
 
 
-def test_resnet_streams_share_elements_and_shortcuts_tie_channels():
-    model = _model("resnet20", dict(width=0.25), 0)
+def test_resnet_streams_share_elements_and_shortcuts_tie_channels(double_model):
+    model = double_model("resnet20", dict(width=0.25), 0)
     spec = M.symmetry_spec(model)
     _, el = S.random_transform(model, torch.Generator().manual_seed(2))
     for name, site in spec.sites.items():
@@ -160,8 +157,8 @@ def test_apply_elements_errors():
         S.random_transform(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), torch.Generator())
 
 
-def test_partial_elements_and_reproducibility():
-    model = _model("myrtle_cnn", dict(width=0.125, batchnorm=False), 0)
+def test_partial_elements_and_reproducibility(double_model):
+    model = double_model("myrtle_cnn", dict(width=0.125, batchnorm=False), 0)
     x = _inputs("myrtle_cnn", 0)
     # A single site (as in Section 3.3's one-layer transform) is a symmetry on its own.
     A = S.site_group(M.symmetry_spec(model).sites["act2"]).sample(torch.Generator().manual_seed(0), device="cpu")
@@ -181,10 +178,10 @@ def test_float32_models_keep_their_dtype():
 
 
 @pytest.mark.parametrize("arch,kwargs,label", CASES, ids=IDS)
-def test_eq35_second_half_where_f_after_m_is_defined(arch, kwargs, label):
+def test_eq35_second_half_where_f_after_m_is_defined(arch, kwargs, label, double_model):
     """f_{>m}(x, W') = f_{>m}(x, W) o phi(A_m)^{-1} at every layer where f_{>m} exists; inside a ResNet
     block ``forward_from`` refuses, since the rest of the network also reads the block's input."""
-    model, x = _model(arch, kwargs, 0), _inputs(arch, 0)
+    model, x = double_model(arch, kwargs, 0), _inputs(arch, 0)
     new, elements = S.random_transform(model, torch.Generator().manual_seed(7))
     feats, y = M.features(model, x), model(x)
     for layer in M.hidden_layers(model):
@@ -197,8 +194,8 @@ def test_eq35_second_half_where_f_after_m_is_defined(arch, kwargs, label):
         assert torch.allclose(M.forward_from(new, layer, h_new), y, rtol=1e-9, atol=1e-10), layer
 
 
-def test_transform_errors_and_second_half_errors():
-    model = _model("resnet20", dict(width=0.25), 0)
+def test_transform_errors_and_second_half_errors(double_model):
+    model = double_model("resnet20", dict(width=0.25), 0)
     x = _inputs("resnet20", 0)
     r = S.transform_errors(model, x, torch.Generator().manual_seed(0))
     assert r["out"] < 1e-10 and r["eq35"] < 1e-10 and r["moved"] > 0.1 and r["gl"] > 1e-2 and r["orth"] > 1e-2
