@@ -89,7 +89,7 @@ CONVNEXT_PAPER = dict(arch="convnext_cifar", layer_scale=0.1)
 #: ...and at the small scales lib.models.convnext20, laid out like ResNet20 (16/32/64 channels times
 #: the width, 3 blocks per stage, BatchNorm, 3x3 depthwise kernels, no layer scale), trained with the
 #: ResNets' recipe in its bfloat16 precision ("bulk", measured faster for it on the CPU: 464 against
-#: 293 images/s). Measured at `cpu` (width 0.25, 8 epochs): 64.8 % against the ResNets' 66.9-68.6 %;
+#: 293 images/s). Measured at `cpu` (width 0.25, 8 epochs): 64.2 % against the ResNets' 66.9 and 68.6 %;
 #: the LayerNorm/7x7 network had reached 54 %. No activation follows its residual additions either
 #: way, which is what Section 6 compares.
 CONVNEXT_CPU = dict(arch="convnext20")
