@@ -465,6 +465,73 @@ def test_convnext_cifar_builder():
         models.convnext_cifar(norm="group")
 
 
+def test_convnext20_mirrors_resnet20():
+    model = models.build(dict(arch="convnext20", width=0.25), seed=0).eval()
+    resnet = models.resnet20(width=0.25)
+    assert models.residual_outputs(model) == [f"stage{s}.{b}.out" for s in (1, 2, 3) for b in range(3)]
+    assert models.hidden_layers(model) == [f"stage{s}.{b}.act" for s in (1, 2, 3) for b in range(3)]
+    x = torch.randn(3, 3, 32, 32)
+    ours = models.features(model, x, D.stage_outputs(model))
+    theirs = models.features(resnet, x, D.stage_outputs(resnet))
+    assert [f.shape for f in ours.values()] == [f.shape for f in theirs.values()]   # 4/8/16 ch at 32/16/8 px
+    assert model(x).shape == (3, 10) and model.stage1[0].gamma is None and model.stage1[0].dw.bias is None
+    # The cut after every hidden layer reproduces the model.
+    for layer in ("stage1.0.act", "stage2.1.act", "stage3.2.act"):
+        front, back = models.split(model, layer)
+        assert torch.allclose(back(front(x)), model(x), atol=1e-6)
+    # No activation after the addition: with pw2 zeroed a block is the identity.
+    block = model.stage3[2]
+    with torch.no_grad():
+        block.pw2.weight.zero_(), block.pw2.bias.zero_()
+        inp = torch.randn(2, 16, 8, 8)
+        assert torch.equal(block(inp), inp)
+    assert models.build(model.arch).arch == model.arch
+    for bad in (dict(width=0), dict(depth=0), dict(depth=1.5)):
+        with pytest.raises(ValueError, match="width|depth"):
+            models.convnext20(**bad)
+
+
+def test_dissection_layer_is_the_last_residual_output_with_enough_units():
+    assert D.dissection_layer(models.resnet20(width=0.25)) == ("layer3.2", 16)
+    assert D.dissection_layer(models.convnext20(width=0.25)) == ("stage3.2.out", 16)
+    with pytest.raises(ValueError, match="'stage3.2.out' has 8 units; dissection needs at least 16"):
+        D.dissection_layer(models.convnext20(width=0.125))
+
+
+def test_head_absorbs_any_invertible_map_at_the_last_residual_output():
+    model = models.convnext20(width=0.25).eval()
+    with torch.no_grad():
+        model.norm.running_mean.normal_(), model.norm.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(4, 3, 32, 32)
+        h = models.features(model, x, ["stage3.2.out"])["stage3.2.out"]
+        a = torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+        out = model(x)
+        assert (D.head_after_basis_change(model, h, a) - out).abs().max() < 1e-5 * out.abs().max()
+        # Without A^-1 in the head the same change of basis does change the outputs.
+        moved = model.classify(torch.einsum("ij,njhw->nihw", a, h))
+        assert (moved - out).abs().max() > 0.1 * out.abs().max()
+    with pytest.raises(ValueError, match=r"a must be \(16, 16\)"):
+        D.head_after_basis_change(model, h, torch.eye(3))
+
+
+def test_object_concept_is_the_class_in_a_central_disc(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6) % 3
+    ds = D.BrodenDataset(D.make_concept_dataset(tmp_path / "o", 6, seed=0, images=images, labels=labels,
+                                                class_names=("cat", "dog", "ship"), object_radius=10))
+    assert "object" in ds.categories and "dog-object" in ds.concepts and "dog" in ds.concepts
+    x, masks, annotated = next(ds.batches(6))
+    obj = np.array(ds.concept_categories) == "object"
+    m = masks[:, obj].numpy()
+    assert (m.sum(1) <= 1).all() and m.any(1).sum((1, 2)).tolist() == [316] * 6   # pi 10^2 on the pixel grid
+    assert m[:, :, 16, 16].any(1).all() and not m[:, :, 0, 0].any()
+    with pytest.raises(ValueError, match="object_radius needs labels"):
+        D.make_concept_dataset(tmp_path / "p", 2, images=images, object_radius=10)
+    with pytest.raises(ValueError, match=r"object_radius must be a radius in pixels in \(0, 16\]"):
+        D.make_concept_dataset(tmp_path / "q", 2, images=images, labels=labels, class_names=("a", "b", "c"),
+                               object_radius=20)
+
+
 def test_bad_inputs(concept_ds):
     acts = torch.randn(2, 3, 4, 4)
     masks = torch.zeros(2, 2, 4, 4, dtype=torch.bool)
@@ -719,7 +786,11 @@ def test_trio_families_at_cpu_share_and_compare():
     assert key("resnet20_dissection") == key("resnet20_slope0")
     assert book["resnet20_noresrelu"]["arch"] == dict(book["resnet20_dissection"]["arch"], residual_activation=False)
     assert book["resnet20_noresrelu"]["recipe"] == book["resnet20_dissection"]["recipe"]
-    assert book["convnext"]["arch"]["norm"] == "batch" and book["convnext"]["recipe"].precision == "float32"
+    # The ConvNeXt-style network mirrors ResNet20 and trains with the ResNets' recipe, bfloat16 included.
+    assert book["convnext"]["arch"] == dict(arch="convnext20", width=book["resnet20_dissection"]["arch"]["width"])
+    assert book["convnext"]["recipe"] == book["resnet20_dissection"]["recipe"]
+    assert book["convnext"]["recipe"].precision == "bulk"
+    assert zoo.book_models("paper")["convnext"]["arch"]["arch"] == "convnext_cifar"
     assert [name for name, *_ in D.ZOO_TRIO] == ["resnet20_dissection", "resnet20_noresrelu", "convnext"]
     # Sections 4-5's ResNet20 is untouched.
     assert book["resnet20"]["arch"] == dict(arch="resnet20", width=0.5)

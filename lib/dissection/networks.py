@@ -17,18 +17,21 @@ from torchvision.models.resnet import Bottleneck
 from .. import zoo
 from ..config import file_sha256
 from ..data import load_data
-from ..models import residual_outputs
+from ..models import features, residual_outputs
 
-__all__ = ["ZOO_TRIO", "stage_outputs", "strip_residual_relu", "imagenet_models", "zoo_models"]
+__all__ = ["ZOO_TRIO", "MIN_UNITS", "stage_outputs", "dissection_layer", "strip_residual_relu", "imagenet_models",
+           "zoo_models"]
 
-#: The small-scale trio from the zoo, each ``(zoo family, label, residual-stream output, layer inside the
-#: block)``. The residual output named here is the paper's choice (the last one); the chapter may
-#: dissect another stage (:func:`stage_outputs`), since colour detectors sit early in these small
-#: CIFAR networks.
+#: The fewest units a dissected layer may have: with fewer, one unit moves the interpretable
+#: fraction by more than 6 pp and the counts along alpha cannot show a trend.
+MIN_UNITS = 16
+
+#: The small-scale trio from the zoo, each ``(zoo family, label)``. Each is dissected at its last
+#: residual output, the paper's choice (:func:`dissection_layer`).
 ZOO_TRIO = (
-    ("resnet20_dissection", "ResNet20, ReLU on the residual stream", "layer3.2", "layer3.2.act1"),
-    ("resnet20_noresrelu", "ResNet20, no residual ReLU", "layer3.2", "layer3.2.act1"),
-    ("convnext", "ConvNeXt-style, no residual activation", "stage3.1.out", "stage3.1.act"),
+    ("resnet20_dissection", "ResNet20, ReLU on the residual stream"),
+    ("resnet20_noresrelu", "ResNet20, no residual ReLU"),
+    ("convnext", "ConvNeXt-style, no residual activation"),
 )
 
 
@@ -52,6 +55,38 @@ def stage_outputs(model: nn.Module) -> list[str]:
     for name in residual_outputs(model):
         last[name.split(".")[0]] = name
     return list(last.values())
+
+
+def dissection_layer(model: nn.Module, min_units: int = MIN_UNITS) -> tuple[str, int]:
+    """The layer Section 6 dissects: the last residual-stream output, as in the paper.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A ResNet20 or CIFAR ConvNeXt of :mod:`lib.models` (32 x 32 inputs).
+    min_units : int
+        The fewest units (channels) accepted.
+
+    Returns
+    -------
+    layer : str
+        E.g. ``"layer3.2"`` (ResNet20) or ``"stage3.2.out"`` (:func:`lib.models.convnext20`).
+    units : int
+        Its channels.
+
+    Raises
+    ------
+    ValueError
+        If that layer has fewer than ``min_units`` channels (a model too narrow to dissect).
+    """
+    layer = stage_outputs(model)[-1]
+    with torch.no_grad():
+        units = features(model.eval(), torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device),
+                         [layer])[layer].shape[1]
+    if units < min_units:
+        raise ValueError(f"the last residual output {layer!r} has {units} units; dissection needs at least "
+                         f"{min_units}: use a wider model (width multiplier)")
+    return layer, units
 
 
 class _BottleneckNoResidualReLU(nn.Module):
@@ -176,17 +211,20 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
     Returns
     -------
     dict
-        ``{name: dict(model, label, layer, inner_layer, key, test_acc, arch, seconds)}``: ``key`` is
+        ``{name: dict(model, label, layer, inner_layer, key, test_acc, arch, seconds)}``: ``layer`` is
+        :func:`dissection_layer`, ``inner_layer`` the activation inside that block; ``key`` is
         the zoo's model key, ``test_acc`` the test accuracy (a fraction), ``arch`` the architecture
         settings as text (``"arch=resnet20, width=0.25"``), ``seconds`` the recorded training time.
     """
     data = data or load_data()
     book = zoo.book_models(scale, seed)
     out = {}
-    for name, label, layer, inner in ZOO_TRIO:
+    for name, label in ZOO_TRIO:
         entry = book[name]
         model_seed = entry["seeds"][0]
         model = zoo.get(entry["arch"], entry["recipe"], model_seed, data=data, device=device, progress=False)
+        layer, _ = dissection_layer(model)
+        inner = layer.removesuffix(".out") + (".act" if layer.endswith(".out") else ".act1")
         out[name] = dict(model=model, label=label, layer=layer, inner_layer=inner,
                          key=zoo.model_key(entry["arch"], entry["recipe"], model_seed, data.identity),
                          test_acc=model.zoo_meta["test_acc"], seconds=model.zoo_meta["seconds"],

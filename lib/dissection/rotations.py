@@ -8,7 +8,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = ["random_rotation", "rotation_power", "geodesic_checks"]
+__all__ = ["random_rotation", "rotation_power", "geodesic_checks", "head_after_basis_change"]
 
 
 def _generator(generator) -> torch.Generator:
@@ -140,3 +140,43 @@ def geodesic_checks(q: torch.Tensor, alphas, atol: float = 1e-9) -> dict:
         "Q^0 = I": torch.allclose(rotation_power(q, 0.0), eye, atol=atol),
         "Q^1 = Q": torch.allclose(rotation_power(q, 1.0), q, atol=atol),
     }
+
+
+def head_after_basis_change(model: torch.nn.Module, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The outputs of a :func:`lib.models.convnext20` from its last residual output ``h`` after the
+    change of basis ``h -> A h``, with ``A^{-1}`` folded into the head.
+
+    The last residual output has no activation; the head reads it through BatchNorm (in eval mode
+    a per-channel affine map ``s * h + t``), a spatial mean and a linear layer ``W``, so the head
+    ``W diag(s) A^{-1}`` with bias ``W t + c`` applied to the mean of ``A h`` gives the original
+    outputs for every invertible ``A``: the site's symmetry group is all of ``GL_n``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`lib.models.ConvNeXt20` in eval mode.
+    h : torch.Tensor
+        ``(N, C, H, W)``, the output of its last block.
+    a : torch.Tensor
+        ``(C, C)``, invertible.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, num_classes)``, equal to ``model.classify(h)`` up to rounding.
+
+    Raises
+    ------
+    ValueError
+        If ``a`` is not a square matrix of ``h``'s channel count.
+    """
+    c = h.shape[1]
+    if a.shape != (c, c):
+        raise ValueError(f"a must be ({c}, {c}) for {c} channels, got {tuple(a.shape)}")
+    bn, head = model.norm, model.head
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    t = bn.bias - bn.running_mean * s
+    a = a.to(h.dtype)
+    z = torch.einsum("ij,njhw->nihw", a, h).mean((2, 3))        # the rotated site, pooled: (N, C)
+    w = head.weight * s @ torch.linalg.inv(a)                    # W diag(s) A^-1: (classes, C)
+    return z @ w.T + head.weight @ t + head.bias

@@ -34,7 +34,7 @@ __all__ = ["concept_dataset", "dissect_memo", "stage_scan", "most_interpretable_
 
 
 def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, seed: int = 0, data=None,
-                    pasted: bool = True):
+                    pasted: bool = True, object_radius: float | None = None):
     """The concept dataset of Section 6 at ``scale``: ``(BrodenDataset, config dict)``.
 
     ``paper``: the real Broden dataset at ``broden_dir`` (required), images resized to 224 and
@@ -42,7 +42,8 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     (default: the scale's ``dissection_images``) CIFAR-10 test images with their class labels, written
     once under ``cache_dir("broden")``. ``pasted=False`` leaves the images untouched: no pasted
     textures and shapes, only the concepts computed from the photographs themselves (per-pixel colour
-    names and the image-level class).
+    names and the image-level class). ``object_radius`` adds the ``object`` category: the image's
+    class in a central disc of that radius (pixels), a crude stand-in for Broden's object masks.
 
     Parameters
     ----------
@@ -58,6 +59,9 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
         CIFAR-10 (default: :func:`lib.data.load_data`).
     pasted : bool
         Paste textures and shapes into the images (True) or keep the photographs (False).
+    object_radius : float, optional
+        Radius in pixels of the ``object`` concept's central disc (None: no object category);
+        ignored at ``paper`` scale, where Broden has real object masks.
 
     Returns
     -------
@@ -82,12 +86,15 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     n = scale_settings(scale).dissection_images if n_images is None else n_images
     data = data or load_data()
     p = 0.5 if pasted else 0.0
-    root = cache_dir("broden") / f"cifar10-test-n{n}-seed{seed}{'' if pasted else '-natural'}"
+    obj = "" if object_radius is None else f"-object{float(object_radius):g}"
+    root = cache_dir("broden") / f"cifar10-test-n{n}-seed{seed}{'' if pasted else '-natural'}{obj}"
     make_concept_dataset(root, n, seed=seed, images=data.x_test.numpy(), labels=data.y_test.numpy(),
-                         p_texture=p, p_shape=p)
+                         p_texture=p, p_shape=p, object_radius=object_radius)
     config = dict(generator="make_concept_dataset", n_images=n, seed=seed, data=data.identity)
     if not pasted:      # the pasted dataset keeps its old config, so its cached dissections stay valid
         config["pasted"] = False
+    if object_radius is not None:
+        config["object_radius"] = float(object_radius)
     return BrodenDataset(root), config
 
 

@@ -119,7 +119,8 @@ def _encode_mask(number: np.ndarray) -> np.ndarray:
 
 def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray | None = None,
                          labels: np.ndarray | None = None, class_names=CIFAR10_CLASSES,
-                         p_texture: float = 0.5, p_shape: float = 0.5, size: int = 32) -> Path:
+                         p_texture: float = 0.5, p_shape: float = 0.5, size: int = 32,
+                         object_radius: float | None = None) -> Path:
     """Write a small concept dataset in the Broden layout to ``root`` (read it with :class:`BrodenDataset`).
 
     Images are ``images[k]`` for ``n_images`` distinct random ``k`` (uint8 ``(N, S, S, 3)``, e.g.
@@ -142,6 +143,11 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
       learned colour-naming model; nearest-reference is a cruder stand-in.
     * category ``class`` (image-level, only if ``labels`` is given): the image's class,
       ``class_names[labels[k]]``, in the role of Broden's image-level scene category.
+    * category ``object`` (pixel-level, only if ``labels`` and ``object_radius`` are given): the
+      image's class restricted to the central disc of radius ``object_radius`` pixels, named
+      ``f"{class_names[labels[k]]}-object"``. A crude stand-in for Broden's object masks, resting
+      on CIFAR-10's objects being roughly centred (radius 10 at S = 32 covers about 31 % of the
+      pixels); there are no object masks to be had offline.
 
     Images without a texture (or shape) have no annotation in that category, as in Broden, so they
     do not count for those concepts' IoU; with ``p_texture=0`` (``p_shape=0``) the category is left
@@ -167,6 +173,9 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
         Probability (fraction of images, in [0, 1]) that an image gets a texture patch / a shape.
     size : int
         Side of the synthetic images (pixels, >= 16); ignored when ``images`` is given.
+    object_radius : float, optional
+        Radius in pixels of the central disc of the ``object`` category (None: no such category;
+        needs ``labels``).
 
     Returns
     -------
@@ -200,11 +209,18 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
             raise ValueError(f"labels must be ints in [0, {len(class_names)}) of shape ({len(images)},)")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if object_radius is not None:
+        if labels is None:
+            raise ValueError("object_radius needs labels: the object concept is the image's class in a central disc")
+        if not 0 < object_radius <= size / 2:
+            raise ValueError(f"object_radius must be a radius in pixels in (0, {size / 2:g}], got {object_radius!r}")
 
     meta = dict(n_images=n_images, seed=seed, p_texture=p_texture, p_shape=p_shape, size=size,
                 class_names=list(class_names) if labels is not None else None,
                 images=hashlib.sha256(images.tobytes()).hexdigest() if images is not None else None,
                 labels=hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labels is not None else None)
+    if object_radius is not None:   # only then, so that datasets written without it stay valid
+        meta["object_radius"] = float(object_radius)
     meta_path = root / "make_concept_dataset.json"
     if root.exists():
         if meta_path.is_file():
@@ -220,6 +236,8 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
                                                                 ("shape", SHAPE_NAMES, p_shape)) if p > 0]
     if labels is not None:
         cats.append(("class", tuple(class_names)))
+    if object_radius is not None:
+        cats.append(("object", tuple(f"{c}-object" for c in class_names)))
     names = [n for _, ns in cats for n in ns]
     if len(set(names)) != len(names):
         raise ValueError(f"class_names must not repeat or reuse colour/texture/shape names: {list(class_names)}")
@@ -234,6 +252,8 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
     cover = np.zeros(number)
     cat_freq = {cat: 0 for cat, _ in cats}
     index_rows = []
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (object_radius or 0) ** 2
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
@@ -242,7 +262,7 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
             img = images[picks[i]].astype(np.float64) if images is not None else _synthetic_base(rng, size)
             stem = f"{i:05d}"
             row = dict(image=f"{stem}.png", split="train", ih=size, iw=size, sh=size, sw=size,
-                       color=f"{stem}_color.png", **{c: "" for c in first if c in ("texture", "shape")})
+                       color=f"{stem}_color.png", **{c: "" for c in first if c in ("texture", "shape", "object")})
             texture = shape = None
             # Draws happen only for categories in use, so p = 0 leaves the random stream of the rest alone.
             if p_texture > 0 and rng.random() < p_texture:
@@ -270,6 +290,8 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
                     layers["texture"] = np.where(region, first["texture"] + texture[0], 0)
             if shape is not None:
                 layers["shape"] = np.where(shape[1], first["shape"] + shape[0], 0)
+            if object_radius is not None:
+                layers["object"] = np.where(disc, first["object"] + int(labels[picks[i]]), 0)
             for cat, lab in layers.items():
                 Image.fromarray(_encode_mask(lab)).save(tmp / "images" / f"{stem}_{cat}.png")
                 row[cat] = f"{stem}_{cat}.png"

@@ -10,7 +10,7 @@ Modules: ``spec`` (sites, specs and the small helpers that write them), ``myrtle
 ``mlp``, ``convnext`` (one architecture each: blocks, builder, spec factory, cut) and ``registry``
 (:data:`ARCHITECTURES` and the functions that work on any model).
 """
-from .convnext import ConvNeXtBlock, ConvNeXtCIFAR, LayerNorm2d, convnext_cifar
+from .convnext import ConvNeXt20, ConvNeXtBlock, ConvNeXtCIFAR, LayerNorm2d, convnext20, convnext_cifar
 from .mlp import mlp, mlp_spec
 from .myrtle import myrtle_cnn, myrtle_spec
 from .registry import (ARCHITECTURES, SPEC_ARCHITECTURES, Architecture, build, features, forward_from,
@@ -20,8 +20,8 @@ from .spec import Site, SymmetrySpec
 
 __all__ = [
     "Site", "SymmetrySpec", "myrtle_spec", "resnet_spec", "mlp_spec",
-    "myrtle_cnn", "resnet20", "mlp", "convnext_cifar",
-    "ResNet", "BasicBlock", "PadShortcut", "ConvNeXtCIFAR", "ConvNeXtBlock", "LayerNorm2d",
+    "myrtle_cnn", "resnet20", "mlp", "convnext_cifar", "convnext20",
+    "ResNet", "BasicBlock", "PadShortcut", "ConvNeXtCIFAR", "ConvNeXt20", "ConvNeXtBlock", "LayerNorm2d",
     "Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "split", "symmetry_spec",
     "hidden_layers", "layer_info", "features", "forward_from", "residual_outputs",
 ]

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import check_choice
 from ..activations import Activation
-from .convnext import ConvNeXtBlock, convnext_cifar, split_convnext
+from .convnext import ConvNeXtBlock, convnext20, convnext_cifar, split_convnext
 from .mlp import mlp
 from .myrtle import myrtle_cnn
 from .resnet import BasicBlock, authors_index, resnet20, split_resnet
@@ -53,6 +53,7 @@ ARCHITECTURES = {
     "resnet20": Architecture(resnet20, split_resnet, symmetric=True, paper_index=authors_index),
     "mlp": Architecture(mlp, split_sequential, symmetric=True),
     "convnext_cifar": Architecture(convnext_cifar, split_convnext, symmetric=False),
+    "convnext20": Architecture(convnext20, split_convnext, symmetric=False),
 }
 """dict: ``{name: Architecture}``; ``name`` is the ``"arch"`` entry of a model's architecture dict."""
 
