@@ -126,22 +126,22 @@ STITCH_FAST = dict(
     random_bias=False,        # random starts of full/rank layers get a bias (closed-form starts always
                               # fit one); the authors' layers have none (Stitcher(bias=False))
 )
-#: The authors' protocol (implementation notes, and their release: stitch_*.slurm): plain SGD at a
-#: constant lr 1e-3, batch 32, random starts without bias, A's front recomputed per batch from augmented
-#: images, and the --bn_epoch pass for G_ReLU layers.
+#: The authors' protocol, from the implementation notes and their release (stitch_*.slurm), is plain
+#: SGD at a constant lr 1e-3, batch 32, random starts without bias, A's front recomputed per batch
+#: from augmented images, and the --bn_epoch pass for G_ReLU layers.
 STITCH_PAPER = dict(STITCH_FAST, optimizer="sgd", lr_decay=False, batch_size=32, init="random",
                     fronts="augmented", bn_epoch="grelu")
 
 #: How the tail is fine-tuned after the transform of the sanity test (Fig. 4), Adam with lr 1e-3:
 #: batches of 256 and a rate decaying linearly to 0 for few epochs...
 FINETUNE_FAST = dict(batch_size=256, lr=1e-3, schedule="linear", step_size=0, gamma=1.0)
-#: ...and the authors' recipe: batch 32, StepLR halving the rate every 12 epochs.
+#: ...and the authors' recipe, batch 32 with StepLR halving the rate every 12 epochs.
 FINETUNE_PAPER = dict(batch_size=32, lr=1e-3, schedule="step", step_size=12, gamma=0.5)
 
-#: The ResNet20 layers stitched below `paper` scale: the stem, the first block's inner ReLU of stages
+#: The ResNet20 layers stitched below `paper` scale are the stem, the first block's inner ReLU of stages
 #: 1 and 2, and the last block outputs of stages 2 and 3 (5 of the 19, both kinds represented)...
 RESNET_LAYERS = ("act1", "layer1.0.act1", "layer2.0.act1", "layer2.2.act2", "layer3.2.act2")
-#: ...and those of the slope sweep: a block output and an in-block ReLU.
+#: ...and those of the slope sweep, a block output and an in-block ReLU.
 SLOPE_LAYERS = ("layer2.2.act2", "layer3.0.act1")
 
 #: The seed of the one fixed shuffle from which every chapter draws its image subsets (lib.data.subset).

@@ -22,7 +22,7 @@ from ..models import features, residual_outputs
 __all__ = ["ZOO_TRIO", "MIN_UNITS", "stage_outputs", "dissection_layer", "strip_residual_relu", "imagenet_models",
            "zoo_models"]
 
-#: The fewest units a dissected layer may have: with fewer, one unit moves the interpretable
+#: The fewest units a dissected layer may have. With fewer, one unit moves the interpretable
 #: fraction by more than 6 pp and the counts along alpha cannot show a trend.
 MIN_UNITS = 16
 
