@@ -17,11 +17,11 @@ One module or subpackage per concept; callers import from where the code lives::
       data.py          CIFAR-10 as tensors, on-device augmentation, a synthetic stand-in for tests
       train.py         the Recipe type and the training loop
       zoo/             trained models cached on disk (store) and the book's families (book);
-                       ``python -m lib.zoo train``
+                       python -m lib.zoo train
       stitching/       matching, layers, surgery, training, experiment, sanity, finetune (3.3, 4)
       metrics/         similarity measures: preprocessing, gram, cka, procrustes, layers (Section 5)
       dissection/      network dissection: iou, broden, synthetic, study (Section 6)
-      results.py       recorded numbers, tables, ``python -m lib.results compare``
+      results.py       recorded numbers, tables, python -m lib.results compare
       plotting.py      figures
       sweep.py         a chapter run per parameter combination (papermill, Dask)
       devicecheck.py   the project's own check on a GPU machine
