@@ -5,6 +5,8 @@ architecture's training throughput on this machine (``lib.train.throughput``), t
 and epochs of every model the book trains at ``cpu`` scale. Adding models or epochs that cannot fit
 makes this test fail.
 """
+import os
+
 import pytest
 
 from lib import train, zoo
@@ -16,6 +18,12 @@ ZOO_SHARE = 0.65
 
 
 def test_cpu_zoo_training_fits_the_book_budget():
+    # The calibration reads the machine's speed at this moment. With other work on the cores (a
+    # helper's training run measured 173 min instead of 56) it reads the load, not the machine, so the
+    # test is skipped rather than failed; CI runs it on an otherwise idle machine.
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 1.5 * cores:
+        pytest.skip(f"load average {load:.1f} on {cores} cores: a throughput calibration would measure the load")
     est = zoo.estimate_book_seconds("cpu", steps=2)
     total = sum(e["seconds"] for e in est.values())
     detail = ", ".join(f"{k}: {e['models']} x {e['seconds'] / max(1, e['models']) / 60:.1f} min"
