@@ -230,7 +230,7 @@ def test_model_and_memo_keys_are_those_before_the_redesign():
 def test_stitching_protocol_per_scale_is_the_one_before_the_redesign():
     fast = dict(optimizer="adam", lr=1e-3, lr_decay=True, momentum=0.0, weight_decay=1e-4, batch_size=128, alpha=0.1,
                 sinkhorn_rounds=16, p_only_fraction=0.5, bn_adapt=True, init="closed_form", precision="bulk",
-                fronts="cached", bn_epoch="none", random_bias=False, grelu_p="birkhoff", grelu_lr=None)
+                fronts="cached", bn_epoch="none", random_bias=False, grelu_p="birkhoff", grelu_lr=None, evals_per_epoch=1)
     assert {s: settings.SCALES[s].stitch for s in ("smoke", "cpu", "gpu")} == {
         "smoke": dict(fast, epochs=1), "cpu": dict(fast, epochs=4), "gpu": dict(fast, epochs=5)}
     # The authors' protocol (issue 11): augmented fronts and the BatchNorm pass for G_ReLU layers.

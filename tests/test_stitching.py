@@ -448,7 +448,8 @@ def test_paper_scale_has_the_authors_protocols():
             paper.epochs, paper.init) == ("sgd", 1e-3, False, 0.0, 1e-4, 32, 20, "random")
     assert (paper.fronts, paper.bn_epoch, paper.random_bias) == ("augmented", "grelu", False)
     assert (paper.alpha, paper.sinkhorn_rounds, paper.p_only_fraction, paper.bn_adapt) == (0.1, 16, 0.5, True)
-    assert SCALES["paper"].finetune == dict(batch_size=32, lr=1e-3, schedule="step", step_size=12, gamma=0.5)
+    assert SCALES["paper"].finetune == dict(batch_size=32, lr=1e-3, schedule="step", step_size=12, gamma=0.5,
+                                            evals_per_epoch=1)
     S = SCALES["paper"]
     assert (S.resnet_pairs, S.resnet_layers, S.slope_layers) == (16, "all", "all") and S.slope_pairs > 1
     assert set(S.resnet_variants) == {"full", "rank1", "rank2", "rank4", "grelu", "matching"}
@@ -456,9 +457,11 @@ def test_paper_scale_has_the_authors_protocols():
     for scale in ("smoke", "cpu", "gpu"):
         s = stitching.settings_for_scale(scale)
         assert {k: getattr(s, k) for k in stitching.LEGACY_FIELDS} == stitching.LEGACY_FIELDS
-    # The fine-tune keeps the fast schedule below paper scale; cpu runs it at a third of the rate (issue 10).
+    # The fine-tune keeps the fast schedule below paper scale; cpu runs it at a third of the rate and
+    # evaluates four times per epoch on all test images (issue 10).
     assert SCALES["smoke"].finetune == SCALES["gpu"].finetune == FINETUNE_FAST
-    assert SCALES["cpu"].finetune == dict(FINETUNE_FAST, lr=3e-4)
+    assert SCALES["cpu"].finetune == dict(FINETUNE_FAST, lr=3e-4, evals_per_epoch=4)
+    assert SCALES["cpu"].finetune_eval_images is None
 
 
 def test_memo_keys_of_the_existing_protocols_are_unchanged(tiny_data):

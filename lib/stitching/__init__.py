@@ -7,11 +7,13 @@ is computed once per image set; only the stitching layer trains.
 
 Modules: ``matching`` (Sinkhorn, Hungarian, activation matching, least squares, feature sums),
 ``layers`` (:class:`StitchLayer`), ``surgery`` (A's state at a layer, :class:`Stitched`, :func:`stitch`),
-``training`` (:class:`StitchSettings`, :func:`train_stitch`), ``experiment`` (:func:`stitch_experiment`
+``training`` (:class:`StitchSettings`, :func:`train_stitch`), ``curves`` (evaluations within an epoch,
+:func:`last_quarter_change`), ``experiment`` (:func:`stitch_experiment`
 and its disk cache), ``sanity`` (the rotation penalty of Fig. 4: transform a pre-activation, freeze the
 front, fine-tune the rest) and ``finetune`` (that fine-tuning and its learning-rate schedules).
 """
 from . import finetune, sanity
+from .curves import check_evals_per_epoch, eval_steps, last_quarter_change
 from .experiment import VARIANT_HELP, cached_experiment, experiment_config, parse_variant, stitch_experiment
 from .layers import LAYER_KINDS, StitchLayer
 from .matching import (activation_matching, add_moments, channels_last_2d, hungarian, least_squares,
@@ -19,7 +21,7 @@ from .matching import (activation_matching, add_moments, channels_last_2d, hunga
                        sinkhorn)
 from .surgery import Stitched, channels_at, feature_moments, front_features, stitch
 from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, LEGACY_FIELDS, StitchSettings, augmented_front, bn_epoch_stats,
-                       check_settings, last_quarter_change, memo_settings, settings_for_scale, train_stitch)
+                       check_settings, memo_settings, settings_for_scale, train_stitch)
 
 __all__ = [
     "sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments", "matching_from_moments",
@@ -27,7 +29,8 @@ __all__ = [
     "LAYER_KINDS", "StitchLayer",
     "channels_at", "front_features", "feature_moments", "Stitched", "stitch",
     "INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
-    "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch", "last_quarter_change",
+    "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch",
+    "check_evals_per_epoch", "eval_steps", "last_quarter_change",
     "VARIANT_HELP", "parse_variant", "stitch_experiment", "experiment_config", "cached_experiment",
     "finetune", "sanity",
 ]

@@ -106,7 +106,7 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
         ``clean`` (A's and B's test accuracies, fractions), ``layer``, ``n_train``, ``n_test``,
         ``moments_seconds`` (A's fronts and the feature sums, one pass) and ``variants[name]``:
         ``best_acc``, ``final_acc`` (fractions), ``penalty`` (eq. 4.3 with the best accuracy, a
-        fraction), ``final_penalty``, ``history`` (per epoch, the start as epoch 0, each row with its
+        fraction), ``final_penalty``, ``history`` (per evaluation, the start as epoch 0, each row with its
         ``penalty``), ``matrix``, ``seconds``, ``kind``, ``rank``, ``init``, and for
         ``grelu``/``matching`` closed-form starts ``perm``/``scales``.
     """

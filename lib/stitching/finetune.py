@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import PRECISIONS, autocast, check_choice
+from .curves import eval_steps
 
 __all__ = ["SCHEDULES", "lr_schedule", "tail_accuracy", "finetune_tail"]
 
@@ -66,7 +67,8 @@ def lr_schedule(opt: torch.optim.Optimizer, schedule: str, epochs: int, steps_pe
 def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, test_z: torch.Tensor,
                   y_test: torch.Tensor, epochs: int, batch_size: int = 256, lr: float = 1e-3,
                   weight_decay: float = 1e-4, seed: int = 0, precision: str = "bulk",
-                  schedule: str = "linear", step_size: int = 12, gamma: float = 0.5) -> list[dict]:
+                  schedule: str = "linear", step_size: int = 12, gamma: float = 0.5,
+                  evals_per_epoch: int = 1) -> list[dict]:
     """Train ``net`` (the transform and the layers after it) in place on cached pre-activations.
 
     Adam with ``weight_decay`` on parameters named ``weight``; no augmentation.
@@ -90,12 +92,14 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
     schedule, step_size, gamma : str, int, float
         The learning-rate schedule (:func:`lr_schedule`): ``"linear"`` decay to 0 (so the last of a
         few epochs settle), ``"constant"``, or the authors' ``"step"`` (StepLR(12, 0.5)).
+    evals_per_epoch : int
+        Test evaluations per epoch, evenly spaced in steps (``lib.stitching.eval_steps``).
 
     Returns
     -------
     list of dict
-        One row per epoch, the start as epoch 0: ``epoch``, ``loss`` (training cross-entropy, nats),
-        ``test_acc`` (fraction).
+        One row per evaluation, the start as epoch 0: ``epoch`` (fractional between epochs' ends),
+        ``loss`` (training cross-entropy since the previous row, nats), ``test_acc`` (fraction).
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
@@ -107,13 +111,15 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
     params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     opt = torch.optim.Adam([dict(params=[p for n, p in params if n.endswith("weight")], weight_decay=weight_decay),
                             dict(params=[p for n, p in params if not n.endswith("weight")], weight_decay=0.0)], lr=lr)
-    sched = lr_schedule(opt, schedule, epochs, -(-len(y_train) // batch_size), step_size, gamma)
+    n_batches = -(-len(y_train) // batch_size)
+    sched = lr_schedule(opt, schedule, epochs, n_batches, step_size, gamma)
+    checkpoints = eval_steps(n_batches, evals_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     history = [dict(epoch=0, loss=float("nan"), test_acc=tail_accuracy(net, test_z, y_test, precision))]
     for epoch in range(epochs):
         net.train()
         tot, seen = 0.0, 0
-        for idx in torch.randperm(len(y_train), generator=gen).split(batch_size):
+        for step, idx in enumerate(torch.randperm(len(y_train), generator=gen).split(batch_size)):
             with autocast(dev, precision):
                 loss = F.cross_entropy(net(train_z[idx].to(dev).float()).float(), y_train[idx].to(dev))
             opt.zero_grad(set_to_none=True)
@@ -121,6 +127,11 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
             opt.step()
             sched.step()
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
-        history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=tail_accuracy(net, test_z, y_test, precision)))
+            if step in checkpoints:
+                frac = checkpoints[step]
+                history.append(dict(epoch=epoch + 1 if frac == 1 else epoch + frac, loss=tot / seen,
+                                    test_acc=tail_accuracy(net, test_z, y_test, precision)))
+                tot, seen = 0.0, 0
+                net.train()
     net.eval()
     return history

@@ -209,7 +209,7 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
                      epochs: int, n_train: int | None = 10000, n_test: int | None = 2000, batch_size: int = 256,
                      lr: float = 1e-3, seed: int = 0, device=None, start: str = "refit", fronts: tuple | None = None,
                      precision: str = "bulk", schedule: str = "linear", step_size: int = 12,
-                     gamma: float = 0.5) -> dict:
+                     gamma: float = 0.5, evals_per_epoch: int = 1) -> dict:
     """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front, fine-tune.
 
     Parameters
@@ -228,7 +228,7 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
         Fine-tuning passes over the training images.
     n_train, n_test : int or None
         Images taken with ``lib.data.subset`` (None: all).
-    batch_size, lr, seed, precision, schedule, step_size, gamma
+    batch_size, lr, seed, precision, schedule, step_size, gamma, evals_per_epoch
         As for :func:`lib.stitching.finetune.finetune_tail`.
     device : str or torch.device, optional
         Where to compute.
@@ -245,7 +245,7 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
         Accuracies as fractions: ``clean`` (the model on the cached test fronts), ``start`` (right
         after the transform), ``refit`` (after the refit; equal to ``start`` for ``"transformed"``),
         ``finetuned`` (best over the epochs, the start included), ``final`` (last epoch),
-        ``penalty = clean - finetuned`` and ``final_penalty`` (fractions); ``history`` (per epoch,
+        ``penalty = clean - finetuned`` and ``final_penalty`` (fractions); ``history`` (per evaluation,
         with ``penalty``) and ``seconds``.
     """
     check_choice("kind", kind, ROTATION_KINDS)
@@ -275,7 +275,7 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
     if start == "refit":
         refit_next_conv(tail, A, train_z)
     history = finetune_tail(net, train_z, y_tr, test_z, y_te, epochs, batch_size, lr, seed=seed, precision=precision,
-                            schedule=schedule, step_size=step_size, gamma=gamma)
+                            schedule=schedule, step_size=step_size, gamma=gamma, evals_per_epoch=evals_per_epoch)
     for h in history:
         h["penalty"] = clean - h["test_acc"]
     finetuned = max(h["test_acc"] for h in history)
@@ -287,12 +287,14 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
 def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, kind: str, trial: int, data,
                             epochs: int, n_train: int | None, n_test: int | None, batch_size: int = 256,
                             lr: float = 1e-3, seed: int = 0, start: str = "refit", fronts=None,
-                            schedule: str = "linear", step_size: int = 12, gamma: float = 0.5) -> dict:
+                            schedule: str = "linear", step_size: int = 12, gamma: float = 0.5,
+                            evals_per_epoch: int = 1) -> dict:
     """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.cache.memo``).
 
     The transform comes from ``torch.Generator().manual_seed(1000 * seed + trial)`` and the batch
     order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting (the
-    schedule's only when it is not ``"linear"``, so that older entries stay valid).
+    schedule's only when it is not ``"linear"``, and ``evals_per_epoch`` only when not 1, so that older
+    entries stay valid).
 
     Parameters
     ----------
@@ -300,7 +302,7 @@ def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, ki
         A Myrtle CNN without BatchNorm.
     model_key : str
         Its ``lib.zoo.model_key`` (the memo key's name for the weights).
-    layer, kind, data, epochs, n_train, n_test, batch_size, lr, start, schedule, step_size, gamma
+    layer, kind, data, epochs, n_train, n_test, batch_size, lr, start, schedule, step_size, gamma, evals_per_epoch
         As for :func:`rotation_penalty`.
     trial : int
         The trial's index.
@@ -319,7 +321,9 @@ def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, ki
                   n_train=n_train, n_test=n_test, batch_size=batch_size, lr=lr, version=2)
     if schedule != "linear":
         config.update(schedule=schedule, step_size=step_size, gamma=gamma)
+    if evals_per_epoch != 1:
+        config.update(evals_per_epoch=evals_per_epoch)
     return memo("rotation_penalty", config, lambda: rotation_penalty(
         model, layer, kind, torch.Generator().manual_seed(1000 * seed + trial), data, epochs, n_train, n_test,
         batch_size=batch_size, lr=lr, seed=seed + trial, start=start, fronts=fronts() if callable(fronts) else fronts,
-        schedule=schedule, step_size=step_size, gamma=gamma))
+        schedule=schedule, step_size=step_size, gamma=gamma, evals_per_epoch=evals_per_epoch))

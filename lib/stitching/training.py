@@ -16,10 +16,11 @@ from torch.nn import functional as F
 from ..config import PRECISIONS, autocast, check_choice
 from ..data import augment, to_input
 from ..settings import RECIPES, SCALES, scale_settings
+from .curves import check_evals_per_epoch, eval_steps
 from .surgery import Stitched
 
 __all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
-           "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch", "last_quarter_change"]
+           "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch"]
 
 INITS = ("closed_form", "random")
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
@@ -29,7 +30,8 @@ FRONTS = ("cached", "augmented")
 """tuple of str: A's front computed once on clean images, or per batch from augmented ones (the authors')."""
 BN_EPOCH = ("none", "grelu", "all")
 """tuple of str: the layer kinds that get the BatchNorm pass before each evaluation (:func:`bn_epoch_stats`)."""
-LEGACY_FIELDS = dict(fronts="cached", bn_epoch="none", random_bias=False, grelu_p="birkhoff", grelu_lr=None)
+LEGACY_FIELDS = dict(fronts="cached", bn_epoch="none", random_bias=False, grelu_p="birkhoff", grelu_lr=None,
+                     evals_per_epoch=1)
 """dict: fields added after results were cached, at the values that reproduce the older protocol; a memo
 key leaves them out at these values (:func:`memo_settings`), so that cached results stay valid."""
 
@@ -87,6 +89,10 @@ class StitchSettings:
     random_bias : bool
         Random starts of full and rank layers get a trainable bias (the paper's word "affine"); the
         authors' released layers have none. Closed-form starts always fit one.
+    evals_per_epoch : int
+        Test evaluations per epoch, evenly spaced in steps (1: at the end of each epoch). With two
+        epochs, 2 gives a row at epoch 1.5, so that the last 25 % of training can be measured
+        (:func:`last_quarter_change`).
     """
 
     optimizer: str = _CPU["optimizer"]
@@ -107,6 +113,7 @@ class StitchSettings:
     fronts: str = _CPU["fronts"]
     bn_epoch: str = _CPU["bn_epoch"]
     random_bias: bool = _CPU["random_bias"]
+    evals_per_epoch: int = _CPU["evals_per_epoch"]
 
     @classmethod
     def paper(cls) -> "StitchSettings":
@@ -144,7 +151,7 @@ def check_settings(settings: StitchSettings) -> None:
     ------
     ValueError
         Naming the field and its accepted values (optimizer, init, precision, fronts, bn_epoch,
-        epochs, batch size).
+        epochs, batch size, evaluations per epoch).
     """
     check_choice("optimizer", settings.optimizer, ("sgd", "adam"))
     check_choice("init", settings.init, INITS)
@@ -156,6 +163,7 @@ def check_settings(settings: StitchSettings) -> None:
         raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}")
     if settings.batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
+    check_evals_per_epoch(settings.evals_per_epoch)
 
 
 def memo_settings(settings: StitchSettings) -> dict:
@@ -296,7 +304,8 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
     Returns
     -------
     dict
-        ``history`` (one row per epoch, the start as epoch 0: ``epoch``, ``loss`` (mean training
+        ``history`` (one row per evaluation, ``evals_per_epoch`` per epoch, the start as epoch 0: ``epoch``
+        (fractional between epochs' ends), ``loss`` (mean training
         cross-entropy, nats), ``test_acc`` (fraction)), ``best_acc`` (best test accuracy over the
         rows, the authors' choice, a fraction), ``final_acc`` (last row), ``matrix`` (final ``(C, C)``
         map, rounded for grelu) and ``seconds``.
@@ -340,10 +349,12 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
     bn_pass = settings.bn_epoch == "all" or settings.bn_epoch == layer.kind
     bn_gen = torch.Generator().manual_seed(seed + 2)
     history = [dict(epoch=0, loss=float("nan"), test_acc=evaluate())]
+    n_batches = -(-len(y_train) // settings.batch_size)
+    checkpoints = eval_steps(n_batches, settings.evals_per_epoch)
     for epoch in range(settings.epochs):
         model.train(settings.bn_adapt)
         tot, seen = 0.0, 0
-        for idx in torch.randperm(len(y_train), generator=gen).split(settings.batch_size):
+        for step, idx in enumerate(torch.randperm(len(y_train), generator=gen).split(settings.batch_size)):
             with autocast(dev, settings.precision):
                 out = model.tail(state_of(idx))
                 loss = F.cross_entropy(out.float(), y_train[idx].to(dev))
@@ -362,36 +373,22 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
             elif layer.kind == "grelu":
                 with torch.no_grad():
                     layer.d.clamp_(min=0)
-        if bn_pass:
-            batches = torch.randperm(len(y_train), generator=bn_gen).split(settings.batch_size)
-            with autocast(dev, settings.precision), bn_epoch_stats(model, (state_of(i) for i in batches)):
+            if step not in checkpoints:
+                continue
+            # An evaluation: the loss column is the mean over the steps since the previous one.
+            if bn_pass:
+                batches = torch.randperm(len(y_train), generator=bn_gen).split(settings.batch_size)
+                with autocast(dev, settings.precision), bn_epoch_stats(model, (state_of(i) for i in batches)):
+                    acc = evaluate()
+            else:
                 acc = evaluate()
-        else:
-            acc = evaluate()
-        history.append(dict(epoch=epoch + 1, loss=tot / seen, test_acc=acc))
+            frac = checkpoints[step]
+            history.append(dict(epoch=epoch + 1 if frac == 1 else epoch + frac, loss=tot / seen, test_acc=acc))
+            tot, seen = 0.0, 0
+            model.train(settings.bn_adapt)
     model.eval()
     layer.hard = layer.kind == "grelu"
     final = layer.matrix().detach().cpu()
     layer.hard = False
     return dict(best_acc=max(h["test_acc"] for h in history), final_acc=history[-1]["test_acc"],
                 history=history, matrix=final, seconds=time.perf_counter() - t0)
-
-
-def last_quarter_change(history: list) -> float:
-    """How much the test penalty still moves at the end of training.
-
-    Parameters
-    ----------
-    history : list of dict
-        Rows with ``penalty`` (a fraction), the start as row 0 (:func:`train_stitch` with penalties
-        added by ``stitch_experiment``, or :func:`lib.stitching.sanity.rotation_penalty`).
-
-    Returns
-    -------
-    float
-        ``|penalty(last epoch) - penalty(k - max(1, round(k / 4)))|`` for ``k`` epochs trained, in
-        percentage points; 0 when nothing was trained.
-    """
-    pens = [100 * h["penalty"] for h in history]
-    k = len(pens) - 1                                   # epochs trained
-    return abs(pens[-1] - pens[k - max(1, round(k / 4))]) if k else 0.0
