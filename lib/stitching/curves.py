@@ -42,7 +42,7 @@ def last_quarter_change(history: list) -> float:
     Parameters
     ----------
     history : list of dict
-        Rows with ``epoch`` (possibly fractional, :attr:`StitchSettings.evals_per_epoch`) and
+        Rows with ``epoch`` (possibly fractional, ``StitchSettings.evals_per_epoch``) and
         ``penalty`` (a fraction), the start as row 0 (:func:`train_stitch` with penalties added by
         ``stitch_experiment``, or :func:`lib.stitching.sanity.rotation_penalty`).
 
