@@ -90,6 +90,7 @@ def test_fig1_protocol_at_cpu_scale_reads_one_home():
 def test_eval_steps_are_evenly_spaced_and_end_each_epoch():
     assert stitching.eval_steps(10, 1) == {9: 1.0}
     assert stitching.eval_steps(10, 2) == {4: 0.5, 9: 1.0}
+    assert type(stitching.eval_steps(10, 2)[9]) is int          # an epoch's end is labelled by an integer
     assert stitching.eval_steps(391, 4) == {97: 0.25, 195: 0.5, 292: 0.75, 390: 1.0}
     assert stitching.eval_steps(2, 4) == {0: 0.5, 1: 1.0}           # at most one evaluation per step
     for bad in (0, -1, 1.5, True):

@@ -29,11 +29,12 @@ def eval_steps(n_batches: int, evals_per_epoch: int) -> dict:
     -------
     dict
         ``{step index within the epoch (0-based): fraction of the epoch done}``, evenly spaced, the
-        last step always included (fraction 1).
+        last step always included as the integer 1, so that ``epoch + fraction`` labels a row at an
+        epoch's end with an integer.
     """
     check_evals_per_epoch(evals_per_epoch)
     k = min(evals_per_epoch, max(1, n_batches))
-    return {max(0, round(n_batches * q / k) - 1): q / k for q in range(1, k + 1)}
+    return {max(0, round(n_batches * q / k) - 1): q / k if q < k else 1 for q in range(1, k + 1)}
 
 
 def last_quarter_change(history: list) -> float:

@@ -128,10 +128,8 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
             sched.step()
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
             if step in checkpoints:
-                frac = checkpoints[step]
-                history.append(dict(epoch=epoch + 1 if frac == 1 else epoch + frac, loss=tot / seen,
+                history.append(dict(epoch=epoch + checkpoints[step], loss=tot / seen,
                                     test_acc=tail_accuracy(net, test_z, y_test, precision)))
                 tot, seen = 0.0, 0
-                net.train()
     net.eval()
     return history

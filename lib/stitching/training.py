@@ -382,10 +382,8 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
                     acc = evaluate()
             else:
                 acc = evaluate()
-            frac = checkpoints[step]
-            history.append(dict(epoch=epoch + 1 if frac == 1 else epoch + frac, loss=tot / seen, test_acc=acc))
+            history.append(dict(epoch=epoch + checkpoints[step], loss=tot / seen, test_acc=acc))
             tot, seen = 0.0, 0
-            model.train(settings.bn_adapt)
     model.eval()
     layer.hard = layer.kind == "grelu"
     final = layer.matrix().detach().cpu()
