@@ -23,11 +23,12 @@ import re
 import sys
 from pathlib import Path
 
+from .claims import CLAIMS, RULE, VERDICTS, Verdict, check_claim_row, decide
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "VALUE_FIELDS",
-           "compare_results", "main"]
+__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "claims_table",
+           "VALUE_FIELDS", "compare_results", "main"]
 
 
 def results_dir() -> Path:
@@ -100,6 +101,30 @@ class Recorder:
                               paper_std=_plain(paper_std), unit=unit, note=note))
         return ours
 
+    def claim(self, key: str, effects, note: str = "") -> Verdict:
+        """Decide one claim of :data:`lib.claims.CLAIMS` from its per-replicate effects, and record it.
+
+        Parameters
+        ----------
+        key : str
+            A key of :data:`lib.claims.CLAIMS`, e.g. ``"claim_fig4_grelu_below_orthogonal"``.
+        effects : sequence of float, shape (n,)
+            One effect per replicate, in the claim's unit, positive in the paper's direction.
+        note : str
+            What the reader needs beyond the claim's effect definition (replicates, scale).
+
+        Returns
+        -------
+        lib.claims.Verdict
+            As :func:`lib.claims.decide` gives it (which raises ``ValueError`` naming the key on bad input).
+        """
+        v = decide(effects, key=key)
+        claim = CLAIMS[key]
+        self.add(key, v.effect, unit=claim.unit, note=note or claim.effect, std=v.std)
+        self.rows[-1].update(verdict=v.verdict, n=v.n, low=v.low, high=v.high, rule=RULE, where=claim.where,
+                             statement=claim.statement, effects=list(v.effects))
+        return v
+
     def path(self) -> Path:
         """The file :meth:`save` writes: ``<results dir>/<scale>/<chapter>[-seed<k>].json``."""
         suffix = f"-seed{self.seed}" if self.seed else ""
@@ -140,7 +165,11 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
     for f in sorted(folder.glob("*.json")):
         try:
             payload = json.loads(f.read_text())
-            rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"])
+            new = [dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"]]
+            for r in new:
+                if "verdict" in r:
+                    check_claim_row(r)
+            rows.extend(new)
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"the results file {f} is damaged ({type(exc).__name__}: {exc}); delete it and "
                              f"re-run the chapter that wrote it ({f.stem.split('-seed')[0]})") from exc
@@ -233,8 +262,32 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
                  align="lrlrrl")
 
 
+def claims_table(rows: list[dict]) -> str:
+    """The claims among recorded rows as a Markdown table, one row per claim (via :func:`table`).
+
+    Parameters
+    ----------
+    rows : list of dict
+        From :func:`load_results`; rows without a verdict are left out.
+
+    Returns
+    -------
+    str
+        Columns: claim key, where the paper makes it, its statement, replicates ``n``, mean effect with its
+        95 % interval, and the verdict (``fails`` in bold), ordered as :data:`lib.claims.CLAIMS`.
+    """
+    claims = sorted((r for r in rows if "verdict" in r),
+                    key=lambda r: (list(CLAIMS).index(r["key"]) if r["key"] in CLAIMS else len(CLAIMS), r["key"]))
+    unit = lambda r: f" {r['unit']}" if r["unit"] else ""
+    shown = {v: v for v in VERDICTS} | {"fails": "**fails**"}
+    return table(["claim", "paper", "statement", "n", "effect [95 % interval]", "verdict"],
+                 [[f"`{r['key']}`", r.get("where", ""), r.get("statement", ""), r["n"],
+                   f"{r['ours']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}]{unit(r)}", shown[r["verdict"]]]
+                  for r in claims], align="lllrrl")
+
+
 #: The fields of a recorded row that :func:`compare_results` compares (notes hold wall times).
-VALUE_FIELDS = ("ours", "std", "paper", "paper_std", "unit")
+VALUE_FIELDS = ("ours", "std", "paper", "paper_std", "unit", "verdict", "n")
 
 
 def _recorded(folder: Path) -> dict:

@@ -1,0 +1,101 @@
+"""The one decision rule of the paper's claims (lib.claims) and their recording (Recorder.claim)."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lib.claims import CLAIMS, RULE, VERDICTS, check_claim_row, decide
+from lib.results import Recorder, claims_table, load_results
+
+KEY = "claim_fig4_grelu_below_orthogonal"
+
+
+@pytest.mark.parametrize("key", sorted(CLAIMS))
+@pytest.mark.parametrize("effects, verdict", [
+    ([2.0, 2.5, 3.1], "holds"),          # interval above 0
+    ([-2.0, -2.5, -3.1], "fails"),       # interval below 0
+    ([-1.0, 0.5, 2.0], "inconclusive"),  # interval straddles 0
+    ([0.1, 9.0, 0.2], "inconclusive"),   # positive mean, too spread out for 3 replicates
+])
+def test_every_claim_can_get_every_verdict(key, effects, verdict):
+    assert decide(effects, key=key).verdict == verdict
+
+
+def test_interval_is_the_t_interval_of_the_mean():
+    x = np.array([1.0, 2.0, 4.0, 7.0])
+    v = decide(x, key=KEY)
+    half = stats.t.ppf(0.975, 3) * x.std(ddof=1) / math.sqrt(4)
+    assert v.n == 4 and v.effect == pytest.approx(3.5) and v.std == pytest.approx(x.std(ddof=1))
+    assert (v.low, v.high) == pytest.approx((3.5 - half, 3.5 + half))
+    assert v.effects == (1.0, 2.0, 4.0, 7.0)
+    # With 3 replicates the interval is wide: a mean of 1 with a spread of 1 does not decide.
+    assert decide([0.0, 1.0, 2.0], key=KEY).verdict == "inconclusive"
+    assert decide([0.9, 1.0, 1.1], key=KEY).verdict == "holds"
+
+
+@pytest.mark.parametrize("effects, message", [
+    ([1.0], "needs at least 2 replicates"),
+    ([], "needs at least 2 replicates"),
+    ([1.0, float("nan"), 2.0], "non-finite effect"),
+    ([1.0, float("inf")], "non-finite effect"),
+])
+def test_bad_effects_are_value_errors_naming_the_key(effects, message):
+    with pytest.raises(ValueError, match=message) as err:
+        decide(effects, key=KEY)
+    assert KEY in str(err.value)
+
+
+def test_unknown_claim_lists_the_claims():
+    with pytest.raises(ValueError, match="unknown claim 'claim_nope'") as err:
+        decide([1.0, 2.0], key="claim_nope")
+    assert all(repr(k) in str(err.value) for k in CLAIMS)
+
+
+def test_recorder_writes_the_verdict_and_load_results_reads_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
+    rec = Recorder("sanity_test", "smoke")
+    v = rec.claim(KEY, [1.5, 2.0, 2.5], note="3 networks")
+    rec.save()
+    (row,) = load_results("smoke")
+    assert row["verdict"] == v.verdict == "holds" and row["n"] == 3 and row["rule"] == RULE
+    assert row["ours"] == pytest.approx(2.0) and (row["low"], row["high"]) == pytest.approx((v.low, v.high))
+    assert row["statement"] == CLAIMS[KEY].statement and row["unit"] == "pp" and row["effects"] == [1.5, 2.0, 2.5]
+    md = claims_table(load_results("smoke"))
+    assert f"`{KEY}`" in md and "| 3 |" in md and md.rstrip().endswith("| holds |")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(verdict="maybe"), "unknown verdict 'maybe'"),
+    (dict(n=1), "n = 1"),
+    (dict(n=True), "n = True"),
+    (dict(ours=None), "non-finite"),
+    (dict(low=-5.0), "gives 'inconclusive'"),   # the recorded verdict no longer follows from its interval
+])
+def test_a_tampered_claim_row_is_rejected_naming_file_and_key(tmp_path, monkeypatch, change, message):
+    monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
+    rec = Recorder("sanity_test", "smoke")
+    rec.claim(KEY, [1.5, 2.0, 2.5])
+    path = rec.save()
+    payload = json.loads(path.read_text())
+    payload["rows"][0].update(change)
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=message) as err:
+        load_results("smoke")
+    assert str(path) in str(err.value) and KEY in str(err.value)
+
+
+def test_check_claim_row_accepts_each_verdict():
+    for low, high, verdict in [(0.5, 2.0, "holds"), (-2.0, -0.5, "fails"), (-1.0, 1.0, "inconclusive")]:
+        check_claim_row(dict(key=KEY, verdict=verdict, n=3, ours=(low + high) / 2, low=low, high=high))
+    assert set(VERDICTS) == {"holds", "fails", "inconclusive"}
+
+
+def test_claims_table_bolds_failures_and_follows_the_registry_order():
+    rows = [dict(key=k, verdict=v, n=3, ours=e, low=e - 1, high=e + 1, unit="pp", where="w", statement="s")
+            for k, v, e in [("claim_fig3_relu_falls", "fails", -2.0), ("claim_fig1_full_near_zero", "holds", 2.0)]]
+    lines = claims_table(rows + [dict(key="x", ours=1.0)]).splitlines()
+    assert len(lines) == 4
+    assert "claim_fig1_full_near_zero" in lines[2] and "claim_fig3_relu_falls" in lines[3]
+    assert lines[3].endswith("| **fails** |") and "-2 [-3, -1] pp" in lines[3]
