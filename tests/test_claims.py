@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lib.claims import CLAIMS, RULE, VERDICTS, check_claim_row, decide
+from lib.claims import CLAIMS, RULE, VERDICTS, check_claim_row, decide, fig1_effects
 from lib.results import Recorder, claims_table, load_results
 
 KEY = "claim_fig4_grelu_below_orthogonal"
@@ -99,3 +99,16 @@ def test_claims_table_bolds_failures_and_follows_the_registry_order():
     assert len(lines) == 4
     assert "claim_fig1_full_near_zero" in lines[2] and "claim_fig3_relu_falls" in lines[3]
     assert lines[3].endswith("| **fails** |") and "-2 [-3, -1] pp" in lines[3]
+
+
+def test_fig1_effects_follow_the_claims_definitions():
+    # 2 pairs, 4 layers: penalties in pp, chosen so that every effect is easy to check by hand.
+    final = {"full": [[1, 1, 1, 1], [3, 3, 3, 3]], "rank1": [[20, 20, 20, 20], [10, 10, 10, 10]],
+             "grelu": [[5, 8, 12, 6], [4, 3, 2, 1]]}
+    e = fig1_effects(final)
+    assert e["claim_fig1_full_near_zero"].tolist() == [1.0, -1.0]
+    assert e["claim_fig1_grelu_below_rank1"].tolist() == [20 - 31 / 4, 10 - 10 / 4]
+    assert e["claim_fig1_grelu_below_10pp"].tolist() == [10 - 7.0, 10 - 2.5]
+    # pair 0 rises to the third layer (12 - 5) and falls at the last (12 - 6); pair 1 falls throughout.
+    assert e["claim_fig1_depth_trend"].tolist() == [6.0, -2.0]
+    assert "claim_fig1_depth_trend" not in fig1_effects({k: [r[:2] for r in v] for k, v in final.items()})

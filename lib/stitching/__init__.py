@@ -9,7 +9,7 @@ Modules: ``matching`` (Sinkhorn, Hungarian, activation matching, least squares, 
 ``layers`` (:class:`StitchLayer`), ``surgery`` (A's state at a layer, :class:`Stitched`, :func:`stitch`),
 ``training`` (:class:`StitchSettings`, :func:`train_stitch`), ``curves`` (evaluations within an epoch,
 :func:`last_quarter_change`), ``experiment`` (:func:`stitch_experiment`
-and its disk cache), ``sanity`` (the rotation penalty of Fig. 4: transform a pre-activation, freeze the
+and its disk cache), ``variants`` (what a variant name runs under a protocol, its label and result key), ``sanity`` (the rotation penalty of Fig. 4: transform a pre-activation, freeze the
 front, fine-tune the rest) and ``finetune`` (that fine-tuning and its learning-rate schedules).
 """
 from . import finetune, sanity
@@ -22,6 +22,7 @@ from .matching import (activation_matching, add_moments, channels_last_2d, hunga
 from .surgery import Stitched, channels_at, feature_moments, front_features, stitch
 from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, LEGACY_FIELDS, StitchSettings, augmented_front, bn_epoch_stats,
                        check_settings, memo_settings, settings_for_scale, train_stitch)
+from .variants import Variant, describe, fig1_protocol
 
 __all__ = [
     "sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments", "matching_from_moments",
@@ -32,5 +33,6 @@ __all__ = [
     "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch",
     "check_evals_per_epoch", "eval_steps", "last_quarter_change",
     "VARIANT_HELP", "parse_variant", "stitch_experiment", "experiment_config", "cached_experiment",
+    "Variant", "describe", "fig1_protocol",
     "finetune", "sanity",
 ]
