@@ -39,6 +39,9 @@ def entry(tiny_arch, tiny_recipe):
     return entry
 
 
+_MKDIR = Path.mkdir
+
+
 def fail_for(monkeypatch, cls, method, paths, err):
     """Make ``cls.method`` raise ``OSError(err)`` for files inside ``paths`` (permissions cannot be
     taken away from root, and a disk cannot be filled in a test)."""
@@ -201,6 +204,70 @@ def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data, get, entry):
         again = get(tiny_data, tmp_path)
     for a, b in zip(good.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def _edit_meta(raw: bytes, damage: str) -> bytes:
+    """``raw`` (a meta.json) damaged as issue 26 found it served."""
+    if damage == "truncated":
+        return raw[: len(raw) // 2]
+    if damage == "not utf-8":
+        return raw.replace(b'"device"', b'"\xffevice"')
+    meta = json.loads(raw)
+    if damage == "accuracy":                  # 0.109375 -> 0.909375 was reported as the model's accuracy
+        meta["test_acc"] = min(1.0, meta["test_acc"] + 0.8)
+    elif damage == "seed":
+        meta["seed"] = 1
+    elif damage == "renamed key":             # was served, then a KeyError later on
+        meta["test_acd"] = meta.pop("test_acc")
+    elif damage == "renamed checksum":        # must not pass for a meta.json of the old format
+        meta["sha257"] = meta.pop("sha256")
+    return json.dumps(meta, indent=1).encode()
+
+
+@pytest.mark.parametrize("damage", ["accuracy", "seed", "renamed key", "renamed checksum", "not utf-8",
+                                    "truncated"])
+def test_damaged_meta_json_is_reported_by_name_and_retrained(tmp_path, tiny_data, get, entry, damage,
+                                                             tiny_arch, tiny_recipe):
+    good = get(tiny_data, tmp_path)
+    meta = entry(tiny_data, tmp_path) / "meta.json"
+    meta.write_bytes(_edit_meta(meta.read_bytes(), damage))
+    with pytest.warns(UserWarning, match=f"corrupted \\({meta} .*; retraining it"):
+        again = get(tiny_data, tmp_path)
+    assert again.zoo_meta["test_acc"] == good.zoo_meta["test_acc"] and again.zoo_meta["seed"] == 0
+    assert zoo.info(tiny_arch, tiny_recipe(), 0, root=tmp_path, data=tiny_data) == again.zoo_meta
+
+
+def test_info_verifies_meta_json(tmp_path, tiny_data, get, entry, tiny_arch, tiny_recipe):
+    good = get(tiny_data, tmp_path)
+    assert zoo.info(tiny_arch, tiny_recipe(), 0, root=tmp_path, data=tiny_data) == good.zoo_meta
+    meta = entry(tiny_data, tmp_path) / "meta.json"
+    meta.write_bytes(_edit_meta(meta.read_bytes(), "accuracy"))
+    with pytest.warns(UserWarning, match=f"{meta} does not match its sha256 checksum; the model will be retrained"):
+        assert zoo.info(tiny_arch, tiny_recipe(), 0, root=tmp_path, data=tiny_data) is None
+
+
+def test_meta_json_of_the_old_format_is_loaded_and_given_a_checksum(tmp_path, tiny_data, get, entry, monkeypatch):
+    # Entries trained before meta.json carried a checksum stay valid (nothing is retrained); the
+    # file is upgraded where the zoo is writable, and left as it is where it is not.
+    good = get(tiny_data, tmp_path)
+    meta = entry(tiny_data, tmp_path) / "meta.json"
+    old = json.loads(meta.read_text())
+    del old["sha256"]
+    assert set(old) == set(zoo_store._LEGACY_META_FIELDS)
+    monkeypatch.setattr(zoo_store, "train", lambda *a, **k: pytest.fail("retrained"))
+    meta.write_text(json.dumps(old, indent=1))
+    fail_for(monkeypatch, Path, "mkdir", [meta.parent], errno.EROFS)
+    assert get(tiny_data, tmp_path).zoo_meta == good.zoo_meta
+    assert json.loads(meta.read_text()) == old                         # read-only: left as it was
+    monkeypatch.setattr(Path, "mkdir", _MKDIR)
+    assert get(tiny_data, tmp_path).zoo_meta == good.zoo_meta
+    assert json.loads(meta.read_text()) == dict(old, sha256=cache.json_digest(old))   # upgraded
+    # An old meta.json is still checked for what it can be: the model it describes, its fields.
+    meta.write_text(json.dumps(dict(old, seed=1), indent=1))
+    monkeypatch.setattr(zoo_store, "_train_and_store", lambda *a, **k: pytest.fail("retrained"))
+    with pytest.warns(UserWarning, match=f"{meta} describes another model \\(its seed differ"):
+        with pytest.raises(pytest.fail.Exception, match="retrained"):
+            get(tiny_data, tmp_path)
 
 
 # -- 5. damaged files: errors name the file and what to do -----------------------------------------
