@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 import os
 import re
 import sys
 from pathlib import Path
 
+from .cache import checked_json, read_checked_json
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "VALUE_FIELDS",
-           "compare_results", "main"]
+__all__ = ["Recorder", "results_dir", "read_results_file", "load_results", "table", "markdown_table",
+           "VALUE_FIELDS", "compare_results", "main"]
+
+# The fields of a results file written before it carried its own checksum ("sha256").
+_LEGACY_FIELDS = ("chapter", "scale", "seed", "rows")
 
 
 def results_dir() -> Path:
@@ -106,12 +109,48 @@ class Recorder:
         return results_dir() / self.scale / f"{self.chapter}{suffix}.json"
 
     def save(self) -> Path:
-        """Write the rows atomically and return :meth:`path`."""
+        """Write the rows atomically, with their checksum (:func:`lib.cache.checked_json`), and return
+        :meth:`path`."""
         path = self.path()
         payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(payload, indent=1))
+            tmp.write_text(checked_json(payload))
         return path
+
+
+def read_results_file(path: str | os.PathLike) -> dict:
+    """The verified content of one results file written by :meth:`Recorder.save`.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    dict
+        ``chapter``, ``scale``, ``seed`` and ``rows`` (each a dict with at least ``key`` and ``ours``).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the chapter to re-run, if it is damaged: not JSON, not matching its
+        checksum, or not of this layout. A file written before results files carried a checksum is
+        checked for its layout only.
+    """
+    path = Path(path)
+    try:
+        payload, _ = read_checked_json(path, _LEGACY_FIELDS)
+        rows = payload.get("rows")
+        if not (isinstance(payload.get("chapter"), str) and isinstance(payload.get("seed"), int)
+                and isinstance(rows, list)):
+            raise ValueError("it lacks a 'chapter', a 'seed' or a list of 'rows'")
+        for i, r in enumerate(rows):
+            if not (isinstance(r, dict) and isinstance(r.get("key"), str) and "ours" in r):
+                raise ValueError(f"row {i} is not a recorded number (a 'key' and 'ours')")
+    except ValueError as exc:
+        raise ValueError(f"the results file {path} is damaged ({type(exc).__name__}: {exc}); delete it and "
+                         f"re-run the chapter that wrote it ({path.stem.split('-seed')[0]})") from exc
+    return payload
 
 
 def load_results(scale: str, directory: str | os.PathLike | None = None) -> list[dict]:
@@ -138,12 +177,8 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
     folder = Path(directory) if directory else results_dir() / scale
     rows = []
     for f in sorted(folder.glob("*.json")):
-        try:
-            payload = json.loads(f.read_text())
-            rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"the results file {f} is damaged ({type(exc).__name__}: {exc}); delete it and "
-                             f"re-run the chapter that wrote it ({f.stem.split('-seed')[0]})") from exc
+        payload = read_results_file(f)
+        rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"])
     return rows
 
 
@@ -241,12 +276,7 @@ def _recorded(folder: Path) -> dict:
     # {(results file relative to folder, key): row} of every JSON results file under folder.
     out = {}
     for f in sorted(folder.rglob("*.json")):
-        try:
-            payload = json.loads(f.read_text())
-            rows = payload["rows"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"the results file {f} is damaged ({type(exc).__name__}: {exc})") from exc
-        for r in rows:
+        for r in read_results_file(f)["rows"]:
             out[str(f.relative_to(folder)), r["key"]] = r
     return out
 

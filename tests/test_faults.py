@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import socket
 import struct
 import threading
@@ -291,10 +292,28 @@ def test_damaged_data_npz_names_the_file(tmp_path, damage, cifar_npz):
 @pytest.mark.parametrize("text", ["{not json", '{"chapter": "zoo", "seed": 0}', "[1, 2]"])
 def test_damaged_results_json_names_the_file(tmp_path, text):
     from lib.results import load_results
-    (tmp_path / "good.json").write_text(json.dumps(dict(chapter="good", seed=0, rows=[])))
+    (tmp_path / "good.json").write_text(json.dumps(dict(chapter="good", scale="smoke", seed=0, rows=[])))
     (tmp_path / "zoo-seed1.json").write_text(text)
     with pytest.raises(ValueError, match="results file .*zoo-seed1.json is damaged.*re-run the chapter .*zoo"):
         load_results("smoke", tmp_path)
+
+
+def test_results_json_carries_a_checksum_and_old_files_still_load(tmp_path, monkeypatch):
+    from lib.results import Recorder, load_results
+    monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
+    rec = Recorder("zoo", "smoke", 1)
+    rec.add("acc", 0.109375, paper=0.9)
+    path = rec.save()
+    good = load_results("smoke")
+    assert [(r["chapter"], r["seed"], r["key"], r["ours"]) for r in good] == [("zoo", 1, "acc", 0.109375)]
+    # A changed number is still valid JSON: only the checksum tells.
+    path.write_text(path.read_text().replace("0.109375", "0.909375"))
+    with pytest.raises(ValueError, match=f"results file {path} is damaged .*sha256 checksum.*re-run .*zoo"):
+        load_results("smoke")
+    old = json.loads(path.read_text().replace("0.909375", "0.109375"))
+    del old["sha256"]
+    path.write_text(json.dumps(old))
+    assert load_results("smoke") == good
 
 
 @pytest.fixture()
@@ -308,7 +327,8 @@ def fake_papermill(monkeypatch):
         out = Path(env["SYMMETRIES_RESULTS"]) / "smoke"
         out.mkdir(parents=True, exist_ok=True)
         rows = [dict(key="value", ours=params["seed"], paper=None)]
-        (out / "tiny.json").write_text("{broken" if params["seed"] == 2 else json.dumps(dict(rows=rows)))
+        payload = dict(chapter="tiny", scale="smoke", seed=params["seed"], rows=rows)
+        (out / "tiny.json").write_text("{broken" if params["seed"] == 2 else cache.checked_json(payload))
         return subprocess.CompletedProcess(cmd, 0, "", "")
     monkeypatch.setattr(sweep.subprocess, "run", run)
     v4 = __import__("nbformat").v4
@@ -322,7 +342,7 @@ def test_damaged_done_json_reruns_that_run_only(tmp_path, fake_papermill):
     chapter.write_text("# tiny\n\n```{code-cell} ipython3\n:tags: [parameters]\nseed = 0\n```\n")
     first = sweep.sweep(str(chapter), {"seed": [0, 1, 2]}, out=str(tmp_path / "runs"))
     assert [s["ok"] for s in first] == [True, True, False]
-    assert "tiny.json written by this run is damaged" in first[2]["error"]
+    assert re.search(r"results file \S*tiny.json is damaged .*\(this run wrote it\)", first[2]["error"])
     done = tmp_path / "runs" / "tiny" / "seed-1.done.json"
     done.write_text('{"params": {"seed": 1}, "rows": [tru')
     with pytest.warns(UserWarning, match=f"run marker {done} is damaged .*running seed-1 again"):
@@ -330,6 +350,79 @@ def test_damaged_done_json_reruns_that_run_only(tmp_path, fake_papermill):
     assert [(s["ok"], s.get("skipped")) for s in second] == [(True, True), (True, False), (False, None)]
     table = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
     assert sorted(r["ours"] for r in table) == [0, 1]
+
+
+def _tiny_chapter(tmp_path) -> Path:
+    chapter = tmp_path / "tiny.md"
+    chapter.write_text("# tiny\n\n```{code-cell} ipython3\n:tags: [parameters]\nseed = 0\n```\n")
+    return chapter
+
+
+MALFORMED_MARKERS = {   # issue 26: each stopped the whole sweep, or skipped the run forever
+    "ok renamed": lambda m: {("okay" if k == "ok" else k): v for k, v in m.items()},
+    "params a string": lambda m: dict(m, params="seed-1"),
+    "rows of numbers": lambda m: dict(m, rows=[1, 2]),
+    "ok false without error": lambda m: dict(m, ok=False),
+    "another run's params": lambda m: dict(m, params={"seed": 0}),
+    "row without ours": lambda m: dict(m, rows=[dict(key="value", paper=None)]),
+    "checksum renamed": lambda m: m,
+}
+
+
+@pytest.mark.parametrize("damage, sealed", [(d, s) for d in MALFORMED_MARKERS for s in (True, False)
+                                            if d != "checksum renamed" or s])
+def test_malformed_done_json_is_not_done_and_the_sweep_goes_on(tmp_path, fake_papermill, capsys, damage, sealed):
+    chapter, out = _tiny_chapter(tmp_path), tmp_path / "runs"
+    argv = [str(chapter), "-p", "seed", "0", "1", "--out", str(out)]
+    assert sweep.main(argv) == 0 and capsys.readouterr()
+    done = out / "tiny" / "seed-1.done.json"
+    marker = json.loads(done.read_text())
+    del marker["sha256"]
+    marker = MALFORMED_MARKERS[damage](marker)
+    if damage == "checksum renamed":
+        done.write_text(json.dumps(dict(marker, sha257=cache.json_digest(marker))))
+    else:
+        done.write_text(cache.checked_json(marker) if sealed else json.dumps(marker))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert sweep.main(argv) == 0
+    assert [str(w.message) for w in caught if str(done) in str(w.message)] == [str(caught[0].message)]
+    assert re.match(f"the run marker {re.escape(str(done))} is damaged .*running seed-1 again", str(caught[0].message))
+    printed = capsys.readouterr().out
+    assert re.search(r"skipped \(done\) +\{'seed': 0\}", printed) and re.search(r"\nok +\{'seed': 1\}", printed)
+    table = json.loads((out / "tiny" / "results.json").read_text())
+    assert [(r["ours"], r["param_seed"]) for r in table] == [(0, 0), (1, 1)]
+    assert sweep._read_done(done, {"seed": 1})["rows"] == [dict(key="value", ours=1, paper=None)]
+
+
+def test_unreadable_done_json_is_not_done(tmp_path, fake_papermill, monkeypatch):
+    chapter, out = _tiny_chapter(tmp_path), tmp_path / "runs"
+    sweep.sweep(str(chapter), {"seed": [0, 1]}, out=str(out))
+    done = out / "tiny" / "seed-1.done.json"
+    fail_for(monkeypatch, Path, "read_text", [done], errno.EACCES)
+    with pytest.warns(UserWarning, match=f"run marker {done} cannot be read .*running seed-1 again"):
+        statuses = sweep.sweep(str(chapter), {"seed": [0, 1]}, out=str(out))
+    assert [(s["ok"], s["skipped"]) for s in statuses] == [(True, True), (True, False)]
+
+
+def test_results_json_collects_every_completed_run_of_the_folder(tmp_path, fake_papermill):
+    # Issue 26: sweeping seeds 4, 5, 6 and then seed 4 again left seed 4 alone in results.json.
+    chapter, out = _tiny_chapter(tmp_path), tmp_path / "runs"
+    results = out / "tiny" / "results.json"
+    seeds = lambda: sorted(r["param_seed"] for r in json.loads(results.read_text()))
+    sweep.sweep(str(chapter), {"seed": [4, 5, 6]}, out=str(out))
+    sweep.sweep(str(chapter), {"seed": [4]}, out=str(out))
+    assert seeds() == [4, 5, 6]
+    # A run done again replaces its own rows only; a failed one (seed 2) adds none.
+    (out / "tiny" / "seed-5.done.json").write_text("{")
+    with pytest.warns(UserWarning, match="seed-5.done.json is damaged"):
+        sweep.sweep(str(chapter), {"seed": [5, 2]}, out=str(out))
+    assert seeds() == [4, 5, 6]
+    # A damaged marker of a run outside this sweep leaves that run out, with a warning naming it.
+    (out / "tiny" / "seed-6.done.json").write_bytes(b"\xff")
+    with pytest.warns(UserWarning, match="seed-6.done.json is not UTF-8.*left out of .*results.json"):
+        sweep.sweep(str(chapter), {"seed": [4]}, out=str(out))
+    assert seeds() == [4, 5]
 
 
 # -- 6. wrong data formats --------------------------------------------------------------------------
