@@ -83,6 +83,19 @@ def test_files_get_the_users_umask(tmp_path, tiny_data, umask, mode, get):
         os.umask(old)
 
 
+def test_concept_dataset_folder_gets_the_users_umask(tmp_path):
+    # Issue 26: the folder came from mkdtemp, 0700 whatever the umask, unlike every other entry.
+    from lib.dissection import make_concept_dataset
+    old = os.umask(0o027)
+    try:
+        root = make_concept_dataset(tmp_path / "broden" / "tiny", 2, size=16)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+    assert modes["broden/tiny"] == modes["broden/tiny/images"] == 0o750
+    assert {m for p, m in modes.items() if p.endswith((".csv", ".png", ".json"))} == {0o640}
+
+
 @pytest.mark.parametrize("name", ["meta.json", "weights.pt"])
 def test_unreadable_zoo_entry_is_an_error_and_never_deleted(tmp_path, tiny_data, monkeypatch, name, get, entry):
     get(tiny_data, tmp_path)
