@@ -3,10 +3,11 @@
 A checked file starts with a magic line and the sha256 of the rest (the payload), so that a damaged
 file is detected and never used (:func:`write_checked`, :func:`read_checked`). :func:`memo` caches
 any picklable result under a hash of its configuration; :func:`fingerprint` is the cache key of a
-model's weights and :func:`tensor_digest` that of a tensor (images). JSON files that people read
-(the zoo's ``meta.json``, results files, sweep markers) stay JSON and carry the sha256 of their other
-fields in a ``"sha256"`` field instead (:func:`checked_json`, :func:`read_checked_json`). Every file
-is written atomically with the user's umask (:func:`lib.config.atomic_path`).
+model's weights and :func:`tensor_digest` that of a tensor (images). JSON files that people
+read (the zoo's ``meta.json``, results files, sweep markers) stay JSON and carry the sha256 of
+their other fields in a ``"sha256"`` field instead (:func:`checked_json`,
+:func:`read_checked_json`). Every file is written atomically with the user's umask
+(:func:`lib.config.atomic_path`).
 """
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ import torch
 
 from .config import atomic_path, cache_dir
 
-__all__ = ["CorruptedError", "write_checked", "read_checked", "JSON_CHECKSUM", "json_digest", "checked_json",
-           "read_checked_json", "unreadable_error", "torch_bytes", "fingerprint", "tensor_digest", "memo_key",
-           "memo"]
+__all__ = ["CorruptedError", "write_checked", "read_checked", "JSON_CHECKSUM", "json_digest",
+           "checked_json", "read_checked_json", "unreadable_error", "torch_bytes", "fingerprint",
+           "tensor_digest", "memo_key", "memo"]
 
 # Checked files (zoo checkpoints, memo entries) start with this line and the sha256 of the payload.
 _MAGIC = b"symmetries-checked-v1\n"
 
-#: The field of a checked JSON file that holds the sha256 of its other fields (:func:`checked_json`).
+#: The field of a checked JSON file holding the sha256 of its other fields (:func:`checked_json`).
 JSON_CHECKSUM = "sha256"
 
 
@@ -92,7 +93,8 @@ def json_digest(obj) -> str:
     str
         64 hexadecimal digits.
     """
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def checked_json(obj: dict) -> str:
@@ -110,7 +112,7 @@ def checked_json(obj: dict) -> str:
     -------
     str
     """
-    # Checksum what a reader will parse: tuples become lists and keys strings on the way through JSON.
+    # Checksum what a reader will parse: through JSON, tuples become lists and keys strings.
     plain = json.loads(json.dumps(obj))
     if not isinstance(plain, dict) or JSON_CHECKSUM in plain:
         raise ValueError(f"obj must be a dict without a {JSON_CHECKSUM!r} key")
@@ -159,8 +161,8 @@ def read_checked_json(path: Path, legacy_fields=None) -> tuple[dict, bool]:
         return obj, True
     if legacy_fields is not None and set(obj) == set(legacy_fields):
         return obj, False
-    raise CorruptedError(f"{path} lacks its {JSON_CHECKSUM!r} checksum field (damaged, or written by an "
-                         f"older version)")
+    raise CorruptedError(f"{path} lacks its {JSON_CHECKSUM!r} checksum field (damaged, or written "
+                         f"by an older version)")
 
 
 def unreadable_error(path: Path, exc: OSError) -> OSError:

@@ -26,8 +26,8 @@ from .cache import checked_json, read_checked_json
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "read_results_file", "load_results", "table", "markdown_table",
-           "VALUE_FIELDS", "compare_results", "main"]
+__all__ = ["Recorder", "results_dir", "read_results_file", "load_results", "table",
+           "markdown_table", "VALUE_FIELDS", "compare_results", "main"]
 
 # The fields of a results file written before it carried its own checksum ("sha256").
 _LEGACY_FIELDS = ("chapter", "scale", "seed", "rows")
@@ -109,8 +109,8 @@ class Recorder:
         return results_dir() / self.scale / f"{self.chapter}{suffix}.json"
 
     def save(self) -> Path:
-        """Write the rows atomically, with their checksum (:func:`lib.cache.checked_json`), and return
-        :meth:`path`."""
+        """Write the rows atomically, with their checksum (:func:`lib.cache.checked_json`), and
+        return :meth:`path`."""
         path = self.path()
         payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
         with atomic_path(path) as tmp:
@@ -128,7 +128,7 @@ def read_results_file(path: str | os.PathLike) -> dict:
     Returns
     -------
     dict
-        ``chapter``, ``scale``, ``seed`` and ``rows`` (each a dict with at least ``key`` and ``ours``).
+        ``chapter``, ``scale``, ``seed`` and ``rows`` (dicts with at least ``key`` and ``ours``).
 
     Raises
     ------
@@ -148,8 +148,9 @@ def read_results_file(path: str | os.PathLike) -> dict:
             if not (isinstance(r, dict) and isinstance(r.get("key"), str) and "ours" in r):
                 raise ValueError(f"row {i} is not a recorded number (a 'key' and 'ours')")
     except ValueError as exc:
-        raise ValueError(f"the results file {path} is damaged ({type(exc).__name__}: {exc}); delete it and "
-                         f"re-run the chapter that wrote it ({path.stem.split('-seed')[0]})") from exc
+        chapter = path.stem.split("-seed")[0]
+        raise ValueError(f"the results file {path} is damaged ({type(exc).__name__}: {exc}); "
+                         f"delete it and re-run the chapter that wrote it ({chapter})") from exc
     return payload
 
 
@@ -178,7 +179,8 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
     rows = []
     for f in sorted(folder.glob("*.json")):
         payload = read_results_file(f)
-        rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"])
+        rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r)
+                    for r in payload["rows"])
     return rows
 
 

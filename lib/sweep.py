@@ -109,7 +109,8 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
         pass
     # A damaged or unreadable marker only costs re-running this one combination.
     except OSError as exc:
-        warnings.warn(f"the run marker {done} cannot be read ({exc.strerror or exc}); running {name} again")
+        reason = exc.strerror or exc
+        warnings.warn(f"the run marker {done} cannot be read ({reason}); running {name} again")
     except ValueError as exc:
         warnings.warn(f"{exc}; running {name} again")
     results = out_dir / f"{name}.results"
@@ -160,7 +161,8 @@ def _read_done(done: Path, params: dict | None = None) -> dict:
     except CorruptedError as exc:
         problem = str(exc)
     if problem:
-        raise ValueError(f"the run marker {done} is damaged ({problem}); delete it to run that combination again")
+        raise ValueError(f"the run marker {done} is damaged ({problem}); delete it to run that "
+                         f"combination again")
     return dict(params=status["params"], notebook=status["notebook"], ok=True, rows=status["rows"])
 
 
@@ -196,8 +198,8 @@ def _completed_runs(out_dir: Path, statuses: list[dict]) -> list[dict]:
         try:
             runs.append(_read_done(done))
         except OSError as exc:
-            warnings.warn(f"the run marker {done} cannot be read ({exc.strerror or exc}); its rows are left "
-                          f"out of {out_dir / 'results.json'}")
+            warnings.warn(f"the run marker {done} cannot be read ({exc.strerror or exc}); its rows "
+                          f"are left out of {out_dir / 'results.json'}")
         except ValueError as exc:
             warnings.warn(f"{exc}; its rows are left out of {out_dir / 'results.json'}")
     return runs

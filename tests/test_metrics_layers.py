@@ -151,18 +151,21 @@ def test_cached_pair_similarities_keys_on_weights_and_images(tmp_path, monkeypat
     first = M.cached_pair_similarities(base, grelu, x, layers, ("grelu_cka",))
     np.testing.assert_allclose(np.diag(first["matrices"]["grelu_cka"]), 1.0, atol=1e-5)
     second = M.cached_pair_similarities(base, rotated, x, layers, ("grelu_cka",))
-    truth = M.model_pair_similarities(base, rotated, x, layers, ("grelu_cka",))["matrices"]["grelu_cka"]
+    truth = M.model_pair_similarities(base, rotated, x, layers, ("grelu_cka",))
+    truth = truth["matrices"]["grelu_cka"]
     assert np.diag(truth).min() < 0.99
     np.testing.assert_allclose(second["matrices"]["grelu_cka"], truth, atol=1e-6)
     # Other images of the same count get their own entry.
     other_x = random_images(12, seed=3)
     other = M.cached_pair_similarities(base, rotated, other_x, layers, ("grelu_cka",))
-    truth = M.model_pair_similarities(base, rotated, other_x, layers, ("grelu_cka",))["matrices"]["grelu_cka"]
+    truth = M.model_pair_similarities(base, rotated, other_x, layers, ("grelu_cka",))
+    truth = truth["matrices"]["grelu_cka"]
     assert not np.allclose(truth, second["matrices"]["grelu_cka"])
     np.testing.assert_allclose(other["matrices"]["grelu_cka"], truth, atol=1e-6)
     # The key is the content: a copy with the same weights reads the entry back, computing nothing;
     # the same model changed in place does not.
-    monkeypatch.setattr(M.layers, "model_pair_similarities", lambda *a, **k: pytest.fail("recomputed"))
+    fail = lambda *args, **kwargs: pytest.fail("recomputed")
+    monkeypatch.setattr(M.layers, "model_pair_similarities", fail)
     again = M.cached_pair_similarities(copy.deepcopy(base), rotated, x, layers, ("grelu_cka",))
     np.testing.assert_array_equal(again["matrices"]["grelu_cka"], second["matrices"]["grelu_cka"])
     with torch.no_grad():

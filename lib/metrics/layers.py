@@ -287,8 +287,8 @@ def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module,
     """:func:`model_pair_similarities` of two models, cached on disk (``lib.cache.memo``, kind
     ``"similarity"``).
 
-    Features are held in float32 and compared in float32 with ``zero_channels="keep"``. The cache key
-    holds everything the matrices depend on: each model's architecture (``model.arch``) and the
+    Features are held in float32 and compared in float32 with ``zero_channels="keep"``. The cache
+    key holds everything the matrices depend on: each model's architecture (``model.arch``) and the
     sha256 of its weights (``lib.cache.fingerprint``), so a transformed copy of a zoo model (which
     keeps its ``zoo_key``) or a model changed in place never reads another's entry; the sha256 of
     the inputs ``x`` with their shape and dtype (``lib.cache.tensor_digest``); the layers and the
@@ -313,8 +313,8 @@ def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module,
         As :func:`model_pair_similarities`; ``seconds`` are those of the run that filled the cache.
     """
     config = dict(a=_model_identity(model_a), b=_model_identity(model_b), images=tensor_digest(x),
-                  layers=list(layers), n_images=len(x), measures=list(measures), feature_dtype="float32",
-                  dtype="float32", zero_channels="keep", version=2)
+                  layers=list(layers), n_images=len(x), measures=list(measures),
+                  feature_dtype="float32", dtype="float32", zero_channels="keep", version=2)
     return memo("similarity", config, lambda: model_pair_similarities(
         model_a, model_b, x, layers, measures, feature_dtype=torch.float32, device=device))
 
@@ -323,7 +323,9 @@ def _model_identity(model: torch.nn.Module) -> dict:
     # The weights alone do not fix the function (an activation's slope is no weight): the
     # architecture config that lib.models.build records goes in too.
     arch = getattr(model, "arch", None)
-    return dict(arch=arch if arch is not None else type(model).__qualname__, weights=fingerprint(model))
+    if arch is None:
+        arch = type(model).__qualname__
+    return dict(arch=arch, weights=fingerprint(model))
 
 
 def best_matches(S) -> np.ndarray:

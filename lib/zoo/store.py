@@ -3,8 +3,9 @@
 :func:`get` returns a trained model, training it only when it is not cached. The key
 (:func:`model_key`) is a hash of the architecture config, every recipe field, the seed and the
 dataset's identity (which includes the data file's checksum). A model folder holds ``weights.pt`` (a
-state_dict), ``meta.json`` (history, accuracy, wall time, device, versions, the weights' sha256 and,
-in ``"sha256"``, the sha256 of its own fields: :func:`lib.cache.checked_json`) and, while training, ``checkpoint.pt`` (one per epoch, for resuming, checked by
+state_dict), ``meta.json`` (history, accuracy, wall time, device, versions, the weights' sha256
+and, in ``"sha256"``, the sha256 of its own fields: :func:`lib.cache.checked_json`) and, while
+training, ``checkpoint.pt`` (one per epoch, for resuming, checked by
 :func:`lib.cache.read_checked`) and ``.lock`` (a second process asking for the same model waits on
 it, then loads the model). Every file is written atomically with the user's umask. A damaged entry
 is reported and retrained; one that cannot be read (permissions) is an error and is never deleted.
@@ -31,8 +32,8 @@ except ImportError:  # no flock (Windows): concurrent processes may both train
     fcntl = None
 
 from .. import __version__
-from ..cache import (CorruptedError, checked_json, read_checked, read_checked_json, torch_bytes, unreadable_error,
-                     write_checked)
+from ..cache import (CorruptedError, checked_json, read_checked, read_checked_json, torch_bytes,
+                     unreadable_error, write_checked)
 from ..config import atomic_path, cache_dir, get_device
 from ..data import Dataset, load_data
 from ..models import build
@@ -113,21 +114,24 @@ def _check_writable(folder: Path) -> None:
 
 
 # The fields of a meta.json written before it carried its own checksum ("sha256").
-_LEGACY_META_FIELDS = ("arch", "recipe", "seed", "data", "history", "test_acc", "seconds", "device", "device_name",
-                       "torch", "lib", "weights_sha256")
+_LEGACY_META_FIELDS = ("arch", "recipe", "seed", "data", "history", "test_acc", "seconds", "device",
+                       "device_name", "torch", "lib", "weights_sha256")
 
 
 def _identity(arch: dict, r: Recipe, seed: int, data_identity: str) -> dict:
-    """What a ``meta.json`` must say about its model (the inputs of :func:`model_key`), as JSON reads it."""
-    return json.loads(json.dumps(dict(arch=canonical_arch(arch), recipe=dataclasses.asdict(r), seed=int(seed),
-                                      data=data_identity)))
+    """What a ``meta.json`` must say about its model (what :func:`model_key` hashes), as JSON
+    reads it."""
+    identity = dict(arch=canonical_arch(arch), recipe=dataclasses.asdict(r), seed=int(seed),
+                    data=data_identity)
+    return json.loads(json.dumps(identity))
 
 
 def _read_meta(meta_path: Path, identity: dict) -> dict:
     """The verified metadata in ``meta_path``: its checksum, its fields, and that it describes the
     model of ``identity``. An old file without a checksum is given one (where the zoo is writable).
 
-    Raises ``CorruptedError`` naming the file; ``FileNotFoundError`` (or another ``OSError``) unchanged."""
+    Raises ``CorruptedError`` naming the file; ``FileNotFoundError`` (or another ``OSError``)
+    unchanged."""
     meta, verified = read_checked_json(meta_path, _LEGACY_META_FIELDS)
     wrong = [k for k in identity if meta.get(k) != identity[k]]
     history = meta.get("history")
@@ -141,7 +145,7 @@ def _read_meta(meta_path: Path, identity: dict) -> dict:
     if not (isinstance(digest, str) and len(digest) == 64):
         raise CorruptedError(f"{meta_path} has no sha256 of the weights")
     if not verified:
-        # Entries trained before meta.json had a checksum keep working; from now on they are checked.
+        # Entries trained before meta.json had a checksum keep working; from now on, checked.
         with contextlib.suppress(OSError):
             with atomic_path(meta_path) as tmp:
                 tmp.write_text(checked_json(meta))
@@ -170,7 +174,8 @@ def _load_cached(folder: Path, model: torch.nn.Module, identity: dict):
     try:
         model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
     except Exception as exc:  # the checksum matched: weights saved for another architecture
-        raise CorruptedError(f"{weights} does not fit the model ({type(exc).__name__}: {exc})") from exc
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CorruptedError(f"{weights} does not fit the model ({reason})") from exc
     return meta
 
 
