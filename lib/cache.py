@@ -3,7 +3,11 @@
 A checked file starts with a magic line and the sha256 of the rest (the payload), so that a damaged
 file is detected and never used (:func:`write_checked`, :func:`read_checked`). :func:`memo` caches
 any picklable result under a hash of its configuration; :func:`fingerprint` is the cache key of a
-model's weights. Every file is written atomically with the user's umask (:func:`lib.config.atomic_path`).
+model's weights and :func:`tensor_digest` that of a tensor (images). JSON files that people
+read (the zoo's ``meta.json``, results files, sweep markers) stay JSON and carry the sha256 of
+their other fields in a ``"sha256"`` field instead (:func:`checked_json`,
+:func:`read_checked_json`). Every file is written atomically with the user's umask
+(:func:`lib.config.atomic_path`).
 """
 from __future__ import annotations
 
@@ -18,11 +22,15 @@ import torch
 
 from .config import atomic_path, cache_dir
 
-__all__ = ["CorruptedError", "write_checked", "read_checked", "unreadable_error", "torch_bytes", "fingerprint",
-           "memo_key", "memo"]
+__all__ = ["CorruptedError", "write_checked", "read_checked", "JSON_CHECKSUM", "json_digest",
+           "checked_json", "read_checked_json", "unreadable_error", "torch_bytes", "fingerprint",
+           "tensor_digest", "memo_key", "memo"]
 
 # Checked files (zoo checkpoints, memo entries) start with this line and the sha256 of the payload.
 _MAGIC = b"symmetries-checked-v1\n"
+
+#: The field of a checked JSON file holding the sha256 of its other fields (:func:`checked_json`).
+JSON_CHECKSUM = "sha256"
 
 
 class CorruptedError(ValueError):
@@ -70,6 +78,91 @@ def read_checked(path: Path) -> bytes:
     if hashlib.sha256(payload).hexdigest().encode() != raw[head:digest]:
         raise CorruptedError(f"{path} does not match its sha256 checksum")
     return payload
+
+
+def json_digest(obj) -> str:
+    """The sha256 of ``obj`` spelled as canonical JSON (sorted keys, no spaces).
+
+    Parameters
+    ----------
+    obj : object
+        JSON-serialisable, as read back by ``json.loads`` (tuples are lists, keys are strings).
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checked_json(obj: dict) -> str:
+    """``obj`` as indented JSON text with a :data:`JSON_CHECKSUM` field: the sha256 of the rest.
+
+    The file stays readable JSON; :func:`read_checked_json` verifies it. The checksum covers the
+    values as parsed, so only changes that alter a value (or a key) are damage.
+
+    Parameters
+    ----------
+    obj : dict
+        JSON-serialisable, without a :data:`JSON_CHECKSUM` key.
+
+    Returns
+    -------
+    str
+    """
+    # Checksum what a reader will parse: through JSON, tuples become lists and keys strings.
+    plain = json.loads(json.dumps(obj))
+    if not isinstance(plain, dict) or JSON_CHECKSUM in plain:
+        raise ValueError(f"obj must be a dict without a {JSON_CHECKSUM!r} key")
+    return json.dumps({**plain, JSON_CHECKSUM: json_digest(plain)}, indent=1)
+
+
+def read_checked_json(path: Path, legacy_fields=None) -> tuple[dict, bool]:
+    """The object of a JSON file written with :func:`checked_json`, verified.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    legacy_fields : collection of str, optional
+        The exact keys of the files of this kind written before they carried a checksum: such a file
+        is returned unverified. Any other file without a checksum is damaged (a flipped bit in the
+        checksum's own key must not pass for an old file).
+
+    Returns
+    -------
+    obj : dict
+        Without its :data:`JSON_CHECKSUM` field.
+    verified : bool
+        False for an old file without a checksum.
+
+    Raises
+    ------
+    CorruptedError
+        Naming ``path``: not UTF-8, not JSON, not an object, or not matching its checksum.
+    FileNotFoundError
+        (or another ``OSError``) if the file cannot be read; not corruption.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptedError(f"{path} is not UTF-8 text ({exc})") from exc
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise CorruptedError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise CorruptedError(f"{path} does not hold a JSON object")
+    if JSON_CHECKSUM in obj:
+        digest = obj.pop(JSON_CHECKSUM)
+        if digest != json_digest(obj):
+            raise CorruptedError(f"{path} does not match its sha256 checksum")
+        return obj, True
+    if legacy_fields is not None and set(obj) == set(legacy_fields):
+        return obj, False
+    raise CorruptedError(f"{path} lacks its {JSON_CHECKSUM!r} checksum field (damaged, or written "
+                         f"by an older version)")
 
 
 def unreadable_error(path: Path, exc: OSError) -> OSError:
@@ -133,6 +226,24 @@ def fingerprint(model: torch.nn.Module) -> str:
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A cache key that follows a tensor's values, shape and dtype (for inputs such as images).
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Any shape and dtype, on any device (copied to the CPU to be hashed).
+
+    Returns
+    -------
+    str
+        The first 20 hexadecimal digits of the sha256 of the shape, the dtype and the bytes.
+    """
+    h = hashlib.sha256(f"{tuple(t.shape)} {t.dtype}".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:20]
 
 

@@ -4,8 +4,9 @@ A claim about trained networks is stated here, not in a chapter, as an *effect* 
 replicate (an independent model pair, or network, with its own seeds) and signed so that a positive
 effect is the paper's direction. A claim with a threshold folds it into the effect: "the G_ReLU
 penalty is below 10 pp at most layers" is the effect ``10 - median penalty``, so that the same rule
-decides every claim. Chapters compute the per-replicate effects and record them with
-:meth:`lib.results.Recorder.claim`, which calls :func:`decide`.
+decides every claim. Chapters compute the per-replicate effects and record them with :func:`record`
+(which calls :func:`decide` and adds one row to the chapter's :class:`lib.results.Recorder`); chapter 09
+reads them back, verified, with :func:`load_claims` and shows them with :func:`claims_table`.
 
 The decision rule (:data:`RULE`) is a two-sided t-interval for the mean effect over ``n >= 2``
 replicates at 95 %: the claim **holds** when the whole interval lies above 0, **fails** when it lies
@@ -22,9 +23,10 @@ import numpy as np
 from scipy import stats
 
 from .config import check_choice
+from .results import Recorder, load_results, table
 
-__all__ = ["Claim", "CLAIMS", "Verdict", "VERDICTS", "LEVEL", "RULE", "decide", "check_claim_row",
-           "fig1_effects"]
+__all__ = ["Claim", "CLAIMS", "Verdict", "VERDICTS", "LEVEL", "RULE", "decide", "record",
+           "check_claim_row", "load_claims", "claims_table", "fig1_effects"]
 
 #: The three verdicts a claim can get, in the order tables show them.
 VERDICTS = ("holds", "fails", "inconclusive")
@@ -180,7 +182,7 @@ def check_claim_row(row: dict) -> None:
     Parameters
     ----------
     row : dict
-        A row of :meth:`lib.results.Recorder.claim`: ``key``, ``verdict``, ``n``, ``ours`` (the mean
+        A row written by :func:`record`: ``key``, ``verdict``, ``n``, ``ours`` (the mean
         effect), ``low`` and ``high``.
 
     Raises
@@ -204,6 +206,91 @@ def check_claim_row(row: dict) -> None:
     if row["verdict"] != expected:
         raise ValueError(f"claim {key!r} is recorded as {row['verdict']!r} but its interval "
                          f"[{low:.4g}, {high:.4g}] gives {expected!r} under the rule: {RULE}")
+
+
+def record(rec: Recorder, key: str, effects, note: str = "") -> Verdict:
+    """Decide one claim from its per-replicate effects and record it as a row of ``rec``.
+
+    The row holds the mean effect as ``ours`` (with its ``std`` and the claim's unit) and the fields
+    ``verdict``, ``n``, ``low``, ``high`` (the interval), ``rule``, ``where``, ``statement`` and
+    ``effects`` (the per-replicate values).
+
+    Parameters
+    ----------
+    rec : lib.results.Recorder
+        The chapter's recorder.
+    key : str
+        A key of :data:`CLAIMS`, e.g. ``"claim_fig4_grelu_below_orthogonal"``.
+    effects : sequence of float, shape (n,)
+        One effect per replicate, in the claim's unit, positive in the paper's direction.
+    note : str
+        What the reader needs beyond the claim's effect definition (replicates, variant, scale).
+
+    Returns
+    -------
+    Verdict
+        As :func:`decide` gives it (which raises ``ValueError`` naming the key on bad input).
+    """
+    v = decide(effects, key=key)
+    claim = CLAIMS[key]
+    rec.add(key, v.effect, unit=claim.unit, note=note or claim.effect, std=v.std)
+    rec.rows[-1].update(verdict=v.verdict, n=v.n, low=v.low, high=v.high, rule=RULE, where=claim.where,
+                        statement=claim.statement, effects=list(v.effects))
+    return v
+
+
+def load_claims(scale: str, directory=None) -> list[dict]:
+    """Every claim recorded at a scale, each row checked by :func:`check_claim_row`.
+
+    Parameters
+    ----------
+    scale : str
+        A key of :data:`lib.settings.SCALES`.
+    directory : path-like, optional
+        As for :func:`lib.results.load_results`.
+
+    Returns
+    -------
+    list of dict
+        The rows of :func:`lib.results.load_results` that hold a verdict.
+
+    Raises
+    ------
+    ValueError
+        Naming the key (and the chapter that recorded it) if a claim row is malformed, and as
+        :func:`lib.results.load_results` for a damaged file.
+    """
+    rows = [r for r in load_results(scale, directory) if "verdict" in r]
+    for r in rows:
+        try:
+            check_claim_row(r)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (recorded by chapter {r['chapter']!r}, seed {r['seed']}; re-run it)") from exc
+    return rows
+
+
+def claims_table(rows: list[dict]) -> str:
+    """Recorded claims as a Markdown table, one row per claim (via :func:`lib.results.table`).
+
+    Parameters
+    ----------
+    rows : list of dict
+        From :func:`load_claims`; rows without a verdict are left out.
+
+    Returns
+    -------
+    str
+        Columns: claim key, where the paper makes it, its statement, replicates ``n``, the mean effect with
+        its 95 % interval, and the verdict (``fails`` in bold), ordered as :data:`CLAIMS`.
+    """
+    order = list(CLAIMS)
+    claims = sorted((r for r in rows if "verdict" in r),
+                    key=lambda r: (order.index(r["key"]) if r["key"] in order else len(order), r["key"]))
+    shown = {v: v for v in VERDICTS} | {"fails": "**fails**"}
+    return table(["claim", "paper", "statement", "n", "effect [95 % interval]", "verdict"],
+                 [[f"`{r['key']}`", r.get("where", ""), r.get("statement", ""), r["n"],
+                   f"{r['ours']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}]" + (f" {r['unit']}" if r["unit"] else ""),
+                   shown[r["verdict"]]] for r in claims], align="lllrrl")
 
 
 def fig1_effects(final: dict) -> dict:

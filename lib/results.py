@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 import os
 import re
 import sys
 from pathlib import Path
 
-from .claims import CLAIMS, RULE, VERDICTS, Verdict, check_claim_row, decide
+from .cache import checked_json, read_checked_json
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "claims_table",
-           "VALUE_FIELDS", "compare_results", "main"]
+__all__ = ["Recorder", "results_dir", "read_results_file", "load_results", "table",
+           "markdown_table", "VALUE_FIELDS", "compare_results", "main"]
+
+# The fields of a results file written before it carried its own checksum ("sha256").
+_LEGACY_FIELDS = ("chapter", "scale", "seed", "rows")
 
 
 def results_dir() -> Path:
@@ -101,42 +103,55 @@ class Recorder:
                               paper_std=_plain(paper_std), unit=unit, note=note))
         return ours
 
-    def claim(self, key: str, effects, note: str = "") -> Verdict:
-        """Decide one claim of :data:`lib.claims.CLAIMS` from its per-replicate effects, and record it.
-
-        Parameters
-        ----------
-        key : str
-            A key of :data:`lib.claims.CLAIMS`, e.g. ``"claim_fig4_grelu_below_orthogonal"``.
-        effects : sequence of float, shape (n,)
-            One effect per replicate, in the claim's unit, positive in the paper's direction.
-        note : str
-            What the reader needs beyond the claim's effect definition (replicates, scale).
-
-        Returns
-        -------
-        lib.claims.Verdict
-            As :func:`lib.claims.decide` gives it (which raises ``ValueError`` naming the key on bad input).
-        """
-        v = decide(effects, key=key)
-        claim = CLAIMS[key]
-        self.add(key, v.effect, unit=claim.unit, note=note or claim.effect, std=v.std)
-        self.rows[-1].update(verdict=v.verdict, n=v.n, low=v.low, high=v.high, rule=RULE, where=claim.where,
-                             statement=claim.statement, effects=list(v.effects))
-        return v
-
     def path(self) -> Path:
         """The file :meth:`save` writes: ``<results dir>/<scale>/<chapter>[-seed<k>].json``."""
         suffix = f"-seed{self.seed}" if self.seed else ""
         return results_dir() / self.scale / f"{self.chapter}{suffix}.json"
 
     def save(self) -> Path:
-        """Write the rows atomically and return :meth:`path`."""
+        """Write the rows atomically, with their checksum (:func:`lib.cache.checked_json`), and
+        return :meth:`path`."""
         path = self.path()
         payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(payload, indent=1))
+            tmp.write_text(checked_json(payload))
         return path
+
+
+def read_results_file(path: str | os.PathLike) -> dict:
+    """The verified content of one results file written by :meth:`Recorder.save`.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    dict
+        ``chapter``, ``scale``, ``seed`` and ``rows`` (dicts with at least ``key`` and ``ours``).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the chapter to re-run, if it is damaged: not JSON, not matching its
+        checksum, or not of this layout. A file written before results files carried a checksum is
+        checked for its layout only.
+    """
+    path = Path(path)
+    try:
+        payload, _ = read_checked_json(path, _LEGACY_FIELDS)
+        rows = payload.get("rows")
+        if not (isinstance(payload.get("chapter"), str) and isinstance(payload.get("seed"), int)
+                and isinstance(rows, list)):
+            raise ValueError("it lacks a 'chapter', a 'seed' or a list of 'rows'")
+        for i, r in enumerate(rows):
+            if not (isinstance(r, dict) and isinstance(r.get("key"), str) and "ours" in r):
+                raise ValueError(f"row {i} is not a recorded number (a 'key' and 'ours')")
+    except ValueError as exc:
+        chapter = path.stem.split("-seed")[0]
+        raise ValueError(f"the results file {path} is damaged ({type(exc).__name__}: {exc}); "
+                         f"delete it and re-run the chapter that wrote it ({chapter})") from exc
+    return payload
 
 
 def load_results(scale: str, directory: str | os.PathLike | None = None) -> list[dict]:
@@ -163,16 +178,9 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
     folder = Path(directory) if directory else results_dir() / scale
     rows = []
     for f in sorted(folder.glob("*.json")):
-        try:
-            payload = json.loads(f.read_text())
-            new = [dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"]]
-            for r in new:
-                if "verdict" in r:
-                    check_claim_row(r)
-            rows.extend(new)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"the results file {f} is damaged ({type(exc).__name__}: {exc}); delete it and "
-                             f"re-run the chapter that wrote it ({f.stem.split('-seed')[0]})") from exc
+        payload = read_results_file(f)
+        rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r)
+                    for r in payload["rows"])
     return rows
 
 
@@ -262,30 +270,6 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
                  align="lrlrrl")
 
 
-def claims_table(rows: list[dict]) -> str:
-    """The claims among recorded rows as a Markdown table, one row per claim (via :func:`table`).
-
-    Parameters
-    ----------
-    rows : list of dict
-        From :func:`load_results`; rows without a verdict are left out.
-
-    Returns
-    -------
-    str
-        Columns: claim key, where the paper makes it, its statement, replicates ``n``, mean effect with its
-        95 % interval, and the verdict (``fails`` in bold), ordered as :data:`lib.claims.CLAIMS`.
-    """
-    claims = sorted((r for r in rows if "verdict" in r),
-                    key=lambda r: (list(CLAIMS).index(r["key"]) if r["key"] in CLAIMS else len(CLAIMS), r["key"]))
-    unit = lambda r: f" {r['unit']}" if r["unit"] else ""
-    shown = {v: v for v in VERDICTS} | {"fails": "**fails**"}
-    return table(["claim", "paper", "statement", "n", "effect [95 % interval]", "verdict"],
-                 [[f"`{r['key']}`", r.get("where", ""), r.get("statement", ""), r["n"],
-                   f"{r['ours']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}]{unit(r)}", shown[r["verdict"]]]
-                  for r in claims], align="lllrrl")
-
-
 #: The fields of a recorded row that :func:`compare_results` compares (notes hold wall times).
 VALUE_FIELDS = ("ours", "std", "paper", "paper_std", "unit", "verdict", "n")
 
@@ -294,12 +278,7 @@ def _recorded(folder: Path) -> dict:
     # {(results file relative to folder, key): row} of every JSON results file under folder.
     out = {}
     for f in sorted(folder.rglob("*.json")):
-        try:
-            payload = json.loads(f.read_text())
-            rows = payload["rows"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"the results file {f} is damaged ({type(exc).__name__}: {exc})") from exc
-        for r in rows:
+        for r in read_results_file(f)["rows"]:
             out[str(f.relative_to(folder)), r["key"]] = r
     return out
 

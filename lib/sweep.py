@@ -6,9 +6,12 @@
 Each run executes ``runs/<chapter>/<name>.ipynb`` (``name`` spells the parameters, e.g.
 ``scale-cpu_seed-0``) in a fresh papermill subprocess whose ``SYMMETRIES_RESULTS`` points at
 ``runs/<chapter>/<name>.results/``, so the numbers the chapter records land beside its notebook.
-A run whose ``<name>.done.json`` exists is skipped on re-run. Failures are listed with the path of
-their notebook and the error, and do not stop the other runs. All recorded rows, one per run and key,
-are collected into ``runs/<chapter>/results.json``; :func:`summarize` turns them into mean ± std.
+A run whose ``<name>.done.json`` marker (checksummed, :func:`lib.cache.checked_json`) is intact is
+skipped on re-run; a marker that cannot be read or is damaged only means that run is done again (one
+warning naming it). Failures are listed with the path of their notebook and the error, and do not
+stop the other runs. The recorded rows of every completed run in ``runs/<chapter>/``, this sweep's
+and earlier ones', one per run and key, are collected into ``runs/<chapter>/results.json``;
+:func:`summarize` turns them into mean ± std.
 """
 from __future__ import annotations
 
@@ -26,7 +29,9 @@ from pathlib import Path
 import jupytext
 import numpy as np
 
+from .cache import CorruptedError, checked_json, read_checked_json
 from .config import atomic_path
+from .results import read_results_file
 
 __all__ = ["chapter_parameters", "expand", "run_name", "run_one", "sweep", "summarize", "main"]
 
@@ -99,11 +104,14 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
     notebook = out_dir / f"{name}.ipynb"
     done = out_dir / f"{name}.done.json"
     try:
-        return dict(_read_done(done), skipped=True)
+        return dict(_read_done(done, params), notebook=str(notebook), skipped=True)
     except FileNotFoundError:
         pass
+    # A damaged or unreadable marker only costs re-running this one combination.
+    except OSError as exc:
+        reason = exc.strerror or exc
+        warnings.warn(f"the run marker {done} cannot be read ({reason}); running {name} again")
     except ValueError as exc:
-        # A damaged marker only costs re-running this one combination.
         warnings.warn(f"{exc}; running {name} again")
     results = out_dir / f"{name}.results"
     source = out_dir / f"{name}.input.ipynb"
@@ -126,27 +134,75 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
     rows = []
     for f in sorted(results.glob("*/*.json")):
         try:
-            rows.extend(json.loads(f.read_text())["rows"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return dict(status, ok=False, error=f"the results file {f} written by this run is damaged "
-                                                f"({type(exc).__name__}: {exc}); delete it and run again")
+            rows.extend(read_results_file(f)["rows"])
+        except ValueError as exc:
+            return dict(status, ok=False, error=f"{exc} (this run wrote it)")
     status["rows"] = rows
     with atomic_path(done) as tmp:
-        tmp.write_text(json.dumps(status, indent=1))
+        tmp.write_text(checked_json(status))
     return dict(status, skipped=False)
 
 
-def _read_done(done: Path) -> dict:
-    """The status stored in a ``.done.json``; ``ValueError`` naming the file if it is damaged."""
-    text = done.read_text()
+# The fields of a run marker written before markers carried their own checksum ("sha256").
+_LEGACY_MARKER_FIELDS = ("params", "notebook", "ok", "rows")
+
+
+def _read_done(done: Path, params: dict | None = None) -> dict:
+    """The status of the completed run that the marker ``done`` records: ``params``, ``notebook``,
+    ``ok`` (True) and ``rows``.
+
+    ``params`` are the run's parameters (default: those the marker holds, which must spell its
+    name). ``ValueError`` naming the file if the marker is damaged or does not record a completed
+    run of ``params``; ``OSError`` (``FileNotFoundError``: no marker) if it cannot be read."""
+    name = done.name.removesuffix(".done.json")
     try:
-        status = json.loads(text)
-        if not (isinstance(status, dict) and isinstance(status.get("rows"), list) and "params" in status):
-            raise ValueError("it lacks 'params' or a list of 'rows'")
-    except ValueError as exc:
-        raise ValueError(f"the run marker {done} is damaged ({exc}); delete it to run that combination "
-                         f"again") from exc
-    return status
+        status, _ = read_checked_json(done, _LEGACY_MARKER_FIELDS)
+        problem = _marker_problem(status, params, name)
+    except CorruptedError as exc:
+        problem = str(exc)
+    if problem:
+        raise ValueError(f"the run marker {done} is damaged ({problem}); delete it to run that "
+                         f"combination again")
+    return dict(params=status["params"], notebook=status["notebook"], ok=True, rows=status["rows"])
+
+
+def _marker_problem(status: dict, params: dict | None, name: str) -> str | None:
+    """What is wrong with the content of the marker of run ``name``, or None."""
+    if status.get("ok") is not True:
+        return f"'ok' is {status.get('ok')!r}, not true: it does not record a completed run"
+    if not isinstance(status.get("params"), dict) or not isinstance(status.get("notebook"), str):
+        return "'params' is not an object or 'notebook' not a path"
+    if params is not None and status["params"] != json.loads(json.dumps(params)):
+        return f"it records the parameters {status['params']!r}, not this run's {params!r}"
+    if params is None and run_name(status["params"]) != name:
+        return f"its parameters {status['params']!r} are not those its name spells"
+    rows = status.get("rows")
+    if not isinstance(rows, list):
+        return "'rows' is not a list"
+    for i, r in enumerate(rows):
+        ours = r.get("ours", "") if isinstance(r, dict) else ""
+        if not (isinstance(r, dict) and isinstance(r.get("key"), str)
+                and (ours is None or isinstance(ours, (int, float)))):
+            return f"row {i} is not a recorded number (a 'key' and a numeric or null 'ours')"
+    return None
+
+
+def _completed_runs(out_dir: Path, statuses: list[dict]) -> list[dict]:
+    """This sweep's completed runs, then those of earlier sweeps in ``out_dir`` (by marker name)
+    that this sweep did not run; a damaged earlier marker is left out with one warning."""
+    runs = [s for s in statuses if s["ok"]]
+    ran = {run_name(s["params"]) for s in statuses}
+    for done in sorted(out_dir.glob("*.done.json")):
+        if done.name.removesuffix(".done.json") in ran:
+            continue
+        try:
+            runs.append(_read_done(done))
+        except OSError as exc:
+            warnings.warn(f"the run marker {done} cannot be read ({exc.strerror or exc}); its rows "
+                          f"are left out of {out_dir / 'results.json'}")
+        except ValueError as exc:
+            warnings.warn(f"{exc}; its rows are left out of {out_dir / 'results.json'}")
+    return runs
 
 
 def _run_safely(chapter: str, params: dict, out_dir: str, timeout: float | None) -> dict:
@@ -194,7 +250,8 @@ def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, schedul
 
     ``workers`` runs execute at a time in a local pool; with ``scheduler`` (a Dask distributed
     address, e.g. of a SLURM or Kubernetes deployment) the runs go to that cluster instead.
-    The collected rows are also written to ``<out>/<chapter>/results.json``.
+    The rows of every completed run in ``<out>/<chapter>/`` (this sweep's, then earlier sweeps'
+    other runs, from their markers) are written to ``<out>/<chapter>/results.json``.
 
     Parameters
     ----------
@@ -239,7 +296,7 @@ def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, schedul
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             statuses = list(pool.map(lambda p: _run_safely(chapter, p, str(out_dir), timeout), combos))
     table = [dict(r, **{f"param_{k}": v for k, v in s["params"].items()})
-             for s in statuses if s["ok"] for r in s["rows"]]
+             for s in _completed_runs(out_dir, statuses) for r in s["rows"]]
     with atomic_path(out_dir / "results.json") as tmp:
         tmp.write_text(json.dumps(table, indent=1))
     return statuses

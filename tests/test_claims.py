@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lib.claims import CLAIMS, RULE, VERDICTS, check_claim_row, decide, fig1_effects
-from lib.results import Recorder, claims_table, load_results
+from lib.cache import checked_json
+from lib.claims import (CLAIMS, RULE, VERDICTS, check_claim_row, claims_table, decide, fig1_effects, load_claims,
+                        record)
+from lib.results import Recorder
 
 KEY = "claim_fig4_grelu_below_orthogonal"
 
@@ -56,13 +58,14 @@ def test_unknown_claim_lists_the_claims():
 def test_recorder_writes_the_verdict_and_load_results_reads_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
     rec = Recorder("sanity_test", "smoke")
-    v = rec.claim(KEY, [1.5, 2.0, 2.5], note="3 networks")
+    rec.add("clean_accuracy", 87.0)
+    v = record(rec, KEY, [1.5, 2.0, 2.5], note="3 networks")
     rec.save()
-    (row,) = load_results("smoke")
+    (row,) = load_claims("smoke")
     assert row["verdict"] == v.verdict == "holds" and row["n"] == 3 and row["rule"] == RULE
     assert row["ours"] == pytest.approx(2.0) and (row["low"], row["high"]) == pytest.approx((v.low, v.high))
     assert row["statement"] == CLAIMS[KEY].statement and row["unit"] == "pp" and row["effects"] == [1.5, 2.0, 2.5]
-    md = claims_table(load_results("smoke"))
+    md = claims_table(load_claims("smoke"))
     assert f"`{KEY}`" in md and "| 3 |" in md and md.rstrip().endswith("| holds |")
 
 
@@ -73,17 +76,19 @@ def test_recorder_writes_the_verdict_and_load_results_reads_it(tmp_path, monkeyp
     (dict(ours=None), "non-finite"),
     (dict(low=-5.0), "gives 'inconclusive'"),   # the recorded verdict no longer follows from its interval
 ])
-def test_a_tampered_claim_row_is_rejected_naming_file_and_key(tmp_path, monkeypatch, change, message):
+def test_a_malformed_claim_row_is_rejected_naming_key_and_chapter(tmp_path, monkeypatch, change, message):
+    # A row written with a valid file checksum (so not damage, but a wrong claim) is still refused.
     monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
     rec = Recorder("sanity_test", "smoke")
-    rec.claim(KEY, [1.5, 2.0, 2.5])
+    record(rec, KEY, [1.5, 2.0, 2.5])
     path = rec.save()
     payload = json.loads(path.read_text())
+    payload.pop("sha256")
     payload["rows"][0].update(change)
-    path.write_text(json.dumps(payload))
+    path.write_text(checked_json(payload))
     with pytest.raises(ValueError, match=message) as err:
-        load_results("smoke")
-    assert str(path) in str(err.value) and KEY in str(err.value)
+        load_claims("smoke")
+    assert KEY in str(err.value) and "'sanity_test'" in str(err.value)
 
 
 def test_check_claim_row_accepts_each_verdict():

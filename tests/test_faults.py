@@ -4,9 +4,11 @@ training the same model. Each test checks that the result is correct or the erro
 nothing is lost. Permissions are simulated where the tests run as root (which ignores them)."""
 import errno
 import hashlib
+import io
 import json
 import os
 import pickle
+import re
 import socket
 import struct
 import threading
@@ -37,6 +39,9 @@ def entry(tiny_arch, tiny_recipe):
     def entry(d, root, recipe=None, seed=0) -> Path:
         return Path(root) / zoo.model_key(tiny_arch, recipe or tiny_recipe(), seed, d.identity)
     return entry
+
+
+_MKDIR = Path.mkdir
 
 
 def fail_for(monkeypatch, cls, method, paths, err):
@@ -77,6 +82,20 @@ def test_files_get_the_users_umask(tmp_path, tiny_data, umask, mode, get):
                 assert (tmp_path / "zoo" / folder / name).stat().st_mode & 0o777 == mode, name
     finally:
         os.umask(old)
+
+
+def test_concept_dataset_folder_gets_the_users_umask(tmp_path):
+    # Issue 26: the folder came from mkdtemp, 0700 whatever the umask, unlike every other entry.
+    from lib.dissection import make_concept_dataset
+    old = os.umask(0o027)
+    try:
+        root = make_concept_dataset(tmp_path / "broden" / "tiny", 2, size=16)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777
+             for p in [root, *root.rglob("*")]}
+    assert modes["broden/tiny"] == modes["broden/tiny/images"] == 0o750
+    assert {m for p, m in modes.items() if p.endswith((".csv", ".png", ".json"))} == {0o640}
 
 
 @pytest.mark.parametrize("name", ["meta.json", "weights.pt"])
@@ -203,6 +222,72 @@ def test_changed_weights_bytes_are_retrained(tmp_path, tiny_data, get, entry):
         assert torch.equal(a, b)
 
 
+def _edit_meta(raw: bytes, damage: str) -> bytes:
+    """``raw`` (a meta.json) damaged as issue 26 found it served."""
+    if damage == "truncated":
+        return raw[: len(raw) // 2]
+    if damage == "not utf-8":
+        return raw.replace(b'"device"', b'"\xffevice"')
+    meta = json.loads(raw)
+    if damage == "accuracy":                  # 0.109375 -> 0.909375 was reported as the accuracy
+        meta["test_acc"] = min(1.0, meta["test_acc"] + 0.8)
+    elif damage == "seed":
+        meta["seed"] = 1
+    elif damage == "renamed key":             # was served, then a KeyError later on
+        meta["test_acd"] = meta.pop("test_acc")
+    elif damage == "renamed checksum":        # must not pass for a meta.json of the old format
+        meta["sha257"] = meta.pop("sha256")
+    return json.dumps(meta, indent=1).encode()
+
+
+@pytest.mark.parametrize("damage", ["accuracy", "seed", "renamed key", "renamed checksum",
+                                    "not utf-8", "truncated"])
+def test_damaged_meta_json_is_reported_by_name_and_retrained(tmp_path, tiny_data, get, entry,
+                                                             damage, tiny_arch, tiny_recipe):
+    good = get(tiny_data, tmp_path)
+    meta = entry(tiny_data, tmp_path) / "meta.json"
+    meta.write_bytes(_edit_meta(meta.read_bytes(), damage))
+    with pytest.warns(UserWarning, match=f"corrupted \\({meta} .*; retraining it"):
+        again = get(tiny_data, tmp_path)
+    assert again.zoo_meta["test_acc"] == good.zoo_meta["test_acc"] and again.zoo_meta["seed"] == 0
+    assert zoo.info(tiny_arch, tiny_recipe(), 0, root=tmp_path, data=tiny_data) == again.zoo_meta
+
+
+def test_info_verifies_meta_json(tmp_path, tiny_data, get, entry, tiny_arch, tiny_recipe):
+    good = get(tiny_data, tmp_path)
+    assert zoo.info(tiny_arch, tiny_recipe(), 0, root=tmp_path, data=tiny_data) == good.zoo_meta
+    meta = entry(tiny_data, tmp_path) / "meta.json"
+    meta.write_bytes(_edit_meta(meta.read_bytes(), "accuracy"))
+    message = f"{meta} does not match its sha256 checksum; the model will be retrained"
+    with pytest.warns(UserWarning, match=message):
+        assert zoo.info(tiny_arch, tiny_recipe(), 0, root=tmp_path, data=tiny_data) is None
+
+
+def test_meta_json_of_the_old_format_is_loaded_and_given_a_checksum(tmp_path, tiny_data, get, entry,
+                                                                    monkeypatch):
+    # Entries trained before meta.json carried a checksum stay valid (nothing is retrained); the
+    # file is upgraded where the zoo is writable, and left as it is where it is not.
+    good = get(tiny_data, tmp_path)
+    meta = entry(tiny_data, tmp_path) / "meta.json"
+    old = json.loads(meta.read_text())
+    del old["sha256"]
+    assert set(old) == set(zoo_store._LEGACY_META_FIELDS)
+    monkeypatch.setattr(zoo_store, "train", lambda *a, **k: pytest.fail("retrained"))
+    meta.write_text(json.dumps(old, indent=1))
+    fail_for(monkeypatch, Path, "mkdir", [meta.parent], errno.EROFS)
+    assert get(tiny_data, tmp_path).zoo_meta == good.zoo_meta
+    assert json.loads(meta.read_text()) == old                         # read-only: left as it was
+    monkeypatch.setattr(Path, "mkdir", _MKDIR)
+    assert get(tiny_data, tmp_path).zoo_meta == good.zoo_meta
+    assert json.loads(meta.read_text()) == dict(old, sha256=cache.json_digest(old))   # upgraded
+    # An old meta.json is still checked for what it can be: the model it describes, its fields.
+    meta.write_text(json.dumps(dict(old, seed=1), indent=1))
+    monkeypatch.setattr(zoo_store, "_train_and_store", lambda *a, **k: pytest.fail("retrained"))
+    with pytest.warns(UserWarning, match=f"{meta} describes another model \\(its seed differ"):
+        with pytest.raises(pytest.fail.Exception, match="retrained"):
+            get(tiny_data, tmp_path)
+
+
 # -- 5. damaged files: errors name the file and what to do -----------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "bit flip", "empty"])
@@ -224,10 +309,31 @@ def test_damaged_data_npz_names_the_file(tmp_path, damage, cifar_npz):
 @pytest.mark.parametrize("text", ["{not json", '{"chapter": "zoo", "seed": 0}', "[1, 2]"])
 def test_damaged_results_json_names_the_file(tmp_path, text):
     from lib.results import load_results
-    (tmp_path / "good.json").write_text(json.dumps(dict(chapter="good", seed=0, rows=[])))
+    good = dict(chapter="good", scale="smoke", seed=0, rows=[])
+    (tmp_path / "good.json").write_text(json.dumps(good))
     (tmp_path / "zoo-seed1.json").write_text(text)
     with pytest.raises(ValueError, match="results file .*zoo-seed1.json is damaged.*re-run the chapter .*zoo"):
         load_results("smoke", tmp_path)
+
+
+def test_results_json_carries_a_checksum_and_old_files_still_load(tmp_path, monkeypatch):
+    from lib.results import Recorder, load_results
+    monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
+    rec = Recorder("zoo", "smoke", 1)
+    rec.add("acc", 0.109375, paper=0.9)
+    path = rec.save()
+    good = load_results("smoke")
+    assert [(r["chapter"], r["seed"], r["key"], r["ours"]) for r in good] == [
+        ("zoo", 1, "acc", 0.109375)]
+    # A changed number is still valid JSON: only the checksum tells.
+    path.write_text(path.read_text().replace("0.109375", "0.909375"))
+    message = f"results file {path} is damaged .*sha256 checksum.*re-run .*zoo"
+    with pytest.raises(ValueError, match=message):
+        load_results("smoke")
+    old = json.loads(path.read_text().replace("0.909375", "0.109375"))
+    del old["sha256"]
+    path.write_text(json.dumps(old))
+    assert load_results("smoke") == good
 
 
 @pytest.fixture()
@@ -241,7 +347,9 @@ def fake_papermill(monkeypatch):
         out = Path(env["SYMMETRIES_RESULTS"]) / "smoke"
         out.mkdir(parents=True, exist_ok=True)
         rows = [dict(key="value", ours=params["seed"], paper=None)]
-        (out / "tiny.json").write_text("{broken" if params["seed"] == 2 else json.dumps(dict(rows=rows)))
+        payload = dict(chapter="tiny", scale="smoke", seed=params["seed"], rows=rows)
+        text = "{broken" if params["seed"] == 2 else cache.checked_json(payload)
+        (out / "tiny.json").write_text(text)
         return subprocess.CompletedProcess(cmd, 0, "", "")
     monkeypatch.setattr(sweep.subprocess, "run", run)
     v4 = __import__("nbformat").v4
@@ -255,7 +363,8 @@ def test_damaged_done_json_reruns_that_run_only(tmp_path, fake_papermill):
     chapter.write_text("# tiny\n\n```{code-cell} ipython3\n:tags: [parameters]\nseed = 0\n```\n")
     first = sweep.sweep(str(chapter), {"seed": [0, 1, 2]}, out=str(tmp_path / "runs"))
     assert [s["ok"] for s in first] == [True, True, False]
-    assert "tiny.json written by this run is damaged" in first[2]["error"]
+    damaged = r"results file \S*tiny.json is damaged .*\(this run wrote it\)"
+    assert re.search(damaged, first[2]["error"])
     done = tmp_path / "runs" / "tiny" / "seed-1.done.json"
     done.write_text('{"params": {"seed": 1}, "rows": [tru')
     with pytest.warns(UserWarning, match=f"run marker {done} is damaged .*running seed-1 again"):
@@ -263,6 +372,85 @@ def test_damaged_done_json_reruns_that_run_only(tmp_path, fake_papermill):
     assert [(s["ok"], s.get("skipped")) for s in second] == [(True, True), (True, False), (False, None)]
     table = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
     assert sorted(r["ours"] for r in table) == [0, 1]
+
+
+def _tiny_chapter(tmp_path) -> Path:
+    chapter = tmp_path / "tiny.md"
+    chapter.write_text("# tiny\n\n```{code-cell} ipython3\n:tags: [parameters]\nseed = 0\n```\n")
+    return chapter
+
+
+MALFORMED_MARKERS = {   # issue 26: each stopped the whole sweep, or skipped the run forever
+    "ok renamed": lambda m: {("okay" if k == "ok" else k): v for k, v in m.items()},
+    "params a string": lambda m: dict(m, params="seed-1"),
+    "rows of numbers": lambda m: dict(m, rows=[1, 2]),
+    "ok false without error": lambda m: dict(m, ok=False),
+    "another run's params": lambda m: dict(m, params={"seed": 0}),
+    "row without ours": lambda m: dict(m, rows=[dict(key="value", paper=None)]),
+    "checksum renamed": lambda m: m,
+}
+
+
+@pytest.mark.parametrize("damage, sealed", [(d, s) for d in MALFORMED_MARKERS for s in (True, False)
+                                            if d != "checksum renamed" or s])
+def test_malformed_done_json_is_not_done_and_the_sweep_goes_on(tmp_path, fake_papermill, capsys,
+                                                               damage, sealed):
+    chapter, out = _tiny_chapter(tmp_path), tmp_path / "runs"
+    argv = [str(chapter), "-p", "seed", "0", "1", "--out", str(out)]
+    assert sweep.main(argv) == 0 and capsys.readouterr()
+    done = out / "tiny" / "seed-1.done.json"
+    marker = json.loads(done.read_text())
+    del marker["sha256"]
+    marker = MALFORMED_MARKERS[damage](marker)
+    if damage == "checksum renamed":
+        done.write_text(json.dumps(dict(marker, sha257=cache.json_digest(marker))))
+    else:
+        done.write_text(cache.checked_json(marker) if sealed else json.dumps(marker))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert sweep.main(argv) == 0
+    naming = [str(w.message) for w in caught if str(done) in str(w.message)]
+    assert len(naming) == 1
+    expected = f"the run marker {re.escape(str(done))} is damaged .*running seed-1 again"
+    assert re.match(expected, naming[0])
+    printed = capsys.readouterr().out
+    assert re.search(r"skipped \(done\) +\{'seed': 0\}", printed)
+    assert re.search(r"\nok +\{'seed': 1\}", printed)
+    table = json.loads((out / "tiny" / "results.json").read_text())
+    assert [(r["ours"], r["param_seed"]) for r in table] == [(0, 0), (1, 1)]
+    assert sweep._read_done(done, {"seed": 1})["rows"] == [dict(key="value", ours=1, paper=None)]
+
+
+def test_unreadable_done_json_is_not_done(tmp_path, fake_papermill, monkeypatch):
+    chapter, out = _tiny_chapter(tmp_path), tmp_path / "runs"
+    sweep.sweep(str(chapter), {"seed": [0, 1]}, out=str(out))
+    done = out / "tiny" / "seed-1.done.json"
+    fail_for(monkeypatch, Path, "read_text", [done], errno.EACCES)
+    message = f"run marker {done} cannot be read .*running seed-1 again"
+    with pytest.warns(UserWarning, match=message):
+        statuses = sweep.sweep(str(chapter), {"seed": [0, 1]}, out=str(out))
+    assert [(s["ok"], s["skipped"]) for s in statuses] == [(True, True), (True, False)]
+
+
+def test_results_json_collects_every_completed_run_of_the_folder(tmp_path, fake_papermill):
+    # Issue 26: sweeping seeds 4, 5, 6 and then seed 4 again left seed 4 alone in results.json.
+    chapter, out = _tiny_chapter(tmp_path), tmp_path / "runs"
+    results = out / "tiny" / "results.json"
+    seeds = lambda: sorted(r["param_seed"] for r in json.loads(results.read_text()))
+    sweep.sweep(str(chapter), {"seed": [4, 5, 6]}, out=str(out))
+    sweep.sweep(str(chapter), {"seed": [4]}, out=str(out))
+    assert seeds() == [4, 5, 6]
+    # A run done again replaces its own rows only; a failed one (seed 2) adds none.
+    (out / "tiny" / "seed-5.done.json").write_text("{")
+    with pytest.warns(UserWarning, match="seed-5.done.json is damaged"):
+        sweep.sweep(str(chapter), {"seed": [5, 2]}, out=str(out))
+    assert seeds() == [4, 5, 6]
+    # A damaged marker of a run outside this sweep leaves that run out, with a warning naming it.
+    (out / "tiny" / "seed-6.done.json").write_bytes(b"\xff")
+    message = "seed-6.done.json is not UTF-8.*left out of .*results.json"
+    with pytest.warns(UserWarning, match=message):
+        sweep.sweep(str(chapter), {"seed": [4]}, out=str(out))
+    assert seeds() == [4, 5]
 
 
 # -- 6. wrong data formats --------------------------------------------------------------------------
@@ -432,3 +620,162 @@ def test_concurrent_requests_train_a_model_once(tmp_path, tiny_data, monkeypatch
     assert len(calls) == 1 and sorted(models) == [0, 1]
     assert models[0].zoo_meta == models[1].zoo_meta
     assert "waiting for it to finish" in capsys.readouterr().out
+
+
+# -- 12. fuzz: seeded random damage to every kind of cached file ------------------------------
+# Each file is damaged in FUZZ_FLIPS single-bit flips and FUZZ_CUTS truncations at seeded random
+# places. After each, loading it must give the original value back, or recompute (retrain, re-run)
+# with a warning naming the file, or raise an error naming it: nothing damaged is ever served.
+
+FUZZ_SEED, FUZZ_FLIPS, FUZZ_CUTS = 26, 40, 8
+
+
+class Retrained(Exception):
+    """Raised instead of training, to count a retraining without paying for it."""
+
+
+def retrain(*args, **kwargs):
+    raise Retrained
+
+
+def damaged_versions(raw: bytes, rng: np.random.Generator) -> list:
+    """``[(what, damaged bytes)]``: ``FUZZ_FLIPS`` bit flips and ``FUZZ_CUTS`` truncations."""
+    out = []
+    for _ in range(FUZZ_FLIPS):
+        i, bit = int(rng.integers(len(raw))), int(rng.integers(8))
+        flipped = bytearray(raw)
+        flipped[i] ^= 1 << bit
+        out.append((f"bit {bit} of byte {i}", bytes(flipped)))
+    cuts = sorted(rng.choice(len(raw), FUZZ_CUTS, replace=False))
+    out += [(f"cut to {n} bytes", raw[:n]) for n in cuts]
+    return out
+
+
+def same(a, b) -> bool:
+    """Equality of nested containers of tensors, arrays and plain values (dtypes and shapes too)."""
+    if isinstance(a, torch.Tensor):
+        return (isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
+                and torch.equal(a, b))
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return type(a) is type(b) and a == b
+
+
+def fuzz(target: Path, trial, folder: Path | None = None) -> dict:
+    """Damage ``target`` in every way of :func:`damaged_versions` and call ``trial()`` after each.
+
+    The files of ``folder`` (default: ``target``'s) are put back as they were before each damage.
+    ``trial`` asserts that what it loaded is the original and returns ``"served"``, or ``"redone"``
+    if it was recomputed; a ``ValueError`` is ``"refused"``. Returns how often each happened.
+    """
+    folder = folder or target.parent
+    pristine = {p: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+    counts = {"served": 0, "redone": 0, "refused": 0}
+    for what, damaged in damaged_versions(pristine[target], np.random.default_rng(FUZZ_SEED)):
+        for p in folder.iterdir():
+            if p.is_file() and p not in pristine:
+                p.unlink()
+        for p, raw in pristine.items():
+            p.write_bytes(raw)
+        target.write_bytes(damaged)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                outcome = trial()
+            except ValueError as exc:
+                assert str(target) in str(exc), (what, str(exc))
+                outcome = "refused"
+        if outcome == "redone":
+            messages = [str(w.message) for w in caught]
+            assert any(str(target) in m for m in messages), (what, messages)
+        counts[outcome] += 1
+    return counts
+
+
+@pytest.mark.parametrize("kind", ["weights", "meta", "checkpoint", "memo", "results", "marker"])
+def test_fuzzed_cache_files_are_never_served(kind, tmp_path, tiny_data, get, entry, monkeypatch,
+                                             tiny_recipe, interrupted_checkpoint, request):
+    if kind in ("weights", "meta"):
+        good = get(tiny_data, tmp_path)
+        folder = entry(tiny_data, tmp_path)
+        monkeypatch.setattr(zoo_store, "_train_and_store", retrain)
+
+        def trial():
+            try:
+                model = get(tiny_data, tmp_path)
+            except Retrained:
+                return "redone"
+            assert same(model.state_dict(), good.state_dict())
+            assert same(model.zoo_meta, good.zoo_meta)
+            return "served"
+        counts = fuzz(folder / ("weights.pt" if kind == "weights" else "meta.json"), trial)
+    elif kind == "checkpoint":
+        r = tiny_recipe(epochs=2)
+        ckpt = interrupted_checkpoint(tiny_data, tmp_path, r)
+        original = torch.load(io.BytesIO(cache.read_checked(ckpt)), weights_only=False)
+        seen = []
+
+        def stop(model, data, recipe, seed, state=None, **kw):
+            seen.append(state)
+            raise Retrained
+        monkeypatch.setattr(zoo_store, "train", stop)
+
+        def trial():
+            with pytest.raises(Retrained):
+                get(tiny_data, tmp_path, recipe=r)
+            state = seen.pop()
+            if state is None:
+                return "redone"
+            assert same(state, original)
+            return "served"
+        counts = fuzz(ckpt, trial)
+    elif kind == "memo":
+        value, calls = {"x": np.linspace(0, 1, 7), "y": 0.125, "name": "act2"}, []
+        compute = lambda: calls.append(1) or value
+        cache.memo("k", {"a": 1}, compute, root=tmp_path)
+
+        def trial():
+            calls.clear()
+            assert same(cache.memo("k", {"a": 1}, compute, root=tmp_path), value)
+            return "redone" if calls else "served"
+        counts = fuzz(next((tmp_path / "k").glob("*.pkl")), trial)
+    elif kind == "results":
+        from lib.results import Recorder, load_results
+        monkeypatch.setenv("SYMMETRIES_RESULTS", str(tmp_path))
+        rec = Recorder("zoo", "smoke", 3)
+        for i, v in enumerate([0.109375, 87.5, None, 12]):
+            rec.add(f"key{i}", v, paper=0.9, unit="%", note="seed 3")
+        good = load_results("smoke")
+
+        def trial():
+            assert same(load_results("smoke"), good)
+            return "served"
+        counts = fuzz(rec.save(), trial)
+    else:
+        request.getfixturevalue("fake_papermill")       # it replaces subprocess.run: sweeps only
+        out, chapter = tmp_path / "runs", _tiny_chapter(tmp_path)
+        first = sweep.sweep(str(chapter), {"seed": [0, 1]}, out=str(out))
+        table = json.loads((out / "tiny" / "results.json").read_text())
+
+        def trial():
+            # Read as an earlier sweep's run (collected into results.json), then as this sweep's.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                sweep.sweep(str(chapter), {"seed": [0]}, out=str(out))
+            collected = json.loads((out / "tiny" / "results.json").read_text())
+            if collected != table:
+                assert collected == table[:1]
+                assert any("seed-1.done.json" in str(w.message) for w in caught)
+            statuses = sweep.sweep(str(chapter), {"seed": [0, 1]}, out=str(out))
+            assert [s["rows"] for s in statuses] == [s["rows"] for s in first]
+            assert json.loads((out / "tiny" / "results.json").read_text()) == table
+            return "served" if statuses[1]["skipped"] and collected == table else "redone"
+        counts = fuzz(out / "tiny" / "seed-1.done.json", trial)
+    assert sum(counts.values()) == FUZZ_FLIPS + FUZZ_CUTS
+    # A file with a binary checksum has no harmless bit: every change is caught.
+    if kind in ("weights", "checkpoint", "memo"):
+        assert counts["served"] == 0, counts

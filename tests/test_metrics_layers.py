@@ -1,7 +1,6 @@
 """Tests of lib.metrics.layers: all layer pairs of two models, the U-centred Gram matrices they are built
 on, the cached pair similarities and the summaries the similarity chapter reads off the matrices."""
-import hashlib
-import json
+import copy
 
 import numpy as np
 import pytest
@@ -136,24 +135,41 @@ def test_same_layer_rate_and_diagonal_summary():
     assert set(M.MEASURE_NAMES) == set(M.MATRIX_MEASURES)
 
 
-def test_cached_pair_similarities_reads_back_under_a_stable_key(tmp_path, monkeypatch, random_images):
+def test_cached_pair_similarities_keys_on_weights_and_images(tmp_path, monkeypatch, random_images):
+    # Issue 26: the key held the zoo key and the number of images only. random_transform keeps the
+    # zoo key, so a G_ReLU-transformed copy's entry (diagonal 1) was served for a rotated copy.
+    from lib.symmetry import random_transform
+
     monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
-    a, b = myrtle_cnn(width=0.0625), myrtle_cnn(width=0.0625)
-    a.zoo_key, b.zoo_key = "key-a", "key-b"
-    x = random_images(12, seed=2)
-    first = M.cached_pair_similarities(a, b, x, ["act2", "act3"], ("grelu_cka",))
-    # The key of the similarity chapter's cache entries, written out: entries cached by earlier versions
-    # of the book are read back, not recomputed.
-    config = dict(a="key-a", b="key-b", layers=["act2", "act3"], n_images=12, measures=["grelu_cka"],
-                  feature_dtype="float32", dtype="float32", zero_channels="keep", version=1)
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
-    assert (tmp_path / "memo" / "similarity" / f"{key}.pkl").is_file()
-    # Another network under the same zoo key gets the cached matrices back.
-    other = myrtle_cnn(width=0.0625)
-    other.zoo_key = "key-a"
-    again = M.cached_pair_similarities(other, b, x, ["act2", "act3"], ("grelu_cka",))
-    np.testing.assert_array_equal(again["matrices"]["grelu_cka"], first["matrices"]["grelu_cka"])
-    fresh = M.model_pair_similarities(other, b, x, ["act2", "act3"], ("grelu_cka",))
-    assert not np.allclose(fresh["matrices"]["grelu_cka"], first["matrices"]["grelu_cka"])
-    with pytest.raises(ValueError, match="zoo_key"):
-        M.cached_pair_similarities(myrtle_cnn(width=0.0625), b, x, ["act2"])
+    base = myrtle_cnn(width=0.0625, batchnorm=False).eval()
+    base.zoo_key = "key-a"
+    gen = torch.Generator().manual_seed(0)
+    grelu, _ = random_transform(base, gen, "intertwiner")
+    rotated, _ = random_transform(base, gen, "orthogonal")
+    assert grelu.zoo_key == rotated.zoo_key == "key-a"
+    layers, x = ["act1", "act2", "act3"], random_images(12, seed=2)
+    first = M.cached_pair_similarities(base, grelu, x, layers, ("grelu_cka",))
+    np.testing.assert_allclose(np.diag(first["matrices"]["grelu_cka"]), 1.0, atol=1e-5)
+    second = M.cached_pair_similarities(base, rotated, x, layers, ("grelu_cka",))
+    truth = M.model_pair_similarities(base, rotated, x, layers, ("grelu_cka",))
+    truth = truth["matrices"]["grelu_cka"]
+    assert np.diag(truth).min() < 0.99
+    np.testing.assert_allclose(second["matrices"]["grelu_cka"], truth, atol=1e-6)
+    # Other images of the same count get their own entry.
+    other_x = random_images(12, seed=3)
+    other = M.cached_pair_similarities(base, rotated, other_x, layers, ("grelu_cka",))
+    truth = M.model_pair_similarities(base, rotated, other_x, layers, ("grelu_cka",))
+    truth = truth["matrices"]["grelu_cka"]
+    assert not np.allclose(truth, second["matrices"]["grelu_cka"])
+    np.testing.assert_allclose(other["matrices"]["grelu_cka"], truth, atol=1e-6)
+    # The key is the content: a copy with the same weights reads the entry back, computing nothing;
+    # the same model changed in place does not.
+    fail = lambda *args, **kwargs: pytest.fail("recomputed")
+    monkeypatch.setattr(M.layers, "model_pair_similarities", fail)
+    again = M.cached_pair_similarities(copy.deepcopy(base), rotated, x, layers, ("grelu_cka",))
+    np.testing.assert_array_equal(again["matrices"]["grelu_cka"], second["matrices"]["grelu_cka"])
+    with torch.no_grad():
+        next(rotated.parameters()).mul_(2.0)
+    with pytest.raises(pytest.fail.Exception, match="recomputed"):
+        M.cached_pair_similarities(base, rotated, x, layers, ("grelu_cka",))
+    assert len(list((tmp_path / "memo" / "similarity").glob("*.pkl"))) == 3

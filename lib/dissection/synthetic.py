@@ -12,8 +12,8 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +255,7 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (object_radius or 0) ** 2
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    tmp = _new_dir(root.parent, f".{root.name}.")
     try:
         (tmp / "images").mkdir()
         for i in range(n_images):
@@ -317,6 +317,21 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
         if tmp.exists():
             shutil.rmtree(tmp)
     return root
+
+
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A new empty folder in ``parent`` whose name starts with ``prefix``.
+
+    As ``tempfile.mkdtemp``, but with the permissions of any folder the user creates (``0o777`` less
+    the umask): mkdtemp forces ``0o700``, which would hide a shared cache's dataset from its group.
+    """
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _write_broden_csvs(root: Path, index_rows, cats, first, freq, cover, cat_freq) -> None:

@@ -4,7 +4,7 @@ identification of Section 5).
 :func:`layer_features` takes each model's hidden features once; :func:`similarity_matrices` compares all
 layer pairs for several measures, computing each layer's CKA Gram matrix once (:func:`normalized_gram`,
 U-centred with :func:`u_center`); :func:`model_pair_similarities` does it all for two models and
-:func:`cached_pair_similarities` caches that for two models of the zoo. :func:`best_matches`,
+:func:`cached_pair_similarities` caches that on disk. :func:`best_matches`,
 :func:`same_layer_rate` and :func:`diagonal_summary` read the paper's observations off a matrix.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from ..config import check_choice
 from ..models import features
-from ..cache import memo
+from ..cache import fingerprint, memo, tensor_digest
 from .gram import blocked_max_kernel
 from .preprocessing import (center_features, check_same_samples, compute_device, normalize_channel_major,
                             rescaled, shape_of)
@@ -284,18 +284,20 @@ def model_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, 
 
 def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor, layers,
                              measures=MATRIX_MEASURES, *, device=None) -> dict:
-    """:func:`model_pair_similarities` of two zoo models, cached on disk (``lib.cache.memo``, kind
+    """:func:`model_pair_similarities` of two models, cached on disk (``lib.cache.memo``, kind
     ``"similarity"``).
 
-    Features are held in float32 and compared in float32 with ``zero_channels="keep"``; the cache key
-    is made of the models' zoo keys (``model.zoo_key``, set by :func:`lib.zoo.get`), the layers, the
-    number of inputs and the measures, so the inputs ``x`` must be the same for the same count (the
-    book's fixed test subset).
+    Features are held in float32 and compared in float32 with ``zero_channels="keep"``. The cache
+    key holds everything the matrices depend on: each model's architecture (``model.arch``) and the
+    sha256 of its weights (``lib.cache.fingerprint``), so a transformed copy of a zoo model (which
+    keeps its ``zoo_key``) or a model changed in place never reads another's entry; the sha256 of
+    the inputs ``x`` with their shape and dtype (``lib.cache.tensor_digest``); the layers and the
+    measures.
 
     Parameters
     ----------
     model_a, model_b : torch.nn.Module
-        Models from :func:`lib.zoo.get`.
+        Models of :mod:`lib.models` (e.g. from :func:`lib.zoo.get`).
     x : torch.Tensor
         Inputs ``(n_samples, 3, H, W)`` on the models' device.
     layers : list of str
@@ -310,13 +312,20 @@ def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module,
     dict
         As :func:`model_pair_similarities`; ``seconds`` are those of the run that filled the cache.
     """
-    for name, model in (("model_a", model_a), ("model_b", model_b)):
-        if not hasattr(model, "zoo_key"):
-            raise ValueError(f"{name} has no zoo_key; cached_pair_similarities takes models from lib.zoo.get")
-    config = dict(a=model_a.zoo_key, b=model_b.zoo_key, layers=list(layers), n_images=len(x), measures=measures,
-                  feature_dtype="float32", dtype="float32", zero_channels="keep", version=1)
+    config = dict(a=_model_identity(model_a), b=_model_identity(model_b), images=tensor_digest(x),
+                  layers=list(layers), n_images=len(x), measures=list(measures),
+                  feature_dtype="float32", dtype="float32", zero_channels="keep", version=2)
     return memo("similarity", config, lambda: model_pair_similarities(
         model_a, model_b, x, layers, measures, feature_dtype=torch.float32, device=device))
+
+
+def _model_identity(model: torch.nn.Module) -> dict:
+    # The weights alone do not fix the function (an activation's slope is no weight): the
+    # architecture config that lib.models.build records goes in too.
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        arch = type(model).__qualname__
+    return dict(arch=arch, weights=fingerprint(model))
 
 
 def best_matches(S) -> np.ndarray:

@@ -3,8 +3,9 @@
 :func:`get` returns a trained model, training it only when it is not cached. The key
 (:func:`model_key`) is a hash of the architecture config, every recipe field, the seed and the
 dataset's identity (which includes the data file's checksum). A model folder holds ``weights.pt`` (a
-state_dict), ``meta.json`` (history, accuracy, wall time, device, versions and the weights' sha256)
-and, while training, ``checkpoint.pt`` (one per epoch, for resuming, checked by
+state_dict), ``meta.json`` (history, accuracy, wall time, device, versions, the weights' sha256
+and, in ``"sha256"``, the sha256 of its own fields: :func:`lib.cache.checked_json`) and, while
+training, ``checkpoint.pt`` (one per epoch, for resuming, checked by
 :func:`lib.cache.read_checked`) and ``.lock`` (a second process asking for the same model waits on
 it, then loads the model). Every file is written atomically with the user's umask. A damaged entry
 is reported and retrained; one that cannot be read (permissions) is an error and is never deleted.
@@ -31,7 +32,8 @@ except ImportError:  # no flock (Windows): concurrent processes may both train
     fcntl = None
 
 from .. import __version__
-from ..cache import CorruptedError, read_checked, torch_bytes, unreadable_error, write_checked
+from ..cache import (CorruptedError, checked_json, read_checked, read_checked_json, torch_bytes,
+                     unreadable_error, write_checked)
 from ..config import atomic_path, cache_dir, get_device
 from ..data import Dataset, load_data
 from ..models import build
@@ -111,12 +113,52 @@ def _check_writable(folder: Path) -> None:
                               f"SYMMETRIES_ZOO to a writable folder") from exc
 
 
-def _load_cached(folder: Path, model: torch.nn.Module):
+# The fields of a meta.json written before it carried its own checksum ("sha256").
+_LEGACY_META_FIELDS = ("arch", "recipe", "seed", "data", "history", "test_acc", "seconds", "device",
+                       "device_name", "torch", "lib", "weights_sha256")
+
+
+def _identity(arch: dict, r: Recipe, seed: int, data_identity: str) -> dict:
+    """What a ``meta.json`` must say about its model (what :func:`model_key` hashes), as JSON
+    reads it."""
+    identity = dict(arch=canonical_arch(arch), recipe=dataclasses.asdict(r), seed=int(seed),
+                    data=data_identity)
+    return json.loads(json.dumps(identity))
+
+
+def _read_meta(meta_path: Path, identity: dict) -> dict:
+    """The verified metadata in ``meta_path``: its checksum, its fields, and that it describes the
+    model of ``identity``. An old file without a checksum is given one (where the zoo is writable).
+
+    Raises ``CorruptedError`` naming the file; ``FileNotFoundError`` (or another ``OSError``)
+    unchanged."""
+    meta, verified = read_checked_json(meta_path, _LEGACY_META_FIELDS)
+    wrong = [k for k in identity if meta.get(k) != identity[k]]
+    history = meta.get("history")
+    if wrong:
+        raise CorruptedError(f"{meta_path} describes another model (its {', '.join(wrong)} differ)")
+    if not (isinstance(history, list) and history and all(isinstance(h, dict) for h in history)):
+        raise CorruptedError(f"{meta_path} has no training history")
+    if not (isinstance(meta.get("test_acc"), float) and 0.0 <= meta["test_acc"] <= 1.0):
+        raise CorruptedError(f"{meta_path} has no test accuracy in [0, 1]")
+    digest = meta.get("weights_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64):
+        raise CorruptedError(f"{meta_path} has no sha256 of the weights")
+    if not verified:
+        # Entries trained before meta.json had a checksum keep working; from now on, checked.
+        with contextlib.suppress(OSError):
+            with atomic_path(meta_path) as tmp:
+                tmp.write_text(checked_json(meta))
+    return meta
+
+
+def _load_cached(folder: Path, model: torch.nn.Module, identity: dict):
     """The metadata of the entry in ``folder`` with its weights loaded into ``model``; ``None`` if
-    there is no entry. A damaged entry raises ``CorruptedError``; an unreadable one ``OSError``."""
+    there is no entry. A damaged entry raises ``CorruptedError`` naming the damaged file; an
+    unreadable one ``OSError``."""
     meta_path, weights = folder / "meta.json", folder / "weights.pt"
     try:
-        text = meta_path.read_text()
+        meta = _read_meta(meta_path, identity)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -124,17 +166,17 @@ def _load_cached(folder: Path, model: torch.nn.Module):
     try:
         payload = weights.read_bytes()
     except FileNotFoundError as exc:
-        raise CorruptedError(f"zoo entry {folder} has meta.json but no weights.pt") from exc
+        raise CorruptedError(f"{weights} is missing (its {meta_path.name} is there)") from exc
     except OSError as exc:
         raise unreadable_error(weights, exc) from exc
+    if hashlib.sha256(payload).hexdigest() != meta["weights_sha256"]:
+        raise CorruptedError(f"{weights} does not match the sha256 in {meta_path.name}")
     try:
-        meta = json.loads(text)
-        if hashlib.sha256(payload).hexdigest() != meta["weights_sha256"]:
-            raise ValueError(f"{weights} does not match the sha256 in meta.json")
         model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
-        return meta
-    except Exception as exc:  # any damage (truncation, bad JSON, wrong keys, changed bytes)
-        raise CorruptedError(f"zoo entry {folder} is corrupted ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # the checksum matched: weights saved for another architecture
+        reason = f"{type(exc).__name__}: {exc}"
+        raise CorruptedError(f"{weights} does not fit the model ({reason})") from exc
+    return meta
 
 
 @contextlib.contextmanager
@@ -167,12 +209,21 @@ def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str 
     Returns
     -------
     dict or None
-        The model's ``meta.json``, or ``None`` if it is not in the zoo.
+        The model's ``meta.json`` (verified, without its own checksum), or ``None`` if it is not in
+        the zoo or its ``meta.json`` is damaged (then with a warning naming the file).
     """
     r = make_recipe(recipe)
     data = data or load_data(dataset)
-    meta = zoo_dir(root) / model_key(arch, r, seed, data.identity) / "meta.json"
-    return json.loads(meta.read_text()) if meta.exists() else None
+    meta_path = zoo_dir(root) / model_key(arch, r, seed, data.identity) / "meta.json"
+    try:
+        return _read_meta(meta_path, _identity(arch, r, seed, data.identity))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise unreadable_error(meta_path, exc) from exc
+    except CorruptedError as exc:
+        warnings.warn(f"{exc}; the model will be retrained when it is asked for")
+        return None
 
 
 def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10", *,
@@ -214,10 +265,11 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
     device = get_device(device)
     data = data or load_data(dataset)
     key = model_key(arch, r, seed, data.identity)
+    identity = _identity(arch, r, seed, data.identity)
     folder = zoo_dir(root) / key
     model = build(arch, seed=seed)
     try:
-        meta = _load_cached(folder, model)
+        meta = _load_cached(folder, model, identity)
     except CorruptedError:
         meta = None
     if meta is None:
@@ -226,9 +278,9 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
         # is trained once however many processes ask for it.
         with _training_lock(folder):
             try:
-                meta = _load_cached(folder, model)
+                meta = _load_cached(folder, model, identity)
             except CorruptedError as exc:
-                msg = f"{exc}; retraining it"
+                msg = f"zoo entry {folder.name} is corrupted ({exc}); retraining it"
                 warnings.warn(msg)
                 print(msg)
                 for f in (folder / "meta.json", folder / "weights.pt"):
@@ -277,6 +329,6 @@ def _train_and_store(model, arch, r, seed, data, folder, device, progress) -> di
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                 torch=torch.__version__, lib=__version__, weights_sha256=hashlib.sha256(payload).hexdigest())
     with atomic_path(folder / "meta.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.write_text(checked_json(meta))
     ckpt_path.unlink(missing_ok=True)
     return meta
