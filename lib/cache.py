@@ -24,7 +24,7 @@ from .config import atomic_path, cache_dir
 
 __all__ = ["CorruptedError", "write_checked", "read_checked", "JSON_CHECKSUM", "json_digest",
            "checked_json", "read_checked_json", "unreadable_error", "torch_bytes", "fingerprint",
-           "tensor_digest", "memo_key", "memo"]
+           "tensor_digest", "MEMO_VERSION", "memo_key", "memo"]
 
 # Checked files (zoo checkpoints, memo entries) start with this line and the sha256 of the payload.
 _MAGIC = b"symmetries-checked-v1\n"
@@ -247,20 +247,28 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()[:20]
 
 
+#: The version of every memo key. Keys are derived from everything a result depends on (its settings
+#: as ``dataclasses.asdict``, model and image digests), never curated; bump this when the code changes
+#: what a result means, so that every cached result is computed again.
+MEMO_VERSION = 3
+
+
 def memo_key(config: dict) -> str:
-    """The key of :func:`memo`'s entry for ``config``.
+    """The key of :func:`memo`'s entry for ``config``: a hash of it and :data:`MEMO_VERSION`.
 
     Parameters
     ----------
     config : dict
-        JSON-serialisable (other values are spelled with ``str``).
+        JSON-serialisable (other values are spelled with ``str``): everything the result depends on.
 
     Returns
     -------
     str
-        The first 20 hexadecimal digits of the sha256 of ``config`` as JSON with sorted keys.
+        The first 20 hexadecimal digits of the sha256 of ``{"memo_version": MEMO_VERSION, "config":
+        config}`` as JSON with sorted keys.
     """
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    keyed = dict(memo_version=MEMO_VERSION, config=config)
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def memo(kind: str, config: dict, compute, root=None):

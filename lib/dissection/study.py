@@ -90,11 +90,8 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     root = cache_dir("broden") / f"cifar10-test-n{n}-seed{seed}{'' if pasted else '-natural'}{obj}"
     make_concept_dataset(root, n, seed=seed, images=data.x_test.numpy(), labels=data.y_test.numpy(),
                          p_texture=p, p_shape=p, object_radius=object_radius)
-    config = dict(generator="make_concept_dataset", n_images=n, seed=seed, data=data.identity)
-    if not pasted:      # the pasted dataset keeps its old config, so its cached dissections stay valid
-        config["pasted"] = False
-    if object_radius is not None:
-        config["object_radius"] = float(object_radius)
+    config = dict(generator="make_concept_dataset", n_images=n, seed=seed, data=data.identity,
+                  pasted=bool(pasted), object_radius=None if object_radius is None else float(object_radius))
     return BrodenDataset(root), config
 
 

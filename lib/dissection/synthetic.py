@@ -218,9 +218,8 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
     meta = dict(n_images=n_images, seed=seed, p_texture=p_texture, p_shape=p_shape, size=size,
                 class_names=list(class_names) if labels is not None else None,
                 images=hashlib.sha256(images.tobytes()).hexdigest() if images is not None else None,
-                labels=hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labels is not None else None)
-    if object_radius is not None:   # only then, so that datasets written without it stay valid
-        meta["object_radius"] = float(object_radius)
+                labels=hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labels is not None else None,
+                object_radius=None if object_radius is None else float(object_radius))
     meta_path = root / "make_concept_dataset.json"
     if root.exists():
         if meta_path.is_file():

@@ -314,7 +314,7 @@ def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module,
     """
     config = dict(a=_model_identity(model_a), b=_model_identity(model_b), images=tensor_digest(x),
                   layers=list(layers), n_images=len(x), measures=list(measures),
-                  feature_dtype="float32", dtype="float32", zero_channels="keep", version=2)
+                  feature_dtype="float32", dtype="float32", zero_channels="keep")
     return memo("similarity", config, lambda: model_pair_similarities(
         model_a, model_b, x, layers, measures, feature_dtype=torch.float32, device=device))
 

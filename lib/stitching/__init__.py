@@ -20,8 +20,8 @@ from .matching import (activation_matching, add_moments, channels_last_2d, hunga
                        matching_from_moments, matching_matrix, moments_of, permutation_of, recovered_fraction,
                        sinkhorn)
 from .surgery import Stitched, channels_at, feature_moments, front_features, stitch
-from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, LEGACY_FIELDS, StitchSettings, augmented_front, bn_epoch_stats,
-                       check_settings, memo_settings, settings_for_scale, train_stitch)
+from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, StitchSettings, augmented_front, bn_epoch_stats,
+                       check_settings, settings_for_scale, train_stitch)
 from .variants import Variant, describe, fig1_protocol
 
 __all__ = [
@@ -29,8 +29,8 @@ __all__ = [
     "activation_matching", "least_squares", "matching_matrix", "permutation_of", "recovered_fraction",
     "LAYER_KINDS", "StitchLayer",
     "channels_at", "front_features", "feature_moments", "Stitched", "stitch",
-    "INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
-    "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch",
+    "INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "StitchSettings", "settings_for_scale", "check_settings",
+    "augmented_front", "bn_epoch_stats", "train_stitch",
     "check_evals_per_epoch", "eval_steps", "last_quarter_change",
     "VARIANT_HELP", "parse_variant", "stitch_experiment", "experiment_config", "cached_experiment",
     "Variant", "describe", "fig1_protocol",

@@ -20,7 +20,7 @@ from ..train import evaluate
 from ..cache import fingerprint, memo
 from .matching import least_squares, matching_from_moments, matching_matrix
 from .surgery import channels_at, feature_moments, front_features, stitch
-from .training import INITS, StitchSettings, check_settings, memo_settings, train_stitch
+from .training import INITS, StitchSettings, check_settings, train_stitch
 
 __all__ = ["VARIANT_HELP", "parse_variant", "stitch_experiment", "experiment_config", "cached_experiment"]
 
@@ -169,9 +169,8 @@ def experiment_config(model_a, model_b, layer: str, variants, data, n_train: int
     """What :func:`cached_experiment`'s memo key is a hash of (``lib.cache.memo_key``).
 
     Both models' weight fingerprints (``lib.cache.fingerprint``), the data, the layer, the variants,
-    the image counts, the stitching settings (:func:`lib.stitching.memo_settings`: fields at their
-    legacy value left out, so older entries stay valid), the seed and, unless float16, the dtype of
-    the stored fronts.
+    the image counts, every field of the stitching settings (``dataclasses.asdict``), the seed and
+    the dtype of the stored fronts (the key's version is ``lib.cache.MEMO_VERSION``).
 
     Parameters
     ----------
@@ -185,10 +184,8 @@ def experiment_config(model_a, model_b, layer: str, variants, data, n_train: int
     """
     variants = [variants] if isinstance(variants, str) else list(variants)
     config = dict(a=fingerprint(model_a), b=fingerprint(model_b), data=data.identity, layer=layer,
-                  variants=variants, n_train=n_train, n_test=n_test, settings=memo_settings(settings), seed=seed,
-                  version=2)
-    if feature_dtype != torch.float16:
-        config["feature_dtype"] = str(feature_dtype)
+                  variants=variants, n_train=n_train, n_test=n_test, settings=dataclasses.asdict(settings),
+                  seed=seed, feature_dtype=str(feature_dtype))
     return config
 
 

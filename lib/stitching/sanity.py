@@ -292,9 +292,7 @@ def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, ki
     """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.cache.memo``).
 
     The transform comes from ``torch.Generator().manual_seed(1000 * seed + trial)`` and the batch
-    order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting (the
-    schedule's only when it is not ``"linear"``, and ``evals_per_epoch`` only when not 1, so that older
-    entries stay valid).
+    order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting.
 
     Parameters
     ----------
@@ -318,11 +316,8 @@ def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, ki
         :func:`rotation_penalty`'s result.
     """
     config = dict(model=model_key, layer=layer, kind=kind, trial=trial, seed=seed, epochs=epochs, start=start,
-                  n_train=n_train, n_test=n_test, batch_size=batch_size, lr=lr, version=2)
-    if schedule != "linear":
-        config.update(schedule=schedule, step_size=step_size, gamma=gamma)
-    if evals_per_epoch != 1:
-        config.update(evals_per_epoch=evals_per_epoch)
+                  n_train=n_train, n_test=n_test, batch_size=batch_size, lr=lr, schedule=schedule,
+                  step_size=step_size, gamma=gamma, evals_per_epoch=evals_per_epoch)
     return memo("rotation_penalty", config, lambda: rotation_penalty(
         model, layer, kind, torch.Generator().manual_seed(1000 * seed + trial), data, epochs, n_train, n_test,
         batch_size=batch_size, lr=lr, seed=seed + trial, start=start, fronts=fronts() if callable(fronts) else fronts,

@@ -19,8 +19,8 @@ from ..settings import RECIPES, SCALES, scale_settings
 from .curves import check_evals_per_epoch, eval_steps
 from .surgery import Stitched
 
-__all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "LEGACY_FIELDS", "StitchSettings", "settings_for_scale", "check_settings",
-           "memo_settings", "augmented_front", "bn_epoch_stats", "train_stitch"]
+__all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "StitchSettings", "settings_for_scale", "check_settings",
+           "augmented_front", "bn_epoch_stats", "train_stitch"]
 
 INITS = ("closed_form", "random")
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
@@ -30,10 +30,6 @@ FRONTS = ("cached", "augmented")
 """tuple of str: A's front computed once on clean images, or per batch from augmented ones (the authors')."""
 BN_EPOCH = ("none", "grelu", "all")
 """tuple of str: the layer kinds that get the BatchNorm pass before each evaluation (:func:`bn_epoch_stats`)."""
-LEGACY_FIELDS = dict(fronts="cached", bn_epoch="none", random_bias=False, grelu_p="birkhoff", grelu_lr=None,
-                     evals_per_epoch=1)
-"""dict: fields added after results were cached, at the values that reproduce the older protocol; a memo
-key leaves them out at these values (:func:`memo_settings`), so that cached results stay valid."""
 
 
 # The defaults are the cpu-scale protocol; its values live in lib.settings (one home for settings).
@@ -164,23 +160,6 @@ def check_settings(settings: StitchSettings) -> None:
     if settings.batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
     check_evals_per_epoch(settings.evals_per_epoch)
-
-
-def memo_settings(settings: StitchSettings) -> dict:
-    """The settings as a memo key holds them: every field, except those at their legacy value.
-
-    Parameters
-    ----------
-    settings : StitchSettings
-
-    Returns
-    -------
-    dict
-        ``dataclasses.asdict(settings)`` without the fields of :data:`LEGACY_FIELDS` that hold their
-        legacy value, so a protocol that existed before those fields keeps its memo key.
-    """
-    return {k: v for k, v in dataclasses.asdict(settings).items()
-            if not (k in LEGACY_FIELDS and v == LEGACY_FIELDS[k])}
 
 
 @torch.no_grad()
