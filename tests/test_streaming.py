@@ -29,7 +29,8 @@ def peak_bytes(fn) -> int:
     """The peak of live bytes that ``fn()`` allocates on the CPU, above what was live before it."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    # Each "[memory]" event is one allocation (nbytes > 0) or free (nbytes < 0) of the CPU allocator.
+    # Each "[memory]" event is one allocation (nbytes > 0) or free (nbytes < 0) of the CPU
+    # allocator.
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     live = peak = 0
@@ -46,10 +47,16 @@ def growth(measure) -> tuple:
     return small, large, large / small
 
 
+def images(n, seed):
+    """``n`` random uint8 images ``(n, 32, 32, 3)``."""
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.fixture(scope="module")
 def pair():
     a, b = (models.build(MYRTLE, seed=s).eval() for s in (0, 1))
-    x = torch.randint(0, 256, (4 * N, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = images(4 * N, 0)
     fa = stitching.front_features(a, "act1", x, device="cpu")[0]
     fb = stitching.front_features(b, "act1", x, device="cpu")[0]
     return a, b, x, fa, fb
@@ -71,7 +78,8 @@ def test_activation_matching_memory_is_flat_in_the_number_of_images(pair):
     old = growth(lambda n: peak_bytes(lambda: one_shot_matching(fa[:n], fb[:n])))
     assert old[2] >= GROWS, old
     for kwargs in ({}, {"chunk_size": 64}, {"chunk_size": 100}):
-        new = growth(lambda n, kw=kwargs: peak_bytes(lambda: stitching.activation_matching(fa[:n], fb[:n], **kw)))
+        new = growth(lambda n, kw=kwargs: peak_bytes(
+            lambda: stitching.activation_matching(fa[:n], fb[:n], **kw)))
         assert new[2] <= FLAT, (kwargs, new)
         # At 4N the default chunk (256 images) holds as much as the one-shot copy of N images.
         assert new[1] < old[1] / 3, (kwargs, new, old)
@@ -88,8 +96,8 @@ def test_closed_form_sums_from_models_are_flat_in_the_number_of_images(pair):
 
     old = growth(lambda n: peak_bytes(lambda: one_shot(n)))
     assert old[2] >= GROWS, old
-    new = growth(lambda n: peak_bytes(lambda: stitching.feature_moments(a, b, "act1", x[:n], batch_size=64,
-                                                                        device="cpu")))
+    new = growth(lambda n: peak_bytes(
+        lambda: stitching.feature_moments(a, b, "act1", x[:n], batch_size=64, device="cpu")))
     assert new[2] <= FLAT, new
 
 
@@ -104,9 +112,11 @@ def test_feature_extraction_needs_the_result_plus_one_chunk(pair):
     with torch.no_grad():
         old = growth(lambda n: peak_bytes(lambda: one_shot_cat(front, xin[:n], 64)) - result(n))
     assert old[2] >= GROWS, old
-    calls = dict(features=lambda n: models.features(a, xin[:n], ["act1"], batch_size=64),
-                 front_features=lambda n: stitching.front_features(a, "act1", x[:n], batch_size=64, device="cpu"),
-                 layer_features=lambda n: layer_features(a, xin[:n], ["act1"], batch_size=64))
+    calls = dict(
+        features=lambda n: models.features(a, xin[:n], ["act1"], batch_size=64),
+        front_features=lambda n: stitching.front_features(a, "act1", x[:n], batch_size=64,
+                                                          device="cpu"),
+        layer_features=lambda n: layer_features(a, xin[:n], ["act1"], batch_size=64))
     for name, call in calls.items():
         extra = growth(lambda n, call=call: peak_bytes(lambda: call(n)) - result(n))
         assert extra[2] <= FLAT, (name, extra)
@@ -114,7 +124,7 @@ def test_feature_extraction_needs_the_result_plus_one_chunk(pair):
 
 def test_sanity_pre_activations_need_the_result_plus_one_chunk():
     model = models.build(MYRTLE_NOBN, seed=0)
-    x = torch.randint(0, 256, (4 * N, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    x = images(4 * N, 1)
 
     def overhead(n):
         # The result is (n, 16, 32, 32) float16.
@@ -181,8 +191,8 @@ def test_streamed_matching_and_least_squares_equal_the_one_shot_ones(double_feat
 
 
 def test_streamed_matching_with_dead_channels_reaches_the_same_optimum(double_features):
-    # Channels of A that never fire correlate 0 with every channel of B: their matches are ties, which
-    # the Hungarian algorithm may break either way, but the matched total is the same.
+    # Channels of A that never fire correlate 0 with every channel of B: their matches are ties,
+    # which the Hungarian algorithm may break either way, but the matched total is the same.
     fa, fb = double_features["act2"]
     assert (fa.amax((0, 2, 3)) == 0).sum() >= 1
     one = stitching.moments_of(stitching.channels_last_2d(fa), stitching.channels_last_2d(fb))
@@ -212,11 +222,15 @@ def test_feature_extraction_equals_the_one_shot_copy(pair):
     for bs in (7, 25, 100, 1000):
         with torch.no_grad():
             want = one_shot_cat(front, xin, bs)
-        assert torch.equal(models.features(a, xin, ["act1"], batch_size=bs)["act1"], want)
-        assert torch.equal(stitching.front_features(a, "act1", x, batch_size=bs, device="cpu")[0], want)
-        fronts = stitching.feature_moments(a, b, "act1", x, batch_size=bs, device="cpu",
-                                           front_dtype=torch.float16)[1]
-        assert torch.equal(fronts[0], want.half())
+        # Equal values and equal layout (channels_last, as the inputs): later kernels round the
+        # same.
+        assert want.is_contiguous(memory_format=torch.channels_last) and not want.is_contiguous()
+        got = [models.features(a, xin, ["act1"], batch_size=bs)["act1"],
+               stitching.front_features(a, "act1", x, batch_size=bs, device="cpu")[0],
+               stitching.feature_moments(a, b, "act1", x, batch_size=bs, device="cpu",
+                                         front_dtype=torch.float16)[1][0]]
+        for g, w in zip(got, (want, want, want.half())):
+            assert torch.equal(g, w) and g.stride() == w.stride()
         starts = [s for s, _ in models.feature_chunks(a, xin, ["act1"], chunk_size=bs)]
         assert starts == list(range(0, 100, bs))
 
@@ -245,8 +259,8 @@ def test_bad_chunk_size_is_a_value_error_naming_it(pair, bad):
 
 def test_mismatched_or_empty_inputs_name_the_problem(pair):
     a, _, x, fa, fb = pair
-    with pytest.raises(ValueError, match="same images and positions, got shapes \\(4, 16, 32, 32\\) and "
-                                         "\\(5, 16, 32, 32\\)"):
+    with pytest.raises(ValueError, match="same images and positions, got shapes "
+                                         "\\(4, 16, 32, 32\\) and \\(5, 16, 32, 32\\)"):
         stitching.streamed_moments(fa[:4], fb[:5])
     with pytest.raises(ValueError, match="hold no images"):
         stitching.streamed_moments(fa[:0], fb[:0])
@@ -258,13 +272,15 @@ def test_mismatched_or_empty_inputs_name_the_problem(pair):
 
 def test_sanity_pre_activations_equal_the_one_shot_copy():
     model = models.build(MYRTLE_NOBN, seed=0)
-    x = torch.randint(0, 256, (50, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    x = images(50, 3)
     front = model[:1].eval()
     for bs in (7, 50, 64):
         with torch.no_grad():
             want = torch.cat([front(to_input(x[s:s + bs], "cpu")) for s in range(0, 50, bs)]).half()
-        assert torch.equal(sanity.pre_activations(model, "conv1", x, batch_size=bs, device="cpu"), want)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer \\(images per chunk\\); got 0"):
+        got = sanity.pre_activations(model, "conv1", x, batch_size=bs, device="cpu")
+        assert torch.equal(got, want) and got.stride() == want.stride()
+    msg = "batch_size must be a positive integer \\(images per chunk\\); got 0"
+    with pytest.raises(ValueError, match=msg):
         sanity.pre_activations(model, "conv1", x, batch_size=0, device="cpu")
 
 

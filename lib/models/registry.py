@@ -22,7 +22,8 @@ from .resnet import BasicBlock, authors_index, resnet20, split_resnet
 from .spec import SymmetrySpec, split_sequential
 
 __all__ = ["Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "split", "symmetry_spec",
-           "hidden_layers", "layer_info", "feature_chunks", "features", "forward_from", "residual_outputs"]
+           "hidden_layers", "layer_info", "feature_chunks", "features", "empty_rows",
+           "forward_from", "residual_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +241,35 @@ def _resolve_layers(model: nn.Module, layers) -> list[str]:
     return layers
 
 
+def empty_rows(like: torch.Tensor, n: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised ``(n, *like.shape[1:])`` tensor laid out as ``like`` (its memory format).
+
+    Chunks of features copied into it keep the layout ``torch.cat`` of the chunks would have had
+    (channels_last for this library's inputs, ``lib.data.to_input``), so that the kernels that later
+    read it, and so their rounding, are the same.
+
+    Parameters
+    ----------
+    like : torch.Tensor
+        One chunk ``(m, ...)``.
+    n : int
+        Rows of the result.
+    dtype : torch.dtype, optional
+        Its dtype (default: ``like``'s).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, *like.shape[1:])`` on ``like``'s device.
+    """
+    fmt = torch.contiguous_format
+    if (like.ndim == 4 and not like.is_contiguous()
+            and like.is_contiguous(memory_format=torch.channels_last)):
+        fmt = torch.channels_last
+    return torch.empty((n, *like.shape[1:]), dtype=dtype or like.dtype, device=like.device,
+                       memory_format=fmt)
+
+
 @torch.no_grad()
 def _forward_features(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict:
     # Hooks live for one forward pass only, so that a caller may run the model between chunks.
@@ -257,8 +287,8 @@ def _forward_features(model: nn.Module, x: torch.Tensor, layers: list[str]) -> d
         model.train(was_training)
     for name, outs in store.items():
         if len(outs) != 1:
-            raise ValueError(f"layer {name!r} ran {len(outs)} times in one forward pass; features need a "
-                             f"module that runs once per input")
+            raise ValueError(f"layer {name!r} ran {len(outs)} times in one forward pass; features "
+                             f"need a module that runs once per input")
     return {name: outs[0] for name, outs in store.items()}
 
 
@@ -282,8 +312,8 @@ def feature_chunks(model: nn.Module, x: torch.Tensor, layers=None, chunk_size: i
     Yields
     ------
     tuple
-        ``(start, {name: tensor})``: the chunk's first input and each layer's outputs ``(m, C, h, w)``
-        or ``(m, C)`` for the inputs ``x[start:start + m]``, on ``x``'s device.
+        ``(start, {name: tensor})``: the chunk's first input and each layer's outputs
+        ``(m, C, h, w)`` or ``(m, C)`` for the inputs ``x[start:start + m]``, on ``x``'s device.
     """
     chunk_size = check_chunk_size(chunk_size)
     layers = _resolve_layers(model, layers)
@@ -322,7 +352,7 @@ def features(model: nn.Module, x: torch.Tensor, layers=None, batch_size: int = 5
     for start, part in feature_chunks(model, x, layers, batch_size):
         for name, f in part.items():
             if name not in out:
-                out[name] = f.new_empty((len(x),) + tuple(f.shape[1:]))
+                out[name] = empty_rows(f, len(x))
             out[name][start:start + len(f)] = f
     return out
 

@@ -15,8 +15,9 @@ from scipy.optimize import linear_sum_assignment
 
 from ..config import check_chunk_size
 
-__all__ = ["sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments", "streamed_moments",
-           "matching_from_moments", "activation_matching", "least_squares", "matching_matrix", "permutation_of", "recovered_fraction"]
+__all__ = ["sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments",
+           "streamed_moments", "matching_from_moments", "activation_matching", "least_squares",
+           "matching_matrix", "permutation_of", "recovered_fraction"]
 
 
 def sinkhorn(P: torch.Tensor, rounds: int = 16) -> torch.Tensor:
@@ -112,11 +113,12 @@ def add_moments(total: dict | None, part: dict) -> dict:
     return part if total is None else {k: total[k] + part[k] for k in part}
 
 
-def streamed_moments(features_a: torch.Tensor, features_b: torch.Tensor, chunk_size: int = 256) -> dict:
+def streamed_moments(features_a: torch.Tensor, features_b: torch.Tensor,
+                     chunk_size: int = 256) -> dict:
     """The float64 sums of two feature sets (:func:`moments_of`), ``chunk_size`` images at a time.
 
-    Only one chunk's samples exist in float64 at a time, so the memory beyond the inputs does not grow
-    with the number of images ``n``; the sums equal the one-shot
+    Only one chunk's samples exist in float64 at a time, so the memory beyond the inputs does not
+    grow with the number of images ``n``; the sums equal the one-shot
     ``moments_of(channels_last_2d(features_a), channels_last_2d(features_b))`` up to the order of
     float64 additions.
 
@@ -136,8 +138,8 @@ def streamed_moments(features_a: torch.Tensor, features_b: torch.Tensor, chunk_s
     chunk_size = check_chunk_size(chunk_size)
     if (features_a.ndim != features_b.ndim or features_a.shape[0] != features_b.shape[0]
             or features_a.shape[2:] != features_b.shape[2:]):
-        raise ValueError(f"features_a and features_b must hold the same images and positions, got shapes "
-                         f"{tuple(features_a.shape)} and {tuple(features_b.shape)}")
+        raise ValueError(f"features_a and features_b must hold the same images and positions, got "
+                         f"shapes {tuple(features_a.shape)} and {tuple(features_b.shape)}")
     if features_a.shape[0] == 0:
         raise ValueError("features_a and features_b hold no images")
     total = None
@@ -179,8 +181,8 @@ def matching_from_moments(m: dict):
 def activation_matching(features_a: torch.Tensor, features_b: torch.Tensor, chunk_size: int = 256):
     """Match B's channels to A's from features held in memory, streaming over their images.
 
-    The sums are accumulated ``chunk_size`` images at a time (:func:`streamed_moments`), so the memory
-    beyond the inputs does not grow with the number of images.
+    The sums are accumulated ``chunk_size`` images at a time (:func:`streamed_moments`), so the
+    memory beyond the inputs does not grow with the number of images.
 
     Parameters
     ----------
@@ -195,7 +197,8 @@ def activation_matching(features_a: torch.Tensor, features_b: torch.Tensor, chun
         ``(perm, scales)``, each ``(C,)``, as in :func:`matching_from_moments`.
     """
     if features_a.ndim not in (2, 4):
-        raise ValueError(f"features must have shape (n, C) or (n, C, h, w), got {tuple(features_a.shape)}")
+        raise ValueError(f"features must have shape (n, C) or (n, C, h, w), got "
+                         f"{tuple(features_a.shape)}")
     if features_a.shape != features_b.shape:
         raise ValueError(f"features_a and features_b must have equal shapes, got "
                          f"{tuple(features_a.shape)} and {tuple(features_b.shape)}")

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from ..config import check_choice, check_chunk_size, exact_mode, get_device
 from ..data import subset, to_input
 from ..groups import MatrixGroup, intertwiner_group
+from ..models import empty_rows
 from ..cache import memo
 from .finetune import SCHEDULES, finetune_tail, tail_accuracy
 from .matching import add_moments, least_squares, moments_of
@@ -163,7 +164,7 @@ def pre_activations(model: nn.Sequential, layer: str, x: torch.Tensor, batch_siz
         for s in range(0, len(x), batch_size):
             h = front(to_input(x[s:s + batch_size], device))
             if out is None:
-                out = h.new_empty((len(x), *h.shape[1:]), dtype=dtype)
+                out = empty_rows(h, len(x), dtype)
             out[s:s + len(h)] = h
     return out
 

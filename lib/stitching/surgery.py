@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import check_choice, check_chunk_size, exact_mode, get_device
 from ..data import to_input
-from ..models import hidden_layers, split, symmetry_spec
+from ..models import empty_rows, hidden_layers, split, symmetry_spec
 from .layers import LAYER_KINDS, StitchLayer
 from .matching import add_moments, channels_last_2d, moments_of
 
@@ -99,7 +99,7 @@ def _store(out: tuple | None, start: int, state: tuple, n: int, dtype) -> tuple:
     # The state of all n images is allocated once, at the first batch, and filled batch by batch:
     # a list of batches joined by torch.cat would hold two copies of it at the end.
     if out is None:
-        out = tuple(t.new_empty((n, *t.shape[1:]), dtype=dtype) for t in state)
+        out = tuple(empty_rows(t, n, dtype) for t in state)
     for o, t in zip(out, state):
         o[start:start + len(t)] = t
     return out
