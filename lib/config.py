@@ -14,10 +14,11 @@ import os
 import secrets
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = ["check_choice", "get_device", "PRECISIONS", "autocast", "exact_mode", "cache_dir", "atomic_path",
-           "file_sha256"]
+           "file_sha256", "check_chunk_size"]
 
 
 def check_choice(param: str, value, accepted) -> None:
@@ -40,6 +41,33 @@ def check_choice(param: str, value, accepted) -> None:
     accepted = list(accepted)
     if value not in accepted:
         raise ValueError(f"unknown {param} {value!r}; accepted values: {', '.join(map(repr, accepted))}")
+
+
+def check_chunk_size(value, param: str = "chunk_size") -> int:
+    """Check a number of images per chunk (or per forward pass): a positive integer.
+
+    Parameters
+    ----------
+    value : object
+        The value given.
+    param : str
+        The parameter's name, as the caller spells it (``"chunk_size"``, ``"batch_size"``).
+
+    Returns
+    -------
+    int
+        ``value`` as a Python int.
+
+    Raises
+    ------
+    ValueError
+        ``<param> must be a positive integer (images per chunk); got <value>`` for a bool, a
+        non-integer or a value below 1.
+    """
+    # bool is an int subclass, and True would silently mean one image per chunk.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{param} must be a positive integer (images per chunk); got {value!r}")
+    return int(value)
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import check_choice
-from ..models import features
+from ..models import feature_chunks
 from ..cache import fingerprint, memo, tensor_digest
 from .gram import blocked_max_kernel
 from .preprocessing import (center_features, check_same_samples, compute_device, normalize_channel_major,
@@ -54,7 +54,9 @@ def layer_features(model: torch.nn.Module, x: torch.Tensor, layers=None, *, dtyp
         Storage type, ``torch.float32`` or ``torch.float16`` (half the memory; the measures convert back
         to ``float32``/``float64``; values beyond 65504 become infinite and are reported by them).
     batch_size : int
-        Images per forward pass; only one batch's features exist in float32 at a time.
+        Images per forward pass; only one batch's features exist in float32 at a time
+        (:func:`lib.models.feature_chunks`), so the memory beyond the result does not grow with
+        ``n_samples``.
 
     Returns
     -------
@@ -65,8 +67,7 @@ def layer_features(model: torch.nn.Module, x: torch.Tensor, layers=None, *, dtyp
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     out: dict = {}
-    for start in range(0, len(x), batch_size):
-        chunk = features(model, x[start:start + batch_size], layers, batch_size=batch_size)
+    for start, chunk in feature_chunks(model, x, layers, batch_size):
         for name, f in chunk.items():
             if name not in out:
                 out[name] = torch.empty((len(x),) + tuple(f.shape[1:]), dtype=dtype)

@@ -13,8 +13,9 @@ Modules: ``spec`` (sites, specs and the small helpers that write them), ``myrtle
 from .convnext import ConvNeXt20, ConvNeXtBlock, ConvNeXtCIFAR, LayerNorm2d, convnext20, convnext_cifar
 from .mlp import mlp, mlp_spec
 from .myrtle import myrtle_cnn, myrtle_spec
-from .registry import (ARCHITECTURES, SPEC_ARCHITECTURES, Architecture, build, features, forward_from,
-                       hidden_layers, layer_info, residual_outputs, split, symmetry_spec)
+from .registry import (ARCHITECTURES, SPEC_ARCHITECTURES, Architecture, build, empty_rows,
+                       feature_chunks, features, forward_from, hidden_layers, layer_info,
+                       residual_outputs, split, symmetry_spec)
 from .resnet import BasicBlock, PadShortcut, ResNet, resnet20, resnet_spec
 from .spec import Site, SymmetrySpec
 
@@ -23,5 +24,6 @@ __all__ = [
     "myrtle_cnn", "resnet20", "mlp", "convnext_cifar", "convnext20",
     "ResNet", "BasicBlock", "PadShortcut", "ConvNeXtCIFAR", "ConvNeXt20", "ConvNeXtBlock", "LayerNorm2d",
     "Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "split", "symmetry_spec",
-    "hidden_layers", "layer_info", "features", "forward_from", "residual_outputs",
+    "hidden_layers", "layer_info", "feature_chunks", "features", "empty_rows", "forward_from",
+    "residual_outputs",
 ]

@@ -18,14 +18,15 @@ from .experiment import VARIANT_HELP, cached_experiment, experiment_config, pars
 from .layers import LAYER_KINDS, StitchLayer
 from .matching import (activation_matching, add_moments, channels_last_2d, hungarian, least_squares,
                        matching_from_moments, matching_matrix, moments_of, permutation_of, recovered_fraction,
-                       sinkhorn)
+                       sinkhorn, streamed_moments)
 from .surgery import Stitched, channels_at, feature_moments, front_features, stitch
 from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, StitchSettings, augmented_front, bn_epoch_stats,
                        check_settings, settings_for_scale, train_stitch)
 from .variants import Variant, describe, fig1_protocol
 
 __all__ = [
-    "sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments", "matching_from_moments",
+    "sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments", "streamed_moments",
+    "matching_from_moments",
     "activation_matching", "least_squares", "matching_matrix", "permutation_of", "recovered_fraction",
     "LAYER_KINDS", "StitchLayer",
     "channels_at", "front_features", "feature_moments", "Stitched", "stitch",

@@ -1,9 +1,11 @@
 """Closed forms behind the stitching layers: Sinkhorn, Hungarian, activation matching, least squares.
 
 Everything here works on features or on their float64 sums (the "moments": ``n``, ``ΣX``, ``ΣY``,
-``XᵀX``, ``XᵀY``, ``ΣY²`` over samples), which can be accumulated in a streaming pass
-(:func:`moments_of`, :func:`add_moments`) so that memory does not grow with the number of images.
-Channels are the features and every (image, position) is a sample.
+``XᵀX``, ``XᵀY``, ``ΣY²`` over samples), which are accumulated in a streaming pass
+(:func:`streamed_moments`, or :func:`moments_of` and :func:`add_moments` chunk by chunk) so that
+memory does not grow with the number of images: only one chunk of images is ever held as float64
+samples, never the ``(N·H·W, C)`` copies of both feature sets. Channels are the features and every
+(image, position) is a sample.
 """
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments", "matching_from_moments",
-           "activation_matching", "least_squares", "matching_matrix", "permutation_of", "recovered_fraction"]
+from ..config import check_chunk_size
+
+__all__ = ["sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments",
+           "streamed_moments", "matching_from_moments", "activation_matching", "least_squares",
+           "matching_matrix", "permutation_of", "recovered_fraction"]
 
 
 def sinkhorn(P: torch.Tensor, rounds: int = 16) -> torch.Tensor:
@@ -108,6 +113,43 @@ def add_moments(total: dict | None, part: dict) -> dict:
     return part if total is None else {k: total[k] + part[k] for k in part}
 
 
+def streamed_moments(features_a: torch.Tensor, features_b: torch.Tensor,
+                     chunk_size: int = 256) -> dict:
+    """The float64 sums of two feature sets (:func:`moments_of`), ``chunk_size`` images at a time.
+
+    Only one chunk's samples exist in float64 at a time, so the memory beyond the inputs does not
+    grow with the number of images ``n``; the sums equal the one-shot
+    ``moments_of(channels_last_2d(features_a), channels_last_2d(features_b))`` up to the order of
+    float64 additions.
+
+    Parameters
+    ----------
+    features_a, features_b : torch.Tensor
+        Features of the same ``n`` images, ``(n, C_a)`` and ``(n, C_b)`` or ``(n, C_a, h, w)`` and
+        ``(n, C_b, h, w)``, any floating dtype, on one device.
+    chunk_size : int
+        Images per chunk (a positive integer; it need not divide ``n``).
+
+    Returns
+    -------
+    dict
+        The sums (:func:`moments_of`), on the inputs' device.
+    """
+    chunk_size = check_chunk_size(chunk_size)
+    if (features_a.ndim != features_b.ndim or features_a.shape[0] != features_b.shape[0]
+            or features_a.shape[2:] != features_b.shape[2:]):
+        raise ValueError(f"features_a and features_b must hold the same images and positions, got "
+                         f"shapes {tuple(features_a.shape)} and {tuple(features_b.shape)}")
+    if features_a.shape[0] == 0:
+        raise ValueError("features_a and features_b hold no images")
+    total = None
+    for s in range(0, features_a.shape[0], chunk_size):
+        part = moments_of(channels_last_2d(features_a[s:s + chunk_size]),
+                          channels_last_2d(features_b[s:s + chunk_size]))
+        total = add_moments(total, part)
+    return total
+
+
 def matching_from_moments(m: dict):
     """Activation matching from feature sums: ``(perm, scales)``, each of shape ``(C,)``.
 
@@ -136,24 +178,31 @@ def matching_from_moments(m: dict):
     return perm, scales.float()
 
 
-def activation_matching(features_a: torch.Tensor, features_b: torch.Tensor):
-    """Match B's channels to A's from features held in memory.
+def activation_matching(features_a: torch.Tensor, features_b: torch.Tensor, chunk_size: int = 256):
+    """Match B's channels to A's from features held in memory, streaming over their images.
+
+    The sums are accumulated ``chunk_size`` images at a time (:func:`streamed_moments`), so the
+    memory beyond the inputs does not grow with the number of images.
 
     Parameters
     ----------
     features_a, features_b : torch.Tensor
         Equal shapes, ``(n, C)`` or ``(n, C, h, w)``.
+    chunk_size : int
+        Images per chunk (a positive integer).
 
     Returns
     -------
     tuple of torch.Tensor
         ``(perm, scales)``, each ``(C,)``, as in :func:`matching_from_moments`.
     """
-    xa, xb = channels_last_2d(features_a), channels_last_2d(features_b)
-    if xa.shape != xb.shape:
+    if features_a.ndim not in (2, 4):
+        raise ValueError(f"features must have shape (n, C) or (n, C, h, w), got "
+                         f"{tuple(features_a.shape)}")
+    if features_a.shape != features_b.shape:
         raise ValueError(f"features_a and features_b must have equal shapes, got "
                          f"{tuple(features_a.shape)} and {tuple(features_b.shape)}")
-    return matching_from_moments(moments_of(xa, xb))
+    return matching_from_moments(streamed_moments(features_a, features_b, chunk_size))
 
 
 def least_squares(m: dict, rank: int | None = None, rcond: float = 1e-10):

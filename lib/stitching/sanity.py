@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import check_choice, exact_mode, get_device
+from ..config import check_choice, check_chunk_size, exact_mode, get_device
 from ..data import subset, to_input
 from ..groups import MatrixGroup, intertwiner_group
+from ..models import empty_rows
 from ..cache import memo
 from .finetune import SCHEDULES, finetune_tail, tail_accuracy
 from .matching import add_moments, least_squares, moments_of
@@ -141,7 +142,7 @@ def pre_activations(model: nn.Sequential, layer: str, x: torch.Tensor, batch_siz
     x : torch.Tensor
         uint8 images ``(n, H, W, 3)``.
     batch_size : int
-        Images per forward pass.
+        Images per forward pass (a positive integer): the memory beyond the result is one batch.
     dtype : torch.dtype
         Storage of the result.
     device : str or torch.device, optional
@@ -152,11 +153,20 @@ def pre_activations(model: nn.Sequential, layer: str, x: torch.Tensor, batch_siz
     torch.Tensor
         ``(n, C, h, w)`` as ``dtype``.
     """
+    batch_size = check_chunk_size(batch_size, "batch_size")
+    if len(x) == 0:
+        raise ValueError("x holds no images")
     device = get_device(device)
     front = model[:_cut_after_conv(model, layer)].to(device).eval()
+    out = None
     with exact_mode():
-        return torch.cat([front(to_input(x[s:s + batch_size], device)).to(dtype)
-                          for s in range(0, len(x), batch_size)])
+        # Filled batch by batch: a list of batches joined by torch.cat would hold the result twice.
+        for s in range(0, len(x), batch_size):
+            h = front(to_input(x[s:s + batch_size], device))
+            if out is None:
+                out = empty_rows(h, len(x), dtype)
+            out[s:s + len(h)] = h
+    return out
 
 
 def _first_conv(tail: nn.Sequential) -> int:

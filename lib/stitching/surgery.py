@@ -6,7 +6,8 @@ stitching layer maps the inner activation into B's ``conv2``, and A's block inpu
 untransformed (Remark 3.6: no single-site element carries the residual stream there, so Theorem 4.2
 is not expected to hold). A is frozen, and its state is computed once per image set
 (:func:`front_features`), together with the feature sums of the closed-form starts
-(:func:`feature_moments`).
+(:func:`feature_moments`). Both stream over the images ``batch_size`` at a time: the sums need one
+batch's features, the stored state the result plus one batch.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import copy
 import torch
 from torch import nn
 
-from ..config import check_choice, exact_mode, get_device
+from ..config import check_choice, check_chunk_size, exact_mode, get_device
 from ..data import to_input
-from ..models import hidden_layers, split, symmetry_spec
+from ..models import empty_rows, hidden_layers, split, symmetry_spec
 from .layers import LAYER_KINDS, StitchLayer
 from .matching import add_moments, channels_last_2d, moments_of
 
@@ -60,7 +61,7 @@ def front_features(model_a: nn.Module, layer: str, x: torch.Tensor, batch_size: 
     x : torch.Tensor
         uint8 images ``(n, H, W, 3)``.
     batch_size : int
-        Images per forward pass.
+        Images per forward pass (a positive integer): the memory beyond the result is one batch.
     dtype : torch.dtype
         Storage (float16 halves the memory of early conv layers).
     device : str or torch.device, optional
@@ -73,16 +74,35 @@ def front_features(model_a: nn.Module, layer: str, x: torch.Tensor, batch_size: 
         residual block.
     """
     channels_at(model_a, layer)
+    batch_size = _check_images_and_batch(x, batch_size)
     device = get_device(device)
     front = split(model_a, layer)[0]
     was = model_a.training
     model_a.eval()
+    out = None
     try:
-        out = [tuple(t.to(dtype) for t in front(to_input(x[s:s + batch_size], device)))
-               for s in range(0, len(x), batch_size)]
+        for s in range(0, len(x), batch_size):
+            out = _store(out, s, front(to_input(x[s:s + batch_size], device)), len(x), dtype)
     finally:
         model_a.train(was)
-    return tuple(torch.cat(parts) for parts in zip(*out))
+    return out
+
+
+def _check_images_and_batch(x: torch.Tensor, batch_size) -> int:
+    batch_size = check_chunk_size(batch_size, "batch_size")
+    if len(x) == 0:
+        raise ValueError("x holds no images")
+    return batch_size
+
+
+def _store(out: tuple | None, start: int, state: tuple, n: int, dtype) -> tuple:
+    # The state of all n images is allocated once, at the first batch, and filled batch by batch:
+    # a list of batches joined by torch.cat would hold two copies of it at the end.
+    if out is None:
+        out = tuple(empty_rows(t, n, dtype) for t in state)
+    for o, t in zip(out, state):
+        o[start:start + len(t)] = t
+    return out
 
 
 @torch.no_grad()
@@ -103,7 +123,7 @@ def feature_moments(model_a: nn.Module, model_b: nn.Module, layer: str, x: torch
     x : torch.Tensor
         uint8 images ``(n, H, W, 3)``.
     batch_size : int
-        Images per forward pass.
+        Images per forward pass (a positive integer): the chunk of the streaming pass.
     device : str or torch.device, optional
         Where to compute.
     front_dtype : torch.dtype, optional
@@ -117,9 +137,10 @@ def feature_moments(model_a: nn.Module, model_b: nn.Module, layer: str, x: torch
         ``front_dtype``, ``(sums, fronts)``.
     """
     channels_at(model_a, layer)
+    batch_size = _check_images_and_batch(x, batch_size)
     device = get_device(device)
     front_a, front_b = split(model_a, layer)[0], split(model_b, layer)[0]
-    total, kept = None, []
+    total, kept = None, None
     was = model_a.training, model_b.training
     model_a.eval(), model_b.eval()
     try:
@@ -130,12 +151,10 @@ def feature_moments(model_a: nn.Module, model_b: nn.Module, layer: str, x: torch
                 hb = front_b(xin)[0]
                 total = add_moments(total, moments_of(channels_last_2d(state[0]), channels_last_2d(hb)))
                 if front_dtype is not None:
-                    kept.append(tuple(t.to(front_dtype) for t in state))
+                    kept = _store(kept, s, state, len(x), front_dtype)
     finally:
         model_a.train(was[0]), model_b.train(was[1])
-    if front_dtype is None:
-        return total
-    return total, tuple(torch.cat(parts) for parts in zip(*kept))
+    return total if front_dtype is None else (total, kept)
 
 
 class Stitched(nn.Module):
