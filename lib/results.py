@@ -26,8 +26,8 @@ from pathlib import Path
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "VALUE_FIELDS",
-           "compare_results", "main"]
+__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "ROW_FIELDS",
+           "VALUE_FIELDS", "compare_results", "main"]
 
 
 def results_dir() -> Path:
@@ -37,12 +37,15 @@ def results_dir() -> Path:
     -------
     pathlib.Path
         ``$SYMMETRIES_RESULTS`` if set (created), else the cache's ``results`` folder.
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be created (read-only, full disk), naming it and what to do.
     """
     env = os.environ.get("SYMMETRIES_RESULTS")
-    if env:
-        Path(env).mkdir(parents=True, exist_ok=True)
-        return Path(env)
-    return cache_dir("results")
+    advice = "set SYMMETRIES_RESULTS to a writable folder"
+    return cache_dir(root=env, advice=advice) if env else cache_dir("results", advice=advice)
 
 
 def _plain(x):
@@ -109,7 +112,7 @@ class Recorder:
         """Write the rows atomically and return :meth:`path`."""
         path = self.path()
         payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, advice="set SYMMETRIES_RESULTS to a writable folder") as tmp:
             tmp.write_text(json.dumps(payload, indent=1))
         return path
 
@@ -210,13 +213,33 @@ def table(header, rows, align: str | None = None) -> str:
     return "\n".join(lines)
 
 
+#: The fields :func:`markdown_table` shows of each row: those :func:`load_results` adds and those
+#: :meth:`Recorder.add` writes.
+ROW_FIELDS = ("chapter", "seed", "key", "ours", "std", "paper", "paper_std", "unit", "note")
+
+
+def _check_row(i: int, r) -> None:
+    """``ValueError`` naming the row, its key and its results file, if the row lacks a field."""
+    if not isinstance(r, dict):
+        raise ValueError(f"results row {i} must be a dict (a row of load_results); got "
+                         f"{type(r).__name__}")
+    missing = [f for f in ROW_FIELDS if f not in r]
+    if missing:
+        chapter, seed = r.get("chapter", "?"), r.get("seed", 0)
+        file = f"{chapter}-seed{seed}.json" if seed else f"{chapter}.json"
+        raise ValueError(f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
+                         f"{missing}: the results file {file} of chapter {chapter!r} (in the "
+                         f"results folder of its scale) is damaged or was not written by "
+                         f"lib.results.Recorder; delete it and re-run that chapter")
+
+
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
     """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via :func:`table`).
 
     Parameters
     ----------
     rows : list of dict
-        From :func:`load_results`.
+        From :func:`load_results`: each with every field of :data:`ROW_FIELDS`.
     order : list of str, optional
         Chapter names in the order to show them (e.g. the book's table of contents); others follow
         alphabetically.
@@ -224,7 +247,14 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
     Returns
     -------
     str
+
+    Raises
+    ------
+    ValueError
+        For a row that lacks a field (``"ours"``, ...), naming the row, its key and its file.
     """
+    for i, r in enumerate(rows):
+        _check_row(i, r)
     order = order or []
     rank = lambda r: (order.index(r["chapter"]) if r["chapter"] in order else len(order), r["chapter"], r["seed"])
     return table(["chapter", "seed", "quantity", "ours", "paper", "note"],

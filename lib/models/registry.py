@@ -8,12 +8,14 @@ architecture from the model and never branch on its class.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..config import check_choice
+from ..config import check_choice, check_seed
 from ..activations import Activation
 from .convnext import ConvNeXtBlock, convnext20, convnext_cifar, split_convnext
 from .mlp import mlp
@@ -21,8 +23,9 @@ from .myrtle import myrtle_cnn
 from .resnet import BasicBlock, authors_index, resnet20, split_resnet
 from .spec import SymmetrySpec, split_sequential
 
-__all__ = ["Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "split", "symmetry_spec",
-           "hidden_layers", "layer_info", "features", "forward_from", "residual_outputs"]
+__all__ = ["Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "check_image_size",
+           "split", "symmetry_spec", "hidden_layers", "layer_info", "features", "forward_from",
+           "residual_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,21 +72,78 @@ def build(arch: dict, seed: int | None = None) -> nn.Module:
     arch : dict
         ``"arch"`` (a key of :data:`ARCHITECTURES`) and the builder's keyword arguments.
     seed : int, optional
-        With a seed the initial weights depend on that seed only (the global RNG is left untouched).
+        With a seed the initial weights depend on that seed only (the global RNG is left untouched);
+        see :func:`lib.config.check_seed`.
 
     Returns
     -------
     nn.Module
         The model, with ``arch`` (and ``symmetry_spec`` where defined).
+
+    Raises
+    ------
+    ValueError
+        For an unknown architecture, a bad seed, or a bad argument of its builder.
     """
     arch = dict(arch)
     name = arch.pop("arch", None)
     check_choice("arch", name, ARCHITECTURES)
     if seed is None:
         return ARCHITECTURES[name].builder(**arch)
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ARCHITECTURES[name].builder(**arch)
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model(arch_json: str) -> nn.Module:
+    # On the meta device a model records shapes only: building and running it allocates nothing.
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build(json.loads(arch_json)).eval()
+
+
+@functools.lru_cache(maxsize=256)
+def _input_error(arch_json: str, height: int, width: int) -> str:
+    """The first line of the error of a forward pass on one image ("" if it runs)."""
+    try:
+        with torch.no_grad():
+            _meta_model(arch_json)(torch.empty(1, 3, height, width, device="meta"))
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ""
+
+
+def check_image_size(arch: dict, height: int, width: int) -> None:
+    """Raise ``ValueError`` unless a model of ``arch`` takes RGB images of this size.
+
+    The pooling and strided layers of an architecture need images of some least size (the Myrtle
+    CNN 32 x 32: three 2x2 pools and a 4x4 one); smaller images would fail inside a convolution
+    with the allocator's or the kernel's error. Checked on the meta device: nothing is allocated.
+
+    Parameters
+    ----------
+    arch : dict
+        A config for :func:`build`.
+    height, width : int
+        The images' size in pixels.
+
+    Raises
+    ------
+    ValueError
+        Naming the size, the architecture and the smallest square size it takes (searched up to 64).
+    """
+    arch_json = json.dumps(arch, sort_keys=True)
+    error = _input_error(arch_json, int(height), int(width))
+    if not error:
+        return
+    # Not a bisection: the Myrtle CNN's head takes 32..39 pixels only (its 4x4 pool must leave 1x1).
+    sizes = range(max(int(height), int(width)) + 1, 65)
+    least = next((n for n in sizes if not _input_error(arch_json, n, n)), None)
+    why = (f"its pooling and strided layers need larger images: the smallest square images it "
+           f"takes are {least} x {least} pixels" if least else error)
+    raise ValueError(f"the images ({height} x {width} pixels, RGB) do not fit architecture "
+                     f"{arch.get('arch')!r} ({why}); use other images or another architecture")
 
 
 def _architecture(model: nn.Module) -> Architecture | None:
