@@ -26,8 +26,8 @@ from pathlib import Path
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "ROW_FIELDS",
-           "VALUE_FIELDS", "compare_results", "main"]
+__all__ = ["Recorder", "results_dir", "load_results", "table", "markdown_table", "VALUE_FIELDS",
+           "compare_results", "main"]
 
 
 def results_dir() -> Path:
@@ -36,12 +36,8 @@ def results_dir() -> Path:
     Returns
     -------
     pathlib.Path
-        ``$SYMMETRIES_RESULTS`` if set (created), else the cache's ``results`` folder.
-
-    Raises
-    ------
-    OSError
-        If the folder cannot be created (read-only, full disk), naming it and what to do.
+        ``$SYMMETRIES_RESULTS`` if set (created), else the cache's ``results`` folder; one that
+        cannot be created is an ``OSError`` naming it and what to do.
     """
     env = os.environ.get("SYMMETRIES_RESULTS")
     advice = "set SYMMETRIES_RESULTS to a writable folder"
@@ -213,24 +209,8 @@ def table(header, rows, align: str | None = None) -> str:
     return "\n".join(lines)
 
 
-#: The fields :func:`markdown_table` shows of each row: those :func:`load_results` adds and those
-#: :meth:`Recorder.add` writes.
-ROW_FIELDS = ("chapter", "seed", "key", "ours", "std", "paper", "paper_std", "unit", "note")
-
-
-def _check_row(i: int, r) -> None:
-    """``ValueError`` naming the row, its key and its results file, if the row lacks a field."""
-    if not isinstance(r, dict):
-        raise ValueError(f"results row {i} must be a dict (a row of load_results); got "
-                         f"{type(r).__name__}")
-    missing = [f for f in ROW_FIELDS if f not in r]
-    if missing:
-        chapter, seed = r.get("chapter", "?"), r.get("seed", 0)
-        file = f"{chapter}-seed{seed}.json" if seed else f"{chapter}.json"
-        raise ValueError(f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
-                         f"{missing}: the results file {file} of chapter {chapter!r} (in the "
-                         f"results folder of its scale) is damaged or was not written by "
-                         f"lib.results.Recorder; delete it and re-run that chapter")
+# The fields of a row of load_results that markdown_table shows.
+_ROW_FIELDS = ("chapter", "seed", "key", "ours", "std", "paper", "paper_std", "unit", "note")
 
 
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
@@ -239,7 +219,7 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
     Parameters
     ----------
     rows : list of dict
-        From :func:`load_results`: each with every field of :data:`ROW_FIELDS`.
+        From :func:`load_results`.
     order : list of str, optional
         Chapter names in the order to show them (e.g. the book's table of contents); others follow
         alphabetically.
@@ -254,7 +234,15 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
         For a row that lacks a field (``"ours"``, ...), naming the row, its key and its file.
     """
     for i, r in enumerate(rows):
-        _check_row(i, r)
+        missing = [f for f in _ROW_FIELDS if not isinstance(r, dict) or f not in r]
+        if missing:
+            r = r if isinstance(r, dict) else {}
+            stem, seed = r.get("chapter", "?"), r.get("seed")
+            file = f"{stem}-seed{seed}.json" if seed else f"{stem}.json"
+            raise ValueError(f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
+                             f"{missing}: its results file {file} (in the results folder of its "
+                             f"scale) is damaged or was not written by lib.results.Recorder; delete "
+                             f"it and re-run its chapter")
     order = order or []
     rank = lambda r: (order.index(r["chapter"]) if r["chapter"] in order else len(order), r["chapter"], r["seed"])
     return table(["chapter", "seed", "quantity", "ours", "paper", "note"],

@@ -246,8 +246,8 @@ def test_results_row_without_ours_names_the_file_and_key():
     )
     with pytest.raises(
         ValueError,
-        match="results row 0 \\(key 'penalty'\\) lacks the fields \\['ours'\\]: the results "
-        "file stitching-seed2.json of chapter 'stitching' .*re-run that chapter",
+        match="results row 0 \\(key 'penalty'\\) lacks the fields \\['ours'\\]: its results "
+        "file stitching-seed2.json \\(in the results folder of its scale\\) .*re-run its chapter",
     ):
         markdown_table([row])
     assert "| stitching | 2 | `penalty` | 1.5% | 1% |" in markdown_table([dict(row, ours=1.5)])
