@@ -298,7 +298,7 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
         cuda = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        return _train(model, data, r, seed, device, progress, state, on_epoch, desc)
+        return _train(model, data, r, seed, device, progress, desc, (state, on_epoch))
 
 
 def _resume(state: dict, model: nn.Module, opt, sched, gen: torch.Generator) -> tuple:
@@ -325,8 +325,10 @@ def _check_finite(model: nn.Module, mean_loss: float, r: Recipe, desc: str, epoc
             f"was stored for this epoch. Lower lr (or use another recipe) and run again")
 
 
-def _train(model, data, r, seed, device, progress, state, on_epoch, desc) -> list[dict]:
-    """The loop of :func:`train`, with its arguments checked and the global generators seeded."""
+def _train(model, data, r, seed, device, progress, desc, checkpoints) -> list[dict]:
+    """The loop of :func:`train`, with its arguments checked and the global generators seeded;
+    ``checkpoints`` is ``(state, on_epoch)``."""
+    state, on_epoch = checkpoints
     gen = torch.Generator().manual_seed(seed)
     x_train, y_train = subset(data.x_train, data.y_train, r.n_train)
     x_test, y_test = subset(data.x_test, data.y_test, r.n_test)

@@ -229,24 +229,19 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
     -------
     torch.nn.Module
         In eval mode on ``device``, with its metadata as ``zoo_meta`` (``test_acc`` a fraction) and
-        its cache key as ``zoo_key``.
+        its cache key as ``zoo_key``. The caller's torch random state is the same after the call
+        whether the model was trained or loaded.
 
     Raises
     ------
     ValueError
-        Before any folder is created, for a bad seed (:func:`lib.config.check_seed`: a Python or
-        numpy integer), recipe or architecture, or data it cannot train on
-        (:func:`lib.data.check_training_data`).
+        Before any folder is made, for a bad seed (:func:`lib.config.check_seed`), recipe or
+        architecture, or data it cannot train on (:func:`lib.data.check_training_data`).
     PermissionError
         If the model must be trained and the zoo folder is not writable (before any training), or
         another user's lock file cannot be opened.
     OSError
         If an entry exists but cannot be read; it is left untouched.
-
-    Notes
-    -----
-    The caller's global torch random state is the same after the call whether the model was
-    trained or loaded (training runs on forked generators, :func:`lib.train.train`).
     """
     seed = check_seed(seed)
     r = make_recipe(recipe)
