@@ -32,6 +32,7 @@ from ..config import check_choice
 from .gram import BLOCK_BYTES, block_plan, blocked_max_kernel, rbf_gram
 from .preprocessing import (DTYPES, center_features, check_finite, check_same_samples, compute_device,
                             normalize_channel_major, rescaled)
+from .inputs import check_samples
 
 __all__ = ["hsic", "cka_from_grams", "linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka",
            "grelu_cka_memory", "grelu_cka_max_samples"]
@@ -189,6 +190,7 @@ def rbf_cka(X, Y, threshold: float = 1.0, debiased: bool = False, *, dtype=torch
     float
         In ``[-1, 1]``.
     """
+    check_samples(X, Y, 4 if debiased else 3, "rbf_cka")
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
     return _cka(rbf_gram(X, threshold, dtype=dtype, device=dev, name="X"),
@@ -222,6 +224,7 @@ def grelu_cka(X, Y, zero_channels: str = "raise", *, block_size: int | None = No
     float
         In ``[-1, 1]``.
     """
+    check_samples(X, Y, 4, "grelu_cka")
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
     grams = []
@@ -250,6 +253,7 @@ def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, d
     float
         In ``[-1, 1]``.
     """
+    check_samples(X, Y, 4, "orthogonal_cka")
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
     grams = []

@@ -16,6 +16,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from .preprocessing import check_same_samples, compute_device, normalize_channel_major, normalize_total, shape_of
+from .inputs import check_samples
 
 __all__ = ["grelu_procrustes", "orthogonal_procrustes"]
 
@@ -59,6 +60,7 @@ def grelu_procrustes(X, Y, zero_channels: str = "raise", *, dtype=torch.float64,
     float
         In ``[0, 1]``; at least ``1 - 1/sqrt(2)`` for non-negative (post-ReLU) features.
     """
+    check_samples(X, Y, 2, "grelu_procrustes")
     check_same_samples(X, Y)
     _procrustes_samples(X)
     _same_positions(X, Y)
@@ -97,6 +99,7 @@ def orthogonal_procrustes(X, Y, *, dtype=torch.float64, device=None) -> float:
     float
         In ``[1 - 1/sqrt(2), 1]`` for any input.
     """
+    check_samples(X, Y, 2, "orthogonal_procrustes")
     check_same_samples(X, Y)
     _procrustes_samples(X)
     _same_positions(X, Y)
