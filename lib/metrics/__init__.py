@@ -17,11 +17,11 @@ measures (``lib.metrics.preprocessing.compute_device``, ``lib.metrics.gram.block
 ...) are public in their modules.
 """
 from .cka import (cka_from_grams, grelu_cka, grelu_cka_max_samples, grelu_cka_memory, hsic, linear_cka,
-                  orthogonal_cka, rbf_cka)
+                  orthogonal_cka, rbf_cka, u_center)
 from .gram import linear_gram, max_kernel_gram, rbf_gram
 from .layers import (CKA_MEASURES, MATRIX_MEASURES, MEASURE_NAMES, best_matches, cached_pair_similarities,
                      diagonal_summary, layer_features, model_pair_similarities, normalized_gram, same_layer_rate,
-                     similarity_matrices, u_center)
+                     similarity_matrices)
 from .preprocessing import center_features, flatten_features, normalize_channels, normalize_total, to_channels
 from .procrustes import grelu_procrustes, orthogonal_procrustes
 
