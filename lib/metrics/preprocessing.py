@@ -334,6 +334,8 @@ def center_features(X, *, dtype=torch.float64, device=None, name: str = "X",
         w.copy_(t[:, f0:f1])
         if factor != 1.0:
             w.mul_(factor)
+        # Two passes, as in _unit_channels.
+        w.sub_(w.mean(dim=0, keepdim=True))
         w.sub_(w.mean(dim=0, keepdim=True))
         w[:, constant[f0:f1]] = 0.0
         if w.dtype != dtype:
@@ -386,6 +388,9 @@ def _unit_channels(w: torch.Tensor, center: bool, zero: torch.Tensor) -> None:
     if bool((factor != 1).any()):
         w.mul_(factor[:, None, None])
     if center:
+        # Two passes: the second removes what the rounding of the first mean left (offsets up to
+        # 1/eps of the spread, where the input can still hold the spread at all).
+        w.sub_(w.mean(dim=(1, 2), keepdim=True))
         w.sub_(w.mean(dim=(1, 2), keepdim=True))
     norms = torch.linalg.vector_norm(w, dim=(1, 2))
     w[zero] = 0.0
