@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from .preprocessing import DegenerateInputError, center_features, channel_major, flatten_features
+from .normalization import center_features
+from .preprocessing import DegenerateInputError, channel_major, flatten_features
 
 __all__ = ["BLOCK_BYTES", "BLOCK_ROWS", "linear_gram", "rbf_gram", "block_plan", "blocked_max_kernel",
            "max_kernel_gram"]

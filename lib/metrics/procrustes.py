@@ -15,7 +15,8 @@ import math
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .preprocessing import check_same_samples, compute_device, normalize_channel_major, normalize_total, shape_of
+from .normalization import normalize_channel_major, normalize_total
+from .preprocessing import check_same_samples, compute_device, shape_of
 
 __all__ = ["grelu_procrustes", "orthogonal_procrustes"]
 
