@@ -1,14 +1,15 @@
 """Float32 against float64 for every similarity measure of lib.metrics, on real activations.
 
-The activations: every ReLU layer of the two smoke-scale models of one zoo family (default the Myrtle
-CNN pair, width 0.125, seeds 0 and 1, each trained for 1 epoch on 512 CIFAR-10 images by ``lib.zoo`` at
-scale ``smoke``; trained into ``$SYMMETRIES_CACHE`` in seconds if missing), on ``--n`` CIFAR-10 test
-images (the book's fixed subset, ``lib.data.subset``), held in float32 as the chapters hold them. For
-each measure it prints the largest and the median ``|float32 - float64|`` over layer pairs beside the
-float32 speed-up (float64 seconds / float32 seconds, the best of ``--repeat`` runs), for two paths:
+The activations: every ReLU layer of the two smoke-scale models of one zoo family (default the
+Myrtle CNN pair, width 0.125, seeds 0 and 1, each trained for 1 epoch on 512 CIFAR-10 images by
+``lib.zoo`` at scale ``smoke``; trained into ``$SYMMETRIES_CACHE`` in seconds if missing), on
+``--n`` CIFAR-10 test images (the book's fixed subset, ``lib.data.subset``), held in float32 as the
+chapters hold them. For each measure it prints the largest and the median ``|float32 - float64|``
+over layer pairs beside the float32 speed-up (float64 seconds / float32 seconds, the best of
+``--repeat`` runs), for two paths:
 
-- ``direct``: ``lib.metrics.<measure>(X, Y, dtype=...)`` on the pairs of same-index layers (model A's
-  layer i against model B's layer i), ``zero_channels="keep"`` as in the chapters;
+- ``direct``: ``lib.metrics.<measure>(X, Y, dtype=...)`` on the pairs of same-index layers (model
+  A's layer i against model B's layer i), ``zero_channels="keep"`` as in the chapters;
 - ``matrices``: ``lib.metrics.similarity_matrices`` over all layer pairs (the chapters' path; the
   Procrustes measures on the same-shaped pairs only).
 
@@ -63,12 +64,13 @@ def direct_rows(fa: dict, fb: dict, args) -> list[tuple]:
     rows = []
     for m in MEASURES:
         f = getattr(M, m)
-        kw = {"zero_channels": "keep"} if m in ("grelu_cka", "orthogonal_cka", "grelu_procrustes") else {}
+        channelwise = m in ("grelu_cka", "orthogonal_cka", "grelu_procrustes")
+        kw = {"zero_channels": "keep"} if channelwise else {}
         pairs = [(a, b) for a, b in zip(fa, fb) if "procrustes" not in m
                  or fa[a].shape[2:] == fb[b].shape[2:]]
         values, seconds = {}, {}
         for dt in DTYPES:
-            def run(dt=dt):
+            def run(f=f, kw=kw, pairs=pairs, dt=dt):
                 return [f(fa[a], fb[b], dtype=dt, device=args.device, **kw) for a, b in pairs]
             values[dt], seconds[dt] = best_time(run, args.repeat)
         errors = np.abs(np.array(values[torch.float32]) - np.array(values[torch.float64]))
@@ -82,7 +84,7 @@ def matrix_rows(fa: dict, fb: dict, args) -> list[tuple]:
     for m in M.MATRIX_MEASURES:
         values, seconds = {}, {}
         for dt in DTYPES:
-            def run(dt=dt):
+            def run(m=m, dt=dt):
                 return M.similarity_matrices(fa, fb, (m,), dtype=dt, device=args.device)[m]
             values[dt], seconds[dt] = best_time(run, args.repeat)
         diff = np.abs(values[torch.float32] - values[torch.float64])
@@ -115,9 +117,9 @@ def main(argv=None) -> None:
         p.error("--n must be at least 4 and --repeat at least 1")
     fa, fb = activations(args.family, args.n, args.device)
     shapes = ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in fa.items())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, load "
-          f"average {os.getloadavg()[0]:.1f}; smoke {args.family} pair, {args.n} test images; layers "
-          f"{shapes}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+          f"load average {os.getloadavg()[0]:.1f}; smoke {args.family} pair, {args.n} test images; "
+          f"layers {shapes}\n")
     print_table(direct_rows(fa, fb, args) + matrix_rows(fa, fb, args))
     print(f"\nfinal load average {os.getloadavg()[0]:.1f}")
 

@@ -29,7 +29,8 @@ def _gram(K, name) -> torch.Tensor:
     """A copy of the Gram matrix ``K`` as a tensor (float32 stays float32, others are float64)."""
     t = K.detach() if isinstance(K, torch.Tensor) else torch.as_tensor(np.asarray(K))
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
-        raise ValueError(f"{name} must be a square (n_samples, n_samples) Gram matrix; got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be a square (n_samples, n_samples) Gram matrix; got shape "
+                         f"{tuple(t.shape)}")
     t = t.clone(memory_format=torch.contiguous_format) if t.dtype in DTYPES else t.to(torch.float64)
     return check_finite(t, name)
 
@@ -143,8 +144,8 @@ def centered_norm_(K: torch.Tensor, unbiased: bool, name: str = "X") -> float:
 def hsic(K, L, unbiased: bool = True) -> float:
     """Hilbert-Schmidt independence criterion of two symmetric Gram matrices.
 
-    ``unbiased=True``: ``[tr(KL) + 1^T K 1 1^T L 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K L 1] / (n(n-3))`` with
-    zero diagonals (the diagonals of ``K`` and ``L`` are ignored); ``False``: the biased
+    ``unbiased=True``: ``[tr(KL) + 1^T K 1 1^T L 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K L 1] / (n(n-3))``
+    with zero diagonals (the diagonals of ``K`` and ``L`` are ignored); ``False``: the biased
     ``tr(KHLH) / (n-1)^2`` with ``H = I - 11^T/n``. Both are computed as inner products of the
     centred matrices (U-centred for the unbiased estimator, see :func:`u_center`), accumulated in
     float64.
@@ -163,7 +164,8 @@ def hsic(K, L, unbiased: bool = True) -> float:
     """
     K, L = _gram(K, "K"), _gram(L, "L")
     if K.shape != L.shape:
-        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and {tuple(L.shape)}")
+        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and "
+                         f"{tuple(L.shape)}")
     n = K.shape[0]
     if unbiased and n < 4:
         raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
@@ -193,8 +195,9 @@ def check_cka_samples(n: int, unbiased: bool) -> None:
     if unbiased and n < 4:
         raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
     if n < 3:
-        raise ValueError(f"CKA needs at least 3 samples (4 for the unbiased estimator); got {n}: with 2, every "
-                         f"centred Gram matrix is a multiple of [[1, -1], [-1, 1]] and CKA is 1 for any inputs")
+        raise ValueError(f"CKA needs at least 3 samples (4 for the unbiased estimator); got {n}: "
+                         f"with 2, every centred Gram matrix is a multiple of [[1, -1], [-1, 1]] "
+                         f"and CKA is 1 for any inputs")
 
 
 def cka_inplace(K: torch.Tensor, L: torch.Tensor, unbiased: bool, names=("X", "Y")) -> float:
@@ -251,5 +254,6 @@ def cka_from_grams(K, L, unbiased: bool = True) -> float:
     """
     K, L = _gram(K, "K"), _gram(L, "L")
     if K.shape != L.shape:
-        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and {tuple(L.shape)}")
+        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and "
+                         f"{tuple(L.shape)}")
     return cka_inplace(K, L.to(device=K.device, dtype=K.dtype), unbiased, names=("K", "L"))

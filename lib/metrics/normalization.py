@@ -27,7 +27,7 @@ import torch
 
 from ..config import check_choice
 from .preprocessing import (DTYPES, STAGE_BYTES, ZERO_CHANNELS, DegenerateInputError, channel_view,
-                            compute_device, power_of_two_scale, rescaled, to_channels)
+                            check_finite, compute_device, power_of_two_scale, rescaled, to_channels)
 
 __all__ = ["center_features", "normalize_channel_major", "normalize_channels", "normalize_total"]
 
@@ -67,8 +67,9 @@ def center_features(X, *, dtype=torch.float64, device=None, name: str = "X",
         As for :func:`lib.metrics.to_channels`.
     rescale : bool
         Scale all features by one power of two (exact) so that the largest input magnitude lies in
-        ``[0.5, 1)`` unless it lies in ``[2^-10, 2^10]`` already, as :func:`lib.metrics.preprocessing.rescaled` does: the
-        measures use this; the centred features of ``1e30 * X`` then fit float32.
+        ``[0.5, 1)`` unless it lies in ``[2^-10, 2^10]`` already, as
+        :func:`lib.metrics.preprocessing.rescaled` does: the measures use this; the centred
+        features of ``1e30 * X`` then fit float32.
 
     Returns
     -------
@@ -79,7 +80,8 @@ def center_features(X, *, dtype=torch.float64, device=None, name: str = "X",
     Raises
     ------
     ValueError
-        If ``X`` has another number of dimensions, is empty, complex, boolean or not finite.
+        If ``X`` has another number of dimensions, is empty, complex, boolean or not finite (also
+        after the cast to ``dtype``).
     """
     check_choice("dtype", dtype, DTYPES)
     t = channel_view(X, name)
@@ -101,7 +103,8 @@ def center_features(X, *, dtype=torch.float64, device=None, name: str = "X",
         w[:, constant[f0:f1]] = 0.0
         if w.dtype != dtype:
             out[:, f0:f1].copy_(w)
-    return out
+    # Without rescale, features beyond float32's range overflow in the cast.
+    return check_finite(out, name)
 
 
 def _zero_channels(hi, lo, center: bool, zero_channels: str, name: str) -> torch.Tensor:
@@ -136,9 +139,9 @@ def _unit_channels(w: torch.Tensor, center: bool, zero: torch.Tensor) -> None:
     w.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None, None])
 
 
-def normalize_channel_major(X, center: bool = True, zero_channels: str = "raise", dtype=torch.float64,
-                            device=None, name: str = "X") -> torch.Tensor:
-    """:func:`normalize_channels` in the channel-major layout of :func:`lib.metrics.preprocessing.channel_major`.
+def normalize_channel_major(X, center: bool = True, zero_channels: str = "raise",
+                            dtype=torch.float64, device=None, name: str = "X") -> torch.Tensor:
+    """:func:`normalize_channels` in the layout of :func:`lib.metrics.preprocessing.channel_major`.
 
     The max kernel (``lib.metrics.gram.blocked_max_kernel``) and the linear kernel of the
     channel-normalised CKAs start from this layout, which spares a second copy of the features. The
@@ -193,8 +196,9 @@ def normalize_channels(X, center: bool = True, zero_channels: str = "raise", *, 
         G_ReLU-Procrustes: no).
     zero_channels : str
         ``"raise"`` (a channel constant over (samples, positions), or zero without ``center``, is
-        a :class:`~lib.metrics.preprocessing.DegenerateInputError`) or ``"keep"`` (it stays zero and contributes nothing, as in
-        the authors' code; dead ReLU channels do this). The test is exact, on the input's values.
+        a :class:`~lib.metrics.preprocessing.DegenerateInputError`) or ``"keep"`` (it stays zero
+        and contributes nothing, as in the authors' code; dead ReLU channels do this). The test is
+        exact, on the input's values.
     dtype, device, name
         As for :func:`lib.metrics.to_channels`.
 
