@@ -4,8 +4,8 @@ Representations" (Godfrey, Brown, Emerson, Kvinge, NeurIPS 2022).
 One module or subpackage per concept; callers import from where the code lives::
 
     lib/
-      settings.py      every setting in one place: the scales (one literal each), training recipes,
-                       the book's model families, stitching protocols
+      settings/        every setting in one place: protocols (recipes, stitching, fine-tuning),
+                       scales (one dataclass per concern), the paper's reference numbers, lookup
       config.py        device, precision policy (autocast, exact_mode), cache folders, atomic writes
       cache.py         checksummed files, the memo of expensive results, model fingerprints
       activations.py   the elementwise activations (Table 1's sigma), by name

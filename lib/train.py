@@ -156,8 +156,8 @@ def recipe_for_scale(scale: str, name: str | None = None, **overrides) -> Recipe
     Parameters
     ----------
     scale : str
-        A key of :data:`lib.settings.SCALES`; its ``recipe``, ``epochs``, ``n_train`` and ``n_test``
-        are used.
+        A key of :data:`lib.settings.SCALES`; its zoo's ``recipe``, ``epochs``, ``n_train`` and
+        ``n_test`` are used.
     name : str, optional
         Another recipe to start from (default: the scale's).
     **overrides
@@ -168,9 +168,9 @@ def recipe_for_scale(scale: str, name: str | None = None, **overrides) -> Recipe
     -------
     Recipe
     """
-    s = scale_settings(scale)
-    fields = dict(epochs=s.epochs, n_train=s.n_train, n_test=s.n_test)
-    return recipe(name or s.recipe, **{**fields, **overrides})
+    z = scale_settings(scale).zoo
+    fields = dict(epochs=z.epochs, n_train=z.n_train, n_test=z.n_test)
+    return recipe(name or z.recipe, **{**fields, **overrides})
 
 
 def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):

@@ -1,4 +1,5 @@
 """Data loading, batch augmentation, training determinism, the zoo cache and its keys (synthetic data only)."""
+import dataclasses
 import hashlib
 import json
 
@@ -93,7 +94,7 @@ def test_recipes_and_bad_names():
         train.recipe("fast", epoch=3)
     with pytest.raises(ValueError, match="scale"):
         train.recipe_for_scale("huge")
-    assert train.recipe_for_scale("smoke").n_train == settings.scale_settings("smoke").n_train
+    assert train.recipe_for_scale("smoke").n_train == settings.scale_settings("smoke").zoo.n_train
 
 
 def test_onecycle_and_step_schedules():
@@ -258,11 +259,12 @@ def test_stitching_protocol_per_scale_is_the_one_before_the_redesign():
     fast = dict(optimizer="adam", lr=1e-3, lr_decay=True, momentum=0.0, weight_decay=1e-4, batch_size=128, alpha=0.1,
                 sinkhorn_rounds=16, p_only_fraction=0.5, bn_adapt=True, init="closed_form", precision="bulk",
                 fronts="cached", bn_epoch="none", random_bias=False, grelu_p="birkhoff", grelu_lr=None, evals_per_epoch=1)
-    assert {s: settings.SCALES[s].stitch for s in ("smoke", "cpu", "gpu")} == {
+    protocol = {s: dataclasses.asdict(settings.SCALES[s].stitching.protocol) for s in settings.SCALES}
+    assert {s: protocol[s] for s in ("smoke", "cpu", "gpu")} == {
         "smoke": dict(fast, epochs=1), "cpu": dict(fast, epochs=4), "gpu": dict(fast, epochs=5)}
     # The authors' protocol (issue 11): augmented fronts and the BatchNorm pass for G_ReLU layers.
-    assert settings.SCALES["paper"].stitch == dict(fast, optimizer="sgd", lr_decay=False, epochs=20, batch_size=32,
-                                                   init="random", fronts="augmented", bn_epoch="grelu")
+    assert protocol["paper"] == dict(fast, optimizer="sgd", lr_decay=False, epochs=20, batch_size=32,
+                                     init="random", fronts="augmented", bn_epoch="grelu")
 
 
 def test_load_pairs_pairs_consecutive_seeds_of_a_family(tmp_path, monkeypatch, tiny_data):

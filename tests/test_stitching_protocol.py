@@ -74,12 +74,13 @@ def test_memo_key_holds_every_settings_field(monkeypatch, tiny_data):
 
 
 def test_fig1_protocol_at_cpu_scale_reads_one_home():
-    fig1 = dict(SCALES["cpu"].fig1)
-    images = fig1.pop("stitch_images"), fig1.pop("eval_images")
-    s = stitching.settings_for_scale("cpu", **fig1)
-    assert images == (50000, None)
+    fig1 = SCALES["cpu"].fig1
+    s = fig1.protocol
+    assert (fig1.images, fig1.eval_images) == (50000, None)
     assert (s.grelu_p, s.grelu_lr, s.lr, s.epochs, s.lr_decay, s.evals_per_epoch) == ("fixed", 3e-3, 1e-2, 2, True, 2)
-    assert all(SCALES[k].fig1 == {} for k in ("smoke", "gpu", "paper"))
+    assert s == dataclasses.replace(stitching.settings_for_scale("cpu"), epochs=2, lr=1e-2, grelu_p="fixed",
+                                    grelu_lr=3e-3, evals_per_epoch=2)
+    assert all(SCALES[k].fig1 == SCALES[k].stitching for k in ("smoke", "gpu", "paper"))
 
 
 # -- evaluations within an epoch (the plateau over the last 25 % of a 2-epoch run) -----------------

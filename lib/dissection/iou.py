@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import get_device
 from ..models import features
+from ..settings import NETDISSECT_IOU_THRESHOLD, NETDISSECT_QUANTILE
 from .broden import BrodenDataset
 from .result import DissectionResult
 from .rotations import random_rotation, rotation_power
@@ -46,7 +47,8 @@ def _row_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
     return v_lo + (pos - lo) * (v_hi - v_lo)
 
 
-def quantile_thresholds(activations: torch.Tensor, quantile: float = 0.005) -> torch.Tensor:
+def quantile_thresholds(activations: torch.Tensor,
+                        quantile: float = NETDISSECT_QUANTILE) -> torch.Tensor:
     """Per-unit thresholds: the value exceeded by a fraction ``quantile`` of the unit's activations.
 
     The threshold is the ``1 - quantile`` quantile of all ``n*h*w`` values of a unit, with linear
@@ -153,7 +155,8 @@ def _check_masks(masks, annotated, n):
     return annotated
 
 
-def iou_scores(activations: torch.Tensor, masks: torch.Tensor, quantile: float = 0.005,
+def iou_scores(activations: torch.Tensor, masks: torch.Tensor,
+               quantile: float = NETDISSECT_QUANTILE,
                annotated: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
     """NetDissect IoU of every unit with every concept, over a whole (in-memory) dataset.
 
@@ -205,8 +208,9 @@ def _summarize(iou: np.ndarray, threshold: float, concept_cat: np.ndarray, n_cat
 
 
 def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
-            n_rotations: int = 5, seed: int = 0, quantile: float = 0.005, iou_threshold: float = 0.04,
-            device=None, batch_size: int = 128, progress: bool = True) -> DissectionResult:
+            n_rotations: int = 5, seed: int = 0, quantile: float = NETDISSECT_QUANTILE,
+            iou_threshold: float = NETDISSECT_IOU_THRESHOLD, device=None, batch_size: int = 128,
+            progress: bool = True) -> DissectionResult:
     """Network dissection of ``layer`` in its own basis and in bases rotated by ``Q_r^alpha``.
 
     The layer's activations ``(n, units, h, w)`` over the whole dataset are collected once (with

@@ -7,9 +7,10 @@ is computed once per image set; only the stitching layer trains.
 
 Modules: ``matching`` (Sinkhorn, Hungarian, activation matching, least squares, feature sums),
 ``layers`` (:class:`StitchLayer`), ``surgery`` (A's state at a layer, :class:`Stitched`, :func:`stitch`),
-``training`` (:class:`StitchSettings`, :func:`train_stitch`), ``curves`` (evaluations within an epoch,
-:func:`last_quarter_change`), ``experiment`` (:func:`stitch_experiment`
-and its disk cache), ``variants`` (what a variant name runs under a protocol, its label and result key), ``sanity`` (the rotation penalty of Fig. 4: transform a pre-activation, freeze the
+``training`` (:func:`train_stitch` under a ``lib.settings.StitchSettings``), ``curves``
+(evaluations within an epoch, :func:`last_quarter_change`), ``experiment`` (:func:`stitch_experiment`
+and its disk cache), ``variants`` (what a variant name runs under a protocol, its label and result
+key), ``sanity`` (the rotation penalty of Fig. 4: transform a pre-activation, freeze the
 front, fine-tune the rest) and ``finetune`` (that fine-tuning and its learning-rate schedules).
 """
 from . import finetune, sanity
@@ -20,7 +21,9 @@ from .matching import (activation_matching, add_moments, channels_last_2d, hunga
                        matching_from_moments, matching_matrix, moments_of, permutation_of, recovered_fraction,
                        sinkhorn, streamed_moments)
 from .surgery import Stitched, channels_at, feature_moments, front_features, stitch
-from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, StitchSettings, augmented_front, bn_epoch_stats,
+# The protocol's dataclass lives with the other settings; it is listed here beside its users.
+from ..settings import StitchSettings
+from .training import (BN_EPOCH, FRONTS, GRELU_P, INITS, augmented_front, bn_epoch_stats,
                        check_settings, settings_for_scale, train_stitch)
 from .variants import Variant, describe, fig1_protocol
 

@@ -18,9 +18,10 @@ from ..config import check_choice, get_device
 from ..data import subset
 from ..train import evaluate
 from ..cache import fingerprint, memo
+from ..settings import StitchSettings
 from .matching import least_squares, matching_from_moments, matching_matrix
 from .surgery import channels_at, feature_moments, front_features, stitch
-from .training import INITS, StitchSettings, check_settings, train_stitch
+from .training import INITS, check_settings, train_stitch
 
 __all__ = ["VARIANT_HELP", "parse_variant", "stitch_experiment", "experiment_config", "cached_experiment"]
 
@@ -66,8 +67,8 @@ def parse_variant(name: str, channels: int, init: str = "closed_form") -> tuple:
     raise ValueError(f"unknown variant {name!r}; accepted: {VARIANT_HELP}")
 
 
-def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
-                      n_test: int | None = 2000, settings: StitchSettings = StitchSettings(), seed: int = 0,
+def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None,
+                      n_test: int | None, settings: StitchSettings, seed: int = 0,
                       feature_dtype=torch.float16, device=None) -> dict:
     """Stitch A into B at ``layer`` with each of ``variants``, sharing A's front.
 
@@ -90,9 +91,9 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
         one streaming pass over the training images (``lib.stitching.feature_moments``).
     data : lib.data.Dataset
         ``n_train`` training and ``n_test`` test images are taken with ``lib.data.subset`` (None:
-        all). The defaults are the ``cpu``-scale protocol.
+        all); a scale's are ``lib.settings.Scale.stitching``'s ``images`` and ``eval_images``.
     settings : StitchSettings
-        The training protocol (defaults: ``cpu`` scale).
+        The training protocol (a scale's: ``lib.stitching.settings_for_scale``).
     seed : int
         Seed of the random starts (``seed + i`` for the i-th variant) and of the batch order.
     feature_dtype : torch.dtype
@@ -163,8 +164,8 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data, n_train: int
     return out
 
 
-def experiment_config(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
-                      n_test: int | None = 2000, settings: StitchSettings = StitchSettings(), seed: int = 0,
+def experiment_config(model_a, model_b, layer: str, variants, data, n_train: int | None,
+                      n_test: int | None, settings: StitchSettings, seed: int = 0,
                       feature_dtype=torch.float16) -> dict:
     """What :func:`cached_experiment`'s memo key is a hash of (``lib.cache.memo_key``).
 
@@ -189,8 +190,8 @@ def experiment_config(model_a, model_b, layer: str, variants, data, n_train: int
     return config
 
 
-def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None = 10000,
-                      n_test: int | None = 2000, settings: StitchSettings = StitchSettings(), seed: int = 0,
+def cached_experiment(model_a, model_b, layer: str, variants, data, n_train: int | None,
+                      n_test: int | None, settings: StitchSettings, seed: int = 0,
                       feature_dtype=torch.float16) -> dict:
     """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes nothing.
 

@@ -137,7 +137,7 @@ def load_pairs(family: str, scale: str, seed: int = 0, n_pairs: int | None = Non
     family, scale, seed
         As for :func:`load_family`.
     n_pairs : int, optional
-        How many pairs (default: all the family has at this scale, ``lib.settings.Scale.n_pairs`` for
+        How many pairs (default: all the family has at this scale, ``lib.settings.Zoo.n_pairs`` for
         the paired families).
     **kwargs
         ``data``, ``device``, ``progress``, as for :func:`load_family`.
