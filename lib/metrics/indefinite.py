@@ -180,7 +180,7 @@ def _gram(z: torch.Tensor, kernel: str) -> torch.Tensor:
     prod = z[:, None, :] * z[None, :, :]
     if kernel == "max":
         return prod.amax(dim=-1)
-    return torch.logsumexp(PSD_BETA * z.shape[0] * prod, dim=-1).exp()
+    return torch.logsumexp(PSD_BETA * prod / z.square().amax(), dim=-1).exp()
 
 
 def _centred(K: torch.Tensor, unbiased: bool) -> torch.Tensor:

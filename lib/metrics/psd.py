@@ -5,25 +5,26 @@ Lemma 5.5 of the paper calls the max kernel ``k(x, y) = max_c x_c y_c`` positive
 replaces it by the *channel-exponential kernel* on the paper's normalised features
 (:func:`psd_grelu_gram`)::
 
-    k_beta(x_i, x_j) = sum_c exp(beta * s_c(i, j)),    s_c(i, j) = n <z_ic, z_jc>,
+    k_beta(x_i, x_j) = sum_c exp(beta * s_c(i, j)),    s_c(i, j) = <z_ic, z_jc> / m,
 
 where ``z`` is ``X`` with each channel centred and scaled to unit norm over (samples, positions), as
 in :func:`lib.metrics.grelu_cka` (``lib.metrics.preprocessing.normalize_channel_major``), ``z_ic``
-is channel ``c`` of sample ``i`` (a vector over positions) and ``n`` the number of samples, so that
-``s_c(i, i)`` averages 1 over the samples: ``beta`` is in units of a channel's mean square.
+is channel ``c`` of sample ``i`` (a vector over positions) and ``m = max_{c,i} ||z_ic||^2`` the
+largest diagonal entry of the max kernel. So ``|s_c| <= 1`` (Cauchy-Schwarz): ``beta`` is
+dimensionless and the kernel's entries lie in ``[C e^-beta, C e^beta]`` for ``C`` channels.
 
 - **PSD.** ``s_c`` is a linear kernel (PSD); ``exp(beta s_c) = sum_k beta^k s_c^k / k!`` is PSD
   because Hadamard powers of a PSD matrix are PSD (Schur) and the coefficients are non-negative;
   a sum of PSD kernels is PSD.
 - **Invariance.** ``Y = X P D + 1 v^T`` on channels (``P`` permutation, ``D`` diagonal with
   non-zero entries, ``v`` one constant per channel) permutes the normalised channels and flips the
-  signs of some; ``s_c`` is unchanged by a sign flip and the sum by a permutation, so the Gram
-  matrix is the same. So is an orthogonal map of the positions of each channel. (The max kernel has
-  exactly these invariances too: both are invariant to *negative* channel scalings, which are not
-  in G_ReLU.)
+  signs of some; ``s_c`` is unchanged by a sign flip, ``m`` and the sum by a permutation, so the
+  Gram matrix is the same. So is an orthogonal map of the positions of each channel. (The max
+  kernel has exactly these invariances too: both are invariant to *negative* channel scalings,
+  which are not in G_ReLU.)
 - **The max kernel as a limit.** ``max_c s_c <= log(k_beta) / beta <= max_c s_c + log(C) / beta``
-  entrywise (C channels), so ``log(k_beta) / beta -> n * K_max`` as ``beta -> oo``. The logarithm
-  is what breaks positive semi-definiteness: the max kernel is a limit of logarithms of PSD kernels.
+  entrywise, so ``log(k_beta) / beta -> K_max / m`` as ``beta -> oo``. The logarithm is what breaks
+  positive semi-definiteness: the max kernel is a limit of logarithms of PSD kernels.
 - **Orthogonal CKA as the other limit.** ``k_beta = C + beta * sum_c s_c + O(beta^2)``, and CKA
   ignores constants and scale, so :func:`psd_grelu_cka` tends to :func:`lib.metrics.orthogonal_cka`
   as ``beta -> 0``.
@@ -47,8 +48,10 @@ from .preprocessing import check_same_samples, compute_device, normalize_channel
 __all__ = ["PSD_BETA", "channel_log_gram", "check_beta", "psd_grelu_cka", "psd_grelu_gram",
            "psd_normalized_gram"]
 
-#: Default ``beta`` of :func:`psd_grelu_gram`, in units of a channel's mean square per sample.
-PSD_BETA = 1.0
+#: Default ``beta`` of :func:`psd_grelu_gram` (dimensionless: every exponent lies in
+#: ``[-beta, beta]``). At 10 the kernel sits between the linear kernel (``beta -> 0``, orthogonal
+#: CKA) and the max kernel (``beta -> oo``); measured on trained features in the book's chapter 12.
+PSD_BETA = 10.0
 
 
 def check_beta(beta) -> float:
@@ -88,7 +91,7 @@ def _chunk(n: int, c: int, itemsize: int, device: torch.device, memory_budget) -
 
 def channel_log_gram(z: torch.Tensor, beta: float,
                      memory_budget: float | None = None) -> torch.Tensor:
-    """``log sum_c exp(beta * n * z_c z_c^T)`` of features already normalised, channel-major.
+    """``log sum_c exp(beta z_c z_c^T / m)``, ``m = max_{c,i} ||z_ic||^2``, of normalised features.
 
     A running log-sum-exp over chunks of channels (the largest term is factored out), so no entry
     overflows whatever ``beta`` and the features.
@@ -113,9 +116,12 @@ def channel_log_gram(z: torch.Tensor, beta: float,
     beta = check_beta(beta)
     c, n, _ = z.shape
     chunk = _chunk(n, c, z.element_size(), z.device, memory_budget)
+    m = float(z.square().sum(dim=2).amax())
+    if not m > 0:
+        raise ValueError("every channel is zero; the kernel is undefined")
     top = total = None
     for c0 in range(0, c, chunk):
-        g = torch.bmm(z[c0:c0 + chunk], z[c0:c0 + chunk].transpose(1, 2)).mul_(beta * n)
+        g = torch.bmm(z[c0:c0 + chunk], z[c0:c0 + chunk].transpose(1, 2)).mul_(beta / m)
         g_top = g.amax(dim=0)
         new_top = g_top if top is None else torch.maximum(top, g_top)
         part = g.sub_(new_top).exp_().sum(dim=0)
@@ -131,20 +137,19 @@ def psd_grelu_gram(X, beta: float = PSD_BETA, zero_channels: str = "raise", *, l
                    device=None) -> torch.Tensor:
     """Gram matrix of the channel-exponential kernel on the paper's normalised features.
 
-    ``K[i, j] = sum_c exp(beta * n * <z_ic, z_jc>)`` with ``z`` the channels of ``X`` centred and
-    scaled to unit norm over (samples, positions) (as in :func:`lib.metrics.grelu_cka`), ``n`` the
-    number of samples. Positive semi-definite for every ``beta > 0``; invariant to permutations,
-    non-zero scalings and translations of channels; ``log(K) / beta`` lies within ``log(C) / beta``
-    above ``n`` times the max kernel (the module's docstring proves all three).
+    ``K[i, j] = sum_c exp(beta <z_ic, z_jc> / m)`` with ``z`` the channels of ``X`` centred and
+    scaled to unit norm over (samples, positions) (as in :func:`lib.metrics.grelu_cka`) and
+    ``m = max_{c,i} ||z_ic||^2``. Positive semi-definite for every ``beta > 0``; invariant to
+    permutations, non-zero scalings and translations of channels; ``log(K) / beta`` lies within
+    ``log(C) / beta`` above the max kernel divided by ``m`` (``lib.metrics.psd`` proves all three).
 
     Parameters
     ----------
     X : array or tensor
         ``(n_samples, channels[, height, width])``, see :func:`lib.metrics.to_channels`.
     beta : float
-        Inverse temperature, positive, in units of a channel's mean square per sample (default
-        :data:`PSD_BETA`). Small: close to the linear kernel of orthogonal CKA; large: close to the
-        max kernel (on the log scale).
+        Inverse temperature, positive and dimensionless (default :data:`PSD_BETA`). Small: close to
+        the linear kernel of orthogonal CKA; large: close to the max kernel (on the log scale).
     zero_channels : str
         See :func:`lib.metrics.normalize_channels`; a kept zero channel adds the constant 1, which
         CKA ignores.
@@ -158,8 +163,8 @@ def psd_grelu_gram(X, beta: float = PSD_BETA, zero_channels: str = "raise", *, l
     Returns
     -------
     torch.Tensor
-        ``(n_samples, n_samples)``, exactly symmetric: ``K / max(K)`` (entries in ``(0, 1]``; those
-        below ``e^-700`` of the largest underflow to 0) or, with ``log=True``, ``log(K)``.
+        ``(n_samples, n_samples)``, exactly symmetric: ``K / max(K)`` (entries in
+        ``[e^(-2 beta), 1]``) or, with ``log=True``, ``log(K)``.
 
     Raises
     ------
@@ -179,7 +184,7 @@ def _centred_gram(A, beta, zero_channels, memory_budget, dtype, device, name) ->
     """The U-centred kernel of ``A`` scaled to unit Frobenius norm (what the unbiased HSIC sees).
 
     Only the off-diagonal entries matter: the diagonal, which can lie far above the rest (large
-    ``beta``, a sample with an outlying channel), is never exponentiated, and the off-diagonal mean
+    ``beta``: up to ``e^(2 beta)`` times the rest), is never exponentiated, and the off-diagonal mean
     is removed before U-centring, which keeps small ``beta`` (entries ``1 + O(beta)``) from
     cancelling in the HSIC's sums.
     """
