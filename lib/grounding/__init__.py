@@ -1,0 +1,32 @@
+"""The tests of Ding, Denain and Steinhardt (2021) for similarity measures (not in the paper).
+
+Ding et al. ask that a (dis)similarity measure be *sensitive* to changes of a representation that
+change what it does, and *specific*, i.e. not moved by changes that do not; "what it does" is read
+off a linear probe. Each test yields points ``(dissimilarity, functional difference)``, one per pair
+of representations, and grades a measure by their Spearman rank correlation
+(:func:`spearman_interval`, with a bootstrap interval):
+
+- *sensitivity* (:func:`sensitivity_rows`): principal components of a layer's representation are
+  deleted, lowest variance first and highest variance first; the functional difference is the drop
+  of the probe's accuracy;
+- *specificity* (:func:`specificity_points`): every layer of one seed against every layer of another
+  seed; the functional difference is the difference of their probes' accuracies;
+- *quality under a distribution shift* (:func:`shift_rows`): a layer's representation of clean test
+  images against that of corrupted ones (:func:`corrupt`); the functional difference is the drop of
+  the clean-trained probe's accuracy.
+
+Modules: ``stats`` (:func:`spearman_interval`), ``probe`` (:func:`fit_probe`: ridge regression on
+one-hot labels in the training features' principal-component basis, so that deleting components is
+dropping coordinates), ``protocol`` (the tests, on arrays; the chapter takes the features from the
+zoo's models with ``lib.metrics.layer_features``).
+"""
+from .probe import delete_components, deletion_counts, feature_shape, fit_probe, probe_accuracy
+from .protocol import (DELETION_ORDERS, MEASURES, corrupt, pair_matrices, sensitivity_rows,
+                       shift_rows, similarities_to, specificity_points)
+from .stats import spearman_interval
+
+__all__ = [
+    "MEASURES", "DELETION_ORDERS", "spearman_interval", "fit_probe", "probe_accuracy",
+    "delete_components", "deletion_counts", "feature_shape", "similarities_to", "pair_matrices",
+    "sensitivity_rows", "specificity_points", "corrupt", "shift_rows",
+]
