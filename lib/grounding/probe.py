@@ -11,7 +11,8 @@ import torch
 
 from ..metrics import to_channels
 
-__all__ = ["fit_probe", "probe_accuracy", "delete_components", "deletion_counts", "feature_shape"]
+__all__ = ["fit_probe", "probe_scores", "probe_accuracy", "delete_components", "deletion_counts",
+           "feature_shape"]
 
 
 def _flat(X) -> torch.Tensor:
@@ -78,8 +79,8 @@ def feature_shape(X) -> tuple:
     return tuple(X.shape[1:]) if hasattr(X, "shape") else tuple(np.shape(X)[1:])
 
 
-def probe_accuracy(probe: dict, X, y, keep=None) -> float:
-    """Accuracy of a :func:`fit_probe` probe on features, optionally on some components only.
+def probe_scores(probe: dict, X) -> torch.Tensor:
+    """Coordinates of features in the probe's principal-component basis.
 
     Parameters
     ----------
@@ -87,23 +88,44 @@ def probe_accuracy(probe: dict, X, y, keep=None) -> float:
         From :func:`fit_probe`.
     X : array or tensor
         Features ``(n, *probe["shape"])``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, r)`` float32: ``(X - mean) components^T``.
+    """
+    return (_flat(X) - probe["mean"]) @ probe["components"].T
+
+
+def probe_accuracy(probe: dict, X, y, keep=None, *, scores=None) -> float:
+    """Accuracy of a :func:`fit_probe` probe on features, optionally on some components only.
+
+    Parameters
+    ----------
+    probe : dict
+        From :func:`fit_probe`.
+    X : array or tensor
+        Features ``(n, *probe["shape"])``; ignored when ``scores`` is given.
     y : array or tensor
         Labels ``(n,)``.
     keep : array of bool, optional
         ``(r,)``: the components the probe may use (the others are deleted); default all.
+    scores : torch.Tensor, optional
+        :func:`probe_scores` of ``X``, when the caller has them (they cost a product with every
+        component).
 
     Returns
     -------
     float
         Fraction of correct predictions.
     """
-    scores = (_flat(X) - probe["mean"]) @ probe["components"].T
+    scores = probe_scores(probe, X) if scores is None else scores
     w = probe["weights"] if keep is None else probe["weights"] * torch.as_tensor(keep)[:, None]
     pred = (scores @ w + probe["offset"]).argmax(dim=1)
     return float((pred == torch.as_tensor(np.asarray(y))).float().mean())
 
 
-def delete_components(probe: dict, X, deleted) -> torch.Tensor:
+def delete_components(probe: dict, X, deleted, *, scores=None) -> torch.Tensor:
     """Features with some of the probe's principal components projected out.
 
     Parameters
@@ -114,6 +136,8 @@ def delete_components(probe: dict, X, deleted) -> torch.Tensor:
         Features ``(n, *probe["shape"])``.
     deleted : sequence of int
         Indices of components (0 = largest variance).
+    scores : torch.Tensor, optional
+        :func:`probe_scores` of ``X``, when the caller has them.
 
     Returns
     -------
@@ -121,8 +145,9 @@ def delete_components(probe: dict, X, deleted) -> torch.Tensor:
         ``X`` minus its coordinates along the deleted components, float32, in the shape of ``X``.
     """
     f = _flat(X)
-    V = probe["components"][torch.as_tensor(np.asarray(deleted, dtype=np.int64))]
-    return (f - ((f - probe["mean"]) @ V.T) @ V).reshape((f.shape[0],) + tuple(probe["shape"]))
+    idx = torch.as_tensor(np.asarray(deleted, dtype=np.int64))
+    coords = (f - probe["mean"]) @ probe["components"][idx].T if scores is None else scores[:, idx]
+    return (f - coords @ probe["components"][idx]).reshape((f.shape[0],) + tuple(probe["shape"]))
 
 
 def deletion_counts(rank: int, steps: int) -> list[int]:

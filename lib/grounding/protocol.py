@@ -13,7 +13,7 @@ import torch
 from ..config import check_choice
 from ..metrics import (MATRIX_MEASURES, grelu_procrustes, normalized_gram, orthogonal_procrustes,
                        psd_normalized_gram, similarity_matrices)
-from .probe import delete_components, feature_shape, probe_accuracy
+from .probe import delete_components, feature_shape, probe_accuracy, probe_scores
 
 __all__ = ["MEASURES", "DELETION_ORDERS", "similarities_to", "pair_matrices", "sensitivity_rows",
            "specificity_points", "corrupt", "shift_rows"]
@@ -140,7 +140,8 @@ def sensitivity_rows(probe: dict, X, y, counts, measures=MEASURES, *, dtype=torc
     if any(not 1 <= int(k) < r for k in counts):
         raise ValueError(f"counts must lie in [1, {r - 1}] (the probe's rank is {r}); "
                          f"got {list(counts)}")
-    base = probe_accuracy(probe, X, y)
+    scores = probe_scores(probe, X)
+    base = probe_accuracy(probe, X, y, scores=scores)
     var = probe["variances"] / probe["variances"].sum()
     plan = []
     for order in DELETION_ORDERS:
@@ -148,13 +149,25 @@ def sensitivity_rows(probe: dict, X, y, counts, measures=MEASURES, *, dtype=torc
             idx = np.arange(r - int(k), r) if order == "lowest" else np.arange(int(k))
             keep = np.ones(r, dtype=bool)
             keep[idx] = False
-            acc = probe_accuracy(probe, X, y, keep=keep)
+            acc = probe_accuracy(probe, X, y, keep, scores=scores)
             plan.append(dict(order=order, deleted=int(k), variance_deleted=float(var[idx].sum()),
-                             accuracy=acc, drop=base - acc, idx=idx))
-    deleted = (delete_components(probe, X, p["idx"]) for p in plan)
-    sims = similarities_to(X, deleted, measures, dtype=dtype)
-    return [dict({k: v for k, v in p.items() if k != "idx"}, **dict(zip(measures, row)))
+                             accuracy=acc, drop=base - acc, keep=keep))
+    sims = similarities_to(X, (_deleted(probe, X, scores, p["keep"]) for p in plan), measures,
+                           dtype=dtype)
+    return [dict({k: v for k, v in p.items() if k != "keep"}, **dict(zip(measures, row)))
             for p, row in zip(plan, sims)]
+
+
+def _deleted(probe: dict, X, scores: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
+    """:func:`lib.grounding.delete_components` through the smaller of the deleted and kept sets:
+    ``X`` minus the deleted part, or the mean plus the part outside the training span plus the kept
+    part."""
+    if (~keep).sum() <= keep.sum():
+        return delete_components(probe, X, np.flatnonzero(~keep), scores=scores)
+    everything = delete_components(probe, X, np.arange(keep.size), scores=scores)
+    idx = torch.as_tensor(np.flatnonzero(keep))
+    kept = (scores[:, idx] @ probe["components"][idx]).reshape(everything.shape)
+    return everything + kept
 
 
 def specificity_points(matrices: dict, acc_a, acc_b) -> tuple:
