@@ -30,8 +30,8 @@ from .study import (KERNELS, cached_ding_study, ding_study, fit_probes, hsic_sig
 
 __all__ = [
     "MEASURES", "DELETION_ORDERS", "spearman_interval", "fit_probe", "probe_scores",
-    "probe_accuracy", "delete_components", "deletion_counts", "feature_shape", "similarities_to", "pair_matrices",
-    "sensitivity_rows", "specificity_points", "corrupt", "shift_rows",
+    "probe_accuracy", "delete_components", "deletion_counts", "feature_shape", "similarities_to",
+    "pair_matrices", "sensitivity_rows", "specificity_points", "corrupt", "shift_rows",
     # the chapter's studies on the zoo's models
     "KERNELS", "layer_grams", "layer_spectra", "hsic_signs", "fit_probes", "ding_study",
     "cached_ding_study",
