@@ -183,10 +183,10 @@ def psd_grelu_gram(X, beta: float = PSD_BETA, zero_channels: str = "raise", *, l
 def _centred_gram(A, beta, zero_channels, memory_budget, dtype, device, name) -> torch.Tensor:
     """The U-centred kernel of ``A`` scaled to unit Frobenius norm (what the unbiased HSIC sees).
 
-    Only the off-diagonal entries matter: the diagonal, which can lie far above the rest (large
-    ``beta``: up to ``e^(2 beta)`` times the rest), is never exponentiated, and the off-diagonal mean
-    is removed before U-centring, which keeps small ``beta`` (entries ``1 + O(beta)``) from
-    cancelling in the HSIC's sums.
+    Only the off-diagonal entries matter: the diagonal, which can lie far above the rest (up to
+    ``e^(2 beta)`` times), is never exponentiated, and the off-diagonal mean is removed before
+    U-centring, which keeps small ``beta`` (entries ``1 + O(beta)``) from cancelling in the HSIC's
+    sums.
     """
     z = normalize_channel_major(A, True, zero_channels, dtype, device, name)
     log_k = channel_log_gram(z, beta, memory_budget)
