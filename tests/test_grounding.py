@@ -8,6 +8,8 @@ from scipy.stats import spearmanr
 
 import lib.grounding as G
 import lib.metrics as M
+from lib import data
+from lib.models import build, layer_info
 from reference import conv_features, related
 
 
@@ -174,3 +176,25 @@ def test_corrupt_and_shift_rows():
     assert rows[0]["level"] == 0.0 and rows[0]["drop"] == 0.0
     assert rows[0]["orthogonal_cka"] > 1 - 1e-5
     assert rows[1]["drop"] > 0 and rows[1]["orthogonal_cka"] < 0.9
+
+
+# -- the studies on models ------------------------------------------------------------------
+
+def test_ding_study_on_two_tiny_models():
+    d = data.synthetic_dataset(n_train=60, n_test=40)
+    nets = [build(dict(arch="myrtle_cnn", width=0.0625), seed=s).eval() for s in (0, 1)]
+    train = (data.to_input(d.x_train, "cpu"), d.y_train)
+    test = (data.to_input(d.x_test, "cpu"), d.y_test)
+    names = [i["name"] for i in layer_info(nets[0])]
+    r = G.ding_study(*nets, train, test, names[-2:], steps=2, levels=(0.5,))
+    assert r["layers_a"] == r["layers_b"] == names and len(r["acc_a"]) == len(names)
+    assert all(v.shape == (len(names), len(names)) for v in r["matrices"].values())
+    # Two layers x two orders x two counts; one noise level per layer.
+    assert len(r["sensitivity"]) == 2 * 2 * 2
+    assert [w["layer"] for w in r["shift"]] == names[-2:]
+    with pytest.raises(ValueError, match="model_a has no zoo_key"):
+        G.cached_ding_study(*nets, train, test, names[-1:])
+    K = G.layer_grams({"x": conv_features(0)}, "max")["x"]
+    assert G.layer_spectra({"x": K})[0]["layer"] == "x"
+    with pytest.raises(ValueError, match="unknown kernel 'linear'; accepted values: 'max', 'psd'"):
+        G.layer_grams({"x": conv_features(0)}, "linear")
