@@ -26,6 +26,7 @@ One module or subpackage per concept; callers import from where the code lives::
       grounding/       the sensitivity, specificity and shift tests of Ding et al. (2021)
       dissection/      network dissection: iou, broden, synthetic, study (Section 6)
       results.py       recorded numbers, tables, python -m lib.results compare
+      claims/          the paper's claims, the one rule that decides them, each claim's effect
       plotting.py      figures
       sweep.py         a chapter run per parameter combination (papermill, Dask)
       devicecheck.py   the project's own check on a GPU machine
