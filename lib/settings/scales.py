@@ -260,17 +260,19 @@ _CPU = Scale(
 
 # Seconds per chapter on 2 CPU cores: what the tests run. Its numbers mean nothing, so nothing that
 # needs trained models is asserted. The zoo: 1 epoch on 512 images, an eighth (Myrtle) and a quarter
-# (ResNet20) of the width.
+# (ResNet20) of the width; 2 pairs (and 2 per slope), so that the chapters that decide claims over
+# pairs run that path in the tests.
 _SMOKE_STITCHING = Stitching(protocol=StitchSettings(epochs=1), images=256, eval_images=512)
 _SMOKE = derive(
     _CPU,
     "smoke",
-    zoo=dict(epochs=1, n_train=512, n_test=512, myrtle_width=0.125, resnet_width=0.25),
+    zoo=dict(epochs=1, n_train=512, n_test=512, myrtle_width=0.125, resnet_width=0.25, n_pairs=2),
     similarity=dict(n_feature_images=128),
     stitching=_SMOKE_STITCHING,
     fig1=_SMOKE_STITCHING,
     finetune=FinetuneSettings(trials=1, epochs=1, images=256, eval_images=512),
-    slope=dict(slopes=(0.0, 1.0), epochs=1),
+    resnet=dict(pairs=2),
+    slope=dict(slopes=(0.0, 1.0), epochs=1, pairs=2),
     dissection=dict(images=64, n_rotations=2, alphas=(0.0, 0.5, 1.0)),
     checks=Checks(trained=False),
 )
