@@ -201,10 +201,10 @@ def test_only_the_stitching_layer_trains(bn_model):
 def test_stitch_experiment_penalty_and_matching_on_self(bn_model, tiny_data):
     a = bn_model(MYRTLE, 0)
     b, _ = symmetry.random_transform(a, torch.Generator().manual_seed(3))
-    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], tiny_data, device="cpu",
-                                      settings=stitching.StitchSettings(epochs=1, bn_adapt=False,
-                                                                        precision="float32"),
-                                      feature_dtype=torch.float32)
+    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"],
+                                      stitching.StitchData(tiny_data, feature_dtype=torch.float32),
+                                      stitching.StitchSettings(epochs=1, bn_adapt=False, precision="float32"),
+                                      device="cpu")
     assert res["clean"][0] == res["clean"][1]
     assert res["variants"]["matching"]["penalty"] == 0.0
     assert set(res["variants"]) == {"matching", "rank1"}
@@ -229,8 +229,8 @@ def test_closed_form_starts_are_exact_on_a_planted_pair(layer, planted):
     data = synthetic_dataset(n_train=96, n_test=64)
     a, b, elements = planted()
     C = stitching.channels_at(a, layer)
-    res = stitching.stitch_experiment(a, b, layer, ["full", f"rank{C}", "matching", "rank1"], data, None, None,
-                                      EXACT, feature_dtype=torch.float32, device="cpu")
+    res = stitching.stitch_experiment(a, b, layer, ["full", f"rank{C}", "matching", "rank1"],
+                                      stitching.StitchData(data, None, None, torch.float32), EXACT, device="cpu")
     assert res["clean"][0] == res["clean"][1]
     for v in ("full", f"rank{C}", "matching"):
         assert res["variants"][v]["penalty"] == 0.0, v
@@ -259,7 +259,9 @@ def test_least_squares_streams_and_reduced_rank_is_optimal():
     ref = torch.linalg.lstsq(X1, xb).solution
     torch.testing.assert_close(W, ref[:6].T)
     torch.testing.assert_close(b, ref[6])
-    sse = lambda W, b: ((xa @ W.T + b - xb) ** 2).sum()          # noqa: E731
+
+    def sse(W, b):
+        return ((xa @ W.T + b - xb) ** 2).sum()
     for r in (1, 2, 4):
         Wr, br = stitching.least_squares(whole, rank=r)
         assert torch.linalg.matrix_rank(Wr) == r
@@ -275,8 +277,8 @@ def test_birkhoff_from_matching_keeps_the_planted_permutation(planted):
     data = synthetic_dataset(n_train=128, n_test=64)
     a, b, elements = planted()
     settings = stitching.StitchSettings(epochs=2, batch_size=32, bn_adapt=False, precision="float32")
-    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], data, None, None, settings,
-                                      feature_dtype=torch.float32, device="cpu")
+    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], stitching.StitchData(data, None, None, torch.float32),
+                                      settings, device="cpu")
     true_perm = symmetry.feature_transform(a, "act3", elements).abs().argmax(0)
     got = res["variants"]["grelu"]["matrix"].abs().argmax(0)
     # Channels that never fire on these images (random weights) are interchangeable, so the
@@ -297,12 +299,13 @@ def test_bad_input_names_the_accepted_values(bn_model, tiny_data):
         stitching.train_stitch(s, fronts, tiny_data.y_train, fronts, tiny_data.y_train,
                                stitching.StitchSettings(epochs=-1))
     with pytest.raises(ValueError, match="unknown variant 'affine'; accepted: 'full', 'rank<r>'"):
-        stitching.stitch_experiment(a, b, "act2", ["affine"], tiny_data, device="cpu")
+        stitching.stitch_experiment(a, b, "act2", ["affine"], stitching.StitchData(tiny_data), device="cpu")
     for bad in ("rank0", "rank17"):
         with pytest.raises(ValueError, match=f"variant '{bad}': rank must be in 1..16"):
-            stitching.stitch_experiment(a, b, "act2", [bad], tiny_data, device="cpu")
+            stitching.stitch_experiment(a, b, "act2", [bad], stitching.StitchData(tiny_data), device="cpu")
     with pytest.raises(ValueError, match="unknown init 'zeros'; accepted values: 'closed_form', 'random'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], tiny_data, settings=stitching.StitchSettings(init="zeros"))
+        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(tiny_data),
+                                    stitching.StitchSettings(init="zeros"))
 
 
 def test_errors(bn_model):
@@ -350,16 +353,16 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch, tiny_d
     r = tiny_recipe()
     a, b = (zoo.get(MYRTLE, r, s, data=tiny_data, progress=False) for s in (0, 1))
     settings = stitching.StitchSettings(epochs=1, batch_size=32)
-    first = stitching.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, settings)
+    first = stitching.cached_experiment(a, b, "act2", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
     calls = []
     monkeypatch.setattr(stitching.experiment, "stitch_experiment", lambda *args, **kw: calls.append(1))
-    again = stitching.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, settings)
+    again = stitching.cached_experiment(a, b, "act2", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
     assert not calls and again["variants"]["matching"]["penalty"] == first["variants"]["matching"]["penalty"]
-    stitching.cached_experiment(a, b, "act3", ["matching"], tiny_data, 64, 32, settings)
+    stitching.cached_experiment(a, b, "act3", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
     assert calls == [1]                                  # another layer is another entry
     # A transformed copy of B has other weights, hence another entry (never B's cached result).
     copy, _ = symmetry.random_transform(b, torch.Generator().manual_seed(0))
-    stitching.cached_experiment(a, copy, "act2", ["matching"], tiny_data, 64, 32, settings)
+    stitching.cached_experiment(a, copy, "act2", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
     assert calls == [1, 1]
 
 
@@ -380,20 +383,24 @@ def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one(tiny_d
 
 def test_rotation_penalty_history_and_bad_input(tiny_data):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), tiny_data, 1, None, None,
-                                  batch_size=32, device="cpu", precision="float32")
+    ft = stitching.FinetuneSettings(1, None, None, batch_size=32, precision="float32")
+    res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), tiny_data, ft)
     assert [h["epoch"] for h in res["history"]] == [0, 1]
     # The refit start is the original function: penalty 0 before any fine-tuning.
     assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
-        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data, -1, device="cpu")
+        stitching.FinetuneSettings(-1)
     with pytest.raises(ValueError, match="unknown start 'warm'; accepted values: 'refit', 'transformed'"):
-        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data, 1, start="warm", device="cpu")
+        stitching.FinetuneSettings(1, start="warm")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        stitching.FinetuneSettings(1, batch_size=0)
+    with pytest.raises(ValueError, match="step_size must be an integer >= 1 .epochs. for schedule 'step'"):
+        stitching.FinetuneSettings(1, schedule="step", step_size=0)
     with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
-        sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), tiny_data, 1, device="cpu")
+        sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), tiny_data, ft)
     with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
         stitching.finetune.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), tiny_data.y_train[:40],
-                                         torch.zeros(2, 16, 32, 32), tiny_data.y_test[:2], 1)
+                                         torch.zeros(2, 16, 32, 32), tiny_data.y_test[:2], ft)
 
 
 def test_recovered_fraction_counts_live_channels_only():
@@ -413,7 +420,8 @@ def test_recovered_fraction_counts_live_channels_only():
 
 
 def test_last_quarter_change_reads_the_end_of_the_history():
-    rows = lambda pens: [dict(epoch=i, penalty=p) for i, p in enumerate(pens)]      # noqa: E731
+    def rows(pens):
+        return [dict(epoch=i, penalty=p) for i, p in enumerate(pens)]
     assert stitching.last_quarter_change(rows([0.3])) == 0.0                        # nothing trained
     assert stitching.last_quarter_change(rows([0.5, 0.2])) == pytest.approx(30.0)   # pp, epoch 1 vs 0
     # 8 epochs: the last 2 (a quarter) moved the penalty from 0.10 to 0.04, i.e. 6 pp.
@@ -430,12 +438,33 @@ def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp
         calls.append(1)
         return tuple(sanity.pre_activations(m, "conv1", x, device="cpu") for x in (data.x_train, data.x_test))
 
-    args = (m, "key", "conv1", "grelu", 0, data, 1, None, None)
-    first = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
-    again = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
+    ft = stitching.FinetuneSettings(1, None, None, batch_size=16)
+    first = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
+    again = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     assert calls == [1] and [h["penalty"] for h in again["history"]] == [h["penalty"] for h in first["history"]]
-    sanity.cached_rotation_penalty(*args[:4], 1, *args[5:], batch_size=16, fronts=fronts)   # another trial
+    sanity.cached_rotation_penalty(m, "conv1", "grelu", 1, data, ft, fronts=fronts)   # another trial
     assert calls == [1, 1]
+
+
+def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_the_data():
+    from lib.cache import memo_key
+    data, other = synthetic_dataset(n_train=32, n_test=16), synthetic_dataset(n_train=32, n_test=16, seed=1)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    base = stitching.FinetuneSettings(1)
+    # A different valid value of every field (None for the image counts: all images).
+    changed = dict(epochs=2, n_train=None, n_test=None, start="transformed", batch_size=32, lr=2e-3,
+                   weight_decay=0.0, precision="float32", schedule="constant", step_size=13, gamma=0.25,
+                   evals_per_epoch=2)
+    assert set(changed) == {f.name for f in dataclasses.fields(base)}
+
+    def key(model=m, ds=data, ft=base, **kw):
+        return memo_key(sanity.rotation_config(model, "conv1", "grelu", 0, ds, ft, **kw))
+
+    keys = {f: key(ft=dataclasses.replace(base, **{f: v})) for f, v in changed.items()}
+    assert len(set(keys.values()) | {key()}) == len(changed) + 1
+    moved, _ = symmetry.random_transform(m, torch.Generator().manual_seed(0))
+    assert len({key(), key(model=moved), key(ds=other), key(seed=1)}) == 4
+    assert key() == key(ft=dataclasses.replace(base))          # equal settings, equal keys
 
 
 # -- the authors' protocol at `paper` scale (issue 11 items 1-3) -------------------------------------
@@ -476,14 +505,14 @@ def test_memo_key_changes_with_every_settings_field(tiny_data):
     a, b = (models.build(MYRTLE, seed=s) for s in (0, 1))
     base = stitching.settings_for_scale("smoke")
 
-    def key(s, **kw):
-        args = dict(n_train=64, n_test=32, settings=s) | kw
-        return memo_key(stitching.experiment_config(a, b, "act2", ["matching"], tiny_data, **args))
+    def key(s, dtype=torch.float16, **kw):
+        data = stitching.StitchData(tiny_data, 64, 32, dtype)
+        return memo_key(stitching.experiment_config(a, b, "act2", ["matching"], data, s, **kw))
 
     fields = [f.name for f in dataclasses.fields(base)]
     keys = {f: key(dataclasses.replace(base, **{f: _changed(getattr(base, f))})) for f in fields}
     assert len(set(keys.values()) | {key(base)}) == len(fields) + 1
-    assert key(base, feature_dtype=torch.float32) != key(base) and key(base, seed=1) != key(base)
+    assert key(base, torch.float32) != key(base) and key(base, seed=1) != key(base)
     assert key(base) == key(dataclasses.replace(base))        # equal settings, equal keys
 
 
@@ -512,8 +541,8 @@ def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data)
     assert not torch.allclose(out["cached"]["matrix"], out["augmented"]["matrix"])
     for k, v in a.state_dict().items():
         assert torch.equal(v, before_a[k]), k
-    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], tiny_data, device="cpu",
-                                      settings=dataclasses.replace(settings, fronts="augmented", epochs=1))
+    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], stitching.StitchData(tiny_data),
+                                      dataclasses.replace(settings, fronts="augmented", epochs=1), device="cpu")
     assert set(res["variants"]) == {"full_random", "matching"}
 
 
@@ -584,7 +613,8 @@ def test_unknown_protocol_values_name_the_accepted_ones(bn_model):
     with pytest.raises(ValueError, match="unknown fronts 'precomputed'; accepted values: 'cached', 'augmented'"):
         stitching.train_stitch(s, fronts, y, fronts, y, stitching.StitchSettings(fronts="precomputed"))
     with pytest.raises(ValueError, match="unknown fronts 'clean'; accepted values: 'cached', 'augmented'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], data, settings=stitching.StitchSettings(fronts="clean"))
+        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(data),
+                                    stitching.StitchSettings(fronts="clean"))
     with pytest.raises(ValueError, match="unknown bn_epoch 'full'; accepted values: 'none', 'grelu', 'all'"):
         stitching.train_stitch(s, fronts, y, fronts, y, stitching.StitchSettings(bn_epoch="full"))
     with pytest.raises(ValueError, match="fronts='augmented' needs train_images"):
@@ -602,6 +632,6 @@ def test_random_bias_gives_random_starts_a_bias(monkeypatch, bn_model):
                         lambda *args, **kw: built.append(real(*args, **kw)) or built[-1])
     for random_bias in (False, True):
         settings = stitching.StitchSettings(epochs=0, random_bias=random_bias)
-        stitching.stitch_experiment(a, b, "act2", ["full_random", "rank1_random", "grelu_random"], data, 32, 16,
-                                    settings, device="cpu")
+        stitching.stitch_experiment(a, b, "act2", ["full_random", "rank1_random", "grelu_random"],
+                                    stitching.StitchData(data, 32, 16), settings, device="cpu")
     assert [m.stitch.bias is not None for m in built] == [False, False, False, True, True, False]
