@@ -226,6 +226,26 @@ def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str 
         return None
 
 
+def _load_or_train(folder: Path, model, identity: dict, train) -> tuple:
+    # (model, meta) from the entry, or from train() when it is missing or corrupted (then removed).
+    _check_writable(folder)
+    # Another process may be training this entry: wait for it, then look again, so that a model
+    # is trained once however many processes ask for it.
+    with _training_lock(folder):
+        try:
+            meta = _load_cached(folder, model, identity)
+        except CorruptedError as exc:
+            meta = None
+            msg = f"zoo entry {folder.name} is corrupted ({exc}); retraining it"
+            warnings.warn(msg)
+            print(msg)
+            for f in (folder / "meta.json", folder / "weights.pt"):
+                f.unlink(missing_ok=True)
+        if meta is None:
+            return train()
+    return model, meta
+
+
 def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10", *,
         data: Dataset | None = None, root=None, device=None, progress: bool = True) -> torch.nn.Module:
     """A model trained with ``recipe`` from ``seed``, from the zoo or trained now (then cached).
@@ -273,22 +293,12 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
     except CorruptedError:
         meta = None
     if meta is None:
-        _check_writable(folder)
-        # Another process may be training this entry: wait for it, then look again, so that a model
-        # is trained once however many processes ask for it.
-        with _training_lock(folder):
-            try:
-                meta = _load_cached(folder, model, identity)
-            except CorruptedError as exc:
-                msg = f"zoo entry {folder.name} is corrupted ({exc}); retraining it"
-                warnings.warn(msg)
-                print(msg)
-                for f in (folder / "meta.json", folder / "weights.pt"):
-                    f.unlink(missing_ok=True)
-            if meta is None:
-                # A failed load may have copied part of a state_dict: start from the seed's init.
-                model = build(arch, seed=seed)
-                meta = _train_and_store(model, arch, r, seed, data, folder, device, progress)
+
+        def train_new():
+            # A failed load may have copied part of a state_dict: start from the seed's init.
+            fresh = build(arch, seed=seed)
+            return fresh, _train_and_store(fresh, arch, r, seed, data, folder, device, progress)
+        model, meta = _load_or_train(folder, model, identity, train_new)
     model.zoo_meta = meta
     model.zoo_key = key
     return model.to(device).eval()
