@@ -335,6 +335,8 @@ def test_make_concept_dataset_synthetic_and_errors(tmp_path):
         D.make_concept_dataset(tmp_path / "e", 5, images=np.zeros((4, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="p_shape"):
         D.ConceptSpec(p_shape=1.5)
+    with pytest.raises(ValueError, match="object_radius must be a radius in pixels > 0 or None, got 0"):
+        D.ConceptSpec(object_radius=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -546,6 +546,23 @@ def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data)
     assert set(res["variants"]) == {"full_random", "matching"}
 
 
+def test_hard_rounding_rounds_grelu_only_inside_the_block_even_on_error(bn_model):
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
+    grelu = stitching.stitch(a, b, "act1", "grelu", generator=torch.Generator().manual_seed(0)).stitch
+    full = stitching.stitch(a, b, "act1", "full").stitch
+    soft = grelu.matrix().detach().clone()
+    with stitching.hard_rounding(grelu) as layer, stitching.hard_rounding(full):
+        assert layer is grelu and grelu.hard and not full.hard
+        rounded = grelu.matrix().detach()
+    # A permutation times the scales: one non-zero per column, unlike the soft P.
+    assert ((rounded != 0).sum(0) == 1).all() and not ((soft != 0).sum(0) == 1).all()
+    assert not grelu.hard and torch.equal(grelu.matrix().detach(), soft)
+    with pytest.raises(RuntimeError, match="inside"):
+        with stitching.hard_rounding(grelu):
+            raise RuntimeError("inside")
+    assert not grelu.hard
+
+
 def test_bn_epoch_pass_reestimates_b_statistics_with_the_rounded_permutation(bn_model):
     data = synthetic_dataset(n_train=32, n_test=16)
     a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
