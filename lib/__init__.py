@@ -4,8 +4,8 @@ Representations" (Godfrey, Brown, Emerson, Kvinge, NeurIPS 2022).
 One module or subpackage per concept; callers import from where the code lives::
 
     lib/
-      settings.py      every setting in one place: the scales (one literal each), training recipes,
-                       the book's model families, stitching protocols
+      settings/        every setting in one place: protocols (recipes, stitching, fine-tuning),
+                       scales (one dataclass per concern), the paper's reference numbers, lookup
       config.py        device, precision policy (autocast, exact_mode), cache folders, atomic writes
       cache.py         checksummed files, the memo of expensive results, model fingerprints
       activations.py   the elementwise activations (Table 1's sigma), by name
@@ -15,11 +15,13 @@ One module or subpackage per concept; callers import from where the code lives::
       models/          spec (SymmetrySpec, Site), myrtle, resnet, mlp, convnext, registry (the
                        ARCHITECTURES registry, split)
       data.py          CIFAR-10 as tensors, on-device augmentation, a synthetic stand-in for tests
+      datafile.py      the CIFAR-10 file read by content (checksums, npy headers), its download
       train.py         the Recipe type and the training loop
       zoo/             trained models cached on disk (store) and the book's families (book);
                        python -m lib.zoo train
       stitching/       matching, layers, surgery, training, experiment, sanity, finetune (3.3, 4)
-      metrics/         similarity measures: preprocessing, gram, cka, procrustes, layers (Section 5)
+      metrics/         similarity measures (Section 5): inputs, preprocessing, gram, cka,
+                       procrustes, layers
       dissection/      network dissection: iou, broden, synthetic, study (Section 6)
       results.py       recorded numbers, tables, python -m lib.results compare
       plotting.py      figures

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import numbers
 import os
 import secrets
 from pathlib import Path
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["check_choice", "get_device", "PRECISIONS", "autocast", "exact_mode", "cache_dir", "atomic_path",
-           "file_sha256", "check_chunk_size"]
+__all__ = ["check_choice", "check_seed", "available_memory", "get_device", "PRECISIONS", "autocast",
+           "exact_mode", "cache_dir", "atomic_path", "file_sha256", "check_chunk_size"]
 
 
 def check_choice(param: str, value, accepted) -> None:
@@ -41,6 +42,36 @@ def check_choice(param: str, value, accepted) -> None:
     accepted = list(accepted)
     if value not in accepted:
         raise ValueError(f"unknown {param} {value!r}; accepted values: {', '.join(map(repr, accepted))}")
+
+
+def check_seed(seed, param: str = "seed") -> int:
+    """``seed`` as a Python int, or a ``ValueError`` naming ``param`` and what it accepts.
+
+    Python and numpy integers are accepted; ``bool`` (an ``int`` to Python, but never meant as a
+    seed), floats (``1.5`` would be rounded or refused deep inside torch) and strings are not.
+    Callers check before they create or allocate anything, so that a bad seed leaves no folder.
+
+    Parameters
+    ----------
+    seed : int or numpy integer
+        In ``0 .. 2**63 - 1``.
+    param : str
+        The parameter's name, as the caller spells it.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        ``<param> must be an integer in 0 .. 2**63 - 1 (a Python or numpy integer); got ...``.
+    """
+    integer = isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+    if not (integer and 0 <= int(seed) < 2**63):
+        raise ValueError(f"{param} must be an integer in 0 .. 2**63 - 1 (a Python or numpy "
+                         f"integer, not bool, float or str); got {seed!r}")
+    return int(seed)
 
 
 def check_chunk_size(value, param: str = "chunk_size") -> int:
@@ -68,6 +99,29 @@ def check_chunk_size(value, param: str = "chunk_size") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{param} must be a positive integer (images per chunk); got {value!r}")
     return int(value)
+
+
+def available_memory() -> int | None:
+    """Bytes of main memory the system can still give a process (``MemAvailable``), if known.
+
+    Builders compare their estimate with it before allocating, so that a huge width is an error
+    rather than a process the kernel kills.
+
+    Returns
+    -------
+    int or None
+        ``MemAvailable`` of ``/proc/meminfo`` (Linux), else the physical memory, else ``None``.
+    """
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -171,7 +225,8 @@ def exact_mode():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def cache_dir(kind: str = "", root: str | os.PathLike | None = None, create: bool = True) -> Path:
+def cache_dir(kind: str = "", root: str | os.PathLike | None = None, create: bool = True, *,
+              advice: str | None = None) -> Path:
     """A per-user cache folder, created on demand.
 
     Parameters
@@ -182,21 +237,35 @@ def cache_dir(kind: str = "", root: str | os.PathLike | None = None, create: boo
         The cache root; default ``$SYMMETRIES_CACHE``, else ``~/.cache/symmetries``.
     create : bool
         Create the folder; ``False`` only names it, so that readers work on a read-only cache.
+    advice : str, optional
+        What to do if it cannot be created (default: set ``SYMMETRIES_CACHE`` or pass ``root=``).
 
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be created (read-only parent, full disk): the message names the folder
+        and says what to do; the ``errno`` is kept.
     """
     if root is None:
         root = os.environ.get("SYMMETRIES_CACHE") or Path.home() / ".cache" / "symmetries"
     path = Path(root) / kind if kind else Path(root)
     if create:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reworded = _write_error(exc, path, advice)
+            if reworded is exc:
+                raise
+            raise reworded from exc
     return path
 
 
-def _write_error(exc: OSError, path: Path) -> OSError:
-    """``exc`` reworded to say what went wrong while writing ``path`` and what to do."""
+def _write_error(exc: OSError, path: Path, advice: str | None = None) -> OSError:
+    """``exc`` reworded to say what went wrong while writing ``path``, and what to do."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         what = "no disk space left (or the disk quota is exhausted)"
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -204,12 +273,13 @@ def _write_error(exc: OSError, path: Path) -> OSError:
     else:
         return exc
     # OSError(errno, ...) builds the matching subclass (PermissionError for EACCES), keeping errno.
+    advice = advice or "set SYMMETRIES_CACHE (or pass root=) to a writable folder with space"
     return OSError(exc.errno, f"cannot write {path}: {what} ({exc.strerror or exc}); free disk space or "
-                              f"set SYMMETRIES_CACHE (or pass root=) to a writable folder with space")
+                              f"{advice}")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, *, advice: str | None = None):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     Readers therefore see either the old file or the complete new one, never half of it. The file
@@ -220,6 +290,9 @@ def atomic_path(path: str | os.PathLike):
     ----------
     path : path-like
         The file to write.
+    advice : str, optional
+        What to do when the folder is read-only or full, e.g. ``"set SYMMETRIES_RESULTS to a
+        writable folder"`` (default: set ``SYMMETRIES_CACHE`` or pass ``root=``).
 
     Yields
     ------
@@ -249,7 +322,7 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        reworded = _write_error(exc, path)
+        reworded = _write_error(exc, path, advice)
         if reworded is exc:
             raise
         raise reworded from exc

@@ -11,19 +11,18 @@ import dataclasses
 import functools
 import numbers
 import os
-import socket
-import zipfile
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .config import atomic_path, cache_dir, check_choice, file_sha256, get_device
+from .config import cache_dir, check_choice, file_sha256, get_device
+from .datafile import check_known, damaged, download_cifar10, read_npz, writable_folder
+from .models import check_image_size
 from .settings import SUBSET_SEED
 
-__all__ = ["Dataset", "load_cifar10", "load_data", "synthetic_dataset", "subset", "to_input", "augment", "batches",
-           "MEAN", "STD", "FILENAME", "DATASETS", "DOWNLOAD_TIMEOUT"]
+__all__ = ["Dataset", "check_training_data", "load_cifar10", "load_data", "synthetic_dataset",
+           "subset", "to_input", "augment", "batches", "MEAN", "STD", "FILENAME", "DATASETS",
+           "DOWNLOAD_TIMEOUT", "DOWNLOAD_DEADLINE"]
 
 #: The file :func:`load_cifar10` reads (keys x_train, y_train, x_test, y_test, classes).
 FILENAME = "cifar10.npz"
@@ -81,6 +80,33 @@ class Dataset:
                 f"{len(self.x_test)} test images")
 
 
+def check_training_data(data: Dataset, arch: dict | None = None) -> None:
+    """Raise ``ValueError`` for data that training could only fail on, before anything is allocated.
+
+    Parameters
+    ----------
+    data : Dataset
+        Must hold at least one training and one test image.
+    arch : dict, optional
+        A model's architecture config (``model.arch``): its pooling and strided layers must take
+        images of ``data``'s size (:func:`lib.models.check_image_size`).
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter and what it accepts.
+    """
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be a lib.data.Dataset; got {type(data).__name__}")
+    for split, word in (("train", "training"), ("test", "test")):
+        x = getattr(data, f"x_{split}")
+        if len(x) == 0:
+            raise ValueError(f"data must hold at least 1 {word} image; {data.identity} has none "
+                             f"(x_{split} of shape {tuple(x.shape)})")
+    if arch is not None:
+        check_image_size(arch, *data.x_train.shape[1:3])
+
+
 def _check_images(x: torch.Tensor, name: str) -> None:
     """``ValueError`` unless ``x`` holds uint8 images ``(n, H, W, 3)``, saying what it looks like instead."""
     hint = ""
@@ -113,68 +139,45 @@ def _candidates(data_dir) -> list[Path]:
     return [Path(d) / FILENAME for d in dirs if d]
 
 
-#: Seconds a download may wait for the server before it counts as offline (a proxy that accepts
-#: connections and never answers would otherwise hang forever).
+#: Seconds a download may wait for any answer of the server, to connect or between two reads (a
+#: proxy that accepts connections and never answers would otherwise hang forever)...
 DOWNLOAD_TIMEOUT = 60.0
-
-
-def _download(target: Path) -> None:
-    # torchvision's copy is the original CIFAR-10; it is converted once into the npz layout.
-    import torchvision
-
-    raw = cache_dir("data") / "torchvision"
-    # torchvision's urllib calls take no timeout argument; they use the socket default.
-    saved = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
-    try:
-        train = torchvision.datasets.CIFAR10(raw, train=True, download=True)
-        test = torchvision.datasets.CIFAR10(raw, train=False, download=True)
-    except Exception as exc:  # offline: urllib raises several kinds of errors
-        raise FileNotFoundError(
-            f"CIFAR-10 not found: looked for {FILENAME} in data_dir, in $SYMMETRIES_DATA and in "
-            f"{target.parent}, and the download failed ({exc}). Set SYMMETRIES_DATA to a directory "
-            f"holding {FILENAME} (keys x_train, y_train, x_test, y_test, classes)."
-        ) from exc
-    finally:
-        socket.setdefaulttimeout(saved)
-    with atomic_path(target) as tmp:
-        np.savez_compressed(tmp, x_train=train.data, y_train=np.array(train.targets, dtype=np.int64),
-                            x_test=test.data, y_test=np.array(test.targets, dtype=np.int64),
-                            classes=np.array(train.classes))
-
-
-_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes")
+#: ...and seconds the whole download may take, so that a server trickling bytes gives up too
+#: (CIFAR-10 is 170 MB: this allows down to about 95 kB/s); see :func:`lib.datafile.fetch`.
+DOWNLOAD_DEADLINE = 1800.0
 
 
 @functools.lru_cache(maxsize=2)
 def _load(path: str) -> Dataset:
-    what_to_do = (f"replace it with a good copy: delete it (CIFAR-10 is then downloaded again into the cache) or "
-                  f"set SYMMETRIES_DATA to a folder holding a good {FILENAME}")
     try:
-        with np.load(path) as d:
-            missing = set(_KEYS) - set(d.files)
-            arrays = {k: d[k] for k in _KEYS if k not in missing}
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
-        # Truncated, bit-flipped or not an npz at all (np.load then refuses to unpickle it).
-        raise ValueError(f"the data file {path} is damaged or not an npz archive ({type(exc).__name__}: {exc}); "
-                         f"{what_to_do}") from exc
-    if missing:
-        raise ValueError(f"{path} lacks the keys {sorted(missing)}; {what_to_do}")
-    sha = file_sha256(path)
+        sha = file_sha256(path)
+    except OSError as exc:                 # not damage (permissions): nothing is deleted
+        raise OSError(exc.errno, f"cannot read the data file {path} ({exc.strerror or exc}); "
+                                 f"it was left untouched. Make it readable, or set SYMMETRIES_DATA "
+                                 f"to a folder holding a readable {FILENAME}") from exc
+    check_known(path, sha)
     try:
+        arrays = read_npz(path)
         return Dataset(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"]).long(),
                        torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"]).long(),
                        [str(c) for c in arrays["classes"]], identity=f"cifar10:{sha[:16]}", source=path)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"the data file {path} does not hold CIFAR-10 in the expected layout: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # every kind of damage: zip, npy header, CRC, layout, labels
+        raise damaged(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None) -> Dataset:
     """CIFAR-10 from ``cifar10.npz``.
 
     Looks in ``data_dir``, then ``$SYMMETRIES_DATA``, then the cache's ``data`` folder; if none has
-    the file, downloads CIFAR-10 with torchvision and writes the npz into the cache (atomically).
-    The result is cached in memory; its ``identity`` holds the file's sha256 prefix, so every number
+    the file, downloads CIFAR-10 (:func:`lib.datafile.download_cifar10`, within
+    :data:`DOWNLOAD_DEADLINE` seconds) and writes the npz into the cache (atomically). The file is
+    checked by content before anything is served (:func:`lib.datafile.read_npz`: the zip's CRC-32 of
+    every array, npy headers that account for exactly the stored bytes, uint8 images
+    ``(n, 32, 32, 3)``, one integer label in 0..9 per image, 10 distinct class names), and the copy
+    this project ships by its sha256 (:data:`lib.datafile.KNOWN_FILES`: same name and size). The
+    result is cached in memory; its ``identity`` holds the file's sha256 prefix, so every number
     computed from it can say which copy of CIFAR-10 produced it.
 
     Parameters
@@ -190,16 +193,21 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> Dataset:
     Raises
     ------
     FileNotFoundError
-        If no copy is found and the download fails (offline).
-    ValueError
-        If the file is damaged or lacks a key.
+        If no copy is found and the download fails (offline, or past its deadline).
+    PermissionError
+        If no copy is found and the cache's data folder is not writable (naming the folder).
+    lib.datafile.DamagedDataError
+        (a ``ValueError``) If the file is damaged, lacks a key or does not hold CIFAR-10's layout;
+        the message names the file and says what to do.
+    OSError
+        If the file exists but cannot be read (permissions); it is left untouched.
     """
     candidates = _candidates(data_dir)
     for path in candidates:
         if path.is_file():
             return _load(str(path.resolve()))
-    target = cache_dir("data") / FILENAME
-    _download(target)
+    target = writable_folder(cache_dir("data", create=False), FILENAME) / FILENAME
+    download_cifar10(target, DOWNLOAD_TIMEOUT, DOWNLOAD_DEADLINE)
     return _load(str(target.resolve()))
 
 

@@ -39,13 +39,12 @@ def results_dir() -> Path:
     Returns
     -------
     pathlib.Path
-        ``$SYMMETRIES_RESULTS`` if set (created), else the cache's ``results`` folder.
+        ``$SYMMETRIES_RESULTS`` if set (created), else the cache's ``results`` folder; one that
+        cannot be created is an ``OSError`` naming it and what to do.
     """
     env = os.environ.get("SYMMETRIES_RESULTS")
-    if env:
-        Path(env).mkdir(parents=True, exist_ok=True)
-        return Path(env)
-    return cache_dir("results")
+    advice = "set SYMMETRIES_RESULTS to a writable folder"
+    return cache_dir(root=env, advice=advice) if env else cache_dir("results", advice=advice)
 
 
 def _plain(x):
@@ -113,7 +112,7 @@ class Recorder:
         return :meth:`path`."""
         path = self.path()
         payload = dict(chapter=self.chapter, scale=self.scale, seed=self.seed, rows=self.rows)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, advice="set SYMMETRIES_RESULTS to a writable folder") as tmp:
             tmp.write_text(checked_json(payload))
         return path
 
@@ -247,6 +246,10 @@ def table(header, rows, align: str | None = None) -> str:
     return "\n".join(lines)
 
 
+# The fields of a row of load_results that markdown_table shows.
+_ROW_FIELDS = ("chapter", "seed", "key", "ours", "std", "paper", "paper_std", "unit", "note")
+
+
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
     """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via :func:`table`).
 
@@ -261,7 +264,22 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
     Returns
     -------
     str
+
+    Raises
+    ------
+    ValueError
+        For a row that lacks a field (``"ours"``, ...), naming the row, its key and its file.
     """
+    for i, r in enumerate(rows):
+        missing = [f for f in _ROW_FIELDS if not isinstance(r, dict) or f not in r]
+        if missing:
+            r = r if isinstance(r, dict) else {}
+            stem, seed = r.get("chapter", "?"), r.get("seed")
+            file = f"{stem}-seed{seed}.json" if seed else f"{stem}.json"
+            raise ValueError(f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
+                             f"{missing}: its results file {file} (in the results folder of its "
+                             f"scale) is damaged or was not written by lib.results.Recorder; delete "
+                             f"it and re-run its chapter")
     order = order or []
 
     def rank(r):

@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import PRECISIONS, autocast, check_choice, get_device
-from .data import Dataset, augment, batches, subset, to_input
+from .config import PRECISIONS, autocast, check_choice, check_seed, get_device
+from .data import Dataset, augment, batches, check_training_data, subset, to_input
 from .settings import RECIPES, scale_settings
 
-__all__ = ["Recipe", "recipe", "recipe_for_scale", "train", "evaluate", "make_optimizer", "throughput"]
+__all__ = ["Recipe", "recipe", "recipe_for_scale", "train", "evaluate", "make_optimizer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,7 @@ class Recipe:
         def is_real(v):
             return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
+        need(isinstance(self.name, str), "name", "a str (the recipe it started from)")
         need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1")
         need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
         need(is_int(self.translate) and self.translate >= 0, "translate", "an integer >= 0 (pixels)")
@@ -104,8 +105,12 @@ class Recipe:
         need(is_real(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
              "a number in [0, 1)")
         need(is_real(self.gamma) and self.gamma > 0, "gamma", "a finite number > 0")
-        need(self.schedule != "step" or (is_int(self.step_size) and self.step_size >= 1), "step_size",
-             "an integer >= 1 with schedule 'step'")
+        least_step = 1 if self.schedule == "step" else 0
+        need(is_int(self.step_size) and self.step_size >= least_step, "step_size",
+             "an integer >= 0 (>= 1 with schedule 'step')")
+        # bool only: "no" or 0.0 would be read as a truth value and silently flip the meaning.
+        for field in ("flip", "keep_best"):
+            need(isinstance(getattr(self, field), bool), field, "True or False (a bool)")
         for field in ("n_train", "n_test"):
             need(getattr(self, field) is None or (is_int(getattr(self, field)) and getattr(self, field) >= 1),
                  field, "None (all images) or an integer >= 1")
@@ -151,8 +156,8 @@ def recipe_for_scale(scale: str, name: str | None = None, **overrides) -> Recipe
     Parameters
     ----------
     scale : str
-        A key of :data:`lib.settings.SCALES`; its ``recipe``, ``epochs``, ``n_train`` and ``n_test``
-        are used.
+        A key of :data:`lib.settings.SCALES`; its zoo's ``recipe``, ``epochs``, ``n_train`` and
+        ``n_test`` are used.
     name : str, optional
         Another recipe to start from (default: the scale's).
     **overrides
@@ -163,9 +168,9 @@ def recipe_for_scale(scale: str, name: str | None = None, **overrides) -> Recipe
     -------
     Recipe
     """
-    s = scale_settings(scale)
-    fields = dict(epochs=s.epochs, n_train=s.n_train, n_test=s.n_test)
-    return recipe(name or s.recipe, **{**fields, **overrides})
+    z = scale_settings(scale).zoo
+    fields = dict(epochs=z.epochs, n_train=z.n_train, n_test=z.n_test)
+    return recipe(name or z.recipe, **{**fields, **overrides})
 
 
 def make_optimizer(model: nn.Module, r: Recipe, steps_per_epoch: int):
@@ -255,7 +260,8 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
         Its first ``r.n_train`` / ``r.n_test`` images of a fixed shuffle are used (:func:`lib.data.subset`).
     r : Recipe
     seed : int
-        Seeds the global torch generator and the generator of batches and augmentation.
+        Seeds torch's generators (forked: the caller's global generator state is left as it was) and
+        the generator of batches and augmentation (:func:`lib.config.check_seed`).
     device : optional
         For :func:`lib.config.get_device`.
     progress : bool
@@ -276,11 +282,53 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
 
     Raises
     ------
+    ValueError
+        Before anything is allocated, for a bad seed or data
+        (:func:`lib.data.check_training_data`).
     FloatingPointError
         If the loss or the weights stop being finite; nothing is stored for that epoch.
     """
+    seed = check_seed(seed)
+    check_training_data(data, getattr(model, "arch", None))
     device = get_device(device)
-    torch.manual_seed(seed)
+    # The global generators are forked, so that the caller's random numbers after training are those
+    # it would have drawn without it (lib.zoo.get gives the same state whether it trains or loads).
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        return _train(model, data, r, seed, device, progress, desc, (state, on_epoch))
+
+
+def _resume(state: dict, model: nn.Module, opt, sched, gen: torch.Generator) -> tuple:
+    """Restore a checkpoint of :func:`train`; returns its ``(history, best, epoch)``."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return list(state["history"]), state.get("best"), state["epoch"]
+
+
+def _check_finite(model: nn.Module, mean_loss: float, r: Recipe, desc: str, epoch: int) -> None:
+    # One check per epoch, on numbers the loop has on the host already (plus one sync for the
+    # weights): a NaN or infinite loss stays so in the sum, and a model that diverged is never
+    # evaluated, checkpointed or cached.
+    finite = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if not (math.isfinite(mean_loss) and finite):
+        raise FloatingPointError(
+            f"training {desc} with recipe {r.name!r} (optimizer {r.optimizer}, lr {r.lr}, "
+            f"batch_size {r.batch_size}) diverged in epoch {epoch + 1}: the mean loss is "
+            f"{mean_loss} and {'all' if finite else 'some'} weights are "
+            f"{'finite' if finite else 'not finite'}; nothing "
+            f"was stored for this epoch. Lower lr (or use another recipe) and run again")
+
+
+def _train(model, data, r, seed, device, progress, desc, checkpoints) -> list[dict]:
+    """The loop of :func:`train`, with its arguments checked and the global generators seeded;
+    ``checkpoints`` is ``(state, on_epoch)``."""
+    state, on_epoch = checkpoints
     gen = torch.Generator().manual_seed(seed)
     x_train, y_train = subset(data.x_train, data.y_train, r.n_train)
     x_test, y_test = subset(data.x_test, data.y_test, r.n_test)
@@ -292,12 +340,7 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
     opt, sched = make_optimizer(model, r, steps)
     history, best, start = [], None, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history, best, start = list(state["history"]), state.get("best"), state["epoch"]
+        history, best, start = _resume(state, model, opt, sched, gen)
     for epoch in range(start, r.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -317,16 +360,7 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
             tot_correct += (out.argmax(1) == yb).sum().item()
             seen += len(xb)
             bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_correct / seen:.3f}")
-        # One check per epoch, on numbers the loop has on the host already (plus one sync for the
-        # weights): a NaN or infinite loss stays so in the sum, and a model that diverged is never
-        # evaluated, checkpointed or cached.
-        finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
-        if not (math.isfinite(tot_loss) and bool(finite)):
-            raise FloatingPointError(
-                f"training {desc} with recipe {r.name!r} (optimizer {r.optimizer}, lr {r.lr}, batch_size "
-                f"{r.batch_size}) diverged in epoch {epoch + 1}: the mean loss is {tot_loss / seen} and "
-                f"{'all weights are finite' if bool(finite) else 'some weights are not finite'}; nothing "
-                f"was stored for this epoch. Lower lr (or use another recipe) and run again")
+        _check_finite(model, tot_loss / seen, r, desc, epoch)
         test_acc = evaluate(model, x_test, y_test, device, precision=r.precision)
         row = dict(epoch=epoch + 1, loss=tot_loss / seen, train_acc=tot_correct / seen, test_acc=test_acc,
                    lr=opt.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
@@ -344,50 +378,3 @@ def train(model: nn.Module, data: Dataset, r: Recipe, seed: int = 0, device=None
         model.load_state_dict(best["model"])
     model.eval()
     return history
-
-
-def throughput(model: nn.Module, batch_size: int = 512, precision: str = "bulk", steps: int = 3,
-               device=None, image_size: int = 32) -> float:
-    """Measured training throughput of ``model``, in images per second.
-
-    Times ``steps`` optimiser steps (SGD, cross-entropy on random inputs of shape
-    ``(batch_size, 3, image_size, image_size)``) after one warm-up step, with the training loop's
-    memory format and autocast. A short calibration for time budgets
-    (:func:`lib.zoo.estimate_seconds`); the model's weights change.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    batch_size, steps, image_size : int
-    precision : str
-        A :data:`lib.config.PRECISIONS` mode.
-    device : optional
-        For :func:`lib.config.get_device`.
-
-    Returns
-    -------
-    float
-        ``batch_size`` divided by the fastest step's seconds (images per second).
-    """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be at least 1, got steps={steps}, batch_size={batch_size}")
-    device = get_device(device)
-    model.to(device).to(memory_format=torch.channels_last).train()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    best = float("inf")
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        with autocast(device, precision):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i > 0:
-            best = min(best, time.perf_counter() - t0)
-    return batch_size / best

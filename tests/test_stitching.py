@@ -13,6 +13,8 @@ from lib.data import synthetic_dataset, to_input
 
 MYRTLE = dict(arch="myrtle_cnn", width=0.125)
 RESNET = dict(arch="resnet20", width=0.25)
+# The fast protocol for one epoch, where a test needs a protocol but not a particular one.
+ONE_EPOCH = stitching.StitchSettings(epochs=1)
 
 
 @pytest.fixture()
@@ -202,7 +204,7 @@ def test_stitch_experiment_penalty_and_matching_on_self(bn_model, tiny_data):
     a = bn_model(MYRTLE, 0)
     b, _ = symmetry.random_transform(a, torch.Generator().manual_seed(3))
     res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"],
-                                      stitching.StitchData(tiny_data, feature_dtype=torch.float32),
+                                      stitching.StitchData(tiny_data, None, None, torch.float32),
                                       stitching.StitchSettings(epochs=1, bn_adapt=False, precision="float32"),
                                       device="cpu")
     assert res["clean"][0] == res["clean"][1]
@@ -294,18 +296,20 @@ def test_bad_input_names_the_accepted_values(bn_model, tiny_data):
     s = stitching.stitch(a, b, "act2", "full")
     fronts = stitching.front_features(a, "act2", tiny_data.x_train, device="cpu")
     with pytest.raises(ValueError, match="64 images but 40 labels; accepted: one label per front"):
-        stitching.train_stitch(s, fronts, tiny_data.y_train[:40], fronts, tiny_data.y_train)
+        stitching.train_stitch(s, fronts, tiny_data.y_train[:40], fronts, tiny_data.y_train, ONE_EPOCH)
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
         stitching.train_stitch(s, fronts, tiny_data.y_train, fronts, tiny_data.y_train,
                                stitching.StitchSettings(epochs=-1))
     with pytest.raises(ValueError, match="unknown variant 'affine'; accepted: 'full', 'rank<r>'"):
-        stitching.stitch_experiment(a, b, "act2", ["affine"], stitching.StitchData(tiny_data), device="cpu")
+        stitching.stitch_experiment(a, b, "act2", ["affine"], stitching.StitchData(tiny_data, None, None),
+                                    ONE_EPOCH, device="cpu")
     for bad in ("rank0", "rank17"):
         with pytest.raises(ValueError, match=f"variant '{bad}': rank must be in 1..16"):
-            stitching.stitch_experiment(a, b, "act2", [bad], stitching.StitchData(tiny_data), device="cpu")
+            stitching.stitch_experiment(a, b, "act2", [bad], stitching.StitchData(tiny_data, None, None),
+                                        ONE_EPOCH, device="cpu")
     with pytest.raises(ValueError, match="unknown init 'zeros'; accepted values: 'closed_form', 'random'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(tiny_data),
-                                    stitching.StitchSettings(init="zeros"))
+        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(tiny_data, None, None),
+                                    dataclasses.replace(ONE_EPOCH, init="zeros"))
 
 
 def test_errors(bn_model):
@@ -383,19 +387,22 @@ def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one(tiny_d
 
 def test_rotation_penalty_history_and_bad_input(tiny_data):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    ft = stitching.FinetuneSettings(1, None, None, batch_size=32, precision="float32")
+    ft = stitching.FinetuneSettings(trials=1, epochs=1, images=None, eval_images=None, batch_size=32,
+                                    precision="float32")
     res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), tiny_data, ft)
     assert [h["epoch"] for h in res["history"]] == [0, 1]
     # The refit start is the original function: penalty 0 before any fine-tuning.
     assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
-    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
-        stitching.FinetuneSettings(-1)
-    with pytest.raises(ValueError, match="unknown start 'warm'; accepted values: 'refit', 'transformed'"):
-        stitching.FinetuneSettings(1, start="warm")
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
-        stitching.FinetuneSettings(1, batch_size=0)
-    with pytest.raises(ValueError, match="step_size must be an integer >= 1 .epochs. for schedule 'step'"):
-        stitching.FinetuneSettings(1, schedule="step", step_size=0)
+    # Bad settings are refused before any work, naming the field and its accepted values.
+    for bad, message in ((dict(epochs=-1), "epochs must be an integer >= 0"),
+                         (dict(start="warm"), "unknown start 'warm'; accepted values: 'refit', 'transformed'"),
+                         (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+                         (dict(precision="half"), "unknown precision 'half'"),
+                         (dict(schedule="step", step_size=0), "step_size must be an integer >= 1 .epochs."),
+                         (dict(evals_per_epoch=0), "evals_per_epoch must be an integer >= 1")):
+        with pytest.raises(ValueError, match=message):
+            sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data,
+                                    dataclasses.replace(ft, **bad))
     with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
         sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), tiny_data, ft)
     with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
@@ -438,7 +445,7 @@ def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp
         calls.append(1)
         return tuple(sanity.pre_activations(m, "conv1", x, device="cpu") for x in (data.x_train, data.x_test))
 
-    ft = stitching.FinetuneSettings(1, None, None, batch_size=16)
+    ft = stitching.FinetuneSettings(trials=2, epochs=1, images=None, eval_images=None, batch_size=16)
     first = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     again = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     assert calls == [1] and [h["penalty"] for h in again["history"]] == [h["penalty"] for h in first["history"]]
@@ -450,10 +457,10 @@ def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_
     from lib.cache import memo_key
     data, other = synthetic_dataset(n_train=32, n_test=16), synthetic_dataset(n_train=32, n_test=16, seed=1)
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    base = stitching.FinetuneSettings(1)
+    base = stitching.FinetuneSettings(trials=1, epochs=1, images=32, eval_images=16)
     # A different valid value of every field (None for the image counts: all images).
-    changed = dict(epochs=2, n_train=None, n_test=None, start="transformed", batch_size=32, lr=2e-3,
-                   weight_decay=0.0, precision="float32", schedule="constant", step_size=13, gamma=0.25,
+    changed = dict(trials=2, epochs=2, images=None, eval_images=None, start="transformed", batch_size=32,
+                   lr=2e-3, weight_decay=0.0, precision="float32", schedule="step", step_size=13, gamma=0.25,
                    evals_per_epoch=2)
     assert set(changed) == {f.name for f in dataclasses.fields(base)}
 
@@ -470,23 +477,26 @@ def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_
 # -- the authors' protocol at `paper` scale (issue 11 items 1-3) -------------------------------------
 
 def test_paper_scale_has_the_authors_protocols():
-    from lib.settings import FINETUNE_FAST, SCALES
+    from lib.settings import FINETUNE_PAPER, SCALES, FinetuneSettings
     paper = stitching.settings_for_scale("paper")
     assert paper == stitching.StitchSettings.paper()
     assert (paper.optimizer, paper.lr, paper.lr_decay, paper.momentum, paper.weight_decay, paper.batch_size,
             paper.epochs, paper.init) == ("sgd", 1e-3, False, 0.0, 1e-4, 32, 20, "random")
     assert (paper.fronts, paper.bn_epoch, paper.random_bias) == ("augmented", "grelu", False)
     assert (paper.alpha, paper.sinkhorn_rounds, paper.p_only_fraction, paper.bn_adapt) == (0.1, 16, 0.5, True)
-    assert SCALES["paper"].finetune == dict(batch_size=32, lr=1e-3, schedule="step", step_size=12, gamma=0.5,
-                                            evals_per_epoch=1)
+    assert SCALES["paper"].finetune == FINETUNE_PAPER == FinetuneSettings(
+        trials=10, epochs=50, images=None, eval_images=None, batch_size=32, lr=1e-3, schedule="step", step_size=12,
+        gamma=0.5, evals_per_epoch=1)
     S = SCALES["paper"]
-    assert (S.resnet_pairs, S.resnet_layers, S.slope_layers) == (16, "all", "all") and S.slope_pairs > 1
-    assert set(S.resnet_variants) == {"full", "rank1", "rank2", "rank4", "grelu", "matching"}
+    assert (S.resnet.pairs, S.resnet.layers, S.slope.layers) == (16, "all", "all") and S.slope.pairs > 1
+    assert set(S.resnet.variants) == {"full", "rank1", "rank2", "rank4", "grelu", "matching"}
     # The fine-tune keeps the fast schedule below paper scale; cpu runs it at a third of the rate and
     # evaluates four times per epoch on all test images (issue 10).
-    assert SCALES["smoke"].finetune == SCALES["gpu"].finetune == FINETUNE_FAST
-    assert SCALES["cpu"].finetune == dict(FINETUNE_FAST, lr=3e-4, evals_per_epoch=4)
-    assert SCALES["cpu"].finetune_eval_images is None
+    fast = dict(batch_size=256, lr=1e-3, schedule="linear", step_size=0, gamma=1.0, evals_per_epoch=1)
+    recipe = lambda f: {k: getattr(f, k) for k in fast}   # noqa: E731
+    assert recipe(SCALES["smoke"].finetune) == recipe(SCALES["gpu"].finetune) == fast
+    assert recipe(SCALES["cpu"].finetune) == dict(fast, lr=3e-4, evals_per_epoch=4)
+    assert SCALES["cpu"].finetune.eval_images is None
 
 
 def _changed(value):
@@ -541,7 +551,8 @@ def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data)
     assert not torch.allclose(out["cached"]["matrix"], out["augmented"]["matrix"])
     for k, v in a.state_dict().items():
         assert torch.equal(v, before_a[k]), k
-    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], stitching.StitchData(tiny_data),
+    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"],
+                                      stitching.StitchData(tiny_data, None, None),
                                       dataclasses.replace(settings, fronts="augmented", epochs=1), device="cpu")
     assert set(res["variants"]) == {"full_random", "matching"}
 
@@ -602,8 +613,8 @@ def test_bn_epoch_pass_reestimates_b_statistics_with_the_rounded_permutation(bn_
 def test_paper_finetune_schedule_halves_the_rate_at_epoch_12():
     from lib.settings import SCALES
     cfg = SCALES["paper"].finetune
-    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg["lr"])
-    sched = stitching.finetune.lr_schedule(opt, cfg["schedule"], 50, 3, cfg["step_size"], cfg["gamma"])
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = stitching.finetune.lr_schedule(opt, cfg.schedule, 50, 3, cfg.step_size, cfg.gamma)
     lrs = []
     for _ in range(50):                            # the lr of each epoch, 3 steps each
         lrs.append(opt.param_groups[0]["lr"])
@@ -614,7 +625,7 @@ def test_paper_finetune_schedule_halves_the_rate_at_epoch_12():
     assert lrs[24] == 2.5e-4 and lrs[49] == pytest.approx(1e-3 / 16)
     # Below paper scale: the linear decay to 0 the cached results were computed with.
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    sched = stitching.finetune.lr_schedule(opt, SCALES["cpu"].finetune["schedule"], 3, 4)
+    sched = stitching.finetune.lr_schedule(opt, SCALES["cpu"].finetune.schedule, 3, 4)
     for _ in range(6):
         opt.step()
         sched.step()
@@ -628,14 +639,14 @@ def test_unknown_protocol_values_name_the_accepted_ones(bn_model):
     fronts = stitching.front_features(a, "act2", data.x_train, device="cpu")
     y = data.y_train
     with pytest.raises(ValueError, match="unknown fronts 'precomputed'; accepted values: 'cached', 'augmented'"):
-        stitching.train_stitch(s, fronts, y, fronts, y, stitching.StitchSettings(fronts="precomputed"))
+        stitching.train_stitch(s, fronts, y, fronts, y, dataclasses.replace(ONE_EPOCH, fronts="precomputed"))
     with pytest.raises(ValueError, match="unknown fronts 'clean'; accepted values: 'cached', 'augmented'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(data),
-                                    stitching.StitchSettings(fronts="clean"))
+        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(data, None, None),
+                                    dataclasses.replace(ONE_EPOCH, fronts="clean"))
     with pytest.raises(ValueError, match="unknown bn_epoch 'full'; accepted values: 'none', 'grelu', 'all'"):
-        stitching.train_stitch(s, fronts, y, fronts, y, stitching.StitchSettings(bn_epoch="full"))
+        stitching.train_stitch(s, fronts, y, fronts, y, dataclasses.replace(ONE_EPOCH, bn_epoch="full"))
     with pytest.raises(ValueError, match="fronts='augmented' needs train_images"):
-        stitching.train_stitch(s, None, y, fronts, y, stitching.StitchSettings(fronts="augmented"))
+        stitching.train_stitch(s, None, y, fronts, y, dataclasses.replace(ONE_EPOCH, fronts="augmented"))
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     with pytest.raises(ValueError, match="unknown schedule 'cosine'; accepted values: 'linear', 'constant', 'step'"):
         stitching.finetune.lr_schedule(opt, "cosine", 1, 1)

@@ -8,7 +8,7 @@ import torch
 
 from lib import models, stitching
 from lib.data import synthetic_dataset
-from lib.settings import SCALES
+from lib.settings import SCALES, FinetuneSettings
 from lib.stitching import experiment, finetune
 
 MYRTLE = dict(arch="myrtle_cnn", width=0.125)
@@ -74,12 +74,13 @@ def test_memo_key_holds_every_settings_field(monkeypatch, tiny_data):
 
 
 def test_fig1_protocol_at_cpu_scale_reads_one_home():
-    fig1 = dict(SCALES["cpu"].fig1)
-    images = fig1.pop("stitch_images"), fig1.pop("eval_images")
-    s = stitching.settings_for_scale("cpu", **fig1)
-    assert images == (50000, None)
+    fig1 = SCALES["cpu"].fig1
+    s = fig1.protocol
+    assert (fig1.images, fig1.eval_images) == (50000, None)
     assert (s.grelu_p, s.grelu_lr, s.lr, s.epochs, s.lr_decay, s.evals_per_epoch) == ("fixed", 3e-3, 1e-2, 2, True, 2)
-    assert all(SCALES[k].fig1 == {} for k in ("smoke", "gpu", "paper"))
+    assert s == dataclasses.replace(stitching.settings_for_scale("cpu"), epochs=2, lr=1e-2, grelu_p="fixed",
+                                    grelu_lr=3e-3, evals_per_epoch=2)
+    assert all(SCALES[k].fig1 == SCALES[k].stitching for k in ("smoke", "gpu", "paper"))
 
 
 # -- evaluations within an epoch (the plateau over the last 25 % of a 2-epoch run) -----------------
@@ -126,8 +127,9 @@ def test_finetune_evaluates_within_epochs_without_changing_the_training():
     z, y = torch.randn(96, 8, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
     nets = {k: copy.deepcopy(m[2:]) for k in (1, 4)}
     hist = {k: finetune.finetune_tail(nets[k], z[:64], y[:64], z[64:], y[64:],
-                                      finetune.FinetuneSettings(2, batch_size=16, precision="float32",
-                                                                evals_per_epoch=k)) for k in (1, 4)}
+                                      FinetuneSettings(trials=1, epochs=2, images=None, eval_images=None,
+                                                       batch_size=16, precision="float32", evals_per_epoch=k))
+            for k in (1, 4)}
     # The same weights at the end, moved away from the start: evaluating leaves the training alone.
     final = [[p.detach() for p in nets[k].parameters()] for k in (1, 4)]
     assert all(torch.equal(p, q) for p, q in zip(*final))

@@ -37,13 +37,9 @@ def test_unknown_variant_lists_the_accepted_names():
 
 
 @pytest.mark.parametrize("scale", sorted(SCALES))
-def test_fig1_protocol_applies_the_scales_fig1_replacements(scale):
+def test_fig1_protocol_is_the_scales_fig1_stitching(scale):
     s = SCALES[scale]
     settings, n_train, n_test = fig1_protocol(scale)
     assert isinstance(settings, StitchSettings)
-    assert n_train == s.fig1.get("stitch_images", s.stitch_images)
-    assert n_test == s.fig1.get("eval_images", s.eval_images)
-    for field, value in s.fig1.items():
-        if field not in ("stitch_images", "eval_images"):
-            assert getattr(settings, field) == value
-    assert fig1_protocol(scale, epochs=7)[0].epochs == 7
+    assert (settings, n_train, n_test) == (s.fig1.protocol, s.fig1.images, s.fig1.eval_images)
+    assert fig1_protocol(scale, epochs=7)[0] == dataclasses.replace(s.fig1.protocol, epochs=7)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import get_device
 from ..models import features
+from ..settings import NETDISSECT_IOU_THRESHOLD, NETDISSECT_QUANTILE
 from .broden import BrodenDataset
 from .result import DissectionResult
 from .rotations import Rotations, random_rotation, rotation_power
@@ -47,7 +48,8 @@ def _row_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
     return v_lo + (pos - lo) * (v_hi - v_lo)
 
 
-def quantile_thresholds(activations: torch.Tensor, quantile: float = 0.005) -> torch.Tensor:
+def quantile_thresholds(activations: torch.Tensor,
+                        quantile: float = NETDISSECT_QUANTILE) -> torch.Tensor:
     """Per-unit thresholds: the value exceeded by a fraction ``quantile`` of the unit's activations.
 
     The threshold is the ``1 - quantile`` quantile of all ``n*h*w`` values of a unit, with linear
@@ -154,7 +156,8 @@ def _check_masks(masks, annotated, n):
     return annotated
 
 
-def iou_scores(activations: torch.Tensor, masks: torch.Tensor, quantile: float = 0.005,
+def iou_scores(activations: torch.Tensor, masks: torch.Tensor,
+               quantile: float = NETDISSECT_QUANTILE,
                annotated: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
     """NetDissect IoU of every unit with every concept, over a whole (in-memory) dataset.
 
@@ -207,7 +210,8 @@ def _summarize(iou: np.ndarray, threshold: float, concept_cat: np.ndarray, n_cat
 
 @dataclasses.dataclass(frozen=True)
 class NetDissectSettings:
-    """NetDissect's two numbers (Bau et al. 2017), checked when made.
+    """NetDissect's two numbers (Bau et al. 2017), checked when made; the defaults are
+    ``lib.settings.NETDISSECT_QUANTILE`` and ``NETDISSECT_IOU_THRESHOLD``.
 
     Parameters
     ----------
@@ -223,8 +227,8 @@ class NetDissectSettings:
         If a number is outside its range.
     """
 
-    quantile: float = 0.005
-    iou_threshold: float = 0.04
+    quantile: float = NETDISSECT_QUANTILE
+    iou_threshold: float = NETDISSECT_IOU_THRESHOLD
 
     def __post_init__(self):
         _check_quantile(self.quantile)

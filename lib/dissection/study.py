@@ -21,7 +21,7 @@ from .. import zoo
 from ..cache import memo
 from ..config import cache_dir, check_choice, get_device
 from ..data import load_data
-from ..settings import SCALES, scale_settings
+from ..settings import NETDISSECT_IOU_THRESHOLD, NETDISSECT_QUANTILE, SCALES, scale_settings
 from ..models import features
 from .broden import IMAGENET_MEAN, IMAGENET_STD, BrodenDataset
 from .iou import dissect, iou_scores, quantile_thresholds
@@ -37,9 +37,11 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
                     pasted: bool = True, object_radius: float | None = None):
     """The concept dataset of Section 6 at ``scale``: ``(BrodenDataset, config dict)``.
 
-    ``paper``: the real Broden dataset at ``broden_dir`` (required), images resized to 224 and
-    normalised as for ImageNet. ``smoke``, ``cpu``, ``gpu``: :func:`make_concept_dataset` from ``n_images``
-    (default: the scale's ``dissection_images``) CIFAR-10 test images with their class labels, written
+    Where the scale's ``dissection.source`` is ``"imagenet"`` (``paper``): the real Broden
+    dataset at ``broden_dir`` (required), images resized to 224 and normalised as for ImageNet.
+    Where it is ``"cifar10"`` (``smoke``, ``cpu``, ``gpu``): :func:`make_concept_dataset` from
+    ``n_images`` (default: the scale's ``dissection.images``) CIFAR-10 test images with their
+    class labels, written
     once under ``cache_dir("broden")``. ``pasted=False`` leaves the images untouched: no pasted
     textures and shapes, only the concepts computed from the photographs themselves (per-pixel colour
     names and the image-level class). ``object_radius`` adds the ``object`` category: the image's
@@ -50,9 +52,9 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     scale : str
         A scale of :data:`lib.settings.SCALES` (``"smoke"``, ``"cpu"``, ``"gpu"``, ``"paper"``).
     broden_dir : str or os.PathLike, optional
-        The Broden dataset's folder (e.g. ``broden1_224``); required at ``paper`` scale.
+        The Broden dataset's folder (e.g. ``broden1_224``); required for the ``"imagenet"`` source.
     n_images : int, optional
-        Images of the offline dataset (default: the scale's ``dissection_images``).
+        Images of the offline dataset (default: the scale's ``dissection.images``).
     seed : int
         Seed of the image choice and the pasted concepts.
     data : lib.data.Dataset, optional
@@ -61,7 +63,7 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
         Paste textures and shapes into the images (True) or keep the photographs (False).
     object_radius : float, optional
         Radius in pixels of the ``object`` concept's central disc (None: no object category);
-        ignored at ``paper`` scale, where Broden has real object masks.
+        ignored for the ``"imagenet"`` source, where Broden has real object masks.
 
     Returns
     -------
@@ -73,17 +75,19 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     Raises
     ------
     ValueError
-        If ``scale`` is unknown, or ``broden_dir`` is not a folder at ``paper`` scale.
+        If ``scale`` is unknown, or ``broden_dir`` is not a folder for the ``"imagenet"`` source.
     """
 
     check_choice("scale", scale, SCALES)
-    if scale == "paper":
+    settings = scale_settings(scale).dissection
+    if settings.source == "imagenet":
         if broden_dir is None or not Path(broden_dir).is_dir():
-            raise ValueError(f"broden_dir must be the folder of the Broden dataset (e.g. broden1_224 from "
-                             f"NetDissect's script/dlbroden.sh) at scale 'paper', got {broden_dir!r}")
+            raise ValueError(f"broden_dir must be the folder of the Broden dataset (e.g. "
+                             f"broden1_224 from NetDissect's script/dlbroden.sh) at scale {scale!r}, "
+                             f"got {broden_dir!r}")
         ds = BrodenDataset(broden_dir, resolution=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         return ds, dict(broden_dir=str(Path(broden_dir).resolve()), n_images=len(ds), resolution=224)
-    n = scale_settings(scale).dissection_images if n_images is None else n_images
+    n = settings.images if n_images is None else n_images
     data = data or load_data()
     p = 0.5 if pasted else 0.0
     obj = "" if object_radius is None else f"-object{float(object_radius):g}"
@@ -98,7 +102,8 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
 
 
 def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: dict, alphas, n_rotations: int,
-                 seed: int = 0, quantile: float = 0.005, iou_threshold: float = 0.04, device=None) -> DissectionResult:
+                 seed: int = 0, quantile: float = NETDISSECT_QUANTILE,
+                 iou_threshold: float = NETDISSECT_IOU_THRESHOLD, device=None) -> DissectionResult:
     """:func:`lib.dissection.dissect`, cached with :func:`lib.cache.memo`.
 
     The cache key holds the model's ``net["key"]``, the layer, ``dataset_config``, the alphas, the
@@ -129,8 +134,9 @@ def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: 
     return DissectionResult.from_dict(d)
 
 
-def stage_scan(nets: dict, dataset: BrodenDataset, dataset_config: dict, seed: int = 0, quantile: float = 0.005,
-               iou_threshold: float = 0.04) -> dict:
+def stage_scan(nets: dict, dataset: BrodenDataset, dataset_config: dict, seed: int = 0,
+               quantile: float = NETDISSECT_QUANTILE,
+               iou_threshold: float = NETDISSECT_IOU_THRESHOLD) -> dict:
     """Dissection at alpha 0 (the unrotated basis) of every stage output (:func:`stage_outputs`).
 
     Parameters
@@ -168,7 +174,8 @@ def most_interpretable_stage(results) -> int:
     return int(np.argmax(fraction)) + 1
 
 
-def layer_iou(model: nn.Module, layer: str, dataset: BrodenDataset, quantile: float = 0.005, device=None,
+def layer_iou(model: nn.Module, layer: str, dataset: BrodenDataset,
+              quantile: float = NETDISSECT_QUANTILE, device=None,
               batch_size: int = 256) -> np.ndarray:
     """NetDissect IoU of a layer's units in their own basis, by :func:`lib.dissection.iou_scores`
     on the layer's activations over the whole dataset, held in memory (an independent path to the
@@ -230,7 +237,8 @@ def layers_agree(model: nn.Module, dataset: BrodenDataset, layers, n_images: int
 
 
 def unit_examples(model: nn.Module, layer: str, dataset: BrodenDataset, unit: int, concept: str,
-                  k: int = 6, quantile: float = 0.005, device=None, batch_size: int = 128) -> dict:
+                  k: int = 6, quantile: float = NETDISSECT_QUANTILE, device=None,
+                  batch_size: int = 128) -> dict:
     """The ``k`` images on which ``unit`` of ``layer`` is most active, with its thresholded map and the
     concept's mask, for figures.
 

@@ -5,10 +5,12 @@ either ``(n_samples, n_features)`` or conv features ``(n_samples, channels, heig
 a Python float. The conventions are the authors' (``pnnl/modelsym``, see implementation-notes.md,
 "Similarity measures"). The package, one module per concern:
 
-- ``lib.metrics.preprocessing``: the channel view of the inputs, per-channel normalisation, checks;
+- ``lib.metrics.preprocessing``: the channel view of the inputs, checks, what degenerate inputs do;
+- ``lib.metrics.normalization``: centring and per-channel normalisation (in float64);
 - ``lib.metrics.gram``: linear, RBF and max-kernel Gram matrices (the max kernel block by block);
-- ``lib.metrics.cka``: HSIC, CKA from Gram matrices, :func:`linear_cka`, :func:`rbf_cka`,
-  :func:`grelu_cka` (Definition 5.3), :func:`orthogonal_cka` and G_ReLU-CKA's memory estimates;
+- ``lib.metrics.hsic``: HSIC and CKA from Gram matrices (U-centred, summed in float64);
+- ``lib.metrics.cka``: :func:`linear_cka`, :func:`rbf_cka`, :func:`grelu_cka` (Definition 5.3),
+  :func:`orthogonal_cka` and G_ReLU-CKA's memory estimates;
 - ``lib.metrics.procrustes``: :func:`grelu_procrustes` (Definition 5.2), :func:`orthogonal_procrustes`;
 - ``lib.metrics.layers``: all layer pairs of two models (heatmaps, Table 2, layer identification).
 
@@ -16,13 +18,15 @@ The names below are the measures' documented home (``lib.metrics.<name>``); help
 measures (``lib.metrics.preprocessing.compute_device``, ``lib.metrics.gram.blocked_max_kernel``,
 ...) are public in their modules.
 """
-from .cka import (cka_from_grams, grelu_cka, grelu_cka_max_samples, grelu_cka_memory, hsic, linear_cka,
-                  orthogonal_cka, rbf_cka)
+from .cka import (grelu_cka, grelu_cka_max_samples, grelu_cka_memory, linear_cka, orthogonal_cka,
+                  rbf_cka)
 from .gram import linear_gram, max_kernel_gram, rbf_gram
+from .hsic import cka_from_grams, hsic, u_center
 from .layers import (CKA_MEASURES, MATRIX_MEASURES, MEASURE_NAMES, best_matches, cached_pair_similarities,
                      diagonal_summary, layer_features, model_pair_similarities, normalized_gram, same_layer_rate,
-                     similarity_matrices, u_center)
-from .preprocessing import center_features, flatten_features, normalize_channels, normalize_total, to_channels
+                     similarity_matrices)
+from .normalization import center_features, normalize_channels, normalize_total
+from .preprocessing import flatten_features, to_channels
 from .procrustes import grelu_procrustes, orthogonal_procrustes
 
 __all__ = [

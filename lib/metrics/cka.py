@@ -13,7 +13,13 @@ Every measure takes two feature arrays with the same number of samples (see
   normalize_channels(Y), debiased=True)``.
 - :func:`linear_cka` / :func:`rbf_cka`: CKA of Kornblith et al. 2019 (features centred per feature over
   samples, no per-channel scaling, biased HSIC unless ``debiased``); invariant to any orthogonal
-  transform of the flattened features and to isotropic scaling.
+  transform of the flattened features, to isotropic scaling and to translations.
+
+Every HSIC is computed as an inner product of centred Gram matrices
+(:func:`lib.metrics.hsic.u_center`), accumulated in float64, so float32 loses no more than the Gram
+matrices' own round-off; inputs for which a CKA is undefined raise
+:class:`~lib.metrics.preprocessing.DegenerateInputError` (the rule: "Degenerate inputs" in
+:mod:`lib.metrics.preprocessing`; the Gram-matrix test: :func:`lib.metrics.hsic.centered_norm_`).
 
 The max kernel is *not* positive semi-definite in general, contrary to Lemma 5.5: the points
 ``(1, 0), (0, 1), (1, 1)`` give the Gram matrix ``[[1, 0, 1], [0, 1, 1], [1, 1, 1]]`` whose
@@ -25,112 +31,18 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..config import check_choice
 from .gram import BLOCK_BYTES, block_plan, blocked_max_kernel, rbf_gram
-from .preprocessing import (DTYPES, center_features, check_finite, check_same_samples, compute_device,
-                            normalize_channel_major, rescaled)
+from .hsic import check_cka_samples, cka_inplace
+from .normalization import center_features, normalize_channel_major
+from .preprocessing import (DTYPES, STAGE_BYTES, DegenerateInputError, check_same_samples,
+                            compute_device)
+from .inputs import check_samples
 
-__all__ = ["hsic", "cka_from_grams", "linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka",
-           "grelu_cka_memory", "grelu_cka_max_samples"]
-
-
-# -- HSIC and CKA from Gram matrices ----------------------------------------------------------------
-
-def _gram(K, name) -> torch.Tensor:
-    t = K.detach() if isinstance(K, torch.Tensor) else torch.as_tensor(np.asarray(K))
-    if t.ndim != 2 or t.shape[0] != t.shape[1]:
-        raise ValueError(f"{name} must be a square (n_samples, n_samples) Gram matrix; got shape {tuple(t.shape)}")
-    t = t if t.dtype in DTYPES else t.to(torch.float64)
-    return check_finite(t, name)
-
-
-def _hsic(K: torch.Tensor, L: torch.Tensor, unbiased: bool) -> torch.Tensor:
-    """HSIC of symmetric Gram matrices without ``n x n`` temporaries (dot products and row sums only)."""
-    n = K.shape[0]
-    if unbiased:
-        # Song et al. / Nguyen et al. eq. 3 with the diagonals set to zero, which the authors do.
-        if n < 4:
-            raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
-        dk, dl = K.diagonal(), L.diagonal()
-        rk, rl = K.sum(dim=1) - dk, L.sum(dim=1) - dl
-        kl = torch.dot(K.reshape(-1), L.reshape(-1)) - torch.dot(dk, dl)
-        return (kl + rk.sum() * rl.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * torch.dot(rk, rl)) / (n * (n - 3))
-    if n < 2:
-        raise ValueError(f"HSIC needs at least 2 samples; got {n}")
-    rk, rl = K.sum(dim=1), L.sum(dim=1)
-    # tr(KHLH) with H = I - 11^T/n, expanded.
-    kl = torch.dot(K.reshape(-1), L.reshape(-1))
-    return (kl - 2 / n * torch.dot(rk, rl) + rk.sum() * rl.sum() / n**2) / (n - 1) ** 2
-
-
-def hsic(K, L, unbiased: bool = True) -> float:
-    """Hilbert-Schmidt independence criterion of two symmetric Gram matrices.
-
-    ``unbiased=True``: ``[tr(KL) + 1^T K 1 1^T L 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K L 1] / (n(n-3))`` with
-    zero diagonals (the diagonals of ``K`` and ``L`` are ignored); ``False``: the biased
-    ``tr(KHLH) / (n-1)^2`` with ``H = I - 11^T/n``.
-
-    Parameters
-    ----------
-    K, L : arrays or tensors
-        ``(n_samples, n_samples)`` each.
-    unbiased : bool
-        The unbiased estimator (needs ``n_samples >= 4``) or the biased one (``n_samples >= 2``).
-
-    Returns
-    -------
-    float
-        The estimate, in the product of the units of ``K`` and ``L``.
-    """
-    K, L = _gram(K, "K"), _gram(L, "L")
-    if K.shape != L.shape:
-        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and {tuple(L.shape)}")
-    return float(_hsic(K, L.to(device=K.device, dtype=K.dtype), unbiased))
-
-
-def _check_cka_samples(n: int, unbiased: bool) -> None:
-    """CKA from fewer samples is a number that says nothing about the features: raise instead."""
-    if unbiased and n < 4:
-        raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
-    if n < 3:
-        raise ValueError(f"CKA needs at least 3 samples (4 for the unbiased estimator); got {n}: with 2, every "
-                         f"centred Gram matrix is a multiple of [[1, -1], [-1, 1]] and CKA is 1 for any inputs")
-
-
-def _cka(K, L, unbiased, names=("X", "Y")) -> float:
-    _check_cka_samples(K.shape[0], unbiased)
-    hk, hl = float(_hsic(K, K, unbiased)), float(_hsic(L, L, unbiased))
-    for h, name in ((hk, names[0]), (hl, names[1])):
-        if not h > 0:
-            raise ValueError(f"{name} gives a degenerate Gram matrix (HSIC with itself = {h:.3g}), e.g. all its "
-                             f"samples coincide after preprocessing; CKA is undefined")
-    value = float(_hsic(K, L, unbiased)) / math.sqrt(hk * hl)
-    # Cauchy-Schwarz bounds the exact value; clip the round-off.
-    return min(1.0, max(-1.0, value))
-
-
-def cka_from_grams(K, L, unbiased: bool = True) -> float:
-    """CKA of two symmetric Gram matrices, ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``.
-
-    Parameters
-    ----------
-    K, L : arrays or tensors
-        ``(n_samples, n_samples)`` each.
-    unbiased : bool
-        HSIC estimator, see :func:`hsic`.
-
-    Returns
-    -------
-    float
-        In ``[-1, 1]``.
-    """
-    K, L = _gram(K, "K"), _gram(L, "L")
-    if K.shape != L.shape:
-        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and {tuple(L.shape)}")
-    return _cka(K, L.to(device=K.device, dtype=K.dtype), unbiased, names=("K", "L"))
+__all__ = ["linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_cka_memory",
+           "grelu_cka_max_samples"]
 
 
 # -- the measures -----------------------------------------------------------------------------------
@@ -154,20 +66,27 @@ def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None
     -------
     float
         In ``[0, 1]`` (biased) or ``[-1, 1]`` (debiased).
+
+    Raises
+    ------
+    DegenerateInputError
+        If ``X`` or ``Y`` is constant across samples, or its Gram matrix centres to zero
+        ("Degenerate inputs" in :mod:`lib.metrics.preprocessing`).
     """
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
-    x, y = (rescaled(center_features(A, dtype=dtype, device=dev, name=nm), inplace=True)
+    x, y = (center_features(A, dtype=dtype, device=dev, name=nm, rescale=True)
             for A, nm in ((X, "X"), (Y, "Y")))
     n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
-    _check_cka_samples(n, debiased)
+    check_cka_samples(n, debiased)
     if debiased or n * (dx + dy) <= dx * dy + dx * dx + dy * dy:
-        return _cka(x @ x.T, y @ y.T, unbiased=debiased)
-    xx, yy = torch.linalg.matrix_norm(x.T @ x), torch.linalg.matrix_norm(y.T @ y)
-    for v, name in ((xx, "X"), (yy, "Y")):
-        if float(v) == 0.0:
-            raise ValueError(f"{name} is constant across samples; CKA is undefined")
-    return min(1.0, float(torch.linalg.matrix_norm(y.T @ x) ** 2 / (xx * yy)))
+        return cka_inplace(x @ x.T, y @ y.T, unbiased=debiased)
+    # Centring makes a constant feature exactly zero (see center_features).
+    for v, name in ((x, "X"), (y, "Y")):
+        if not bool(v.any()):
+            raise DegenerateInputError(f"{name} is constant across samples; CKA is undefined")
+    xx, yy, yx = (torch.linalg.matrix_norm((a.T @ b).double()) for a, b in ((x, x), (y, y), (y, x)))
+    return min(1.0, float(yx ** 2 / (xx * yy)))
 
 
 def rbf_cka(X, Y, threshold: float = 1.0, debiased: bool = False, *, dtype=torch.float64, device=None) -> float:
@@ -188,10 +107,17 @@ def rbf_cka(X, Y, threshold: float = 1.0, debiased: bool = False, *, dtype=torch
     -------
     float
         In ``[-1, 1]``.
+
+    Raises
+    ------
+    DegenerateInputError
+        If at least half the sample pairs of ``X`` or ``Y`` coincide, or a Gram matrix centres to
+        zero ("Degenerate inputs" in :mod:`lib.metrics.preprocessing`).
     """
+    check_samples(X, Y, 4 if debiased else 3, "rbf_cka")
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
-    return _cka(rbf_gram(X, threshold, dtype=dtype, device=dev, name="X"),
+    return cka_inplace(rbf_gram(X, threshold, dtype=dtype, device=dev, name="X"),
                 rbf_gram(Y, threshold, dtype=dtype, device=dev, name="Y"), unbiased=debiased)
 
 
@@ -221,7 +147,15 @@ def grelu_cka(X, Y, zero_channels: str = "raise", *, block_size: int | None = No
     -------
     float
         In ``[-1, 1]``.
+
+    Raises
+    ------
+    DegenerateInputError
+        For constant channels (unless ``zero_channels="keep"``) and Gram matrices that U-centre to
+        zero ("Degenerate inputs" in :mod:`lib.metrics.preprocessing`), e.g. ``X = [[-2], [1], [-2],
+        [-2], [-2], [-2]]``.
     """
+    check_samples(X, Y, 4, "grelu_cka")
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
     grams = []
@@ -229,7 +163,7 @@ def grelu_cka(X, Y, zero_channels: str = "raise", *, block_size: int | None = No
         z = normalize_channel_major(A, True, zero_channels, dtype, dev, name)
         grams.append(blocked_max_kernel(z, block_size, memory_budget))
         del z
-    return _cka(*grams, unbiased=True)
+    return cka_inplace(*grams, unbiased=True)
 
 
 def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, device=None) -> float:
@@ -249,7 +183,13 @@ def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, d
     -------
     float
         In ``[-1, 1]``.
+
+    Raises
+    ------
+    DegenerateInputError
+        As for :func:`grelu_cka`.
     """
+    check_samples(X, Y, 4, "orthogonal_cka")
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
     grams = []
@@ -258,7 +198,7 @@ def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, d
         f = z.permute(1, 0, 2).reshape(z.shape[1], -1)
         grams.append(f @ f.T)
         del z, f
-    return _cka(*grams, unbiased=True)
+    return cka_inplace(*grams, unbiased=True)
 
 
 # -- memory -----------------------------------------------------------------------------------------
@@ -269,8 +209,9 @@ def grelu_cka_memory(n_samples: int, x_shape, y_shape=None, *, dtype=torch.float
 
     Peak = the first Gram matrix, the second and the channel-major copy of ``Y`` (or the copy of ``X``
     before that), plus block temporaries counted twice, because the allocator keeps those of the first
-    Gram matrix. The BLAS library adds a few tens of MiB on top (``benchmarks/metrics_speed.py``
-    compares this estimate with a measured peak).
+    Gram matrix, plus in float32 two float64 chunks of :data:`lib.metrics.preprocessing.STAGE_BYTES`
+    (centring, sums). The BLAS library adds a few tens of MiB on top
+    (``benchmarks/metrics_speed.py`` compares this estimate with a measured peak).
 
     Parameters
     ----------
@@ -295,7 +236,10 @@ def grelu_cka_memory(n_samples: int, x_shape, y_shape=None, *, dtype=torch.float
     block, _ = block_plan(n_samples, 1, size, dev, None, memory_budget)
     budget = memory_budget or BLOCK_BYTES["cuda" if dev.type == "cuda" else "cpu"]
     gram = n_samples * n_samples * size
-    return int(max(gram + n_samples * mx * size, 2 * gram + n_samples * my * size) + 2 * (budget + 2 * block**2 * size))
+    # float32 stages its centring and sums in float64 chunks, at most two of STAGE_BYTES at once.
+    staging = 2 * STAGE_BYTES if dtype == torch.float32 else 0
+    return int(max(gram + n_samples * mx * size, 2 * gram + n_samples * my * size)
+               + 2 * (budget + 2 * block**2 * size) + staging)
 
 
 def grelu_cka_max_samples(total_bytes: float, x_shape, y_shape=None, **kw) -> int:

@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from .preprocessing import channel_major, flatten_features, rescaled
+from .normalization import center_features
+from .preprocessing import DegenerateInputError, channel_major, flatten_features
 
 __all__ = ["BLOCK_BYTES", "BLOCK_ROWS", "linear_gram", "rbf_gram", "block_plan", "blocked_max_kernel",
            "max_kernel_gram"]
@@ -78,19 +79,32 @@ def rbf_gram(X, threshold: float = 1.0, **kw) -> torch.Tensor:
     Raises
     ------
     ValueError
-        If ``threshold`` is not a positive number, or at least half the sample pairs coincide.
+        If ``threshold`` is not a positive number.
+    DegenerateInputError
+        If at least half the sample pairs coincide to the working precision (a squared distance
+        at most ``4 sqrt(n_features) eps (|x_i - m|^2 + |x_j - m|^2)``, ``m`` the mean sample and
+        ``eps`` that of ``dtype``, counts as zero).
     """
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold must be a positive number; got {threshold!r}")
-    f = rescaled(flatten_features(X, **kw))
+    # Distances do not depend on a translation, but their expansion |a|^2 + |b|^2 - 2<a, b> cancels
+    # as much of it as the features' offset exceeds their spread: centre (in float64) first.
+    f = center_features(X, rescale=True, **kw)
     g = f @ f.T
     sq = g.diagonal().clone()
     d = g.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0)
-    d.fill_diagonal_(0)
+    # A squared distance within the typical round-off of its expansion, 4 sqrt(n_features) eps
+    # times the pair's squared norms, is zero: coinciding samples count as such (the rule of
+    # "Degenerate inputs" in lib.metrics.preprocessing).
+    tol = (4 * math.sqrt(f.shape[1]) * torch.finfo(d.dtype).eps) * (sq[:, None] + sq[None, :])
+    d.masked_fill_(d <= tol, 0.0)
+    del tol
     med = float(_median(d))
     if med == 0.0:
-        raise ValueError("the median squared distance between samples is zero (at least half the sample "
-                         "pairs coincide); the RBF bandwidth is undefined")
+        raise DegenerateInputError(
+            f"the median squared distance between samples is zero to {d.dtype} precision in "
+            f"{kw.get('name', 'X')} (at least half the sample pairs coincide); the RBF bandwidth "
+            f"is undefined")
     return d.mul_(-1.0 / (2 * threshold ** 2 * med)).exp_()
 
 

@@ -3,9 +3,10 @@ identification of Section 5).
 
 :func:`layer_features` takes each model's hidden features once; :func:`similarity_matrices` compares all
 layer pairs for several measures, computing each layer's CKA Gram matrix once (:func:`normalized_gram`,
-U-centred with :func:`u_center`); :func:`model_pair_similarities` does it all for two models and
-:func:`cached_pair_similarities` caches that on disk. :func:`best_matches`,
-:func:`same_layer_rate` and :func:`diagonal_summary` read the paper's observations off a matrix.
+U-centred with :func:`lib.metrics.u_center`); :func:`model_pair_similarities` does it all for two
+models and :func:`cached_pair_similarities` caches that on disk, keyed on the weights and images.
+:func:`best_matches`, :func:`same_layer_rate` and :func:`diagonal_summary` read the paper's
+observations off a matrix.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from ..config import check_choice
 from ..models import feature_chunks
 from ..cache import fingerprint, memo, tensor_digest
 from .gram import blocked_max_kernel
-from .preprocessing import (center_features, check_same_samples, compute_device, normalize_channel_major,
-                            rescaled, shape_of)
+from .hsic import centered_norm_, sum_products
+from .normalization import center_features, normalize_channel_major
+from .preprocessing import check_same_samples, compute_device, shape_of
 from .procrustes import grelu_procrustes, orthogonal_procrustes
 
-__all__ = ["MATRIX_MEASURES", "CKA_MEASURES", "PAIR_MODES", "MEASURE_NAMES", "layer_features", "u_center",
+__all__ = ["MATRIX_MEASURES", "CKA_MEASURES", "PAIR_MODES", "MEASURE_NAMES", "layer_features",
            "normalized_gram", "similarity_matrices", "model_pair_similarities", "cached_pair_similarities",
            "best_matches", "same_layer_rate", "diagonal_summary"]
 
@@ -75,37 +77,6 @@ def layer_features(model: torch.nn.Module, x: torch.Tensor, layers=None, *, dtyp
     return out
 
 
-def u_center(K: torch.Tensor) -> torch.Tensor:
-    """The "U-centred" Gram matrix of Székely and Rizzo, computed in place.
-
-    Off the diagonal ``K_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2))`` with ``r`` the row sums and ``s``
-    the total of ``K`` with its diagonal zeroed; zero on the diagonal. The unbiased HSIC of
-    :func:`lib.metrics.hsic` is ``<u_center(K), u_center(L)> / (n (n-3))``, so a CKA is the cosine of
-    U-centred Gram matrices: each layer's Gram matrix is centred and normalised once and then reused
-    for every layer it is compared with.
-
-    Parameters
-    ----------
-    K : torch.Tensor
-        A symmetric ``(n_samples, n_samples)`` Gram matrix, ``n_samples >= 4``; overwritten.
-
-    Returns
-    -------
-    torch.Tensor
-        ``K`` itself, U-centred.
-    """
-    n = K.shape[0]
-    if n < 4:
-        raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
-    K.fill_diagonal_(0)
-    r = K.sum(dim=1)
-    K -= r[:, None] / (n - 2)
-    K -= r[None, :] / (n - 2)
-    K += r.sum() / ((n - 1) * (n - 2))
-    K.fill_diagonal_(0)
-    return K
-
-
 def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size: int | None = None,
                     memory_budget: float | None = None, dtype=torch.float32, device=None,
                     name: str = "X") -> torch.Tensor:
@@ -133,12 +104,17 @@ def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size:
     -------
     torch.Tensor
         ``(n_samples, n_samples)`` of unit Frobenius norm.
+
+    Raises
+    ------
+    DegenerateInputError
+        As :func:`lib.metrics.hsic.centered_norm_` and :func:`lib.metrics.normalize_channels` say.
     """
     check_choice("measure", measure, CKA_MEASURES)
     dev = compute_device(X, device=device)
     if measure == "linear_cka":
-        # Centred features give an already doubly centred Gram matrix: the biased HSIC is <K, L>.
-        f = rescaled(center_features(X, dtype=dtype, device=dev, name=name), inplace=True)
+        # Centred features give a doubly centred Gram matrix (centred again below, to round-off).
+        f = center_features(X, dtype=dtype, device=dev, name=name, rescale=True)
         K = f @ f.T
     else:
         z = normalize_channel_major(X, True, zero_channels, dtype, dev, name)
@@ -148,12 +124,9 @@ def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size:
             f = z.permute(1, 0, 2).reshape(z.shape[1], -1)
             K = f @ f.T
         del z
-        K = u_center(K)
-    norm = float(torch.linalg.vector_norm(K))
-    if not norm > 0:
-        raise ValueError(f"{name} gives a degenerate Gram matrix (all samples coincide after preprocessing); "
-                         f"CKA is undefined")
-    return K.div_(norm)
+    if measure != "linear_cka" and K.shape[0] < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {K.shape[0]}")
+    return K.div_(centered_norm_(K, unbiased=measure != "linear_cka", name=name))
 
 
 def _check_layers(feats_a: dict, feats_b: dict, pairs: str) -> None:
@@ -194,8 +167,8 @@ def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "or
     block_size, memory_budget
         See ``lib.metrics.gram.block_plan``.
     dtype : torch.dtype
-        Computation type (``float32`` by default: the CKAs and Procrustes values agree with ``float64``
-        to about 1e-5 on real features, at half the time and memory).
+        Computation type (``float32`` by default: every measure agreed with ``float64`` to 2e-7 on
+        the activations of ``benchmarks/metrics_float32.py``, in half the time and memory or less).
     device : str or torch.device, optional
         See ``lib.metrics.preprocessing.compute_device``.
 
@@ -226,7 +199,7 @@ def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "or
                 L = normalized_gram(feats_b[b], m, name=f"feats_b[{b!r}]", **gram_kw)
                 for i, K in enumerate(grams_a):
                     if wanted[i, j]:
-                        S[i, j] = min(1.0, max(-1.0, float(torch.dot(K.reshape(-1), L.to(K).reshape(-1)))))
+                        S[i, j] = min(1.0, max(-1.0, sum_products(K, L.to(K))))
                 del L
             del grams_a
         else:

@@ -1,4 +1,4 @@
-"""Inputs of the similarity measures (:mod:`lib.metrics`): the channel view and per-channel preprocessing.
+"""Inputs of the similarity measures (:mod:`lib.metrics`): channel view, checks, degenerate inputs.
 
 Every measure takes feature arrays (numpy or torch, any device), either ``(n_samples, n_features)`` or
 conv features ``(n_samples, channels, height, width)`` (also ``(n_samples, channels, positions)``).
@@ -7,11 +7,31 @@ positions)``; flattened ``(n_samples, channels * positions)`` features are a res
 happens on the input's device (numpy: CPU; a CUDA tensor among the inputs: that device; or ``device=``,
 see :func:`compute_device`), in ``dtype`` (float64 by default).
 
-:func:`normalize_channels` is the authors' per-channel centring and scaling (G_ReLU-CKA,
-G_ReLU-Procrustes, orthogonal CKA) and :func:`normalize_channel_major` the same in the layout of the
-per-channel products; :func:`normalize_total` is the whole-tensor scaling of orthogonal Procrustes. The
-input checks (:func:`check_same_samples`, :func:`check_finite`) and the exact power-of-two rescaling of
-extreme inputs (:func:`rescaled`) are shared by every measure of the package.
+The input checks (:func:`check_same_samples`, :func:`check_finite`), the exact power-of-two
+rescaling of extreme inputs (:func:`rescaled`, :func:`power_of_two_scale`) and the rule for
+degenerate inputs (below) are shared by every measure of the package; the centring and
+per-channel normalisation are in :mod:`lib.metrics.normalization`.
+
+Degenerate inputs
+-----------------
+This is the one rule every measure of :mod:`lib.metrics` follows, in float32 and float64 alike: an
+input for which a measure is undefined raises :class:`DegenerateInputError` (a ``ValueError``) that
+names the argument and the reason; no measure returns a value for it, and none warns instead. The
+cases:
+
+- a channel constant over (samples, positions) (or zero, for the measures that do not centre):
+  raised unless ``zero_channels="keep"``, which leaves it at zero; the test is exact (its largest
+  value equals its smallest), so a channel with a large offset is never mistaken for a constant one;
+- every channel constant (or zero), or every feature constant across samples (linear and RBF CKA);
+- a Gram matrix whose centred (or U-centred) part vanishes to the working precision,
+  ``||K~||_F^2 <= eps * ||K||_F^2`` (:data:`DEGENERATE_RTOL` times the machine epsilon of the Gram's
+  type, ``K`` with its diagonal zeroed for the unbiased estimator): HSIC(X, X) is then zero
+  or round-off, and CKA is 0/0. Example: ``X = [[-2], [1], [-2], [-2], [-2], [-2]]``, whose max and
+  linear kernels U-centre to exactly zero; any affine image of it likewise;
+- RBF kernels whose median squared distance vanishes to the working precision (at least half the
+  sample pairs coincide);
+- an identically zero input of orthogonal Procrustes;
+- fewer samples than the estimator needs (a plain ``ValueError``).
 """
 from __future__ import annotations
 
@@ -22,9 +42,9 @@ import torch
 
 from ..config import check_choice, get_device
 
-__all__ = ["DTYPES", "ZERO_CHANNELS", "compute_device", "shape_of", "check_same_samples", "check_finite",
-           "rescaled", "to_channels", "flatten_features", "center_features", "channel_major",
-           "normalize_channel_major", "normalize_channels", "normalize_total"]
+__all__ = ["DTYPES", "ZERO_CHANNELS", "STAGE_BYTES", "DEGENERATE_RTOL", "DegenerateInputError",
+           "compute_device", "shape_of", "check_same_samples", "channel_view", "check_finite",
+           "power_of_two_scale", "rescaled", "to_channels", "flatten_features", "channel_major"]
 
 #: Computation types every measure accepts (``dtype=``); float64 is the default.
 DTYPES = (torch.float64, torch.float32)
@@ -32,6 +52,19 @@ DTYPES = (torch.float64, torch.float32)
 #: What per-channel normalisation does with a channel of zero norm, either ``"raise"`` a ``ValueError``
 #: or ``"keep"`` it at zero (the authors' behaviour, e.g. for dead ReLU channels).
 ZERO_CHANNELS = ("raise", "keep")
+
+#: Bytes of float64 temporaries that centring and normalisation use at a time (one chunk of channels
+#: or features); the float64 sums of ``lib.metrics.hsic`` use as much per block of rows.
+STAGE_BYTES = 32 * 2**20
+
+#: A (U-)centred Gram matrix counts as zero when its squared norm is at most this many machine
+#: epsilons of the Gram's type times the squared norm of the Gram matrix (see "Degenerate inputs").
+DEGENERATE_RTOL = 1.0
+
+
+class DegenerateInputError(ValueError):
+    """An input for which a measure is undefined (see "Degenerate inputs" in
+    :mod:`lib.metrics.preprocessing`): the message names the argument and the reason."""
 
 
 def compute_device(*arrays, device=None) -> torch.device:
@@ -92,8 +125,27 @@ def check_same_samples(X, Y) -> None:
         raise ValueError(f"X and Y must have the same number of samples; got {nx} and {ny}")
 
 
-def _raw(X, name: str) -> torch.Tensor:
-    """``X`` as a torch tensor in the channel view ``(n, c, p)``, not yet converted (no copy for numpy)."""
+def channel_view(X, name: str = "X") -> torch.Tensor:
+    """``X`` as a torch tensor in the channel view, not converted (no copy for numpy or torch).
+
+    Parameters
+    ----------
+    X : array or tensor
+        ``(n_samples, n_features)``, ``(n_samples, channels, positions)`` or ``(n_samples, channels,
+        height, width)``, any real type.
+    name : str
+        The argument's name, for error messages.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_samples, channels, positions)`` in ``X``'s own type and on its device.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` has another number of dimensions, is empty, complex or boolean.
+    """
     t = X.detach() if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
     if t.ndim not in (2, 3, 4):
         raise ValueError(f"{name} must have shape (n_samples, n_features) or (n_samples, channels, height, "
@@ -138,10 +190,22 @@ def check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
 _SAFE_MAGNITUDE = (2.0 ** -10, 2.0 ** 10)
 
 
-def _safe_scale(t: torch.Tensor, dim=None) -> torch.Tensor:
-    """Power-of-two factors (one, or one per index of ``t`` outside ``dim``) that bring the largest
-    magnitude of ``t`` (over ``dim``; over all of ``t`` if None) into ``[0.5, 1)``; 1 where it is
-    already within ``_SAFE_MAGNITUDE`` or zero."""
+def power_of_two_scale(t: torch.Tensor, dim=None) -> torch.Tensor:
+    """Power-of-two factors that bring the largest magnitude of ``t`` into ``[0.5, 1)``.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Any shape, floating type.
+    dim : int or tuple of int, optional
+        The dimensions to take the largest magnitude over (None: all of ``t``, one factor).
+
+    Returns
+    -------
+    torch.Tensor
+        One factor per index of ``t`` outside ``dim`` (a scalar for None), in ``t``'s type: 1 where
+        the largest magnitude is zero or already within ``[2^-10, 2^10]``.
+    """
     hi = t.amax() if dim is None else t.amax(dim=dim)
     lo = t.amin() if dim is None else t.amin(dim=dim)
     m = torch.maximum(hi.abs(), lo.abs())
@@ -171,7 +235,7 @@ def rescaled(t: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         Same shape as ``t``; ``t`` itself when it is zero or its largest magnitude already lies in
         ``[2^-10, 2^10]`` (the common case: no copy, bit-identical results).
     """
-    factor = _safe_scale(t)
+    factor = power_of_two_scale(t)
     if float(factor) == 1.0:
         return t
     return t.mul_(factor) if inplace else t * factor
@@ -203,7 +267,7 @@ def to_channels(X, *, dtype=torch.float64, device=None, name: str = "X") -> torc
         If ``X`` has another number of dimensions, is empty, complex, boolean or not finite.
     """
     check_choice("dtype", dtype, DTYPES)
-    t = _raw(X, name)
+    t = channel_view(X, name)
     return check_finite(t.to(device=compute_device(X, device=device), dtype=dtype), name)
 
 
@@ -226,25 +290,6 @@ def flatten_features(X, **kw) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def center_features(X, **kw) -> torch.Tensor:
-    """Flattened features minus their mean over samples.
-
-    Parameters
-    ----------
-    X : array or tensor
-        See :func:`to_channels`.
-    **kw
-        ``dtype``, ``device``, ``name`` for :func:`to_channels`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n_samples, channels * positions)``, a new tensor whose every column has mean zero.
-    """
-    t = flatten_features(X, **kw)
-    return t - t.mean(dim=0, keepdim=True)
-
-
 def channel_major(X, dtype=torch.float64, device=None, name: str = "X") -> torch.Tensor:
     """A fresh contiguous channel-major copy of ``X``: the layout of the per-channel products.
 
@@ -261,116 +306,9 @@ def channel_major(X, dtype=torch.float64, device=None, name: str = "X") -> torch
         ``(channels, n_samples, positions)`` in ``dtype``; never shares memory with ``X``.
     """
     check_choice("dtype", dtype, DTYPES)
-    t = _raw(X, name)
+    t = channel_view(X, name)
     z = torch.empty((t.shape[1], t.shape[0], t.shape[2]), dtype=dtype, device=compute_device(X, device=device))
     z.copy_(t.permute(1, 0, 2))
     return check_finite(z, name)
 
 
-def normalize_channel_major(X, center: bool = True, zero_channels: str = "raise", dtype=torch.float64,
-                            device=None, name: str = "X") -> torch.Tensor:
-    """:func:`normalize_channels` in the channel-major layout of :func:`channel_major`.
-
-    The max kernel (``lib.metrics.gram.blocked_max_kernel``) and the linear kernel of the
-    channel-normalised CKAs start from this layout, which spares a second copy of the features.
-
-    Parameters
-    ----------
-    X : array or tensor
-        See :func:`to_channels`.
-    center, zero_channels
-        As for :func:`normalize_channels`.
-    dtype, device, name
-        As for :func:`to_channels`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(channels, n_samples, positions)``, each channel of unit Frobenius norm (or zero, with
-        ``zero_channels="keep"``).
-
-    Raises
-    ------
-    ValueError
-        If every channel has zero norm, or one does and ``zero_channels="raise"``.
-    """
-    check_choice("zero_channels", zero_channels, ZERO_CHANNELS)
-    z = channel_major(X, dtype, device, name)
-    factor = _safe_scale(z, dim=(1, 2))
-    if bool((factor != 1).any()):
-        z.mul_(factor[:, None, None])
-    before = torch.linalg.vector_norm(z, dim=(1, 2))
-    if center:
-        z -= z.mean(dim=(1, 2), keepdim=True)
-    norms = torch.linalg.vector_norm(z, dim=(1, 2))
-    # A channel constant over samples and positions leaves only round-off after centring.
-    zero = norms <= 1e3 * torch.finfo(dtype).eps * before
-    if bool(zero.all()):
-        raise ValueError(f"every channel of {name} is {'constant' if center else 'zero'}; the measure is undefined")
-    if bool(zero.any()):
-        idx = torch.nonzero(zero).flatten().tolist()
-        if zero_channels == "raise":
-            raise ValueError(
-                f"{name} has {len(idx)} channel(s) with zero norm{' after centring' if center else ''} "
-                f"(e.g. channel {idx[0]}), so per-channel normalisation is undefined; pass "
-                f"zero_channels='keep' to leave them at zero as the authors' code does")
-        z[zero] = 0.0
-    z /= torch.where(zero, torch.ones_like(norms), norms)[:, None, None]
-    return z
-
-
-def normalize_channels(X, center: bool = True, zero_channels: str = "raise", *, dtype=torch.float64,
-                       device=None, name: str = "X") -> torch.Tensor:
-    """Each channel (optionally centred, then) scaled to unit norm over (samples, positions).
-
-    Parameters
-    ----------
-    X : array or tensor
-        See :func:`to_channels`.
-    center : bool
-        Subtract each channel's mean over (samples, positions) first (G_ReLU-CKA: yes;
-        G_ReLU-Procrustes: no).
-    zero_channels : str
-        ``"raise"`` (a channel with zero norm is a ``ValueError``) or ``"keep"`` (it stays zero and
-        contributes nothing, as in the authors' code; dead ReLU channels do this).
-    dtype, device, name
-        As for :func:`to_channels`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n_samples, channels, positions)`` (a view of a channel-major copy).
-
-    Raises
-    ------
-    ValueError
-        If every channel has zero norm, or one does and ``zero_channels="raise"``.
-    """
-    return normalize_channel_major(X, center, zero_channels, dtype, device, name).permute(1, 0, 2)
-
-
-def normalize_total(X, *, dtype=torch.float64, device=None, name: str = "X") -> torch.Tensor:
-    """Features scaled to unit Frobenius norm as a whole, without centring (orthogonal Procrustes).
-
-    Parameters
-    ----------
-    X : array or tensor
-        See :func:`to_channels`.
-    dtype, device, name
-        As for :func:`to_channels`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n_samples, channels, positions)`` of unit Frobenius norm.
-
-    Raises
-    ------
-    ValueError
-        If ``X`` is identically zero.
-    """
-    t = rescaled(to_channels(X, dtype=dtype, device=device, name=name))
-    norm = torch.linalg.vector_norm(t)
-    if float(norm) == 0.0:
-        raise ValueError(f"{name} is identically zero; the measure is undefined")
-    return t / norm

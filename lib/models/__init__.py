@@ -7,15 +7,16 @@ Section 6): which parameter axes each hidden layer's intertwiner-group element a
 with :func:`split`.
 
 Modules: ``spec`` (sites, specs and the small helpers that write them), ``myrtle``, ``resnet``,
-``mlp``, ``convnext`` (one architecture each: blocks, builder, spec factory, cut) and ``registry``
-(:data:`ARCHITECTURES` and the functions that work on any model).
+``mlp``, ``convnext`` (one architecture each: blocks, builder, spec factory, cut), ``registry``
+(:data:`ARCHITECTURES` and the functions that work on any model) and ``features`` (hidden features of
+any model, streamed over images in chunks).
 """
 from .convnext import ConvNeXt20, ConvNeXtBlock, ConvNeXtCIFAR, LayerNorm2d, convnext20, convnext_cifar
 from .mlp import mlp, mlp_spec
 from .myrtle import myrtle_cnn, myrtle_spec
-from .registry import (ARCHITECTURES, SPEC_ARCHITECTURES, Architecture, build, empty_rows,
-                       feature_chunks, features, forward_from, hidden_layers, layer_info,
-                       residual_outputs, split, symmetry_spec)
+from .features import empty_rows, feature_chunks, features
+from .registry import (ARCHITECTURES, SPEC_ARCHITECTURES, Architecture, build, check_image_size,
+                       forward_from, hidden_layers, layer_info, residual_outputs, split, symmetry_spec)
 from .resnet import BasicBlock, PadShortcut, ResNet, resnet20, resnet_spec
 from .spec import Site, SymmetrySpec
 
@@ -23,7 +24,7 @@ __all__ = [
     "Site", "SymmetrySpec", "myrtle_spec", "resnet_spec", "mlp_spec",
     "myrtle_cnn", "resnet20", "mlp", "convnext_cifar", "convnext20",
     "ResNet", "BasicBlock", "PadShortcut", "ConvNeXtCIFAR", "ConvNeXt20", "ConvNeXtBlock", "LayerNorm2d",
-    "Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "split", "symmetry_spec",
-    "hidden_layers", "layer_info", "feature_chunks", "features", "empty_rows", "forward_from",
-    "residual_outputs",
+    "Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "check_image_size", "split",
+    "symmetry_spec", "hidden_layers", "layer_info", "feature_chunks", "features", "empty_rows",
+    "forward_from", "residual_outputs",
 ]

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import check_choice
 from ..activations import Activation
+from .spec import check_memory, check_width
 
 __all__ = ["convnext_cifar", "convnext20", "ConvNeXtBlock", "ConvNeXtCIFAR", "ConvNeXt20", "LayerNorm2d",
            "ConvNeXtFront", "ConvNeXtBack", "split_convnext"]
@@ -179,19 +180,28 @@ def convnext_cifar(width: float = 1.0, depths=(2, 2, 2), num_classes: int = 10,
     -------
     ConvNeXtCIFAR
         With ``arch``; no symmetry spec (:func:`lib.models.symmetry_spec` raises).
+
+    Raises
+    ------
+    ValueError
+        For a width that is not a finite number > 0 (``lib.models.spec.check_width``) or whose
+        parameters would not fit in memory (``lib.models.spec.check_memory``), and for bad
+        ``depths``, ``kernel_size`` or ``norm``.
     """
     depths = tuple(int(d) for d in depths)
     if not depths or min(depths) < 1:
         raise ValueError(f"depths must be a non-empty sequence of positive ints, got {depths!r}")
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width!r}")
+    check_width(width)
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
     check_choice("norm", norm, ("layer", "batch"))
     dims = [max(1, round(32 * width * 2**k)) for k in range(len(depths))]
+    arch = dict(arch="convnext_cifar", width=width, depths=depths, num_classes=num_classes,
+                layer_scale=layer_scale, kernel_size=kernel_size, norm=norm)
+    check_memory(lambda: ConvNeXtCIFAR(dims, depths, num_classes, layer_scale, kernel_size, norm),
+                 "width", width, arch)
     model = ConvNeXtCIFAR(dims, depths, num_classes, layer_scale, kernel_size, norm)
-    model.arch = dict(arch="convnext_cifar", width=width, depths=depths, num_classes=num_classes,
-                      layer_scale=layer_scale, kernel_size=kernel_size, norm=norm)
+    model.arch = arch
     return model
 
 
@@ -258,15 +268,18 @@ def convnext20(width: float = 1.0, depth: int = 3, num_classes: int = 10) -> Con
     Raises
     ------
     ValueError
-        If ``width`` is not positive or ``depth`` not a positive int.
+        If ``width`` is not a finite number > 0 (``lib.models.spec.check_width``) or its
+        parameters would not fit in memory (``lib.models.spec.check_memory``), or ``depth`` is not
+        a positive int.
     """
-    if not width > 0:
-        raise ValueError(f"width must be positive, got {width!r}")
+    check_width(width)
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be a positive int, got {depth!r}")
     dims = [max(1, round(16 * width * 2**k)) for k in range(3)]
+    arch = dict(arch="convnext20", width=width, depth=depth, num_classes=num_classes)
+    check_memory(lambda: ConvNeXt20(dims, depth, num_classes), "width", width, arch)
     model = ConvNeXt20(dims, depth, num_classes)
-    model.arch = dict(arch="convnext20", width=width, depth=depth, num_classes=num_classes)
+    model.arch = arch
     return model
 
 

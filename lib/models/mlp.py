@@ -1,12 +1,13 @@
 """A fully connected network, Section 3's ``f = l_k o ... o l_1``, and its symmetry spec."""
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 
 from torch import nn
 
 from ..activations import Activation
-from .spec import SymmetrySpec, Site, activation_params, bias_axes, dense_axes
+from .spec import SymmetrySpec, Site, activation_params, bias_axes, check_memory, dense_axes
 
 __all__ = ["mlp", "mlp_spec"]
 
@@ -61,16 +62,31 @@ def mlp(sizes=(8, 16, 16, 4), activation: str = "relu", negative_slope: float = 
     nn.Sequential
         ``fc1, act1, fc2, ..., fc{k}``: inputs ``(N, sizes[0])``, outputs ``(N, sizes[-1])``; with
         ``symmetry_spec`` (:func:`mlp_spec`) and ``arch``.
+
+    Raises
+    ------
+    ValueError
+        For ``sizes`` that are not at least 2 positive integers or whose parameters would not fit in
+        memory (``lib.models.spec.check_memory``), or a ``negative_slope`` that is not finite.
     """
+    ok = all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in sizes)
+    if not (ok and len(sizes) >= 2):
+        raise ValueError(f"sizes must be a sequence of at least 2 integers >= 1 (units per layer, "
+                         f"input first, output last); got {sizes!r}")
     params = activation_params(activation, negative_slope)
     if activation == "polynomial":
         params = {"degree": degree or 2}
-    mods: OrderedDict = OrderedDict()
-    for i in range(1, len(sizes)):
-        mods[f"fc{i}"] = nn.Linear(sizes[i - 1], sizes[i])
-        if i < len(sizes) - 1:
-            mods[f"act{i}"] = Activation(activation, **params)
-    model = nn.Sequential(mods)
+
+    def make() -> nn.Sequential:
+        mods: OrderedDict = OrderedDict()
+        for i in range(1, len(sizes)):
+            mods[f"fc{i}"] = nn.Linear(sizes[i - 1], sizes[i])
+            if i < len(sizes) - 1:
+                mods[f"act{i}"] = Activation(activation, **params)
+        return nn.Sequential(mods)
+    arch = dict(arch="mlp", sizes=tuple(sizes), activation=activation, **params)
+    check_memory(make, "sizes", tuple(sizes), arch)
+    model = make()
     model.symmetry_spec = mlp_spec(sizes, activation, params)
-    model.arch = dict(arch="mlp", sizes=tuple(sizes), activation=activation, **params)
+    model.arch = arch
     return model

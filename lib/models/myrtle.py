@@ -6,7 +6,8 @@ from collections import OrderedDict
 from torch import nn
 
 from ..activations import Activation
-from .spec import SymmetrySpec, Site, activation_params, bias_axes, check_width, conv_axes, dense_axes, norm_axes
+from .spec import (SymmetrySpec, Site, activation_params, bias_axes, check_memory, check_width,
+                   conv_axes, dense_axes, norm_axes)
 
 __all__ = ["myrtle_cnn", "myrtle_spec"]
 
@@ -88,19 +89,30 @@ def myrtle_cnn(width: float = 1.0, batchnorm: bool = True, activation: str = "re
     nn.Sequential
         Inputs ``(N, in_channels, 32, 32)``, outputs ``(N, num_classes)``; with ``symmetry_spec``
         (:func:`myrtle_spec`) and ``arch`` (the dict that :func:`lib.models.build` rebuilds it from).
+
+    Raises
+    ------
+    ValueError
+        For a width that is not a finite number > 0 or whose parameters would not fit in memory
+        (``lib.models.spec.check_memory``), or a ``negative_slope`` that is not finite.
     """
     check_width(width)
     c = max(1, round(64 * width))
     chans = [in_channels, c, 2 * c, 4 * c, 8 * c]
     params = activation_params(activation, negative_slope)
-    mods: OrderedDict = OrderedDict()
-    for i in range(1, 5):
-        mods.update(_conv_stage(i, chans[i - 1], chans[i], batchnorm, activation, params))
-    mods["pool"] = nn.MaxPool2d(4)
-    mods["flatten"] = nn.Flatten()          # (N, 8c, 1, 1) -> (N, 8c)
-    mods["fc"] = nn.Linear(8 * c, num_classes)
-    model = nn.Sequential(mods)
+
+    def make() -> nn.Sequential:
+        mods: OrderedDict = OrderedDict()
+        for i in range(1, 5):
+            mods.update(_conv_stage(i, chans[i - 1], chans[i], batchnorm, activation, params))
+        mods["pool"] = nn.MaxPool2d(4)
+        mods["flatten"] = nn.Flatten()          # (N, 8c, 1, 1) -> (N, 8c)
+        mods["fc"] = nn.Linear(8 * c, num_classes)
+        return nn.Sequential(mods)
+    arch = dict(arch="myrtle_cnn", width=width, batchnorm=batchnorm, activation=activation,
+                num_classes=num_classes, in_channels=in_channels, **params)
+    check_memory(make, "width", width, arch)
+    model = make()
     model.symmetry_spec = myrtle_spec(chans[1:], activation, params, batchnorm)
-    model.arch = dict(arch="myrtle_cnn", width=width, batchnorm=batchnorm, activation=activation,
-                      num_classes=num_classes, in_channels=in_channels, **params)
+    model.arch = arch
     return model

@@ -1,5 +1,5 @@
 """The architectures, registered once, and what works on any of them: build, cut, hidden layers,
-the paper's layer numbers, features.
+the paper's layer numbers (features of any of them: :mod:`lib.models.features`).
 
 Every entry of :data:`ARCHITECTURES` names its builder and its cut (``split``). A model carries the
 dict it was built from as ``model.arch``, so :func:`split` and :func:`layer_info` read the model's
@@ -8,12 +8,14 @@ architecture from the model and never branch on its class.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..config import check_chunk_size, check_choice
+from ..config import check_choice, check_seed
 from ..activations import Activation
 from .convnext import ConvNeXtBlock, convnext20, convnext_cifar, split_convnext
 from .mlp import mlp
@@ -21,9 +23,8 @@ from .myrtle import myrtle_cnn
 from .resnet import BasicBlock, authors_index, resnet20, split_resnet
 from .spec import SymmetrySpec, split_sequential
 
-__all__ = ["Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "split", "symmetry_spec",
-           "hidden_layers", "layer_info", "feature_chunks", "features", "empty_rows",
-           "forward_from", "residual_outputs"]
+__all__ = ["Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "check_image_size",
+           "split", "symmetry_spec", "hidden_layers", "layer_info", "forward_from", "residual_outputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,21 +71,78 @@ def build(arch: dict, seed: int | None = None) -> nn.Module:
     arch : dict
         ``"arch"`` (a key of :data:`ARCHITECTURES`) and the builder's keyword arguments.
     seed : int, optional
-        With a seed the initial weights depend on that seed only (the global RNG is left untouched).
+        With a seed the initial weights depend on that seed only (the global RNG is left untouched);
+        see :func:`lib.config.check_seed`.
 
     Returns
     -------
     nn.Module
         The model, with ``arch`` (and ``symmetry_spec`` where defined).
+
+    Raises
+    ------
+    ValueError
+        For an unknown architecture, a bad seed, or a bad argument of its builder.
     """
     arch = dict(arch)
     name = arch.pop("arch", None)
     check_choice("arch", name, ARCHITECTURES)
     if seed is None:
         return ARCHITECTURES[name].builder(**arch)
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ARCHITECTURES[name].builder(**arch)
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model(arch_json: str) -> nn.Module:
+    # On the meta device a model records shapes only: building and running it allocates nothing.
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build(json.loads(arch_json)).eval()
+
+
+@functools.lru_cache(maxsize=256)
+def _input_error(arch_json: str, height: int, width: int) -> str:
+    """The first line of the error of a forward pass on one image ("" if it runs)."""
+    try:
+        with torch.no_grad():
+            _meta_model(arch_json)(torch.empty(1, 3, height, width, device="meta"))
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ""
+
+
+def check_image_size(arch: dict, height: int, width: int) -> None:
+    """Raise ``ValueError`` unless a model of ``arch`` takes RGB images of this size.
+
+    The pooling and strided layers of an architecture need images of some least size (the Myrtle
+    CNN 32 x 32: three 2x2 pools and a 4x4 one); smaller images would fail inside a convolution
+    with the allocator's or the kernel's error. Checked on the meta device: nothing is allocated.
+
+    Parameters
+    ----------
+    arch : dict
+        A config for :func:`build`.
+    height, width : int
+        The images' size in pixels.
+
+    Raises
+    ------
+    ValueError
+        Naming the size, the architecture and the smallest square size it takes (searched up to 64).
+    """
+    arch_json = json.dumps(arch, sort_keys=True)
+    error = _input_error(arch_json, int(height), int(width))
+    if not error:
+        return
+    # Not a bisection: the Myrtle CNN's head takes 32..39 pixels only (its 4x4 pool must leave 1x1).
+    sizes = range(max(int(height), int(width)) + 1, 65)
+    least = next((n for n in sizes if not _input_error(arch_json, n, n)), None)
+    why = (f"its pooling and strided layers need larger images: the smallest square images it "
+           f"takes are {least} x {least} pixels" if least else error)
+    raise ValueError(f"the images ({height} x {width} pixels, RGB) do not fit architecture "
+                     f"{arch.get('arch')!r} ({why}); use other images or another architecture")
 
 
 def _architecture(model: nn.Module) -> Architecture | None:
@@ -229,132 +287,6 @@ def layer_info(model: nn.Module) -> list[dict]:
         info.append(dict(name=name, paper_index=pos, in_block=in_block,
                          label=f"{pos}{'*' if in_block else ''}", channels=ch))
     return info
-
-
-def _resolve_layers(model: nn.Module, layers) -> list[str]:
-    known = hidden_layers(model)
-    modules = dict(model.named_modules())
-    layers = known if layers is None else ([layers] if isinstance(layers, str) else list(layers))
-    for name in layers:
-        if name not in modules or name == "":
-            raise ValueError(f"unknown layer {name!r}; this model's hidden layers: {', '.join(known)}")
-    return layers
-
-
-def empty_rows(like: torch.Tensor, n: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """An uninitialised ``(n, *like.shape[1:])`` tensor laid out as ``like`` (its memory format).
-
-    Chunks of features copied into it keep the layout ``torch.cat`` of the chunks would have had
-    (channels_last for this library's inputs, ``lib.data.to_input``), so that the kernels that later
-    read it, and so their rounding, are the same.
-
-    Parameters
-    ----------
-    like : torch.Tensor
-        One chunk ``(m, ...)``.
-    n : int
-        Rows of the result.
-    dtype : torch.dtype, optional
-        Its dtype (default: ``like``'s).
-
-    Returns
-    -------
-    torch.Tensor
-        ``(n, *like.shape[1:])`` on ``like``'s device.
-    """
-    fmt = torch.contiguous_format
-    if (like.ndim == 4 and not like.is_contiguous()
-            and like.is_contiguous(memory_format=torch.channels_last)):
-        fmt = torch.channels_last
-    return torch.empty((n, *like.shape[1:]), dtype=dtype or like.dtype, device=like.device,
-                       memory_format=fmt)
-
-
-@torch.no_grad()
-def _forward_features(model: nn.Module, x: torch.Tensor, layers: list[str]) -> dict:
-    # Hooks live for one forward pass only, so that a caller may run the model between chunks.
-    modules = dict(model.named_modules())
-    store: dict = {name: [] for name in layers}
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: store[n].append(o.detach()))
-             for n in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    for name, outs in store.items():
-        if len(outs) != 1:
-            raise ValueError(f"layer {name!r} ran {len(outs)} times in one forward pass; features "
-                             f"need a module that runs once per input")
-    return {name: outs[0] for name, outs in store.items()}
-
-
-def feature_chunks(model: nn.Module, x: torch.Tensor, layers=None, chunk_size: int = 500):
-    """Outputs of the named layers, ``chunk_size`` inputs at a time: a stream for running sums.
-
-    Only one chunk's features exist at a time, so a consumer that accumulates statistics (means,
-    cross-products) needs memory that does not grow with ``n``.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Any model; it runs in eval mode during each forward pass (its mode is restored after each).
-    x : torch.Tensor
-        Model inputs ``(n, ...)`` on the model's device.
-    layers : str or list of str, optional
-        Module names (default: :func:`hidden_layers`).
-    chunk_size : int
-        Inputs per forward pass (a positive integer).
-
-    Yields
-    ------
-    tuple
-        ``(start, {name: tensor})``: the chunk's first input and each layer's outputs
-        ``(m, C, h, w)`` or ``(m, C)`` for the inputs ``x[start:start + m]``, on ``x``'s device.
-    """
-    chunk_size = check_chunk_size(chunk_size)
-    layers = _resolve_layers(model, layers)
-    for start in range(0, len(x), chunk_size):
-        yield start, _forward_features(model, x[start:start + chunk_size], layers)
-
-
-@torch.no_grad()
-def features(model: nn.Module, x: torch.Tensor, layers=None, batch_size: int = 500) -> dict:
-    """Outputs of the named layers (default: all hidden layers) for inputs ``x``.
-
-    Each chunk's outputs are copied into one preallocated tensor per layer, so the memory beyond the
-    result is one chunk's features (:func:`feature_chunks`), not a second copy of all ``n``.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Any model; it runs in eval mode (its mode is restored afterwards).
-    x : torch.Tensor
-        Model inputs ``(n, ...)`` on the model's device, ``n >= 1``.
-    layers : str or list of str, optional
-        Module names (default: :func:`hidden_layers`); any module works, e.g. ``"layer3.2"``.
-    batch_size : int
-        Inputs per forward pass (a positive integer).
-
-    Returns
-    -------
-    dict
-        ``{name: tensor}`` on ``x``'s device, each ``(n, C, h, w)`` for conv layers or ``(n, C)`` for
-        dense ones.
-    """
-    batch_size = check_chunk_size(batch_size, "batch_size")
-    if len(x) == 0:
-        raise ValueError("x must hold at least one input")
-    out: dict = {}
-    for start, part in feature_chunks(model, x, layers, batch_size):
-        for name, f in part.items():
-            if name not in out:
-                out[name] = empty_rows(f, len(x))
-            out[name][start:start + len(f)] = f
-    return out
 
 
 def residual_outputs(model: nn.Module) -> list[str]:

@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..activations import Activation
-from .spec import SymmetrySpec, Site, activation_params, check_width, conv_axes, dense_axes, norm_axes
+from .spec import (SymmetrySpec, Site, activation_params, check_memory, check_width, conv_axes,
+                   dense_axes, norm_axes)
 
 __all__ = ["PadShortcut", "BasicBlock", "ResNet", "ResNetFront", "ResNetBack", "resnet20", "resnet_spec", "stage_channels",
            "split_resnet", "authors_index"]
@@ -223,11 +224,14 @@ def _resnet(blocks_per_stage: int, width: float, activation: str, negative_slope
             residual_activation: bool, arch: str) -> ResNet:
     check_width(width)
     params = activation_params(activation, negative_slope)
+    config = dict(arch=arch, width=width, activation=activation, num_classes=num_classes,
+                  residual_activation=residual_activation, **params)
+    check_memory(lambda: ResNet(blocks_per_stage, width, activation, params, num_classes,
+                                residual_activation), "width", width, config)
     model = ResNet(blocks_per_stage, width, activation, params, num_classes, residual_activation)
     model.symmetry_spec = resnet_spec(stage_channels(width), blocks_per_stage, activation, params,
                                       residual_activation)
-    model.arch = dict(arch=arch, width=width, activation=activation, num_classes=num_classes,
-                      residual_activation=residual_activation, **params)
+    model.arch = config
     return model
 
 
@@ -254,6 +258,12 @@ def resnet20(width: float = 1.0, activation: str = "relu", negative_slope: float
     -------
     ResNet
         With ``symmetry_spec`` (:func:`resnet_spec`) and ``arch``.
+
+    Raises
+    ------
+    ValueError
+        For a width that is not a finite number > 0 or whose parameters would not fit in memory
+        (``lib.models.spec.check_memory``), or a ``negative_slope`` that is not finite.
     """
     return _resnet(3, width, activation, negative_slope, num_classes, residual_activation, "resnet20")
 

@@ -8,19 +8,25 @@ module builds its spec with a pure factory (``myrtle_spec``, ``resnet_spec``, ``
 small helpers here: :func:`conv_axes`, :func:`dense_axes`, :func:`bias_axes`, :func:`norm_axes`.
 ``lib.symmetry`` reads the spec and never branches on the architecture.
 
-The module also holds what every builder shares: :func:`activation_params`, :func:`check_width`, and
-:func:`split_sequential`, the cut of a ``Sequential`` model (Myrtle CNN, MLP) after a hidden layer.
+The module also holds what every builder shares: :func:`activation_params`, :func:`check_width`,
+:func:`check_memory`, and :func:`split_sequential`, the cut of a ``Sequential`` model (Myrtle CNN,
+MLP) after a hidden layer.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import numbers
 
 import torch
 from torch import nn
 
-__all__ = ["Site", "SymmetrySpec", "activation_params", "check_width", "conv_axes", "dense_axes", "bias_axes",
-           "norm_axes", "SequentialFront", "SequentialBack", "split_sequential"]
+from ..config import available_memory
+
+__all__ = ["Site", "SymmetrySpec", "activation_params", "check_width", "check_memory", "conv_axes",
+           "dense_axes", "bias_axes", "norm_axes", "SequentialFront", "SequentialBack",
+           "split_sequential"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +106,19 @@ def activation_params(activation: str, negative_slope: float | None) -> dict:
     -------
     dict
         Keyword arguments for :class:`lib.activations.Activation`.
+
+    Raises
+    ------
+    ValueError
+        For LeakyReLU with a slope that is not a finite number (NaN gives NaN outputs).
     """
-    return {"negative_slope": negative_slope} if activation == "leaky_relu" else {}
+    if activation != "leaky_relu":
+        return {}
+    ok = isinstance(negative_slope, numbers.Real) and not isinstance(negative_slope, bool)
+    if not (ok and math.isfinite(negative_slope)):
+        raise ValueError(f"negative_slope must be a finite number (LeakyReLU's slope for negative "
+                         f"inputs, e.g. 0.01); got {negative_slope!r}")
+    return {"negative_slope": negative_slope}
 
 
 def check_width(width) -> None:
@@ -117,6 +134,58 @@ def check_width(width) -> None:
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
         raise ValueError(f"width must be a finite number > 0 (a multiplier of the channel counts, e.g. 0.25 or "
                          f"1.0); got {width!r}")
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+# The configurations check_memory has passed: building one again costs no second construction.
+_FITS: set = set()
+
+
+def check_memory(make, param: str, value, config: dict) -> None:
+    """Raise ``ValueError`` if the model that ``make()`` builds would not fit in the memory left.
+
+    ``make`` runs on PyTorch's meta device, which records shapes and allocates nothing, so a width
+    of 1e7 is refused in milliseconds instead of allocating until the kernel kills the process. The
+    estimate counts parameters and buffers (what building allocates); training needs about four
+    times that plus activations. A configuration that passed once is not checked again.
+
+    Parameters
+    ----------
+    make : callable
+        ``make() -> nn.Module``, the builder's construction without its checks.
+    param : str
+        The parameter that sets the size (``"width"``, ``"sizes"``), named in the error.
+    value : object
+        Its value, shown in the error.
+    config : dict
+        Everything ``make`` depends on (the model's ``arch`` dict), the key of the passed checks.
+
+    Raises
+    ------
+    ValueError
+        Naming ``param``, the estimate and the memory available
+        (:func:`lib.config.available_memory`).
+    """
+    key = json.dumps(config, sort_keys=True, default=repr)
+    if key in _FITS:
+        return
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = make()
+    except (RuntimeError, OverflowError, TypeError) as exc:   # torch's TypeError: beyond int64
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{param}={value!r} gives layers too large to represent ({first_line}); "
+                         f"use a smaller {param}") from exc
+    nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{param}={value!r} needs about {_gib(nbytes)} for the model's parameters "
+                         f"and buffers alone, more than the {_gib(available)} of memory available; "
+                         f"use a smaller {param}")
+    _FITS.add(key)
 
 
 def _site_axis(site: str | None, role: str):

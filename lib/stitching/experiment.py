@@ -18,10 +18,11 @@ import torch
 from ..cache import fingerprint, memo
 from ..config import check_choice, get_device
 from ..data import subset
+from ..settings import StitchSettings
 from ..train import evaluate
 from .matching import least_squares, matching_from_moments, matching_matrix
 from .surgery import channels_at, feature_moments, front_features, stitch
-from .training import INITS, StitchSettings, check_settings, train_stitch
+from .training import INITS, check_settings, train_stitch
 
 __all__ = ["VARIANT_HELP", "parse_variant", "StitchData", "stitch_experiment", "experiment_config",
            "cached_experiment"]
@@ -77,16 +78,16 @@ class StitchData:
     dataset : lib.data.Dataset
         The images and labels.
     n_train, n_test : int or None
-        Training and test images, taken with ``lib.data.subset`` (None: all). The defaults are the
-        ``cpu``-scale protocol.
+        Training and test images, taken with ``lib.data.subset`` (None: all); a scale's are
+        ``lib.settings.Scale.stitching``'s ``images`` and ``eval_images``.
     feature_dtype : torch.dtype
         Storage of A's fronts (float16 halves the memory of early conv layers; exactness checks
         such as Theorem 4.2 want float32).
     """
 
     dataset: Any
-    n_train: int | None = 10000
-    n_test: int | None = 2000
+    n_train: int | None
+    n_test: int | None
     feature_dtype: torch.dtype = torch.float16
 
 
@@ -167,7 +168,7 @@ class _Experiment:
 
 
 def stitch_experiment(model_a, model_b, layer: str, variants, data: StitchData,
-                      settings: StitchSettings = StitchSettings(), *, seed: int = 0,
+                      settings: StitchSettings, *, seed: int = 0,
                       device=None) -> dict:
     """Stitch A into B at ``layer`` with each of ``variants``, sharing A's front.
 
@@ -191,7 +192,7 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data: StitchData,
     data : StitchData
         The dataset, how many of its training and test images, and the fronts' dtype.
     settings : StitchSettings
-        The training protocol (defaults: ``cpu`` scale).
+        The training protocol (a scale's: ``lib.stitching.settings_for_scale``).
     seed : int
         Seed of the random starts (``seed + i`` for the i-th variant) and of the batch order.
     device : str or torch.device, optional
@@ -223,7 +224,7 @@ def stitch_experiment(model_a, model_b, layer: str, variants, data: StitchData,
 
 
 def experiment_config(model_a, model_b, layer: str, variants, data: StitchData,
-                      settings: StitchSettings = StitchSettings(), *, seed: int = 0) -> dict:
+                      settings: StitchSettings, *, seed: int = 0) -> dict:
     """What :func:`cached_experiment`'s memo key is a hash of (``lib.cache.memo_key``).
 
     Both models' weight fingerprints (``lib.cache.fingerprint``), the data, the layer, the variants,
@@ -248,7 +249,7 @@ def experiment_config(model_a, model_b, layer: str, variants, data: StitchData,
 
 
 def cached_experiment(model_a, model_b, layer: str, variants, data: StitchData,
-                      settings: StitchSettings = StitchSettings(), *, seed: int = 0) -> dict:
+                      settings: StitchSettings, *, seed: int = 0) -> dict:
     """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes nothing.
 
     The memo key is a hash of :func:`experiment_config`.

@@ -2,20 +2,20 @@
 
 The tail trains on cached pre-activations with Adam, under one of :data:`SCHEDULES`: a linear decay to
 0 for the few epochs of small scales, or the authors' StepLR(12, 0.5) at ``paper`` scale (the fields
-of ``lib.settings.Scale.finetune``). :class:`FinetuneSettings` holds the whole protocol.
+of ``lib.settings.Scale.finetune``, a ``lib.settings.FinetuneSettings``, which holds the whole
+protocol).
 """
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..config import PRECISIONS, autocast, check_choice
+from ..settings import FinetuneSettings
 from .curves import check_evals_per_epoch, eval_steps
 
-__all__ = ["SCHEDULES", "ROTATION_STARTS", "FinetuneSettings", "lr_schedule", "tail_accuracy",
+__all__ = ["SCHEDULES", "ROTATION_STARTS", "check_finetune", "lr_schedule", "tail_accuracy",
            "finetune_tail"]
 
 SCHEDULES = ("linear", "constant", "step")
@@ -26,67 +26,29 @@ ROTATION_STARTS = ("refit", "transformed")
 paper's (the trained weights)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneSettings:
-    """How the layers after a transformed pre-activation are fine-tuned (the sanity test of Fig. 4).
-
-    Every field is checked when the settings are made.
+def check_finetune(settings: FinetuneSettings) -> None:
+    """Check a fine-tuning protocol before any work is done.
 
     Parameters
     ----------
-    epochs : int
-        Passes over the training pre-activations (0 evaluates the start only).
-    n_train, n_test : int or None
-        Training and test images, taken with ``lib.data.subset`` (None: all), read by
-        :func:`lib.stitching.sanity.rotation_penalty`; :func:`finetune_tail` trains on the tensors
-        it is given.
-    start : str
-        :data:`ROTATION_STARTS`: ``"refit"`` (the next conv first refitted by least squares) or
-        ``"transformed"`` (the paper's: the trained weights), read by ``rotation_penalty``.
-    batch_size : int
-        Adam's batch (images per step).
-    lr : float
-        Adam's peak learning rate.
-    weight_decay : float
-        L2 coefficient on the parameters named ``weight``.
-    precision : str
-        ``lib.config`` precision of training and evaluation (``"float32"``: exact).
-    schedule, step_size, gamma : str, int, float
-        The learning-rate schedule (:func:`lr_schedule`): ``"linear"`` decay to 0 (so the last of a
-        few epochs settle), ``"constant"``, or the authors' ``"step"`` (times ``gamma`` every
-        ``step_size`` epochs: StepLR(12, 0.5)).
-    evals_per_epoch : int
-        Test evaluations per epoch, evenly spaced in steps (``lib.stitching.eval_steps``).
+    settings : lib.settings.FinetuneSettings
+        The protocol.
 
     Raises
     ------
     ValueError
-        Naming the field and its accepted values.
+        Naming the field and its accepted values (epochs, batch size, start, precision, schedule,
+        step size, evaluations per epoch).
     """
-
-    epochs: int
-    n_train: int | None = 10000
-    n_test: int | None = 2000
-    start: str = "refit"
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    precision: str = "bulk"
-    schedule: str = "linear"
-    step_size: int = 12
-    gamma: float = 0.5
-    evals_per_epoch: int = 1
-
-    def __post_init__(self):
-        if not _is_int(self.epochs) or self.epochs < 0:
-            raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), "
-                             f"got {self.epochs!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        check_choice("start", self.start, ROTATION_STARTS)
-        check_choice("precision", self.precision, PRECISIONS)
-        _check_schedule(self.schedule, self.step_size)
-        check_evals_per_epoch(self.evals_per_epoch)
+    if not _is_int(settings.epochs) or settings.epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), "
+                         f"got {settings.epochs!r}")
+    if not _is_int(settings.batch_size) or settings.batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
+    check_choice("start", settings.start, ROTATION_STARTS)
+    check_choice("precision", settings.precision, PRECISIONS)
+    _check_schedule(settings.schedule, settings.step_size)
+    check_evals_per_epoch(settings.evals_per_epoch)
 
 
 def _is_int(value) -> bool:
@@ -166,10 +128,10 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor,
         Cached pre-activations ``(n, C, h, w)``.
     y_train, y_test : torch.Tensor
         Labels ``(n,)``.
-    settings : FinetuneSettings
-        The protocol: epochs (0 evaluates the start only), batch, learning rate and its schedule,
-        weight decay, precision, evaluations per epoch (``n_train``, ``n_test`` and ``start`` are
-        not read here).
+    settings : lib.settings.FinetuneSettings
+        The protocol (:func:`check_finetune`): epochs (0 evaluates the start only), batch, learning
+        rate and its schedule, weight decay, precision, evaluations per epoch (the trials, image
+        counts and start are read by ``lib.stitching.sanity.rotation_penalty``, not here).
     seed : int
         Seed of the batch order.
 
@@ -179,6 +141,7 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor,
         One row per evaluation, the start as epoch 0: ``epoch`` (fractional between epochs' ends),
         ``loss`` (training cross-entropy since the previous row, nats), ``test_acc`` (fraction).
     """
+    check_finetune(settings)
     if len(train_z) != len(y_train) or len(test_z) != len(y_test):
         raise ValueError(f"pre-activations and labels must have equal counts, got {len(train_z)} "
                          f"and {len(y_train)} (train), {len(test_z)} and {len(y_test)} (test)")

@@ -31,7 +31,8 @@ from ..config import check_choice, check_chunk_size, exact_mode, get_device
 from ..data import subset, to_input
 from ..groups import MatrixGroup, intertwiner_group
 from ..models import empty_rows
-from .finetune import FinetuneSettings, finetune_tail, tail_accuracy
+from ..settings import FinetuneSettings
+from .finetune import check_finetune, finetune_tail, tail_accuracy
 from .matching import add_moments, least_squares, moments_of
 
 __all__ = ["ROTATION_KINDS", "FixedChannelMap", "random_channel_map", "rotated_model",
@@ -218,17 +219,25 @@ def refit_next_conv(tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch
 def _trial_fronts(model: nn.Sequential, layer: str, data, finetune: FinetuneSettings,
                   fronts) -> tuple:
     # The labels of the subsets and their pre-activations, computed here unless given.
-    x_tr, y_tr = subset(data.x_train, data.y_train, finetune.n_train)
-    x_te, y_te = subset(data.x_test, data.y_test, finetune.n_test)
+    x_tr, y_tr = subset(data.x_train, data.y_train, finetune.images)
+    x_te, y_te = subset(data.x_test, data.y_test, finetune.eval_images)
     if fronts is None:
         device = next(model.parameters()).device
         fronts = tuple(pre_activations(model, layer, x, device=device) for x in (x_tr, x_te))
     train_z, test_z = fronts
     if len(train_z) != len(y_tr) or len(test_z) != len(y_te):
-        raise ValueError(f"fronts hold {len(train_z)} and {len(test_z)} images but n_train and "
-                         f"n_test select {len(y_tr)} and {len(y_te)}; accepted: fronts of the same "
-                         f"subsets")
+        raise ValueError(f"fronts hold {len(train_z)} and {len(test_z)} images but the settings' "
+                         f"images and eval_images select {len(y_tr)} and {len(y_te)}; accepted: "
+                         f"fronts of the same subsets")
     return (train_z, y_tr), (test_z, y_te)
+
+
+def _trainable_copy(layers: nn.Sequential) -> nn.Sequential:
+    # A copy of the layers after the transform with every parameter trainable.
+    tail = copy.deepcopy(layers)
+    for p in tail.parameters():
+        p.requires_grad_(True)
+    return tail
 
 
 def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: torch.Generator, data,
@@ -249,12 +258,12 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
     generator : torch.Generator
         The transform's source.
     data : lib.data.Dataset
-        The images; ``finetune.n_train`` and ``finetune.n_test`` of them are taken with
+        The images; ``finetune.images`` and ``finetune.eval_images`` of them are taken with
         ``lib.data.subset``.
-    finetune : lib.stitching.finetune.FinetuneSettings
-        The protocol: images, start (``"refit"``: the next conv refitted by least squares first,
-        :func:`refit_next_conv`; ``"transformed"``: the paper's, from the trained weights), epochs,
-        optimiser and schedule.
+    finetune : lib.settings.FinetuneSettings
+        The protocol (checked by ``lib.stitching.finetune.check_finetune``): images, start
+        (``"refit"``: the next conv refitted by least squares first, :func:`refit_next_conv`;
+        ``"transformed"``: the paper's, from the trained weights), epochs, optimiser, schedule.
     seed : int
         Seed of the batch order.
     fronts : tuple of torch.Tensor, optional
@@ -271,13 +280,12 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
         with ``penalty``) and ``seconds``.
     """
     check_choice("kind", kind, ROTATION_KINDS)
+    check_finetune(finetune)
     t0 = time.perf_counter()
     idx = _cut_after_conv(model, layer)
     A = random_channel_map(kind, getattr(model, layer).out_channels, generator)
     (train_z, y_tr), (test_z, y_te) = _trial_fronts(model, layer, data, finetune, fronts)
-    tail = copy.deepcopy(model[idx:])
-    for p in tail.parameters():
-        p.requires_grad_(True)
+    tail = _trainable_copy(model[idx:])
     clean = tail_accuracy(tail, test_z, y_te, finetune.precision)
     net = nn.Sequential(FixedChannelMap(A.to(next(model.parameters()).device)), tail)
     start_acc = tail_accuracy(net, test_z, y_te, finetune.precision)

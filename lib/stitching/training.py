@@ -1,4 +1,4 @@
-"""Training a stitching layer on A's state, and the protocol it follows (:class:`StitchSettings`).
+"""Training a stitching layer on A's state under a protocol (``lib.settings.StitchSettings``).
 
 A's state is either cached (computed once on clean images) or computed per batch from augmented
 images (the authors' data loader); before each evaluation B's BatchNorm statistics may be re-estimated
@@ -15,11 +15,11 @@ from torch.nn import functional as F
 
 from ..config import PRECISIONS, autocast, check_choice
 from ..data import augment, to_input
-from ..settings import RECIPES, SCALES, scale_settings
+from ..settings import RECIPES, StitchSettings, scale_settings
 from .curves import check_evals_per_epoch, eval_steps
 from .surgery import Stitched
 
-__all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "StitchSettings", "settings_for_scale", "check_settings",
+__all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "settings_for_scale", "check_settings",
            "augmented_front", "hard_rounding", "bn_epoch_stats", "train_stitch"]
 
 INITS = ("closed_form", "random")
@@ -32,99 +32,13 @@ BN_EPOCH = ("none", "grelu", "all")
 """tuple of str: the layer kinds that get the BatchNorm pass before each evaluation (:func:`bn_epoch_stats`)."""
 
 
-# The defaults are the cpu-scale protocol; its values live in lib.settings (one home for settings).
-_CPU = SCALES["cpu"].stitch
-
-
-@dataclasses.dataclass(frozen=True)
-class StitchSettings:
-    """How a stitching layer is trained. The defaults are the ``cpu``-scale protocol; the authors'
-    protocol (implementation notes) is :meth:`paper`.
-
-    Parameters
-    ----------
-    optimizer : str
-        ``"adam"`` or ``"sgd"`` (plain, the authors').
-    lr : float
-        Peak learning rate per step.
-    lr_decay : bool
-        Decay linearly to 0 over all steps (the last epochs settle); False: constant (paper).
-    momentum : float
-        SGD momentum (authors: none).
-    weight_decay : float
-        L2 coefficient per step; for grelu on D only.
-    epochs : int
-        Passes over the stitching images (paper: 20); 0 evaluates the start.
-    batch_size : int
-        Images per step (authors: 32, 3-4x slower per image on CPUs).
-    alpha : float
-        Weight of the vertex penalty ``-alpha * ||P||_F`` (grelu).
-    sinkhorn_rounds : int
-        Row/column normalisations after every step (grelu).
-    p_only_fraction : float
-        Fraction of the epochs that train P alone (grelu).
-    bn_adapt : bool
-        B's BatchNorms after the stitch in train mode (running statistics adapt).
-    init : str
-        Default start of every variant: ``"closed_form"`` or ``"random"`` (paper).
-    grelu_p : str
-        ``"birkhoff"``: G_ReLU's permutation P is trained on the Birkhoff polytope (the paper's
-        optimiser); ``"fixed"``: P stays at its start (activation matching) and only the scales D
-        train. A random start always uses the Birkhoff optimiser.
-    grelu_lr : float or None
-        Learning rate of the G_ReLU layer (None: ``lr``).
-    precision : str
-        ``lib.config`` precision of training and evaluation (``"float32"``: exact).
-    fronts : str
-        ``"cached"``: A's front computed once on the clean training images; ``"augmented"`` (the
-        authors'): computed per batch, under ``no_grad``, from images flipped and translated as in the
-        paper recipe (``lib.settings.RECIPES["paper"]``).
-    bn_epoch : str
-        Which layer kinds get the authors' ``--bn_epoch`` pass before each evaluation
-        (:func:`bn_epoch_stats`): ``"none"``, ``"grelu"`` (the authors' runs) or ``"all"``.
-    random_bias : bool
-        Random starts of full and rank layers get a trainable bias (the paper's word "affine"); the
-        authors' released layers have none. Closed-form starts always fit one.
-    evals_per_epoch : int
-        Test evaluations per epoch, evenly spaced in steps (1: at the end of each epoch). With two
-        epochs, 2 gives a row at epoch 1.5, so that the last 25 % of training can be measured
-        (:func:`last_quarter_change`).
-    """
-
-    optimizer: str = _CPU["optimizer"]
-    lr: float = _CPU["lr"]
-    lr_decay: bool = _CPU["lr_decay"]
-    momentum: float = _CPU["momentum"]
-    weight_decay: float = _CPU["weight_decay"]
-    epochs: int = _CPU["epochs"]
-    batch_size: int = _CPU["batch_size"]
-    alpha: float = _CPU["alpha"]
-    sinkhorn_rounds: int = _CPU["sinkhorn_rounds"]
-    p_only_fraction: float = _CPU["p_only_fraction"]
-    bn_adapt: bool = _CPU["bn_adapt"]
-    init: str = _CPU["init"]
-    grelu_p: str = _CPU["grelu_p"]
-    grelu_lr: float | None = _CPU["grelu_lr"]
-    precision: str = _CPU["precision"]
-    fronts: str = _CPU["fronts"]
-    bn_epoch: str = _CPU["bn_epoch"]
-    random_bias: bool = _CPU["random_bias"]
-    evals_per_epoch: int = _CPU["evals_per_epoch"]
-
-    @classmethod
-    def paper(cls) -> "StitchSettings":
-        """The authors' protocol: plain SGD, lr 1e-3, 20 epochs, batch 32, random starts without bias,
-        augmented fronts, and the BatchNorm pass for G_ReLU layers."""
-        return cls(**SCALES["paper"].stitch)
-
-
 def settings_for_scale(scale: str, **overrides) -> StitchSettings:
     """The stitching protocol of a scale.
 
     Parameters
     ----------
     scale : str
-        A key of ``lib.settings.SCALES``; the protocol is that scale's ``stitch`` literal.
+        A key of ``lib.settings.SCALES``; the protocol is that scale's ``stitching.protocol``.
     **overrides
         Fields to replace.
 
@@ -132,7 +46,7 @@ def settings_for_scale(scale: str, **overrides) -> StitchSettings:
     -------
     StitchSettings
     """
-    return dataclasses.replace(StitchSettings(**scale_settings(scale).stitch), **overrides)
+    return dataclasses.replace(scale_settings(scale).stitching.protocol, **overrides)
 
 
 def check_settings(settings: StitchSettings) -> None:
@@ -386,7 +300,7 @@ class _StitchRun:
 
 
 def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tensor, test_state: tuple,
-                 y_test: torch.Tensor, settings: StitchSettings = StitchSettings(), seed: int = 0,
+                 y_test: torch.Tensor, settings: StitchSettings, seed: int = 0,
                  train_images: torch.Tensor | None = None) -> dict:
     """Train ``model.stitch`` alone on A's state; evaluate on the test state every epoch.
 
@@ -408,7 +322,8 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
     test_state : tuple of torch.Tensor
         A's test fronts (never augmented).
     settings : StitchSettings
-        The protocol; ``settings.epochs = 0`` evaluates the start only. With ``lr_decay`` the
+        The protocol (a scale's: :func:`settings_for_scale`); ``settings.epochs = 0`` evaluates the
+        start only. With ``lr_decay`` the
         learning rate falls linearly from ``lr`` to 0 over all steps.
     seed : int
         Seed of the batch order (and, ``seed + 1``, of the augmentation; ``seed + 2``, of the batches

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..settings import scale_settings
+from ..settings import StitchSettings, scale_settings
 from .experiment import parse_variant
-from .training import StitchSettings, settings_for_scale
 
 __all__ = ["Variant", "describe", "fig1_protocol"]
 
@@ -100,8 +99,8 @@ def describe(name: str, settings: StitchSettings) -> Variant:
 def fig1_protocol(scale: str, *, epochs: int | None = None) -> tuple[StitchSettings, int, int | None]:
     """The protocol of Fig. 1 (the Myrtle stitching chapter) at a scale.
 
-    The scale's ``stitch`` literal with :attr:`lib.settings.Scale.fig1`'s replacements, which may also
-    replace the image counts.
+    The scale's :attr:`lib.settings.Scale.fig1`: the stitching of Section 4 with the replacements
+    the central experiment gets at some scales (more images, other optimiser settings).
 
     Parameters
     ----------
@@ -116,10 +115,7 @@ def fig1_protocol(scale: str, *, epochs: int | None = None) -> tuple[StitchSetti
         ``(settings, stitch_images, eval_images)``: the :class:`StitchSettings`, the training images of
         each stitching layer, and the test images of its accuracies (``None``: all 10,000).
     """
-    s = scale_settings(scale)
-    fig1 = dict(s.fig1)
-    stitch_images = fig1.pop("stitch_images", s.stitch_images)
-    eval_images = fig1.pop("eval_images", s.eval_images)
-    if epochs is not None:
-        fig1["epochs"] = epochs
-    return settings_for_scale(scale, **fig1), stitch_images, eval_images
+    fig1 = scale_settings(scale).fig1
+    protocol = fig1.protocol
+    settings = protocol if epochs is None else dataclasses.replace(protocol, epochs=epochs)
+    return settings, fig1.images, fig1.eval_images

@@ -7,8 +7,9 @@
   the zoo step that trains them all before a build (:func:`train_book`, ``python -m lib.zoo train``).
 """
 from .book import (book_models, book_plan, estimate_book_seconds, estimate_seconds, load_family, load_pairs, main,
-                   replicate_seeds, train_book)
+                   replicate_seeds, throughput, train_book)
 from .store import canonical_arch, get, info, model_key, zoo_dir
 
-__all__ = ["get", "info", "model_key", "canonical_arch", "zoo_dir", "replicate_seeds", "book_models", "load_family",
-           "load_pairs", "book_plan", "estimate_seconds", "estimate_book_seconds", "train_book", "main"]
+__all__ = ["get", "info", "model_key", "canonical_arch", "zoo_dir", "replicate_seeds",
+           "book_models", "load_family", "load_pairs", "book_plan", "throughput",
+           "estimate_seconds", "estimate_book_seconds", "train_book", "main"]

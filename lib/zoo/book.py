@@ -11,25 +11,30 @@ import json
 import time
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
-from ..config import check_choice
+from ..config import autocast, check_choice, get_device
 from ..data import Dataset, load_data
 from ..models import build
 from ..settings import SCALES, model_families, resolve_scale, scale_settings
-from ..train import Recipe, recipe_for_scale, throughput
+from ..train import Recipe, recipe_for_scale
 from .store import canonical_arch, get, model_key, zoo_dir
 
-__all__ = ["replicate_seeds", "book_models", "load_family", "load_pairs", "book_plan", "estimate_seconds",
-           "estimate_book_seconds", "train_book", "main"]
+__all__ = ["replicate_seeds", "book_models", "load_family", "load_pairs", "book_plan", "throughput",
+           "estimate_seconds", "estimate_book_seconds", "train_book", "main"]
 
 
-def replicate_seeds(n_models: int, replicate: int) -> list[int]:
+def replicate_seeds(n_models: int, replicate: int, stride: int | None = None) -> list[int]:
     """The model seeds of replicate ``replicate`` for a family that uses ``n_models`` models.
 
     This is the one place where a chapter's ``seed`` parameter becomes model seeds: replicate ``k``
-    of a family with ``n`` models per replicate trains seeds ``n*k, ..., n*k + n - 1`` (so seed 0
-    gives the pair (0, 1), seed 1 the pair (2, 3), ...). Different replicates never share a model, so
-    a sweep over ``seed`` measures the spread between independently trained networks.
+    trains seeds ``stride*k, ..., stride*k + n_models - 1``. :func:`book_models` passes the same
+    ``stride`` to every family of a scale, the most models any of them uses, so that replicate
+    ``k``'s seeds of *every* family lie in ``[stride*k, stride*(k+1))``: different replicates never
+    share a model, not even across families (a one-model family's replicate 1 is not replicate 0's
+    second model of another family), and a sweep over ``seed`` measures the spread between
+    independently trained networks. Replicate 0 is seeds ``0 .. n_models - 1`` whatever the stride.
 
     Parameters
     ----------
@@ -37,6 +42,9 @@ def replicate_seeds(n_models: int, replicate: int) -> list[int]:
         Models per replicate (>= 1).
     replicate : int
         The chapter's ``seed`` (>= 0).
+    stride : int, optional
+        Seeds per replicate, at least ``n_models`` (default ``n_models``: replicate 3 of a pair is
+        ``[6, 7]``).
 
     Returns
     -------
@@ -45,9 +53,12 @@ def replicate_seeds(n_models: int, replicate: int) -> list[int]:
     """
     if n_models < 1:
         raise ValueError(f"n_models must be at least 1, got {n_models}")
-    if int(replicate) != replicate or replicate < 0:
+    if isinstance(replicate, bool) or int(replicate) != replicate or replicate < 0:
         raise ValueError(f"seed (the replicate) must be an integer >= 0, got {replicate!r}")
-    return [n_models * int(replicate) + i for i in range(n_models)]
+    stride = n_models if stride is None else stride
+    if stride < n_models:
+        raise ValueError(f"stride must be at least n_models ({n_models}), got {stride}")
+    return [stride * int(replicate) + i for i in range(n_models)]
 
 
 def book_models(scale: str, seed: int = 0) -> dict:
@@ -68,13 +79,16 @@ def book_models(scale: str, seed: int = 0) -> dict:
     -------
     dict
         ``{name: dict(arch, recipe, seeds, paper_acc)}``: ``arch`` for :func:`lib.models.build`, a
-        :class:`lib.train.Recipe`, the model seeds (:func:`replicate_seeds`) and the clean accuracy
-        the paper reports, ``(mean, std)`` in percent (``None`` where it reports none).
+        :class:`lib.train.Recipe`, the model seeds (:func:`replicate_seeds`, with one stride for all
+        families: the most models any family uses at this scale) and the clean accuracy the paper
+        reports, ``(mean, std)`` in percent (``None`` where it reports none).
     """
+    families = model_families(scale_settings(scale))
+    stride = max(f["models"] for f in families.values())
     out = {}
-    for name, f in model_families(scale_settings(scale)).items():
+    for name, f in families.items():
         out[name] = dict(arch=f["arch"], recipe=recipe_for_scale(scale, **f["recipe"]),
-                         seeds=replicate_seeds(f["models"], seed), paper_acc=f["paper_acc"])
+                         seeds=replicate_seeds(f["models"], seed, stride), paper_acc=f["paper_acc"])
     return out
 
 
@@ -115,14 +129,15 @@ def load_family(family: str, scale: str, seed: int = 0, n_models: int | None = N
 def load_pairs(family: str, scale: str, seed: int = 0, n_pairs: int | None = None, **kwargs) -> list[tuple]:
     """Pairs of models of one family trained from different seeds: what Sections 4 and 5 compare.
 
-    Pair ``i`` holds the family's seeds ``2i`` and ``2i + 1`` of the replicate (:func:`replicate_seeds`).
+    Pair ``i`` holds the family's models ``2i`` and ``2i + 1`` of the replicate
+    (:func:`replicate_seeds`).
 
     Parameters
     ----------
     family, scale, seed
         As for :func:`load_family`.
     n_pairs : int, optional
-        How many pairs (default: all the family has at this scale, ``lib.settings.Scale.n_pairs`` for
+        How many pairs (default: all the family has at this scale, ``lib.settings.Zoo.n_pairs`` for
         the paired families).
     **kwargs
         ``data``, ``device``, ``progress``, as for :func:`load_family`.
@@ -188,6 +203,54 @@ def book_plan(scale: str, seed: int = 0, families=None, data: Dataset | None = N
     return plan
 
 
+def throughput(model: nn.Module, batch_size: int = 512, precision: str = "bulk", steps: int = 3,
+               device=None, image_size: int = 32) -> float:
+    """Measured training throughput of ``model``, in images per second.
+
+    Times ``steps`` optimiser steps (SGD, cross-entropy on random inputs of shape
+    ``(batch_size, 3, image_size, image_size)``) after one warm-up step, with the training loop's
+    memory format and autocast. A short calibration for time budgets
+    (:func:`estimate_seconds`); the model's weights change.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    batch_size, steps, image_size : int
+    precision : str
+        A :data:`lib.config.PRECISIONS` mode.
+    device : optional
+        For :func:`lib.config.get_device`.
+
+    Returns
+    -------
+    float
+        ``batch_size`` divided by the fastest step's seconds (images per second).
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be at least 1, got steps={steps}, "
+                         f"batch_size={batch_size}")
+    device = get_device(device)
+    model.to(device).to(memory_format=torch.channels_last).train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    best = float("inf")
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i > 0:
+            best = min(best, time.perf_counter() - t0)
+    return batch_size / best
+
+
 def estimate_seconds(r: Recipe, images_per_second: float) -> float:
     """The estimated training time of one model.
 
@@ -198,7 +261,7 @@ def estimate_seconds(r: Recipe, images_per_second: float) -> float:
     ----------
     r : lib.train.Recipe
     images_per_second : float
-        A measured training throughput (:func:`lib.train.throughput`).
+        A measured training throughput (:func:`throughput`).
 
     Returns
     -------
@@ -213,7 +276,7 @@ def estimate_seconds(r: Recipe, images_per_second: float) -> float:
 def estimate_book_seconds(scale: str, seed: int = 0, steps: int = 3, device=None) -> dict:
     """The estimated training time of every model of :func:`book_models` at ``scale``.
 
-    From a short calibration of each distinct architecture (:func:`lib.train.throughput`).
+    From a short calibration of each distinct architecture (:func:`throughput`).
 
     Parameters
     ----------

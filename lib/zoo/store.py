@@ -34,8 +34,8 @@ except ImportError:  # no flock (Windows): concurrent processes may both train
 from .. import __version__
 from ..cache import (CorruptedError, checked_json, read_checked, read_checked_json, torch_bytes,
                      unreadable_error, write_checked)
-from ..config import atomic_path, cache_dir, get_device
-from ..data import Dataset, load_data
+from ..config import atomic_path, cache_dir, check_seed, get_device
+from ..data import Dataset, check_training_data, load_data
 from ..models import build
 from ..train import Recipe, recipe as make_recipe, train
 
@@ -62,6 +62,10 @@ def zoo_dir(root: str | os.PathLike | None = None) -> Path:
     return path
 
 
+# canonical_arch's answers by config.
+_CANONICAL: dict = {}
+
+
 def canonical_arch(arch: dict) -> dict:
     """An architecture config with every default filled in, keys sorted.
 
@@ -76,7 +80,13 @@ def canonical_arch(arch: dict) -> dict:
     -------
     dict
     """
-    return dict(sorted(build(arch).arch.items()))
+    # Built on the meta device, which allocates nothing and draws no random numbers (the caller's
+    # random state is left alone), and once per config: a key costs microseconds after the first.
+    known = json.dumps(arch, sort_keys=True, default=repr)
+    if known not in _CANONICAL:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            _CANONICAL[known] = dict(sorted(build(arch).arch.items()))
+    return dict(_CANONICAL[known])
 
 
 def model_key(arch: dict, r: Recipe, seed: int, data_identity: str) -> str:
@@ -179,13 +189,30 @@ def _load_cached(folder: Path, model: torch.nn.Module, identity: dict):
     return meta
 
 
+def _open_lock(path: Path):
+    """``path`` opened for flock: for writing, else (another user's lock file) for reading, which
+    flock takes as well; a ``PermissionError`` with advice if neither is allowed."""
+    try:
+        return path.open("a")
+    except PermissionError:
+        pass
+    try:
+        return path.open("r")
+    except PermissionError as exc:
+        raise PermissionError(
+            f"cannot open the training lock {path} ({exc.strerror or exc}): it belongs to another "
+            f"user who trains into this shared zoo. Ask them to make it readable by your group (a "
+            f"umask of 002 or 007 and a shared group), or use a zoo of your own (root=, "
+            f"SYMMETRIES_ZOO or SYMMETRIES_CACHE)") from exc
+
+
 @contextlib.contextmanager
 def _training_lock(folder: Path):
     """Hold an exclusive lock on ``folder/.lock`` (flock: released by the OS if the process dies)."""
     if fcntl is None:
         yield
         return
-    with open(folder / ".lock", "a") as f:
+    with _open_lock(folder / ".lock") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -212,6 +239,7 @@ def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str 
         The model's ``meta.json`` (verified, without its own checksum), or ``None`` if it is not in
         the zoo or its ``meta.json`` is damaged (then with a warning naming the file).
     """
+    seed = check_seed(seed)
     r = make_recipe(recipe)
     data = data or load_data(dataset)
     meta_path = zoo_dir(root) / model_key(arch, r, seed, data.identity) / "meta.json"
@@ -228,6 +256,12 @@ def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str 
 
 def _load_or_train(folder: Path, model, identity: dict, train) -> tuple:
     # (model, meta) from the entry, or from train() when it is missing or corrupted (then removed).
+    try:
+        meta = _load_cached(folder, model, identity)
+    except CorruptedError:
+        meta = None
+    if meta is not None:
+        return model, meta
     _check_writable(folder)
     # Another process may be training this entry: wait for it, then look again, so that a model
     # is trained once however many processes ask for it.
@@ -272,33 +306,34 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
     -------
     torch.nn.Module
         In eval mode on ``device``, with its metadata as ``zoo_meta`` (``test_acc`` a fraction) and
-        its cache key as ``zoo_key``.
+        its cache key as ``zoo_key``. The caller's torch random state is the same after the call
+        whether the model was trained or loaded.
 
     Raises
     ------
+    ValueError
+        Before any folder is made, for a bad seed (:func:`lib.config.check_seed`), recipe or
+        architecture, or data it cannot train on (:func:`lib.data.check_training_data`).
     PermissionError
-        If the model must be trained and the zoo folder is not writable (before any training).
+        If the model must be trained and the zoo folder is not writable (before any training), or
+        another user's lock file cannot be opened.
     OSError
         If an entry exists but cannot be read; it is left untouched.
     """
+    seed = check_seed(seed)
     r = make_recipe(recipe)
     device = get_device(device)
     data = data or load_data(dataset)
+    check_training_data(data, arch)
     key = model_key(arch, r, seed, data.identity)
     identity = _identity(arch, r, seed, data.identity)
     folder = zoo_dir(root) / key
-    model = build(arch, seed=seed)
-    try:
-        meta = _load_cached(folder, model, identity)
-    except CorruptedError:
-        meta = None
-    if meta is None:
 
-        def train_new():
-            # A failed load may have copied part of a state_dict: start from the seed's init.
-            fresh = build(arch, seed=seed)
-            return fresh, _train_and_store(fresh, arch, r, seed, data, folder, device, progress)
-        model, meta = _load_or_train(folder, model, identity, train_new)
+    def train_new():
+        # A failed load may have copied part of a state_dict: start from the seed's init.
+        fresh = build(arch, seed=seed)
+        return fresh, _train_and_store(fresh, arch, r, seed, data, folder, device, progress)
+    model, meta = _load_or_train(folder, build(arch, seed=seed), identity, train_new)
     model.zoo_meta = meta
     model.zoo_key = key
     return model.to(device).eval()
