@@ -153,6 +153,20 @@ def identify_group(fn, n: int = 4, *, trials: int = 3, n_inputs: int | None = No
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     x = input_scale * torch.randn(n_inputs or 64 * n, n, generator=g, dtype=torch.float64)
+    residuals, fits = _fit_candidates(fn, x, g, trials)
+    passing = [k for k in _CANDIDATES if residuals[k] <= tol]
+    if not passing:
+        raise ValueError(f"{name} does not even commute with permutations (residual "
+                         f"{residuals['permutation']:.3g}); is it an elementwise function?")
+    kind = passing[0]
+    phi_name, phi, err, lemma_residual = _match_phi(fn, n, fits[kind])
+    return GroupIdentification(name, n, kind, phi_name, phi, residuals, err, lemma_residual)
+
+
+def _fit_candidates(fn, x: torch.Tensor, g: torch.Generator, trials: int) -> tuple:
+    # For each candidate kind, ``trials`` random A with their least-squares B: the largest residual
+    # per kind, and the (A, B) pairs.
+    n = x.shape[1]
     residuals, fits = {}, {}
     for kind in _CANDIDATES:
         fits[kind] = []
@@ -161,33 +175,51 @@ def identify_group(fn, n: int = 4, *, trials: int = 3, n_inputs: int | None = No
             B, r = best_intertwiner(fn, A, x)
             fits[kind].append((A, B))
             residuals[kind] = max(residuals.get(kind, 0.0), r)
-    passing = [k for k in _CANDIDATES if residuals[k] <= tol]
-    if not passing:
-        raise ValueError(f"{name} does not even commute with permutations (residual "
-                         f"{residuals['permutation']:.3g}); is it an elementwise function?")
-    kind = passing[0]
+    return residuals, fits
 
-    def rel(P, Q):
-        return ((P - Q).norm() / Q.norm()).item()
 
-    candidates = [("A", lambda A: A), ("abs(A)", lambda A: A.abs())]
+def _match_phi(fn, n: int, fits: list) -> tuple:
+    # The first named phi that reproduces the fitted Bs (relative error <= 1e-6), else Lemma 3.1's
+    # sigma(A) sigma(I)^-1 (None where sigma(I) is singular): (name, phi, its error, the lemma's).
+    s_id = fn(torch.eye(n, dtype=torch.float64))
+    lemma_ok = torch.linalg.svdvals(s_id).min() > 1e-12
+
+    def lemma(A):
+        return torch.linalg.solve(s_id.T, fn(A.double()).T).T
+    lemma_residual = max(_relative(lemma(A), B) for A, B in fits) if lemma_ok else float("nan")
+    for phi_name, phi in _phi_candidates(fits):
+        err = max(_relative(phi(A), B) for A, B in fits)
+        if err <= 1e-6:
+            return phi_name, phi, err, lemma_residual
+    return "σ(A)σ(I)^-1", lemma if lemma_ok else None, lemma_residual, lemma_residual
+
+
+def _relative(P: torch.Tensor, Q: torch.Tensor) -> float:
+    return ((P - Q).norm() / Q.norm()).item()
+
+
+def _identity(A):
+    return A
+
+
+def _absolute(A):
+    return A.abs()
+
+
+def _phi_candidates(fits: list) -> list:
+    # The named forms of phi tried in turn: A, abs(A), and A^⊙d with d read off the fitted Bs' log
+    # ratios (|B| = |A|^d entrywise) when that is an integer >= 2.
+    candidates = [("A", _identity), ("abs(A)", _absolute)]
     ratios = [torch.log(B.abs()[A.abs() > 1e-3]) / torch.log(A.abs()[A.abs() > 1e-3])
-              for A, B in fits[kind]]
+              for A, B in fits]
     ratios = torch.cat([r[r.isfinite()] for r in ratios])
     if ratios.numel():
         d = int(round(ratios.median().item()))
         if d >= 2:
-            candidates.append((f"A^⊙{d}", lambda A, d=d: A**d))
-    s_id = fn(torch.eye(n, dtype=torch.float64))
-    lemma_ok = torch.linalg.svdvals(s_id).min() > 1e-12
-    lemma = (lambda A: torch.linalg.solve(s_id.T, fn(A.double()).T).T)
-    lemma_residual = max(rel(lemma(A), B) for A, B in fits[kind]) if lemma_ok else float("nan")
-    for phi_name, phi in candidates:
-        err = max(rel(phi(A), B) for A, B in fits[kind])
-        if err <= 1e-6:
-            return GroupIdentification(name, n, kind, phi_name, phi, residuals, err, lemma_residual)
-    return GroupIdentification(name, n, kind, "σ(A)σ(I)^-1", lemma if lemma_ok else None, residuals,
-                               lemma_residual, lemma_residual)
+            def power(A, d=d):
+                return A**d
+            candidates.append((f"A^⊙{d}", power))
+    return candidates
 
 
 # --------------------------------------------------------------------------------------------

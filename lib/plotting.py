@@ -27,7 +27,11 @@ def _register_png_display() -> None:
 
 _register_png_display()
 
-__all__ = ["bars_with_errors", "heatmap", "curves", "curve_panels", "concept_samples"]
+__all__ = ["HEATMAP_CMAP", "bars_with_errors", "heatmap", "curves", "curve_panels",
+           "concept_samples"]
+
+HEATMAP_CMAP = "magma"
+"""str: the colour map of every heatmap (perceptually uniform, dark at 0)."""
 
 
 def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None = None,
@@ -66,8 +70,8 @@ def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None 
 
 
 def heatmap(matrices: dict, row_labels, col_labels=None, vmin=0.0, vmax=1.0,
-            xlabel: str = "", ylabel: str = "", cmap: str = "magma", figsize=None) -> Figure:
-    """Side-by-side heatmaps with one colour bar.
+            xlabel: str = "", ylabel: str = "", figsize=None) -> Figure:
+    """Side-by-side heatmaps with one colour bar (colour map :data:`HEATMAP_CMAP`).
 
     Parameters
     ----------
@@ -77,7 +81,9 @@ def heatmap(matrices: dict, row_labels, col_labels=None, vmin=0.0, vmax=1.0,
         Tick labels (``col_labels`` defaults to ``row_labels``).
     vmin, vmax : float
         The colour scale's range.
-    xlabel, ylabel, cmap : str
+    xlabel, ylabel : str
+    figsize : tuple of float, optional
+        Inches; default: 4.2 per panel plus 0.6, by 4.
 
     Returns
     -------
@@ -89,7 +95,7 @@ def heatmap(matrices: dict, row_labels, col_labels=None, vmin=0.0, vmax=1.0,
     axes = fig.subplots(1, n, squeeze=False)[0]
     im = None
     for ax, (name, m) in zip(axes, matrices.items()):
-        im = ax.imshow(np.asarray(m), vmin=vmin, vmax=vmax, cmap=cmap, origin="lower")
+        im = ax.imshow(np.asarray(m), vmin=vmin, vmax=vmax, cmap=HEATMAP_CMAP, origin="lower")
         ax.set_title(name, fontsize="medium")
         ax.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize="x-small")
         ax.set_yticks(range(len(row_labels)), row_labels, fontsize="x-small")

@@ -281,7 +281,10 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
                              f"scale) is damaged or was not written by lib.results.Recorder; delete "
                              f"it and re-run its chapter")
     order = order or []
-    rank = lambda r: (order.index(r["chapter"]) if r["chapter"] in order else len(order), r["chapter"], r["seed"])
+
+    def rank(r):
+        position = order.index(r["chapter"]) if r["chapter"] in order else len(order)
+        return position, r["chapter"], r["seed"]
     return table(["chapter", "seed", "quantity", "ours", "paper", "note"],
                  [[r["chapter"], r["seed"], f"`{r['key']}`", _fmt(r["ours"], r["std"], r["unit"]),
                    _fmt(r["paper"], r["paper_std"], r["unit"]), r["note"]] for r in sorted(rows, key=rank)],

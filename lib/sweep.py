@@ -72,8 +72,12 @@ def run_name(params: dict) -> str:
     str
         Such as ``scale-cpu_seed-0`` (``"default"`` for no parameters).
     """
-    safe = lambda v: "".join(c if c.isalnum() or c in ".-" else "-" for c in str(v))
-    return "_".join(f"{k}-{safe(params[k])}" for k in sorted(params)) or "default"
+    return "_".join(f"{k}-{_safe(params[k])}" for k in sorted(params)) or "default"
+
+
+def _safe(value) -> str:
+    # Letters, digits, dots and dashes are kept; anything else becomes a dash.
+    return "".join(c if c.isalnum() or c in ".-" else "-" for c in str(value))
 
 
 def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = None) -> dict:
@@ -103,31 +107,12 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
     name = run_name(params)
     notebook = out_dir / f"{name}.ipynb"
     done = out_dir / f"{name}.done.json"
-    try:
-        return dict(_read_done(done, params), notebook=str(notebook), skipped=True)
-    except FileNotFoundError:
-        pass
-    # A damaged or unreadable marker only costs re-running this one combination.
-    except OSError as exc:
-        reason = exc.strerror or exc
-        warnings.warn(f"the run marker {done} cannot be read ({reason}); running {name} again")
-    except ValueError as exc:
-        warnings.warn(f"{exc}; running {name} again")
+    finished = _finished_run(done, params, name)
+    if finished is not None:
+        return dict(finished, notebook=str(notebook), skipped=True)
     results = out_dir / f"{name}.results"
     source = out_dir / f"{name}.input.ipynb"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    nb = jupytext.read(chapter)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    jupytext.write(nb, source, fmt="ipynb")
-    env = dict(os.environ, SYMMETRIES_RESULTS=str(results.resolve()))
-    cmd = [sys.executable, "-m", "papermill", str(source), str(notebook), "-y", json.dumps(params),
-           "--cwd", str(Path(chapter).resolve().parent), "--no-progress-bar"]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        ok, err = proc.returncode == 0, proc.stderr.strip().splitlines()[-12:]
-    except subprocess.TimeoutExpired:
-        ok, err = False, [f"timed out after {timeout} s"]
-    source.unlink(missing_ok=True)
+    ok, err = _papermill(chapter, params, source, notebook, results, timeout)
     status = dict(params=params, notebook=str(notebook), ok=ok)
     if not ok:
         return dict(status, error="\n".join(err))
@@ -141,6 +126,40 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
     with atomic_path(done) as tmp:
         tmp.write_text(checked_json(status))
     return dict(status, skipped=False)
+
+
+def _finished_run(done: Path, params: dict, name: str) -> dict | None:
+    # The marker of a finished run, or None: absent, or unreadable (then it is only run again).
+    try:
+        return _read_done(done, params)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = exc.strerror or exc
+        warnings.warn(f"the run marker {done} cannot be read ({reason}); running {name} again")
+    except ValueError as exc:
+        warnings.warn(f"{exc}; running {name} again")
+    return None
+
+
+def _papermill(chapter: str, params: dict, source: Path, notebook: Path, results: Path,
+               timeout) -> tuple:
+    # Run the chapter's notebook form in a papermill subprocess that records into ``results``:
+    # (ok, the last lines of its stderr).
+    source.parent.mkdir(parents=True, exist_ok=True)
+    nb = jupytext.read(chapter)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    jupytext.write(nb, source, fmt="ipynb")
+    env = dict(os.environ, SYMMETRIES_RESULTS=str(results.resolve()))
+    cmd = [sys.executable, "-m", "papermill", str(source), str(notebook), "-y", json.dumps(params),
+           "--cwd", str(Path(chapter).resolve().parent), "--no-progress-bar"]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        ok, err = proc.returncode == 0, proc.stderr.strip().splitlines()[-12:]
+    except subprocess.TimeoutExpired:
+        ok, err = False, [f"timed out after {timeout} s"]
+    source.unlink(missing_ok=True)
+    return ok, err
 
 
 # The fields of a run marker written before markers carried their own checksum ("sha256").

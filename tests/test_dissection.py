@@ -319,7 +319,8 @@ def test_make_concept_dataset(tmp_path):
 
 
 def test_make_concept_dataset_synthetic_and_errors(tmp_path):
-    root = D.make_concept_dataset(tmp_path / "s", 6, seed=0, p_texture=1.0, p_shape=0.0)
+    textures = D.ConceptSpec(p_texture=1.0, p_shape=0.0)
+    root = D.make_concept_dataset(tmp_path / "s", 6, seed=0, concepts=textures)
     ds = D.BrodenDataset(root)
     # A category of probability 0 is left out, as Broden lists only annotated categories.
     assert ds.categories == ["color", "texture"]
@@ -334,7 +335,9 @@ def test_make_concept_dataset_synthetic_and_errors(tmp_path):
     with pytest.raises(ValueError, match="exceeds"):
         D.make_concept_dataset(tmp_path / "e", 5, images=np.zeros((4, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="p_shape"):
-        D.make_concept_dataset(tmp_path / "e", 2, p_shape=1.5)
+        D.ConceptSpec(p_shape=1.5)
+    with pytest.raises(ValueError, match="object_radius must be a radius in pixels > 0 or None"):
+        D.ConceptSpec(object_radius=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,8 +366,9 @@ def concept_ds(tmp_path_factory):
 
 
 def test_dissect_planted_colour_detectors(concept_ds):
-    res = D.dissect(ColourUnits(), "units", concept_ds, alphas=(0.0, 1.0), n_rotations=2, seed=0,
-                    quantile=0.6, device="cpu", batch_size=10, progress=False)
+    loose = D.NetDissectSettings(quantile=0.6)
+    res = D.dissect(ColourUnits(), "units", concept_ds, D.Rotations((0.0, 1.0), 2, seed=0), loose,
+                    device="cpu", batch_size=10, progress=False)
     present = set()
     for _, masks, _ in concept_ds.batches(32):
         present |= {D.COLOR_NAMES[k] for k in range(11) if masks[:, k].any()}
@@ -378,8 +382,8 @@ def test_dissect_planted_colour_detectors(concept_ds):
     assert res.unique[0].tolist() == [len(present)] * 2
     assert res.by_category[0, 0].tolist() == [len(present), 0, 0]
     # A full random rotation mixes the one-hot colour units: no longer all perfect detectors.
-    rotated = D.dissect(ColourUnits(), "units", concept_ds, alphas=(1.0,), n_rotations=2, seed=0,
-                        quantile=0.6, device="cpu", batch_size=10, progress=False)
+    rotated = D.dissect(ColourUnits(), "units", concept_ds, D.Rotations((1.0,), 2, seed=0), loose,
+                        device="cpu", batch_size=10, progress=False)
     assert (rotated.interpretable <= len(present)).all()
     assert np.array_equal(rotated.interpretable[0], res.interpretable[1])
 
@@ -393,8 +397,9 @@ def _tiny_convnet():
 def test_dissect_random_model_shapes_and_consistency(concept_ds):
     model = _tiny_convnet()
     alphas = (0.0, 0.5, 1.0)
-    res = D.dissect(model, "3", concept_ds, alphas=alphas, n_rotations=3, seed=1, quantile=0.01,
-                    device="cpu", batch_size=12, progress=False)
+    res = D.dissect(model, "3", concept_ds, D.Rotations(alphas, 3, seed=1),
+                    D.NetDissectSettings(quantile=0.01), device="cpu", batch_size=12,
+                    progress=False)
     n_c = len(concept_ds.concepts)
     assert res.interpretable.shape == res.unique.shape == (3, 3)
     assert res.by_category.shape == (3, 3, 3)
@@ -417,8 +422,8 @@ def test_dissect_random_model_shapes_and_consistency(concept_ds):
 
 
 def test_invariants_catch_broken_results(concept_ds):
-    res = D.dissect(_tiny_convnet(), "3", concept_ds, alphas=(0.0, 1.0), n_rotations=2, quantile=0.01,
-                    device="cpu", progress=False)
+    res = D.dissect(_tiny_convnet(), "3", concept_ds, D.Rotations((0.0, 1.0), 2),
+                    D.NetDissectSettings(quantile=0.01), device="cpu", progress=False)
     more_concepts = res.unique.copy()
     more_concepts[1, 0] = res.interpretable[1, 0] + 1
     assert not dataclasses.replace(res, unique=more_concepts).invariants()["0 <= concepts <= detectors"]
@@ -431,7 +436,7 @@ def test_invariants_catch_broken_results(concept_ds):
 def test_dissect_residual_outputs_of_builders(concept_ds):
     for model in (models.resnet20(width=0.25, residual_activation=False), models.convnext_cifar(width=0.25)):
         layer = models.residual_outputs(model)[-1]
-        res = D.dissect(model, layer, concept_ds, alphas=(0.0, 1.0), n_rotations=1, device="cpu",
+        res = D.dissect(model, layer, concept_ds, D.Rotations((0.0, 1.0), 1), device="cpu",
                         batch_size=32, progress=False)
         assert res.iou.shape[0] == res.n_units == (16 if "layer" in layer else 32)
 
@@ -518,7 +523,8 @@ def test_object_concept_is_the_class_in_a_central_disc(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6) % 3
     ds = D.BrodenDataset(D.make_concept_dataset(tmp_path / "o", 6, seed=0, images=images, labels=labels,
-                                                class_names=("cat", "dog", "ship"), object_radius=10))
+                                                concepts=D.ConceptSpec(object_radius=10),
+                                                class_names=("cat", "dog", "ship")))
     assert "object" in ds.categories and "dog-object" in ds.concepts and "dog" in ds.concepts
     x, masks, annotated = next(ds.batches(6))
     obj = np.array(ds.concept_categories) == "object"
@@ -526,10 +532,12 @@ def test_object_concept_is_the_class_in_a_central_disc(tmp_path):
     assert (m.sum(1) <= 1).all() and m.any(1).sum((1, 2)).tolist() == [316] * 6   # pi 10^2 on the pixel grid
     assert m[:, :, 16, 16].any(1).all() and not m[:, :, 0, 0].any()
     with pytest.raises(ValueError, match="object_radius needs labels"):
-        D.make_concept_dataset(tmp_path / "p", 2, images=images, object_radius=10)
+        D.make_concept_dataset(tmp_path / "p", 2, images=images,
+                               concepts=D.ConceptSpec(object_radius=10))
     with pytest.raises(ValueError, match=r"object_radius must be a radius in pixels in \(0, 16\]"):
-        D.make_concept_dataset(tmp_path / "q", 2, images=images, labels=labels, class_names=("a", "b", "c"),
-                               object_radius=20)
+        D.make_concept_dataset(tmp_path / "q", 2, images=images, labels=labels,
+                               concepts=D.ConceptSpec(object_radius=20),
+                               class_names=("a", "b", "c"))
 
 
 def test_bad_inputs(concept_ds):
@@ -552,7 +560,13 @@ def test_bad_inputs(concept_ds):
     with pytest.raises(ValueError, match="generator"):
         D.random_rotation(3, "seed")
     with pytest.raises(ValueError, match="alphas"):
-        D.dissect(_tiny_convnet(), "3", concept_ds, alphas=(1.5,), device="cpu", progress=False)
+        D.Rotations(alphas=(1.5,))
+    with pytest.raises(ValueError, match="n_rotations must be a positive int, got 0"):
+        D.Rotations(n_rotations=0)
+    with pytest.raises(ValueError, match=r"quantile must be a number in \(0, 1\)"):
+        D.NetDissectSettings(quantile=1.0)
+    with pytest.raises(ValueError, match=r"iou_threshold must be a number in \[0, 1\)"):
+        D.NetDissectSettings(iou_threshold=-0.1)
     with pytest.raises(ValueError, match="convolutional layer"):
         D.dissect(_tiny_convnet(), "4", concept_ds, device="cpu", progress=False)
     with pytest.raises(ValueError, match="unknown layer"):
@@ -560,7 +574,7 @@ def test_bad_inputs(concept_ds):
     with pytest.raises(ValueError, match="BrodenDataset"):
         D.dissect(_tiny_convnet(), "3", "some/dir", device="cpu", progress=False)
     with pytest.raises(ValueError, match="alphas must be a non-empty"):
-        D.dissect(_tiny_convnet(), "3", concept_ds, alphas=(), device="cpu", progress=False)
+        D.Rotations(alphas=())
 
 
 def test_non_finite_activations_are_refused():
@@ -614,7 +628,8 @@ def test_natural_concept_dataset_keeps_the_photographs(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     root = D.make_concept_dataset(tmp_path / "n", 3, seed=1, images=images, labels=np.arange(5) % 2,
-                                  class_names=("cat", "dog"), p_texture=0.0, p_shape=0.0)
+                                  concepts=D.ConceptSpec(p_texture=0.0, p_shape=0.0),
+                                  class_names=("cat", "dog"))
     ds = D.BrodenDataset(root)
     assert ds.categories == ["color", "class"]
     x, masks, annotated = next(ds.batches(3, normalize=False))
@@ -635,8 +650,8 @@ def test_stage_scan_and_choice(concept_ds, tmp_path, monkeypatch):
     nets = {"relu": dict(model=models.resnet20(width=0.25), key="tiny-relu")}
     scan = D.stage_scan(nets, concept_ds, {"data": "test"}, seed=0, quantile=0.01)
     assert [r.layer for r in scan["relu"]] == ["layer1.2", "layer2.2", "layer3.2"]
-    direct = D.dissect(nets["relu"]["model"], "layer2.2", concept_ds, alphas=(0.0,), n_rotations=1, quantile=0.01,
-                       device="cpu", progress=False)
+    direct = D.dissect(nets["relu"]["model"], "layer2.2", concept_ds, D.Rotations((0.0,), 1),
+                       D.NetDissectSettings(quantile=0.01), device="cpu", progress=False)
     np.testing.assert_array_equal(scan["relu"][1].iou, direct.iou)
     # The stage with the largest fraction of detectors (not the largest count); the first on ties.
     fake = [dataclasses.replace(scan["relu"][0], interpretable=np.array([[k]]), n_units=n)
@@ -768,7 +783,8 @@ def test_dissect_memo_caches(concept_ds, tmp_path, monkeypatch):
     net = dict(model=_tiny_convnet(), key="tiny")
     kwargs = dict(alphas=(0.0, 1.0), n_rotations=2, seed=3, quantile=0.01, device="cpu")
     first = D.dissect_memo(net, "3", concept_ds, {"data": "test"}, **kwargs)
-    direct = D.dissect(net["model"], "3", concept_ds, progress=False, **kwargs)
+    direct = D.dissect(net["model"], "3", concept_ds, D.Rotations((0.0, 1.0), 2, seed=3),
+                       D.NetDissectSettings(quantile=0.01), device="cpu", progress=False)
     assert np.array_equal(first.interpretable, direct.interpretable) and first.labels == direct.labels
     # A cached result runs no forward pass; other data is another key, computed anew.
     calls = []

@@ -203,10 +203,9 @@ def test_only_the_stitching_layer_trains(bn_model):
 def test_stitch_experiment_penalty_and_matching_on_self(bn_model, tiny_data):
     a = bn_model(MYRTLE, 0)
     b, _ = symmetry.random_transform(a, torch.Generator().manual_seed(3))
-    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], tiny_data, None, None, device="cpu",
-                                      settings=stitching.StitchSettings(epochs=1, bn_adapt=False,
-                                                                        precision="float32"),
-                                      feature_dtype=torch.float32)
+    exact = stitching.StitchSettings(epochs=1, bn_adapt=False, precision="float32")
+    every = stitching.StitchData(tiny_data, None, None, torch.float32)
+    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], every, exact, device="cpu")
     assert res["clean"][0] == res["clean"][1]
     assert res["variants"]["matching"]["penalty"] == 0.0
     assert set(res["variants"]) == {"matching", "rank1"}
@@ -231,8 +230,9 @@ def test_closed_form_starts_are_exact_on_a_planted_pair(layer, planted):
     data = synthetic_dataset(n_train=96, n_test=64)
     a, b, elements = planted()
     C = stitching.channels_at(a, layer)
-    res = stitching.stitch_experiment(a, b, layer, ["full", f"rank{C}", "matching", "rank1"], data, None, None,
-                                      EXACT, feature_dtype=torch.float32, device="cpu")
+    res = stitching.stitch_experiment(a, b, layer, ["full", f"rank{C}", "matching", "rank1"],
+                                      stitching.StitchData(data, None, None, torch.float32), EXACT,
+                                      device="cpu")
     assert res["clean"][0] == res["clean"][1]
     for v in ("full", f"rank{C}", "matching"):
         assert res["variants"][v]["penalty"] == 0.0, v
@@ -261,7 +261,9 @@ def test_least_squares_streams_and_reduced_rank_is_optimal():
     ref = torch.linalg.lstsq(X1, xb).solution
     torch.testing.assert_close(W, ref[:6].T)
     torch.testing.assert_close(b, ref[6])
-    sse = lambda W, b: ((xa @ W.T + b - xb) ** 2).sum()          # noqa: E731
+
+    def sse(W, b):
+        return ((xa @ W.T + b - xb) ** 2).sum()
     for r in (1, 2, 4):
         Wr, br = stitching.least_squares(whole, rank=r)
         assert torch.linalg.matrix_rank(Wr) == r
@@ -277,8 +279,8 @@ def test_birkhoff_from_matching_keeps_the_planted_permutation(planted):
     data = synthetic_dataset(n_train=128, n_test=64)
     a, b, elements = planted()
     settings = stitching.StitchSettings(epochs=2, batch_size=32, bn_adapt=False, precision="float32")
-    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], data, None, None, settings,
-                                      feature_dtype=torch.float32, device="cpu")
+    every = stitching.StitchData(data, None, None, torch.float32)
+    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], every, settings, device="cpu")
     true_perm = symmetry.feature_transform(a, "act3", elements).abs().argmax(0)
     got = res["variants"]["grelu"]["matrix"].abs().argmax(0)
     # Channels that never fire on these images (random weights) are interchangeable, so the
@@ -298,13 +300,14 @@ def test_bad_input_names_the_accepted_values(bn_model, tiny_data):
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
         stitching.train_stitch(s, fronts, tiny_data.y_train, fronts, tiny_data.y_train,
                                stitching.StitchSettings(epochs=-1))
+    every = stitching.StitchData(tiny_data, None, None)
     with pytest.raises(ValueError, match="unknown variant 'affine'; accepted: 'full', 'rank<r>'"):
-        stitching.stitch_experiment(a, b, "act2", ["affine"], tiny_data, None, None, ONE_EPOCH, device="cpu")
+        stitching.stitch_experiment(a, b, "act2", ["affine"], every, ONE_EPOCH, device="cpu")
     for bad in ("rank0", "rank17"):
         with pytest.raises(ValueError, match=f"variant '{bad}': rank must be in 1..16"):
-            stitching.stitch_experiment(a, b, "act2", [bad], tiny_data, None, None, ONE_EPOCH, device="cpu")
+            stitching.stitch_experiment(a, b, "act2", [bad], every, ONE_EPOCH, device="cpu")
     with pytest.raises(ValueError, match="unknown init 'zeros'; accepted values: 'closed_form', 'random'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], tiny_data, None, None,
+        stitching.stitch_experiment(a, b, "act2", ["full"], every,
                                     dataclasses.replace(ONE_EPOCH, init="zeros"))
 
 
@@ -353,16 +356,17 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch, tiny_d
     r = tiny_recipe()
     a, b = (zoo.get(MYRTLE, r, s, data=tiny_data, progress=False) for s in (0, 1))
     settings = stitching.StitchSettings(epochs=1, batch_size=32)
-    first = stitching.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, settings)
+    some = stitching.StitchData(tiny_data, 64, 32)
+    first = stitching.cached_experiment(a, b, "act2", ["matching"], some, settings)
     calls = []
     monkeypatch.setattr(stitching.experiment, "stitch_experiment", lambda *args, **kw: calls.append(1))
-    again = stitching.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, settings)
+    again = stitching.cached_experiment(a, b, "act2", ["matching"], some, settings)
     assert not calls and again["variants"]["matching"]["penalty"] == first["variants"]["matching"]["penalty"]
-    stitching.cached_experiment(a, b, "act3", ["matching"], tiny_data, 64, 32, settings)
+    stitching.cached_experiment(a, b, "act3", ["matching"], some, settings)
     assert calls == [1]                                  # another layer is another entry
     # A transformed copy of B has other weights, hence another entry (never B's cached result).
     copy, _ = symmetry.random_transform(b, torch.Generator().manual_seed(0))
-    stitching.cached_experiment(a, copy, "act2", ["matching"], tiny_data, 64, 32, settings)
+    stitching.cached_experiment(a, copy, "act2", ["matching"], some, settings)
     assert calls == [1, 1]
 
 
@@ -383,20 +387,29 @@ def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one(tiny_d
 
 def test_rotation_penalty_history_and_bad_input(tiny_data):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), tiny_data, 1, None, None,
-                                  batch_size=32, device="cpu", precision="float32")
+    ft = stitching.FinetuneSettings(trials=1, epochs=1, images=None, eval_images=None,
+                                    batch_size=32, precision="float32")
+    gen = torch.Generator().manual_seed(0)
+    res = sanity.rotation_penalty(m, "conv1", "grelu", gen, tiny_data, ft)
     assert [h["epoch"] for h in res["history"]] == [0, 1]
     # The refit start is the original function: penalty 0 before any fine-tuning.
     assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
-    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
-        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data, -1, device="cpu")
-    with pytest.raises(ValueError, match="unknown start 'warm'; accepted values: 'refit', 'transformed'"):
-        sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data, 1, start="warm", device="cpu")
+    # Bad settings are refused before any work, naming the field and its accepted values.
+    for bad, message in ((dict(epochs=-1), "epochs must be an integer >= 0"),
+                         (dict(start="warm"), "unknown start 'warm'; accepted values: 'refit', "
+                                              "'transformed'"),
+                         (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+                         (dict(precision="half"), "unknown precision 'half'"),
+                         (dict(schedule="step", step_size=0), "step_size must be an integer >= 1"),
+                         (dict(evals_per_epoch=0), "evals_per_epoch must be an integer >= 1")):
+        with pytest.raises(ValueError, match=message):
+            sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data,
+                                    dataclasses.replace(ft, **bad))
     with pytest.raises(ValueError, match="unknown kind 'gl'; accepted values: 'grelu', 'orthogonal'"):
-        sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), tiny_data, 1, device="cpu")
+        sanity.rotation_penalty(m, "conv1", "gl", torch.Generator(), tiny_data, ft)
     with pytest.raises(ValueError, match="equal counts, got 64 and 40"):
         stitching.finetune.finetune_tail(m[2:], torch.zeros(64, 16, 32, 32), tiny_data.y_train[:40],
-                                         torch.zeros(2, 16, 32, 32), tiny_data.y_test[:2], 1)
+                                         torch.zeros(2, 16, 32, 32), tiny_data.y_test[:2], ft)
 
 
 def test_recovered_fraction_counts_live_channels_only():
@@ -416,7 +429,8 @@ def test_recovered_fraction_counts_live_channels_only():
 
 
 def test_last_quarter_change_reads_the_end_of_the_history():
-    rows = lambda pens: [dict(epoch=i, penalty=p) for i, p in enumerate(pens)]      # noqa: E731
+    def rows(pens):
+        return [dict(epoch=i, penalty=p) for i, p in enumerate(pens)]
     assert stitching.last_quarter_change(rows([0.3])) == 0.0                        # nothing trained
     assert stitching.last_quarter_change(rows([0.5, 0.2])) == pytest.approx(30.0)   # pp, epoch 1 vs 0
     # 8 epochs: the last 2 (a quarter) moved the penalty from 0.10 to 0.04, i.e. 6 pp.
@@ -433,12 +447,35 @@ def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp
         calls.append(1)
         return tuple(sanity.pre_activations(m, "conv1", x, device="cpu") for x in (data.x_train, data.x_test))
 
-    args = (m, "key", "conv1", "grelu", 0, data, 1, None, None)
-    first = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
-    again = sanity.cached_rotation_penalty(*args, batch_size=16, fronts=fronts)
+    ft = stitching.FinetuneSettings(trials=2, epochs=1, images=None, eval_images=None,
+                                    batch_size=16)
+    first = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
+    again = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     assert calls == [1] and [h["penalty"] for h in again["history"]] == [h["penalty"] for h in first["history"]]
-    sanity.cached_rotation_penalty(*args[:4], 1, *args[5:], batch_size=16, fronts=fronts)   # another trial
+    sanity.cached_rotation_penalty(m, "conv1", "grelu", 1, data, ft, fronts=fronts)  # another trial
     assert calls == [1, 1]
+
+
+def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_the_data():
+    from lib.cache import memo_key
+    data = synthetic_dataset(n_train=32, n_test=16)
+    other = synthetic_dataset(n_train=32, n_test=16, seed=1)
+    m = models.myrtle_cnn(0.125, batchnorm=False).eval()
+    base = stitching.FinetuneSettings(trials=1, epochs=1, images=32, eval_images=16)
+    # A different valid value of every field (None for the image counts: all images).
+    changed = dict(trials=2, epochs=2, images=None, eval_images=None, start="transformed",
+                   batch_size=32, lr=2e-3, weight_decay=0.0, precision="float32", schedule="step",
+                   step_size=13, gamma=0.25, evals_per_epoch=2)
+    assert set(changed) == {f.name for f in dataclasses.fields(base)}
+
+    def key(model=m, ds=data, ft=base, **kw):
+        return memo_key(sanity.rotation_config(model, "conv1", "grelu", 0, ds, ft, **kw))
+
+    keys = {f: key(ft=dataclasses.replace(base, **{f: v})) for f, v in changed.items()}
+    assert len(set(keys.values()) | {key()}) == len(changed) + 1
+    moved, _ = symmetry.random_transform(m, torch.Generator().manual_seed(0))
+    assert len({key(), key(model=moved), key(ds=other), key(seed=1)}) == 4
+    assert key() == key(ft=dataclasses.replace(base))          # equal settings, equal keys
 
 
 # -- the authors' protocol at `paper` scale (issue 11 items 1-3) -------------------------------------
@@ -482,14 +519,14 @@ def test_memo_key_changes_with_every_settings_field(tiny_data):
     a, b = (models.build(MYRTLE, seed=s) for s in (0, 1))
     base = stitching.settings_for_scale("smoke")
 
-    def key(s, **kw):
-        args = dict(n_train=64, n_test=32, settings=s) | kw
-        return memo_key(stitching.experiment_config(a, b, "act2", ["matching"], tiny_data, **args))
+    def key(s, dtype=torch.float16, **kw):
+        data = stitching.StitchData(tiny_data, 64, 32, dtype)
+        return memo_key(stitching.experiment_config(a, b, "act2", ["matching"], data, s, **kw))
 
     fields = [f.name for f in dataclasses.fields(base)]
     keys = {f: key(dataclasses.replace(base, **{f: _changed(getattr(base, f))})) for f in fields}
     assert len(set(keys.values()) | {key(base)}) == len(fields) + 1
-    assert key(base, feature_dtype=torch.float32) != key(base) and key(base, seed=1) != key(base)
+    assert key(base, torch.float32) != key(base) and key(base, seed=1) != key(base)
     assert key(base) == key(dataclasses.replace(base))        # equal settings, equal keys
 
 
@@ -518,9 +555,29 @@ def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data)
     assert not torch.allclose(out["cached"]["matrix"], out["augmented"]["matrix"])
     for k, v in a.state_dict().items():
         assert torch.equal(v, before_a[k]), k
-    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], tiny_data, None, None, device="cpu",
-                                      settings=dataclasses.replace(settings, fronts="augmented", epochs=1))
+    augmented = dataclasses.replace(settings, fronts="augmented", epochs=1)
+    every = stitching.StitchData(tiny_data, None, None)
+    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], every, augmented,
+                                      device="cpu")
     assert set(res["variants"]) == {"full_random", "matching"}
+
+
+def test_hard_rounding_rounds_grelu_only_inside_the_block_even_on_error(bn_model):
+    a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
+    gen = torch.Generator().manual_seed(0)
+    grelu = stitching.stitch(a, b, "act1", "grelu", generator=gen).stitch
+    full = stitching.stitch(a, b, "act1", "full").stitch
+    soft = grelu.matrix().detach().clone()
+    with stitching.hard_rounding(grelu) as layer, stitching.hard_rounding(full):
+        assert layer is grelu and grelu.hard and not full.hard
+        rounded = grelu.matrix().detach()
+    # A permutation times the scales: one non-zero per column, unlike the soft P.
+    assert ((rounded != 0).sum(0) == 1).all() and not ((soft != 0).sum(0) == 1).all()
+    assert not grelu.hard and torch.equal(grelu.matrix().detach(), soft)
+    with pytest.raises(RuntimeError, match="inside"):
+        with stitching.hard_rounding(grelu):
+            raise RuntimeError("inside")
+    assert not grelu.hard
 
 
 def test_bn_epoch_pass_reestimates_b_statistics_with_the_rounded_permutation(bn_model):
@@ -590,7 +647,7 @@ def test_unknown_protocol_values_name_the_accepted_ones(bn_model):
     with pytest.raises(ValueError, match="unknown fronts 'precomputed'; accepted values: 'cached', 'augmented'"):
         stitching.train_stitch(s, fronts, y, fronts, y, dataclasses.replace(ONE_EPOCH, fronts="precomputed"))
     with pytest.raises(ValueError, match="unknown fronts 'clean'; accepted values: 'cached', 'augmented'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], data, None, None,
+        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(data, None, None),
                                     dataclasses.replace(ONE_EPOCH, fronts="clean"))
     with pytest.raises(ValueError, match="unknown bn_epoch 'full'; accepted values: 'none', 'grelu', 'all'"):
         stitching.train_stitch(s, fronts, y, fronts, y, dataclasses.replace(ONE_EPOCH, bn_epoch="full"))
@@ -609,6 +666,6 @@ def test_random_bias_gives_random_starts_a_bias(monkeypatch, bn_model):
                         lambda *args, **kw: built.append(real(*args, **kw)) or built[-1])
     for random_bias in (False, True):
         settings = stitching.StitchSettings(epochs=0, random_bias=random_bias)
-        stitching.stitch_experiment(a, b, "act2", ["full_random", "rank1_random", "grelu_random"], data, 32, 16,
-                                    settings, device="cpu")
+        stitching.stitch_experiment(a, b, "act2", ["full_random", "rank1_random", "grelu_random"],
+                                    stitching.StitchData(data, 32, 16), settings, device="cpu")
     assert [m.stitch.bias is not None for m in built] == [False, False, False, True, True, False]

@@ -8,7 +8,7 @@ import torch
 
 from lib import models, stitching
 from lib.data import synthetic_dataset
-from lib.settings import SCALES
+from lib.settings import SCALES, FinetuneSettings
 from lib.stitching import experiment, finetune
 
 MYRTLE = dict(arch="myrtle_cnn", width=0.125)
@@ -23,8 +23,9 @@ def _pair():
 def test_fixed_permutation_trains_only_the_scales():
     data = synthetic_dataset(n_train=128, n_test=64)
     a, b = _pair()
-    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], data, None, None, FIXED,
-                                      feature_dtype=torch.float32, device="cpu")
+    res = stitching.stitch_experiment(a, b, "act3", ["grelu"],
+                                      stitching.StitchData(data, None, None, torch.float32), FIXED,
+                                      device="cpu")
     row = res["variants"]["grelu"]
     M = row["matrix"]
     # Each column holds one non-zero entry, in the row activation matching chose: P never moved.
@@ -50,8 +51,9 @@ def test_random_start_always_uses_the_birkhoff_optimiser():
 
     experiment.train_stitch = spy
     try:
-        stitching.stitch_experiment(a, b, "act3", ["grelu", "grelu_random"], data, None, None, FIXED,
-                                    feature_dtype=torch.float32, device="cpu")
+        stitching.stitch_experiment(a, b, "act3", ["grelu", "grelu_random"],
+                                    stitching.StitchData(data, None, None, torch.float32), FIXED,
+                                    device="cpu")
     finally:
         experiment.train_stitch = real
     assert calls == ["fixed", "birkhoff"]
@@ -68,7 +70,8 @@ def test_memo_key_holds_every_settings_field(monkeypatch, tiny_data):
     monkeypatch.setattr(experiment, "memo", lambda kind, config, compute: configs.append(config))
     s = stitching.StitchSettings(epochs=1)
     for t in (s, dataclasses.replace(s, grelu_p="fixed"), dataclasses.replace(s, grelu_lr=3e-3)):
-        experiment.cached_experiment(a, b, "act2", ["matching"], tiny_data, 64, 32, t)
+        some = stitching.StitchData(tiny_data, 64, 32)
+        experiment.cached_experiment(a, b, "act2", ["matching"], some, t)
     assert configs[0]["settings"] == dataclasses.asdict(s)
     assert configs[1]["settings"]["grelu_p"] == "fixed" and configs[2]["settings"]["grelu_lr"] == 3e-3
 
@@ -99,7 +102,8 @@ def test_eval_steps_are_evenly_spaced_and_end_each_epoch():
 
 
 def test_last_quarter_change_reads_fractional_epochs():
-    rows = lambda pts: [dict(epoch=e, penalty=p) for e, p in pts]                  # noqa: E731
+    def rows(pts):
+        return [dict(epoch=e, penalty=p) for e, p in pts]
     # 2 epochs evaluated twice each: the last 25 % runs from epoch 1.5 to 2.
     assert stitching.last_quarter_change(rows([(0, .5), (.5, .3), (1, .2), (1.5, .12), (2, .11)])) == pytest.approx(1.0)
     # Evaluated once per epoch the same run can only be read from epoch 1 (the last 50 %).
@@ -109,9 +113,11 @@ def test_last_quarter_change_reads_fractional_epochs():
 def test_evaluations_within_an_epoch_do_not_change_the_training():
     data = synthetic_dataset(n_train=128, n_test=64)
     a, b = _pair()
-    res = {k: stitching.stitch_experiment(a, b, "act2", ["full", "grelu"], data, None, None,
+    res = {k: stitching.stitch_experiment(a, b, "act2", ["full", "grelu"],
+                                          stitching.StitchData(data, None, None, torch.float32),
                                           dataclasses.replace(FIXED, evals_per_epoch=k),
-                                          feature_dtype=torch.float32, device="cpu") for k in (1, 2)}
+                                          device="cpu")
+           for k in (1, 2)}
     for v in ("full", "grelu"):
         once, twice = res[1]["variants"][v]["history"], res[2]["variants"][v]["history"]
         assert [h["epoch"] for h in once] == [0, 1, 2] and [h["epoch"] for h in twice] == [0, .5, 1, 1.5, 2]
@@ -124,8 +130,11 @@ def test_finetune_evaluates_within_epochs_without_changing_the_training():
     g = torch.Generator().manual_seed(0)
     z, y = torch.randn(96, 8, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
     nets = {k: copy.deepcopy(m[2:]) for k in (1, 4)}
-    hist = {k: finetune.finetune_tail(nets[k], z[:64], y[:64], z[64:], y[64:], 2, batch_size=16, precision="float32",
-                                      evals_per_epoch=k) for k in (1, 4)}
+    base = FinetuneSettings(trials=1, epochs=2, images=None, eval_images=None, batch_size=16,
+                            precision="float32")
+    hist = {k: finetune.finetune_tail(nets[k], z[:64], y[:64], z[64:], y[64:],
+                                      dataclasses.replace(base, evals_per_epoch=k))
+            for k in (1, 4)}
     # The same weights at the end, moved away from the start: evaluating leaves the training alone.
     final = [[p.detach() for p in nets[k].parameters()] for k in (1, 4)]
     assert all(torch.equal(p, q) for p, q in zip(*final))

@@ -116,23 +116,28 @@ class BrodenDataset:
             raise ValueError(f"Broden dataset directory {str(self.root)!r} does not exist")
         if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
             raise ValueError(f"resolution must be a positive int or None, got {resolution!r}")
-        cat_rows = _read_csv(self.root / "category.csv", ("name",))
-        known = [r["name"] for r in cat_rows]
+        known = [r["name"] for r in _read_csv(self.root / "category.csv", ("name",))]
         if categories is None:
             categories = known
         categories = [categories] if isinstance(categories, str) else list(categories)
         for c in categories:
             check_choice("category", c, known)
         self.categories = categories
+        self._read_concepts()
+        self._read_index(split, resolution)
+        self.resolution = resolution
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-        label_path = self.root / "label.csv"
-        labels = _read_csv(label_path, ("number", "name", "category"))
+    def _read_concepts(self) -> None:
         # Only labels listed in a selected category's c_<category>.csv are concepts; each one goes to
         # its primary category (the selected category counting it most often in label.csv).
+        categories = self.categories
+        label_path = self.root / "label.csv"
+        labels = _read_csv(label_path, ("number", "name", "category"))
         in_category: dict = {}
         for cat in categories:
-            path = self.root / f"c_{cat}.csv"
-            for row in _read_csv(path, ("code", "number", "name")):
+            for row in _read_csv(self.root / f"c_{cat}.csv", ("code", "number", "name")):
                 if int(row["number"]) > 0:
                     in_category.setdefault(int(row["number"]), []).append(cat)
         self.concepts, self.concept_categories, numbers = [], [], []
@@ -153,13 +158,15 @@ class BrodenDataset:
         self._lookup[self.label_numbers] = np.arange(len(numbers))
         self._concept_cat_index = np.array([categories.index(c) for c in self.concept_categories])
 
+    def _read_index(self, split: str | None, resolution: int | None) -> None:
+        # The rows of index.csv in use, the one mask size and the size of the images given out.
         index_path = self.root / "index.csv"
         rows = _read_csv(index_path, INDEX_COLUMNS)
         if split is not None:
             rows = [r for r in rows if r["split"] == split]
         if not rows:
             raise ValueError(f"{str(index_path)!r} lists no images" + (f" of split {split!r}" if split else ""))
-        for c in categories:
+        for c in self.categories:
             if c not in rows[0]:
                 raise ValueError(f"malformed Broden file {str(index_path)!r}: no column for category {c!r}")
         self._rows = rows
@@ -176,9 +183,6 @@ class BrodenDataset:
             self.image_size = isizes.pop()
         else:
             self.image_size = (resolution, resolution)
-        self.resolution = resolution
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -9,6 +9,7 @@ rotated by ``Q^alpha`` (``lib.dissection.rotations``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -22,9 +23,9 @@ from ..models import features
 from ..settings import NETDISSECT_IOU_THRESHOLD, NETDISSECT_QUANTILE
 from .broden import BrodenDataset
 from .result import DissectionResult
-from .rotations import random_rotation, rotation_power
+from .rotations import Rotations, random_rotation, rotation_power
 
-__all__ = ["quantile_thresholds", "iou_scores", "dissect"]
+__all__ = ["quantile_thresholds", "iou_scores", "NetDissectSettings", "dissect"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,17 +208,127 @@ def _summarize(iou: np.ndarray, threshold: float, concept_cat: np.ndarray, n_cat
     return int(det.sum()), len(set(best[det].tolist())), by_cat, best, score, det
 
 
-def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0.25, 0.5, 0.75, 1.0),
-            n_rotations: int = 5, seed: int = 0, quantile: float = NETDISSECT_QUANTILE,
-            iou_threshold: float = NETDISSECT_IOU_THRESHOLD, device=None, batch_size: int = 128,
-            progress: bool = True) -> DissectionResult:
+@dataclasses.dataclass(frozen=True)
+class NetDissectSettings:
+    """NetDissect's two numbers (Bau et al. 2017), checked when made; the defaults are
+    ``lib.settings.NETDISSECT_QUANTILE`` and ``NETDISSECT_IOU_THRESHOLD``.
+
+    Parameters
+    ----------
+    quantile : float
+        Fraction of a unit's activations above its threshold, in (0, 1) (NetDissect: 0.005).
+    iou_threshold : float
+        A unit detects its best concept if that IoU (a fraction) exceeds this, in [0, 1)
+        (NetDissect: 0.04).
+
+    Raises
+    ------
+    ValueError
+        If a number is outside its range.
+    """
+
+    quantile: float = NETDISSECT_QUANTILE
+    iou_threshold: float = NETDISSECT_IOU_THRESHOLD
+
+    def __post_init__(self):
+        _check_quantile(self.quantile)
+        t = self.iou_threshold
+        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < 1):
+            raise ValueError(f"iou_threshold must be a number in [0, 1) (NetDissect: 0.04), "
+                             f"got {t!r}")
+
+
+def _layer_activations(model: nn.Module, layer: str, dataset: BrodenDataset, device,
+                       batch_size: int, *, progress: bool) -> torch.Tensor:
+    # The layer's float32 activations (n, units, h, w) over the whole dataset, checked.
+    acts = []
+    for x, _, _ in tqdm(dataset.batches(batch_size), total=math.ceil(len(dataset) / batch_size),
+                        desc=f"features {layer}", disable=not progress):
+        acts.append(features(model, x.to(device), [layer], batch_size)[layer])
+    acts = torch.cat(acts).float()
+    if acts.dim() != 4:
+        raise ValueError(f"layer {layer!r} gives activations of shape {tuple(acts.shape[1:])}; "
+                         f"dissection needs a convolutional layer (units, h, w)")
+    _check_activations(acts)
+    return acts
+
+
+def _bases(units: int, rotations: Rotations) -> tuple:
+    # Basis 0 is the identity; then one basis per (nonzero alpha, rotation). Returns the float64
+    # bases (K, units, units) and {(alpha index, rotation): basis index}.
+    gen = torch.Generator().manual_seed(rotations.seed)
+    qs = [random_rotation(units, gen) for _ in range(rotations.n_rotations)]
+    bases, where = [torch.eye(units, dtype=torch.float64)], {}
+    for ai, a in enumerate(rotations.alphas):
+        for r in range(rotations.n_rotations):
+            if a == 0:
+                where[ai, r] = 0
+            else:
+                where[ai, r] = len(bases)
+                bases.append(rotation_power(qs[r], float(a)))
+    return torch.stack(bases), where
+
+
+def _rotated_iou(acts: torch.Tensor, bases: torch.Tensor, dataset: BrodenDataset, quantile: float,
+                 batch_size: int, *, progress: bool) -> np.ndarray:
+    # IoU (K, units, concepts) of every basis: the masks streamed once, all bases tallied together.
+    dev = acts.device
+    units = acts.shape[1]
+    # Unit-major (units, n, h, w): a rotation of the channel axis is then one matrix product.
+    # Rotating before upsampling is exact: both maps are linear, one on channels, one on pixels.
+    acts = acts.transpose(0, 1).contiguous()
+    flat = acts.reshape(units, -1)
+    thresholds = torch.stack([_row_quantile(b @ flat, quantile) for b in bases])
+    del flat
+    tally = _Tally(len(bases), units, len(dataset.concepts), acts.shape[-2:], dataset.mask_size, dev)
+    start = 0
+    for _, masks, annotated in tqdm(dataset.batches(batch_size), total=math.ceil(len(dataset) / batch_size),
+                                    desc="IoU", disable=not progress):
+        a_batch = acts[:, start:start + len(masks)]
+        start += len(masks)
+        shape = a_batch.shape
+        a_batch = a_batch.reshape(units, -1)
+        m, ann = tally.add_masks(masks.to(dev), annotated.to(dev))
+        for k, b in enumerate(bases):
+            rotated = a_batch if k == 0 else b @ a_batch
+            tally.add(k, rotated.reshape(shape), thresholds[k], m, ann)
+    return tally.iou().cpu().numpy()
+
+
+def _result(layer: str, dataset: BrodenDataset, iou: np.ndarray, where: dict, rotations: Rotations,
+            settings: NetDissectSettings) -> DissectionResult:
+    # Counts per (alpha, rotation) from the IoU of each basis, and the unrotated basis' unit labels.
+    cats = dataset.categories
+    cat_index = np.array([cats.index(c) for c in dataset.concept_categories])
+    shape = (len(rotations.alphas), rotations.n_rotations)
+    interpretable, unique = np.zeros(shape, dtype=int), np.zeros(shape, dtype=int)
+    by_category = np.zeros(shape + (len(cats),), dtype=int)
+    for (ai, r), k in where.items():
+        interpretable[ai, r], unique[ai, r], by_category[ai, r], *_ = _summarize(
+            iou[k], settings.iou_threshold, cat_index, len(cats))
+    *_, best, score, det = _summarize(iou[0], settings.iou_threshold, cat_index, len(cats))
+    units = iou.shape[1]
+    labels = [dict(unit=u, concept=dataset.concepts[best[u]], category=dataset.concept_categories[best[u]],
+                   iou=float(score[u]), detector=bool(det[u])) for u in range(units)]
+    return DissectionResult(
+        layer=layer, alphas=[float(a) for a in rotations.alphas], n_rotations=rotations.n_rotations,
+        n_images=len(dataset), n_units=units, concepts=list(dataset.concepts),
+        concept_categories=list(dataset.concept_categories), categories=list(cats),
+        quantile=settings.quantile, iou_threshold=settings.iou_threshold,
+        interpretable=interpretable, unique=unique, by_category=by_category, iou=iou[0], labels=labels)
+
+
+def dissect(model: nn.Module, layer: str, dataset: BrodenDataset,
+            rotations: Rotations = Rotations(),
+            settings: NetDissectSettings = NetDissectSettings(), *,
+            device=None, batch_size: int = 128, progress: bool = True) -> DissectionResult:
     """Network dissection of ``layer`` in its own basis and in bases rotated by ``Q_r^alpha``.
 
     The layer's activations ``(n, units, h, w)`` over the whole dataset are collected once (with
-    :func:`lib.models.features`; ``model`` is moved to ``device``); for each alpha and each of
-    ``n_rotations`` Haar-random rotations ``Q_r`` (drawn from ``seed``) the activations are rotated on
-    the channel axis by ``Q_r^alpha`` and then dissected as in :func:`iou_scores`, with thresholds from
-    the rotated activations. The masks are streamed once, all bases tallied together.
+    :func:`lib.models.features`; ``model`` is moved to ``device``); for each alpha and each of the
+    Haar-random rotations ``Q_r`` (drawn from ``rotations.seed``) the activations are rotated on
+    the channel axis by ``Q_r^alpha`` and then dissected as in :func:`iou_scores`, with thresholds
+    from the rotated activations. The masks are streamed once, all bases tallied together.
 
     Parameters
     ----------
@@ -227,16 +338,11 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
         A convolutional layer's module name (activations ``(n, units, h, w)``).
     dataset : BrodenDataset
         The concept dataset.
-    alphas : sequence of float
-        Positions on the geodesic from I (0) to ``Q_r`` (1), each in [0, 1].
-    n_rotations : int
-        Haar-random rotations per alpha, >= 1.
-    seed : int
-        Seed of the rotations.
-    quantile : float
-        Fraction of a unit's activations above its threshold, in (0, 1) (NetDissect: 0.005).
-    iou_threshold : float
-        A unit detects its best concept if that IoU (a fraction) exceeds this (NetDissect: 0.04).
+    rotations : lib.dissection.Rotations
+        The alphas (positions on the geodesic from I to ``Q_r``), the rotations per alpha and
+        their seed.
+    settings : NetDissectSettings
+        The quantile of the units' thresholds and the IoU a detector exceeds.
     device : str or torch.device, optional
         Where to compute (default: :func:`lib.config.get_device`).
     batch_size : int
@@ -252,80 +358,16 @@ def dissect(model: nn.Module, layer: str, dataset: BrodenDataset, alphas=(0.0, 0
     Raises
     ------
     ValueError
-        If ``alphas`` is empty or outside [0, 1], ``n_rotations`` not a positive int, ``quantile``
-        not in (0, 1), ``dataset`` not a :class:`BrodenDataset`, or the layer's activations are not
-        4-d or not finite.
+        If ``dataset`` is not a :class:`BrodenDataset`, or the layer's activations are not 4-d or
+        not finite (bad alphas, rotation counts or NetDissect numbers are refused when
+        ``rotations`` and ``settings`` are made).
     """
-    alphas = list(alphas)
-    if not alphas:
-        raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1]")
-    for a in alphas:
-        if not isinstance(a, (int, float, np.floating)) or isinstance(a, bool) or not 0 <= a <= 1:
-            raise ValueError(f"alphas must be numbers in [0, 1], got {a!r}")
-    if not isinstance(n_rotations, int) or n_rotations < 1:
-        raise ValueError(f"n_rotations must be a positive int, got {n_rotations!r}")
-    _check_quantile(quantile)
     if not isinstance(dataset, BrodenDataset):
         raise ValueError(f"dataset must be a BrodenDataset, got {type(dataset).__name__}")
     dev = get_device(device)
     model = model.to(dev)
-
-    acts = []
-    for x, _, _ in tqdm(dataset.batches(batch_size), total=math.ceil(len(dataset) / batch_size),
-                        desc=f"features {layer}", disable=not progress):
-        acts.append(features(model, x.to(dev), [layer], batch_size)[layer])
-    acts = torch.cat(acts).float()
-    if acts.dim() != 4:
-        raise ValueError(f"layer {layer!r} gives activations of shape {tuple(acts.shape[1:])}; "
-                         f"dissection needs a convolutional layer (units, h, w)")
-    _check_activations(acts)
-    units = acts.shape[1]
-
-    # Basis 0 is the identity; then one basis per (nonzero alpha, rotation).
-    gen = torch.Generator().manual_seed(seed)
-    rotations = [random_rotation(units, gen) for _ in range(n_rotations)]
-    bases, where = [torch.eye(units, dtype=torch.float64)], {}
-    for ai, a in enumerate(alphas):
-        for r in range(n_rotations):
-            if a == 0:
-                where[ai, r] = 0
-            else:
-                where[ai, r] = len(bases)
-                bases.append(rotation_power(rotations[r], float(a)))
-    bases = torch.stack(bases).float().to(dev)
-    # Unit-major (units, n, h, w): a rotation of the channel axis is then one matrix product.
-    # Rotating before upsampling is exact: both maps are linear, one on channels, one on pixels.
-    acts = acts.transpose(0, 1).contiguous()
-    flat = acts.reshape(units, -1)
-    thresholds = torch.stack([_row_quantile(b @ flat, quantile) for b in bases])
-    del flat
-
-    tally = _Tally(len(bases), units, len(dataset.concepts), acts.shape[-2:], dataset.mask_size, dev)
-    start = 0
-    for _, masks, annotated in tqdm(dataset.batches(batch_size), total=math.ceil(len(dataset) / batch_size),
-                                    desc="IoU", disable=not progress):
-        a_batch = acts[:, start:start + len(masks)]
-        start += len(masks)
-        shape = a_batch.shape
-        a_batch = a_batch.reshape(units, -1)
-        m, ann = tally.add_masks(masks.to(dev), annotated.to(dev))
-        for k, b in enumerate(bases):
-            rotated = a_batch if k == 0 else b @ a_batch
-            tally.add(k, rotated.reshape(shape), thresholds[k], m, ann)
-    iou = tally.iou().cpu().numpy()
-
-    cat_index = np.array([dataset.categories.index(c) for c in dataset.concept_categories])
-    shape = (len(alphas), n_rotations)
-    interpretable, unique = np.zeros(shape, dtype=int), np.zeros(shape, dtype=int)
-    by_category = np.zeros(shape + (len(dataset.categories),), dtype=int)
-    for (ai, r), k in where.items():
-        interpretable[ai, r], unique[ai, r], by_category[ai, r], *_ = _summarize(
-            iou[k], iou_threshold, cat_index, len(dataset.categories))
-    *_, best, score, det = _summarize(iou[0], iou_threshold, cat_index, len(dataset.categories))
-    labels = [dict(unit=u, concept=dataset.concepts[best[u]], category=dataset.concept_categories[best[u]],
-                   iou=float(score[u]), detector=bool(det[u])) for u in range(units)]
-    return DissectionResult(
-        layer=layer, alphas=[float(a) for a in alphas], n_rotations=n_rotations, n_images=len(dataset),
-        n_units=units, concepts=list(dataset.concepts), concept_categories=list(dataset.concept_categories),
-        categories=list(dataset.categories), quantile=quantile, iou_threshold=iou_threshold,
-        interpretable=interpretable, unique=unique, by_category=by_category, iou=iou[0], labels=labels)
+    acts = _layer_activations(model, layer, dataset, dev, batch_size, progress=progress)
+    bases, where = _bases(acts.shape[1], rotations)
+    bases = bases.float().to(dev)
+    iou = _rotated_iou(acts, bases, dataset, settings.quantile, batch_size, progress=progress)
+    return _result(layer, dataset, iou, where, rotations, settings)

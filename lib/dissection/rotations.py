@@ -2,13 +2,54 @@
 geodesic ``Q^alpha`` from the identity to Q."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = ["random_rotation", "rotation_power", "geodesic_checks", "head_after_basis_change"]
+__all__ = ["Rotations", "random_rotation", "rotation_power", "geodesic_checks",
+           "head_after_basis_change"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotations:
+    """The rotated bases of Section 6: Haar-random rotations ``Q_r``, each taken to ``Q_r^alpha``.
+
+    Checked when made.
+
+    Parameters
+    ----------
+    alphas : sequence of float
+        Positions on the geodesic from I (0) to ``Q_r`` (1), each in [0, 1] (stored as a tuple).
+    n_rotations : int
+        Haar-random rotations per alpha, >= 1.
+    seed : int
+        Seed of the rotations (:func:`random_rotation`, drawn in order from one generator).
+
+    Raises
+    ------
+    ValueError
+        If ``alphas`` is empty or outside [0, 1], or ``n_rotations`` is not a positive int.
+    """
+
+    alphas: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
+    n_rotations: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        alphas = tuple(self.alphas)
+        if not alphas:
+            raise ValueError("alphas must be a non-empty sequence of numbers in [0, 1]")
+        for a in alphas:
+            number = isinstance(a, (int, float, np.floating)) and not isinstance(a, bool)
+            if not number or not 0 <= a <= 1:
+                raise ValueError(f"alphas must be numbers in [0, 1], got {a!r}")
+        n = self.n_rotations
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n_rotations must be a positive int, got {n!r}")
+        object.__setattr__(self, "alphas", alphas)
 
 
 def _generator(generator) -> torch.Generator:

@@ -8,6 +8,7 @@ downloaded here.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,7 +22,8 @@ from PIL import Image
 
 from .broden import CIFAR10_CLASSES, INDEX_COLUMNS
 
-__all__ = ["make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB", "TEXTURE_NAMES", "SHAPE_NAMES"]
+__all__ = ["ConceptSpec", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
+           "TEXTURE_NAMES", "SHAPE_NAMES"]
 
 #: Broden's eleven colour names, in the order of :data:`COLOR_RGB`.
 COLOR_NAMES = ("black", "blue", "brown", "grey", "green", "orange", "pink", "purple", "red", "white", "yellow")
@@ -34,6 +36,8 @@ COLOR_RGB = np.array([
 TEXTURE_NAMES = ("striped", "chequered", "dotted")
 #: The pasted shapes' names (category ``shape``).
 SHAPE_NAMES = ("disc", "square", "triangle")
+# The record of make_concept_dataset's arguments in the folder it writes (reused when they match).
+_META = "make_concept_dataset.json"
 
 
 def quantize_colors(images: np.ndarray) -> np.ndarray:
@@ -117,83 +121,68 @@ def _encode_mask(number: np.ndarray) -> np.ndarray:
     return out
 
 
-def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray | None = None,
-                         labels: np.ndarray | None = None, class_names=CIFAR10_CLASSES,
-                         p_texture: float = 0.5, p_shape: float = 0.5, size: int = 32,
-                         object_radius: float | None = None) -> Path:
-    """Write a small concept dataset in the Broden layout to ``root`` (read it with :class:`BrodenDataset`).
+@dataclasses.dataclass(frozen=True)
+class ConceptSpec:
+    """What :func:`make_concept_dataset` puts into each image, with exact pixel masks, by category.
 
-    Images are ``images[k]`` for ``n_images`` distinct random ``k`` (uint8 ``(N, S, S, 3)``, e.g.
-    CIFAR-10 test images, kept at their native S x S, 32 for CIFAR, so that a CIFAR-trained network
-    sees them at its training resolution; masks have the same size), or, when ``images`` is None,
-    synthetic ``size`` x ``size`` colour gradients with noise. Into each image are pasted, with
-    exact pixel masks:
-
-    * category ``texture`` (pixel-level; probability ``p_texture``): a rectangle (12-24 px sides at
-      S = 32) filled with a two-colour texture, one of :data:`TEXTURE_NAMES` (stripes at 0/45/90/135
-      degrees with period 4-7 px, a checkerboard of 2-4 px cells, dots of radius 1.4-2 px on a 6-8 px grid); its mask
-      is the rectangle minus any shape drawn over it. Broden's textures come from DTD and are
-      image-level; ours are local patches.
-    * category ``shape`` (pixel-level; probability ``p_shape``): a solid-colour disc, square or
-      upright triangle (:data:`SHAPE_NAMES`) of radius 14-25 % of the side, entirely inside the image.
-      It plays the role of Broden's object/part categories, with exact masks.
-    * category ``color`` (pixel-level, every image): each pixel of the final image labelled with the
-      nearest of eleven reference colours named as Broden's (:data:`COLOR_NAMES`,
-      :func:`quantize_colors`). Broden's colour labels are likewise computed from pixels, with a
-      learned colour-naming model; nearest-reference is a cruder stand-in.
-    * category ``class`` (image-level, only if ``labels`` is given): the image's class,
-      ``class_names[labels[k]]``, in the role of Broden's image-level scene category.
-    * category ``object`` (pixel-level, only if ``labels`` and ``object_radius`` are given): the
-      image's class restricted to the central disc of radius ``object_radius`` pixels, named
-      ``f"{class_names[labels[k]]}-object"``. A crude stand-in for Broden's object masks, resting
-      on CIFAR-10's objects being roughly centred (radius 10 at S = 32 covers about 31 % of the
-      pixels); there are no object masks to be had offline.
+    * ``texture`` (pixel-level; probability ``p_texture``): a rectangle (12-24 px sides at S = 32)
+      filled with a two-colour texture, one of :data:`TEXTURE_NAMES` (stripes at 0/45/90/135 degrees
+      with period 4-7 px, a checkerboard of 2-4 px cells, dots of radius 1.4-2 px on a 6-8 px grid);
+      its mask is the rectangle minus any shape drawn over it. Broden's textures come from DTD and
+      are image-level; ours are local patches.
+    * ``shape`` (pixel-level; probability ``p_shape``): a solid-colour disc, square or upright
+      triangle (:data:`SHAPE_NAMES`) of radius 14-25 % of the side, entirely inside the image. It
+      plays the role of Broden's object/part categories, with exact masks.
+    * ``color`` (pixel-level, every image): each pixel of the final image labelled with the nearest
+      of eleven reference colours named as Broden's (:data:`COLOR_NAMES`, :func:`quantize_colors`).
+      Broden's colour labels are likewise computed from pixels, with a learned colour-naming model;
+      nearest-reference is a cruder stand-in.
+    * ``class`` (image-level, only with labels): the image's class, ``class_names[labels[k]]``, in
+      the role of Broden's image-level scene category.
+    * ``object`` (pixel-level, only with labels and ``object_radius``): the image's class restricted
+      to the central disc of radius ``object_radius`` pixels, named
+      ``f"{class_names[labels[k]]}-object"``.
+      A crude stand-in for Broden's object masks, resting on CIFAR-10's objects being roughly
+      centred (radius 10 at S = 32 covers about 31 % of the pixels); there are no object masks to be
+      had offline.
 
     Images without a texture (or shape) have no annotation in that category, as in Broden, so they
     do not count for those concepts' IoU; with ``p_texture=0`` (``p_shape=0``) the category is left
-    out altogether and the images are the photographs unchanged. If ``root`` already holds a dataset written by this
-    function with the same arguments it is reused; one written with other arguments is replaced;
-    any other existing directory is an error.
+    out altogether and the images are the photographs unchanged. Checked when made.
 
     Parameters
     ----------
-    root : str or os.PathLike
-        The directory to write (written atomically: built beside it, then renamed).
-    n_images : int
-        Number of images, at most ``len(images)``.
-    seed : int
-        Seed of the image choice and of every pasted concept.
-    images : numpy.ndarray, optional
-        uint8 ``(N, S, S, 3)`` source images (S >= 16); None: synthetic gradients.
-    labels : numpy.ndarray, optional
-        ``(N,)`` ints in ``[0, len(class_names))``, the class of each of ``images``.
-    class_names : sequence of str
-        Names of the classes (default: :data:`CIFAR10_CLASSES`).
     p_texture, p_shape : float
-        Probability (fraction of images, in [0, 1]) that an image gets a texture patch / a shape.
-    size : int
-        Side of the synthetic images (pixels, >= 16); ignored when ``images`` is given.
+        Probability (fraction of images, in [0, 1]) that an image gets a texture patch / a shape;
+        0 leaves the category out.
     object_radius : float, optional
         Radius in pixels of the central disc of the ``object`` category (None: no such category;
-        needs ``labels``).
-
-    Returns
-    -------
-    pathlib.Path
-        ``root``.
+        needs labels).
 
     Raises
     ------
     ValueError
-        If an argument is out of range or of the wrong shape, or ``root`` is a non-empty directory
-        that this function did not write.
+        If a probability is outside [0, 1] or the radius is not positive.
     """
-    root = Path(root)
+
+    p_texture: float = 0.5
+    p_shape: float = 0.5
+    object_radius: float | None = None
+
+    def __post_init__(self):
+        for name, p in (("p_texture", self.p_texture), ("p_shape", self.p_shape)):
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        if self.object_radius is not None and not self.object_radius > 0:
+            raise ValueError(f"object_radius must be a radius in pixels > 0 or None, "
+                             f"got {self.object_radius!r}")
+
+
+def _check_sources(n_images: int, images, labels, class_names, size: int,
+                   concepts: ConceptSpec) -> tuple:
+    # The source images and labels as arrays, checked, and the side of the images.
     if not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive int, got {n_images!r}")
-    for name, p in (("p_texture", p_texture), ("p_shape", p_shape)):
-        if not 0 <= p <= 1:
-            raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
     if images is not None:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
@@ -209,33 +198,52 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
             raise ValueError(f"labels must be ints in [0, {len(class_names)}) of shape ({len(images)},)")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
-    if object_radius is not None:
+    radius = concepts.object_radius
+    if radius is not None:
         if labels is None:
             raise ValueError("object_radius needs labels: the object concept is the image's class in a central disc")
-        if not 0 < object_radius <= size / 2:
-            raise ValueError(f"object_radius must be a radius in pixels in (0, {size / 2:g}], got {object_radius!r}")
+        if not 0 < radius <= size / 2:
+            raise ValueError(f"object_radius must be a radius in pixels in (0, {size / 2:g}], "
+                             f"got {radius!r}")
+    return images, labels, size
 
-    meta = dict(n_images=n_images, seed=seed, p_texture=p_texture, p_shape=p_shape, size=size,
-                class_names=list(class_names) if labels is not None else None,
-                images=hashlib.sha256(images.tobytes()).hexdigest() if images is not None else None,
-                labels=hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labels is not None else None,
-                object_radius=None if object_radius is None else float(object_radius))
-    meta_path = root / "make_concept_dataset.json"
+
+def _meta(n_images: int, seed: int, images, labels, class_names, size: int,
+          concepts: ConceptSpec) -> dict:
+    # Every argument that changes the files written (the arrays by their sha256).
+    radius = concepts.object_radius
+    labelled = labels is not None
+    digest = (hashlib.sha256(images.tobytes()).hexdigest() if images is not None else None,
+              hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labelled else None)
+    return dict(n_images=n_images, seed=seed, p_texture=concepts.p_texture,
+                p_shape=concepts.p_shape, size=size,
+                class_names=list(class_names) if labelled else None, images=digest[0],
+                labels=digest[1], object_radius=None if radius is None else float(radius))
+
+
+def _reusable(root: Path, meta: dict) -> bool:
+    # Whether root holds a dataset written with these arguments (a foreign non-empty folder is an
+    # error).
+    meta_path = root / _META
     if root.exists():
         if meta_path.is_file():
             if json.loads(meta_path.read_text()) == meta:
-                return root
+                return True
         elif any(root.iterdir()):
             raise ValueError(f"root {str(root)!r} exists and was not written by make_concept_dataset; "
                              f"pass a new or empty directory")
+    return False
 
+
+def _categories(concepts: ConceptSpec, class_names, *, labelled: bool) -> tuple:
     # Label numbers: colours, textures, shapes, classes, in that order, from 1 (0 means "none").
     # A category that no image can have (probability 0) is left out, as Broden lists only annotated ones.
-    cats = [("color", COLOR_NAMES)] + [(c, ns) for c, ns, p in (("texture", TEXTURE_NAMES, p_texture),
-                                                                ("shape", SHAPE_NAMES, p_shape)) if p > 0]
-    if labels is not None:
+    pasted = (("texture", TEXTURE_NAMES, concepts.p_texture),
+              ("shape", SHAPE_NAMES, concepts.p_shape))
+    cats = [("color", COLOR_NAMES)] + [(c, ns) for c, ns, p in pasted if p > 0]
+    if labelled:
         cats.append(("class", tuple(class_names)))
-    if object_radius is not None:
+    if concepts.object_radius is not None:
         cats.append(("object", tuple(f"{c}-object" for c in class_names)))
     names = [n for _, ns in cats for n in ns]
     if len(set(names)) != len(names):
@@ -244,78 +252,178 @@ def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray 
     for cat, ns in cats:
         first[cat] = number
         number += len(ns)
+    return cats, first, number
 
+
+class _ConceptWriter:
+    """Paints the concepts into each image, writes it and its masks, and counts every label."""
+
+    def __init__(self, folder: Path, cats: list, first: dict, number: int, concepts: ConceptSpec,
+                 size: int):
+        self.folder, self.cats, self.first = folder, cats, first
+        self.concepts, self.size = concepts, size
+        self.freq = np.zeros(number, dtype=np.int64)
+        self.cover = np.zeros(number)
+        self.cat_freq = {cat: 0 for cat, _ in cats}
+        self.rows = []
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        radius = concepts.object_radius or 0
+        self.disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius**2
+
+    def paste(self, rng, img: np.ndarray) -> tuple:
+        """Paste a texture and a shape into ``img`` (float, in place) with their probabilities:
+        ``(kind, region)`` of each, or None."""
+        size, texture, shape = self.size, None, None
+        # Draws happen only for categories in use, so p = 0 leaves the random stream of the rest
+        # alone.
+        if self.concepts.p_texture > 0 and rng.random() < self.concepts.p_texture:
+            kind = int(rng.integers(len(TEXTURE_NAMES)))
+            h, w = rng.integers(size * 3 // 8, size * 3 // 4 + 1, 2)
+            y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+            fg, region = _texture(rng, kind, size, y0, x0, h, w)
+            c_fg, c_bg = rng.choice(len(COLOR_NAMES), 2, replace=False)
+            img[region & fg] = _jitter_color(rng, c_fg)
+            img[region & ~fg] = _jitter_color(rng, c_bg)
+            texture = (kind, region)
+        if self.concepts.p_shape > 0 and rng.random() < self.concepts.p_shape:
+            kind = int(rng.integers(len(SHAPE_NAMES)))
+            mask = _shape(rng, kind, size)
+            img[mask] = _jitter_color(rng, int(rng.integers(len(COLOR_NAMES))))
+            shape = (kind, mask)
+        return texture, shape
+
+    def layers(self, img: np.ndarray, texture, shape, label) -> dict:
+        """The pixel-level label maps of the final uint8 ``img``, by category."""
+        first = self.first
+        layers = {"color": quantize_colors(img) + first["color"]}
+        if texture is not None:
+            region = texture[1] & ~(shape[1] if shape is not None else False)
+            if region.any():
+                layers["texture"] = np.where(region, first["texture"] + texture[0], 0)
+        if shape is not None:
+            layers["shape"] = np.where(shape[1], first["shape"] + shape[0], 0)
+        if self.concepts.object_radius is not None:
+            layers["object"] = np.where(self.disc, first["object"] + int(label), 0)
+        return layers
+
+    def write(self, i: int, img: np.ndarray, layers: dict, label) -> None:
+        """Save image ``i``, its masks and its index row; count its labels."""
+        stem, size = f"{i:05d}", self.size
+        optional = {c: "" for c in self.first if c in ("texture", "shape", "object")}
+        row = dict(image=f"{stem}.png", split="train", ih=size, iw=size, sh=size, sw=size,
+                   color=f"{stem}_color.png", **optional)
+        Image.fromarray(img).save(self.folder / "images" / row["image"])
+        for cat, lab in layers.items():
+            Image.fromarray(_encode_mask(lab)).save(self.folder / "images" / f"{stem}_{cat}.png")
+            row[cat] = f"{stem}_{cat}.png"
+            self.cat_freq[cat] += 1
+            counts = np.bincount(lab.ravel(), minlength=len(self.freq))
+            self.freq[counts > 0] += 1
+            self.cover += counts / lab.size
+        if label is not None:
+            k = self.first["class"] + int(label)
+            row["class"] = str(k)
+            self.cat_freq["class"] += 1
+            self.freq[k] += 1
+            self.cover[k] += 1.0
+        self.rows.append(row)
+
+    def finish(self, meta: dict) -> None:
+        """The Broden CSV files and this function's record of its arguments."""
+        self.freq[0], self.cover[0] = 0, 0.0
+        _write_broden_csvs(self.folder, self.rows, self.cats, self.first, self.freq, self.cover,
+                           self.cat_freq)
+        (self.folder / _META).write_text(json.dumps(meta, indent=1))
+
+
+def _write_images(writer: _ConceptWriter, n_images: int, seed: int, images, labels) -> None:
+    # The random stream: the picks first, then each image's base (synthetic only) and concepts.
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(images), n_images, replace=False) if images is not None else None
-    freq = np.zeros(number, dtype=np.int64)
-    cover = np.zeros(number)
-    cat_freq = {cat: 0 for cat, _ in cats}
-    index_rows = []
-    yy, xx = np.mgrid[0:size, 0:size] + 0.5
-    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (object_radius or 0) ** 2
+    (writer.folder / "images").mkdir()
+    for i in range(n_images):
+        if images is None:
+            img = _synthetic_base(rng, writer.size)
+        else:
+            img = images[picks[i]].astype(np.float64)
+        texture, shape = writer.paste(rng, img)
+        img = np.round(img).astype(np.uint8)
+        label = labels[picks[i]] if labels is not None else None
+        writer.write(i, img, writer.layers(img, texture, shape, label), label)
+
+
+def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray | None = None,
+                         labels: np.ndarray | None = None, concepts: ConceptSpec = ConceptSpec(),
+                         class_names=CIFAR10_CLASSES, size: int = 32) -> Path:
+    """Write a small concept dataset in the Broden layout to ``root`` (for :class:`BrodenDataset`).
+
+    Images are ``images[k]`` for ``n_images`` distinct random ``k`` (uint8 ``(N, S, S, 3)``, e.g.
+    CIFAR-10 test images, kept at their native S x S, 32 for CIFAR, so that a CIFAR-trained network
+    sees them at its training resolution; masks have the same size), or, when ``images`` is None,
+    synthetic ``size`` x ``size`` colour gradients with noise. Every pixel is labelled with its
+    colour's name; textures and shapes are pasted in with exact pixel masks, and with ``labels``
+    each image has its class (the categories: :class:`ConceptSpec`). If ``root`` already holds a
+    dataset written by this function with the same arguments it is reused; one written with other
+    arguments is replaced; any other existing directory is an error.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The directory to write (written atomically: built beside it, then renamed).
+    n_images : int
+        Number of images, at most ``len(images)``.
+    seed : int
+        Seed of the image choice and of every pasted concept.
+    images : numpy.ndarray, optional
+        uint8 ``(N, S, S, 3)`` source images (S >= 16); None: synthetic gradients.
+    labels : numpy.ndarray, optional
+        ``(N,)`` ints in ``[0, len(class_names))``, the class of each of ``images``.
+    concepts : ConceptSpec
+        What is pasted into the images (textures, shapes) and the ``object`` category's disc.
+    class_names : sequence of str
+        Names of the classes (default: :data:`CIFAR10_CLASSES`).
+    size : int
+        Side of the synthetic images (pixels, >= 16); ignored when ``images`` is given.
+
+    Returns
+    -------
+    pathlib.Path
+        ``root``.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range or of the wrong shape, or ``root`` is a non-empty directory
+        that this function did not write.
+    """
+    root = Path(root)
+    images, labels, size = _check_sources(n_images, images, labels, class_names, size, concepts)
+    meta = _meta(n_images, seed, images, labels, class_names, size, concepts)
+    if _reusable(root, meta):
+        return root
+    cats, first, number = _categories(concepts, class_names, labelled=labels is not None)
+
+    def fill(folder: Path) -> None:
+        writer = _ConceptWriter(folder, cats, first, number, concepts, size)
+        _write_images(writer, n_images, seed, images, labels)
+        writer.finish(meta)
+    _write_atomically(root, fill)
+    return root
+
+
+def _write_atomically(root: Path, fill) -> None:
+    # fill(folder) builds the dataset in a new folder beside root, which then replaces root; an
+    # error leaves root as it was and removes the new folder.
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_dir(root.parent, f".{root.name}.")
     try:
-        (tmp / "images").mkdir()
-        for i in range(n_images):
-            img = images[picks[i]].astype(np.float64) if images is not None else _synthetic_base(rng, size)
-            stem = f"{i:05d}"
-            row = dict(image=f"{stem}.png", split="train", ih=size, iw=size, sh=size, sw=size,
-                       color=f"{stem}_color.png", **{c: "" for c in first if c in ("texture", "shape", "object")})
-            texture = shape = None
-            # Draws happen only for categories in use, so p = 0 leaves the random stream of the rest alone.
-            if p_texture > 0 and rng.random() < p_texture:
-                kind = int(rng.integers(len(TEXTURE_NAMES)))
-                h, w = rng.integers(size * 3 // 8, size * 3 // 4 + 1, 2)
-                y0, x0 = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
-                fg, region = _texture(rng, kind, size, y0, x0, h, w)
-                c_fg, c_bg = rng.choice(len(COLOR_NAMES), 2, replace=False)
-                img[region & fg] = _jitter_color(rng, c_fg)
-                img[region & ~fg] = _jitter_color(rng, c_bg)
-                texture = (kind, region)
-            if p_shape > 0 and rng.random() < p_shape:
-                kind = int(rng.integers(len(SHAPE_NAMES)))
-                mask = _shape(rng, kind, size)
-                img[mask] = _jitter_color(rng, int(rng.integers(len(COLOR_NAMES))))
-                shape = (kind, mask)
-            img = np.round(img).astype(np.uint8)
-            Image.fromarray(img).save(tmp / "images" / row["image"])
-
-            color = quantize_colors(img) + first["color"]
-            layers = {"color": color}
-            if texture is not None:
-                region = texture[1] & ~(shape[1] if shape is not None else False)
-                if region.any():
-                    layers["texture"] = np.where(region, first["texture"] + texture[0], 0)
-            if shape is not None:
-                layers["shape"] = np.where(shape[1], first["shape"] + shape[0], 0)
-            if object_radius is not None:
-                layers["object"] = np.where(disc, first["object"] + int(labels[picks[i]]), 0)
-            for cat, lab in layers.items():
-                Image.fromarray(_encode_mask(lab)).save(tmp / "images" / f"{stem}_{cat}.png")
-                row[cat] = f"{stem}_{cat}.png"
-                cat_freq[cat] += 1
-                counts = np.bincount(lab.ravel(), minlength=number)
-                freq[counts > 0] += 1
-                cover += counts / lab.size
-            if labels is not None:
-                k = first["class"] + int(labels[picks[i]])
-                row["class"] = str(k)
-                cat_freq["class"] += 1
-                freq[k] += 1
-                cover[k] += 1.0
-            index_rows.append(row)
-        freq[0], cover[0] = 0, 0.0
-        _write_broden_csvs(tmp, index_rows, cats, first, freq, cover, cat_freq)
-        meta_path_tmp = tmp / meta_path.name
-        meta_path_tmp.write_text(json.dumps(meta, indent=1))
+        fill(tmp)
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return root
 
 
 def _new_dir(parent: Path, prefix: str) -> Path:

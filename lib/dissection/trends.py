@@ -54,6 +54,38 @@ def rotation_trend(alphas, counts, tolerance: float = 0.1) -> dict:
     return dict(slope=slope, start=start, end=end, relative_change=rel, verdict=verdict)
 
 
+def _check_slope_input(alphas, counts, n_permutations, level) -> tuple:
+    # alphas (n_alphas,) and counts (n_alphas, n_rotations) as float arrays, checked.
+    x = np.asarray(alphas, dtype=float)
+    y = np.asarray(counts, dtype=float)
+    if y.ndim != 2 or y.shape[0] != len(x) or len(x) < 2 or y.shape[1] < 1:
+        raise ValueError(f"counts must have shape (n_alphas, n_rotations) with n_alphas = "
+                         f"len(alphas) >= 2 and n_rotations >= 1, got {y.shape} for {len(x)} "
+                         f"alphas")
+    if not np.isfinite(y).all() or not np.isfinite(x).all():
+        raise ValueError("alphas and counts must be finite")
+    if np.ptp(x) == 0:
+        raise ValueError(f"alphas must not all be equal, got {x.tolist()}")
+    if not isinstance(n_permutations, int) or n_permutations < 1:
+        raise ValueError(f"n_permutations must be a positive int, got {n_permutations!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return x, y
+
+
+def _permutation_p_value(xc: np.ndarray, y: np.ndarray, slope: float, n_permutations: int,
+                         seed: int) -> float:
+    # Two-sided: the shuffles (and the observed order) whose mean slope is at least as large.
+    rng = np.random.default_rng(seed)
+    r = y.shape[1]
+    # Shuffle each rotation's counts across the alphas: argsort of uniforms is a batch of
+    # permutations.
+    order = rng.random((n_permutations, len(xc), r)).argsort(1)
+    shuffled = np.take_along_axis(np.broadcast_to(y, (n_permutations, *y.shape)), order, 1)
+    null = np.einsum("a,par->p", xc, shuffled) / r
+    return float((1 + (np.abs(null) >= abs(slope) - 1e-12).sum()) / (1 + n_permutations))
+
+
 def rotation_slope_test(alphas, counts, n_permutations: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
     """Is the change of a count along the rotation path significant? ``counts``: ``(n_alphas, n_rotations)``.
 
@@ -94,19 +126,7 @@ def rotation_slope_test(alphas, counts, n_permutations: int = 10_000, seed: int 
         If the shapes disagree, a value is not finite, the alphas are all equal, ``n_permutations``
         is not a positive int or ``level`` not in (0, 1).
     """
-    x = np.asarray(alphas, dtype=float)
-    y = np.asarray(counts, dtype=float)
-    if y.ndim != 2 or y.shape[0] != len(x) or len(x) < 2 or y.shape[1] < 1:
-        raise ValueError(f"counts must have shape (n_alphas, n_rotations) with n_alphas = len(alphas) >= 2 "
-                         f"and n_rotations >= 1, got {y.shape} for {len(x)} alphas")
-    if not np.isfinite(y).all() or not np.isfinite(x).all():
-        raise ValueError("alphas and counts must be finite")
-    if np.ptp(x) == 0:
-        raise ValueError(f"alphas must not all be equal, got {x.tolist()}")
-    if not isinstance(n_permutations, int) or n_permutations < 1:
-        raise ValueError(f"n_permutations must be a positive int, got {n_permutations!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    x, y = _check_slope_input(alphas, counts, n_permutations, level)
     xc = (x - x.mean()) / ((x - x.mean()) ** 2).sum()          # slope of curve r = xc @ y[:, r]
     slopes = xc @ y
     slope = float(slopes.mean())
@@ -116,12 +136,7 @@ def rotation_slope_test(alphas, counts, n_permutations: int = 10_000, seed: int 
         ci = (slope - half, slope + half)
     else:
         ci = (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    # Shuffle each rotation's counts across the alphas: argsort of uniforms is a batch of permutations.
-    order = rng.random((n_permutations, len(x), r)).argsort(1)
-    shuffled = np.take_along_axis(np.broadcast_to(y, (n_permutations, *y.shape)), order, 1)
-    null = np.einsum("a,par->p", xc, shuffled) / r
-    p = float((1 + (np.abs(null) >= abs(slope) - 1e-12).sum()) / (1 + n_permutations))
+    p = _permutation_p_value(xc, y, slope, n_permutations, seed)
     significant = p < 1 - level
     if significant and ci[1] < 0:
         verdict = "falls"

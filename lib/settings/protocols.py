@@ -193,7 +193,9 @@ class FinetuneSettings:
 
     The tail is trained with Adam (``lib.stitching.finetune.finetune_tail``). The recipe fields
     default to the ``fast`` one: batches of 256 and a rate of 1e-3 decaying linearly to 0;
-    :data:`FINETUNE_PAPER` is the authors'. The sizes have no default: a scale states them.
+    :data:`FINETUNE_PAPER` is the authors'. The sizes have no default: a scale states them. Every
+    field is part of a rotation penalty's memo key (``dataclasses.asdict``); the fields are checked
+    by ``lib.stitching.finetune.check_finetune``.
 
     Parameters
     ----------
@@ -205,10 +207,18 @@ class FinetuneSettings:
         Training images of the fine-tuning (None: all 50,000).
     eval_images : int or None
         Test images of the fine-tuned accuracies (None: all 10,000).
+    start : str
+        Where the fine-tuning starts: ``"refit"`` (the next convolution refitted by least squares
+        first) or ``"transformed"`` (the paper's: the trained weights), as
+        ``lib.stitching.finetune.ROTATION_STARTS``.
     batch_size : int
         Images per step (paper: 32).
     lr : float
         Adam's learning rate (the notes: 1e-3).
+    weight_decay : float
+        Adam's L2 coefficient on the parameters named ``weight``.
+    precision : str
+        ``lib.config`` precision of the fine-tuning and its evaluations (``"float32"``: exact).
     schedule : str
         ``"linear"``, ``"constant"`` or ``"step"`` (``lib.stitching.finetune.SCHEDULES``).
     step_size : int
@@ -223,8 +233,11 @@ class FinetuneSettings:
     epochs: int
     images: int | None
     eval_images: int | None
+    start: str = "refit"
     batch_size: int = 256
     lr: float = 1e-3
+    weight_decay: float = 1e-4
+    precision: str = "bulk"
     schedule: str = "linear"
     step_size: int = 0
     gamma: float = 1.0

@@ -2,7 +2,8 @@
 
 The tail trains on cached pre-activations with Adam, under one of :data:`SCHEDULES`: a linear decay to
 0 for the few epochs of small scales, or the authors' StepLR(12, 0.5) at ``paper`` scale (the fields
-of ``lib.settings.Scale.finetune``).
+of ``lib.settings.Scale.finetune``, a ``lib.settings.FinetuneSettings``, which holds the whole
+protocol).
 """
 from __future__ import annotations
 
@@ -11,13 +12,54 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import PRECISIONS, autocast, check_choice
-from .curves import eval_steps
+from ..settings import FinetuneSettings
+from .curves import check_evals_per_epoch, eval_steps
 
-__all__ = ["SCHEDULES", "lr_schedule", "tail_accuracy", "finetune_tail"]
+__all__ = ["SCHEDULES", "ROTATION_STARTS", "check_finetune", "lr_schedule", "tail_accuracy",
+           "finetune_tail"]
 
 SCHEDULES = ("linear", "constant", "step")
 """tuple of str: learning-rate schedules of the fine-tuning: linear decay to 0 over all steps, constant, or
 the authors' StepLR (times ``gamma`` every ``step_size`` epochs)."""
+ROTATION_STARTS = ("refit", "transformed")
+"""tuple of str: the starts of the fine-tuning: after a least-squares refit of the next conv, or the
+paper's (the trained weights)."""
+
+
+def check_finetune(settings: FinetuneSettings) -> None:
+    """Check a fine-tuning protocol before any work is done.
+
+    Parameters
+    ----------
+    settings : lib.settings.FinetuneSettings
+        The protocol.
+
+    Raises
+    ------
+    ValueError
+        Naming the field and its accepted values (epochs, batch size, start, precision, schedule,
+        step size, evaluations per epoch).
+    """
+    if not _is_int(settings.epochs) or settings.epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), "
+                         f"got {settings.epochs!r}")
+    if not _is_int(settings.batch_size) or settings.batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
+    check_choice("start", settings.start, ROTATION_STARTS)
+    check_choice("precision", settings.precision, PRECISIONS)
+    _check_schedule(settings.schedule, settings.step_size)
+    check_evals_per_epoch(settings.evals_per_epoch)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_schedule(schedule: str, step_size) -> None:
+    check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "step" and not (isinstance(step_size, int) and step_size >= 1):
+        raise ValueError(f"step_size must be an integer >= 1 (epochs) for schedule 'step', "
+                         f"got {step_size!r}")
 
 
 @torch.no_grad()
@@ -55,23 +97,28 @@ def lr_schedule(opt: torch.optim.Optimizer, schedule: str, epochs: int, steps_pe
     -------
     torch.optim.lr_scheduler.LambdaLR
     """
-    check_choice("schedule", schedule, SCHEDULES)
-    if schedule == "step" and not (isinstance(step_size, int) and step_size >= 1):
-        raise ValueError(f"step_size must be an integer >= 1 (epochs) for schedule 'step', got {step_size!r}")
+    _check_schedule(schedule, step_size)
     total = max(1, epochs * steps_per_epoch)
     factor = {"linear": lambda step: 1 - step / total, "constant": lambda step: 1.0,
               "step": lambda step: gamma ** ((step // steps_per_epoch) // step_size)}[schedule]
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, test_z: torch.Tensor,
-                  y_test: torch.Tensor, epochs: int, batch_size: int = 256, lr: float = 1e-3,
-                  weight_decay: float = 1e-4, seed: int = 0, precision: str = "bulk",
-                  schedule: str = "linear", step_size: int = 12, gamma: float = 0.5,
-                  evals_per_epoch: int = 1) -> list[dict]:
+def _adam(net: nn.Module, settings: FinetuneSettings) -> torch.optim.Adam:
+    # Weight decay on weights only: biases are not pulled towards 0.
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    decayed = dict(params=[p for n, p in params if n.endswith("weight")],
+                   weight_decay=settings.weight_decay)
+    plain = dict(params=[p for n, p in params if not n.endswith("weight")], weight_decay=0.0)
+    return torch.optim.Adam([decayed, plain], lr=settings.lr)
+
+
+def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor,
+                  test_z: torch.Tensor, y_test: torch.Tensor, settings: FinetuneSettings, *,
+                  seed: int = 0) -> list[dict]:
     """Train ``net`` (the transform and the layers after it) in place on cached pre-activations.
 
-    Adam with ``weight_decay`` on parameters named ``weight``; no augmentation.
+    Adam with ``settings.weight_decay`` on parameters named ``weight``; no augmentation.
 
     Parameters
     ----------
@@ -81,19 +128,12 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
         Cached pre-activations ``(n, C, h, w)``.
     y_train, y_test : torch.Tensor
         Labels ``(n,)``.
-    epochs : int
-        Passes over ``train_z`` (0 evaluates the start only).
-    batch_size, lr, weight_decay : int, float, float
-        Adam's batch, peak learning rate and L2 coefficient.
+    settings : lib.settings.FinetuneSettings
+        The protocol (:func:`check_finetune`): epochs (0 evaluates the start only), batch, learning
+        rate and its schedule, weight decay, precision, evaluations per epoch (the trials, image
+        counts and start are read by ``lib.stitching.sanity.rotation_penalty``, not here).
     seed : int
         Seed of the batch order.
-    precision : str
-        ``lib.config`` precision.
-    schedule, step_size, gamma : str, int, float
-        The learning-rate schedule (:func:`lr_schedule`): ``"linear"`` decay to 0 (so the last of a
-        few epochs settle), ``"constant"``, or the authors' ``"step"`` (StepLR(12, 0.5)).
-    evals_per_epoch : int
-        Test evaluations per epoch, evenly spaced in steps (``lib.stitching.eval_steps``).
 
     Returns
     -------
@@ -101,27 +141,27 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
         One row per evaluation, the start as epoch 0: ``epoch`` (fractional between epochs' ends),
         ``loss`` (training cross-entropy since the previous row, nats), ``test_acc`` (fraction).
     """
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
+    check_finetune(settings)
     if len(train_z) != len(y_train) or len(test_z) != len(y_test):
-        raise ValueError(f"pre-activations and labels must have equal counts, got {len(train_z)} and "
-                         f"{len(y_train)} (train), {len(test_z)} and {len(y_test)} (test)")
-    check_choice("precision", precision, PRECISIONS)
+        raise ValueError(f"pre-activations and labels must have equal counts, got {len(train_z)} "
+                         f"and {len(y_train)} (train), {len(test_z)} and {len(y_test)} (test)")
+    s = settings
     dev = next(net.parameters()).device
-    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    opt = torch.optim.Adam([dict(params=[p for n, p in params if n.endswith("weight")], weight_decay=weight_decay),
-                            dict(params=[p for n, p in params if not n.endswith("weight")], weight_decay=0.0)], lr=lr)
-    n_batches = -(-len(y_train) // batch_size)
-    sched = lr_schedule(opt, schedule, epochs, n_batches, step_size, gamma)
-    checkpoints = eval_steps(n_batches, evals_per_epoch)
+    opt = _adam(net, s)
+    n_batches = -(-len(y_train) // s.batch_size)
+    sched = lr_schedule(opt, s.schedule, s.epochs, n_batches, s.step_size, s.gamma)
+    checkpoints = eval_steps(n_batches, s.evals_per_epoch)
     gen = torch.Generator().manual_seed(seed)
-    history = [dict(epoch=0, loss=float("nan"), test_acc=tail_accuracy(net, test_z, y_test, precision))]
-    for epoch in range(epochs):
+    start_acc = tail_accuracy(net, test_z, y_test, s.precision)
+    history = [dict(epoch=0, loss=float("nan"), test_acc=start_acc)]
+    for epoch in range(s.epochs):
         net.train()
         tot, seen = 0.0, 0
-        for step, idx in enumerate(torch.randperm(len(y_train), generator=gen).split(batch_size)):
-            with autocast(dev, precision):
-                loss = F.cross_entropy(net(train_z[idx].to(dev).float()).float(), y_train[idx].to(dev))
+        batches = torch.randperm(len(y_train), generator=gen).split(s.batch_size)
+        for step, idx in enumerate(batches):
+            with autocast(dev, s.precision):
+                out = net(train_z[idx].to(dev).float())
+                loss = F.cross_entropy(out.float(), y_train[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -129,7 +169,7 @@ def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor, 
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
             if step in checkpoints:
                 history.append(dict(epoch=epoch + checkpoints[step], loss=tot / seen,
-                                    test_acc=tail_accuracy(net, test_z, y_test, precision)))
+                                    test_acc=tail_accuracy(net, test_z, y_test, s.precision)))
                 tot, seen = 0.0, 0
     net.eval()
     return history

@@ -19,27 +19,28 @@ orthogonal ``A`` it is the best linear compensation, and fine-tuning continues f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..cache import fingerprint, memo
 from ..config import check_choice, check_chunk_size, exact_mode, get_device
 from ..data import subset, to_input
 from ..groups import MatrixGroup, intertwiner_group
 from ..models import empty_rows
-from ..cache import memo
-from .finetune import SCHEDULES, finetune_tail, tail_accuracy
+from ..settings import FinetuneSettings
+from .finetune import check_finetune, finetune_tail, tail_accuracy
 from .matching import add_moments, least_squares, moments_of
 
-__all__ = ["ROTATION_KINDS", "ROTATION_STARTS", "FixedChannelMap", "random_channel_map", "rotated_model",
-           "pre_activations", "refit_next_conv", "rotation_penalty", "cached_rotation_penalty"]
+__all__ = ["ROTATION_KINDS", "FixedChannelMap", "random_channel_map", "rotated_model",
+           "pre_activations", "refit_next_conv", "rotation_penalty", "rotation_config",
+           "cached_rotation_penalty"]
 
 ROTATION_KINDS = ("grelu", "orthogonal")
 """tuple of str: the transforms of the sanity test: a random G_ReLU element or a random orthogonal matrix."""
-ROTATION_STARTS = ("refit", "transformed")
-"""tuple of str: the starts of the fine-tuning: after a least-squares refit of the next conv, or the paper's."""
 
 
 
@@ -215,12 +216,36 @@ def refit_next_conv(tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch
     conv.bias.copy_(b.to(conv.bias))
 
 
+def _trial_fronts(model: nn.Sequential, layer: str, data, finetune: FinetuneSettings,
+                  fronts) -> tuple:
+    # The labels of the subsets and their pre-activations, computed here unless given.
+    x_tr, y_tr = subset(data.x_train, data.y_train, finetune.images)
+    x_te, y_te = subset(data.x_test, data.y_test, finetune.eval_images)
+    if fronts is None:
+        device = next(model.parameters()).device
+        fronts = tuple(pre_activations(model, layer, x, device=device) for x in (x_tr, x_te))
+    train_z, test_z = fronts
+    if len(train_z) != len(y_tr) or len(test_z) != len(y_te):
+        raise ValueError(f"fronts hold {len(train_z)} and {len(test_z)} images but the settings' "
+                         f"images and eval_images select {len(y_tr)} and {len(y_te)}; accepted: "
+                         f"fronts of the same subsets")
+    return (train_z, y_tr), (test_z, y_te)
+
+
+def _trainable_copy(layers: nn.Sequential) -> nn.Sequential:
+    # A copy of the layers after the transform with every parameter trainable.
+    tail = copy.deepcopy(layers)
+    for p in tail.parameters():
+        p.requires_grad_(True)
+    return tail
+
+
 def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: torch.Generator, data,
-                     epochs: int, n_train: int | None = 10000, n_test: int | None = 2000, batch_size: int = 256,
-                     lr: float = 1e-3, seed: int = 0, device=None, start: str = "refit", fronts: tuple | None = None,
-                     precision: str = "bulk", schedule: str = "linear", step_size: int = 12,
-                     gamma: float = 0.5, evals_per_epoch: int = 1) -> dict:
+                     finetune: FinetuneSettings, *, seed: int = 0,
+                     fronts: tuple | None = None) -> dict:
     """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front, fine-tune.
+
+    Everything runs on the model's device.
 
     Parameters
     ----------
@@ -233,18 +258,14 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
     generator : torch.Generator
         The transform's source.
     data : lib.data.Dataset
-        The images.
-    epochs : int
-        Fine-tuning passes over the training images.
-    n_train, n_test : int or None
-        Images taken with ``lib.data.subset`` (None: all).
-    batch_size, lr, seed, precision, schedule, step_size, gamma, evals_per_epoch
-        As for :func:`lib.stitching.finetune.finetune_tail`.
-    device : str or torch.device, optional
-        Where to compute.
-    start : str
-        ``"refit"`` (next conv refitted by least squares first, :func:`refit_next_conv`) or
-        ``"transformed"`` (the paper's: fine-tune from the trained weights).
+        The images; ``finetune.images`` and ``finetune.eval_images`` of them are taken with
+        ``lib.data.subset``.
+    finetune : lib.settings.FinetuneSettings
+        The protocol (checked by ``lib.stitching.finetune.check_finetune``): images, start
+        (``"refit"``: the next conv refitted by least squares first, :func:`refit_next_conv`;
+        ``"transformed"``: the paper's, from the trained weights), epochs, optimiser, schedule.
+    seed : int
+        Seed of the batch order.
     fronts : tuple of torch.Tensor, optional
         ``(train_z, test_z)`` from :func:`pre_activations` on the same subsets, to share one front
         between trials; computed here when None.
@@ -259,58 +280,60 @@ def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: tor
         with ``penalty``) and ``seconds``.
     """
     check_choice("kind", kind, ROTATION_KINDS)
-    check_choice("start", start, ROTATION_STARTS)
-    check_choice("schedule", schedule, SCHEDULES)
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {epochs!r}")
-    device = get_device(device)
+    check_finetune(finetune)
     t0 = time.perf_counter()
     idx = _cut_after_conv(model, layer)
-    model = model.to(device)
     A = random_channel_map(kind, getattr(model, layer).out_channels, generator)
-    x_tr, y_tr = subset(data.x_train, data.y_train, n_train)
-    x_te, y_te = subset(data.x_test, data.y_test, n_test)
-    if fronts is None:
-        fronts = tuple(pre_activations(model, layer, x, device=device) for x in (x_tr, x_te))
-    train_z, test_z = fronts
-    if len(train_z) != len(y_tr) or len(test_z) != len(y_te):
-        raise ValueError(f"fronts hold {len(train_z)} and {len(test_z)} images but n_train and n_test select "
-                         f"{len(y_tr)} and {len(y_te)}; accepted: fronts of the same subsets")
-    tail = copy.deepcopy(model[idx:])
-    for p in tail.parameters():
-        p.requires_grad_(True)
-    clean = tail_accuracy(tail, test_z, y_te, precision)
-    net = nn.Sequential(FixedChannelMap(A.to(device)), tail)
-    start_acc = tail_accuracy(net, test_z, y_te, precision)
-    if start == "refit":
+    (train_z, y_tr), (test_z, y_te) = _trial_fronts(model, layer, data, finetune, fronts)
+    tail = _trainable_copy(model[idx:])
+    clean = tail_accuracy(tail, test_z, y_te, finetune.precision)
+    net = nn.Sequential(FixedChannelMap(A.to(next(model.parameters()).device)), tail)
+    start_acc = tail_accuracy(net, test_z, y_te, finetune.precision)
+    if finetune.start == "refit":
         refit_next_conv(tail, A, train_z)
-    history = finetune_tail(net, train_z, y_tr, test_z, y_te, epochs, batch_size, lr, seed=seed, precision=precision,
-                            schedule=schedule, step_size=step_size, gamma=gamma, evals_per_epoch=evals_per_epoch)
+    history = finetune_tail(net, train_z, y_tr, test_z, y_te, finetune, seed=seed)
     for h in history:
         h["penalty"] = clean - h["test_acc"]
-    finetuned = max(h["test_acc"] for h in history)
-    return dict(layer=layer, kind=kind, start_kind=start, clean=clean, start=start_acc, refit=history[0]["test_acc"],
-                finetuned=finetuned, final=history[-1]["test_acc"], penalty=clean - finetuned,
-                final_penalty=clean - history[-1]["test_acc"], history=history, seconds=time.perf_counter() - t0)
+    finetuned, final = max(h["test_acc"] for h in history), history[-1]["test_acc"]
+    return dict(layer=layer, kind=kind, start_kind=finetune.start, clean=clean, start=start_acc,
+                refit=history[0]["test_acc"], finetuned=finetuned, final=final,
+                penalty=clean - finetuned, final_penalty=clean - final, history=history,
+                seconds=time.perf_counter() - t0)
 
 
-def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, kind: str, trial: int, data,
-                            epochs: int, n_train: int | None, n_test: int | None, batch_size: int = 256,
-                            lr: float = 1e-3, seed: int = 0, start: str = "refit", fronts=None,
-                            schedule: str = "linear", step_size: int = 12, gamma: float = 0.5,
-                            evals_per_epoch: int = 1) -> dict:
+def rotation_config(model: nn.Sequential, layer: str, kind: str, trial: int, data,
+                    finetune: FinetuneSettings, *, seed: int = 0) -> dict:
+    """What :func:`cached_rotation_penalty`'s memo key is a hash of (``lib.cache.memo_key``).
+
+    The model's weight fingerprint (``lib.cache.fingerprint``), the data, the layer, the kind, the
+    trial, the seed and every field of the fine-tuning settings (``dataclasses.asdict``).
+
+    Parameters
+    ----------
+    model, layer, kind, trial, data, finetune, seed
+        As for :func:`cached_rotation_penalty`.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable.
+    """
+    return dict(model=fingerprint(model), data=data.identity, layer=layer, kind=kind, trial=trial,
+                seed=seed, finetune=dataclasses.asdict(finetune))
+
+
+def cached_rotation_penalty(model: nn.Sequential, layer: str, kind: str, trial: int, data,
+                            finetune: FinetuneSettings, *, seed: int = 0, fronts=None) -> dict:
     """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.cache.memo``).
 
     The transform comes from ``torch.Generator().manual_seed(1000 * seed + trial)`` and the batch
-    order from seed ``seed + trial``; the memo key holds the model's zoo key and every setting.
+    order from seed ``seed + trial``; the memo key is a hash of :func:`rotation_config`.
 
     Parameters
     ----------
     model : nn.Sequential
         A Myrtle CNN without BatchNorm.
-    model_key : str
-        Its ``lib.zoo.model_key`` (the memo key's name for the weights).
-    layer, kind, data, epochs, n_train, n_test, batch_size, lr, start, schedule, step_size, gamma, evals_per_epoch
+    layer, kind, data, finetune
         As for :func:`rotation_penalty`.
     trial : int
         The trial's index.
@@ -325,10 +348,7 @@ def cached_rotation_penalty(model: nn.Sequential, model_key: str, layer: str, ki
     dict
         :func:`rotation_penalty`'s result.
     """
-    config = dict(model=model_key, layer=layer, kind=kind, trial=trial, seed=seed, epochs=epochs, start=start,
-                  n_train=n_train, n_test=n_test, batch_size=batch_size, lr=lr, schedule=schedule,
-                  step_size=step_size, gamma=gamma, evals_per_epoch=evals_per_epoch)
+    config = rotation_config(model, layer, kind, trial, data, finetune, seed=seed)
     return memo("rotation_penalty", config, lambda: rotation_penalty(
-        model, layer, kind, torch.Generator().manual_seed(1000 * seed + trial), data, epochs, n_train, n_test,
-        batch_size=batch_size, lr=lr, seed=seed + trial, start=start, fronts=fronts() if callable(fronts) else fronts,
-        schedule=schedule, step_size=step_size, gamma=gamma, evals_per_epoch=evals_per_epoch))
+        model, layer, kind, torch.Generator().manual_seed(1000 * seed + trial), data, finetune,
+        seed=seed + trial, fronts=fronts() if callable(fronts) else fronts))

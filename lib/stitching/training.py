@@ -20,7 +20,7 @@ from .curves import check_evals_per_epoch, eval_steps
 from .surgery import Stitched
 
 __all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "settings_for_scale", "check_settings",
-           "augmented_front", "bn_epoch_stats", "train_stitch"]
+           "augmented_front", "hard_rounding", "bn_epoch_stats", "train_stitch"]
 
 INITS = ("closed_form", "random")
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
@@ -100,13 +100,38 @@ def augmented_front(model: Stitched, x: torch.Tensor, generator: torch.Generator
 
 
 @contextlib.contextmanager
+def hard_rounding(layer):
+    """Inside the ``with`` block a G_ReLU layer's P is rounded to a permutation (Hungarian).
+
+    Evaluations and the final matrix use the rounded layer; training uses the soft one. Other kinds
+    are left as they are. On leaving the block the layer is soft again, whatever happened inside.
+
+    Parameters
+    ----------
+    layer : lib.stitching.StitchLayer
+        The stitching layer.
+
+    Yields
+    ------
+    lib.stitching.StitchLayer
+        ``layer``.
+    """
+    layer.hard = layer.kind == "grelu"
+    try:
+        yield layer
+    finally:
+        layer.hard = False
+
+
+@contextlib.contextmanager
 def bn_epoch_stats(model: Stitched, states):
     """The authors' ``--bn_epoch`` pass: B's BatchNorm statistics re-estimated for one evaluation.
 
     Inside the ``with`` block B's running statistics are those left by a no-grad pass over ``states``
     with B in train mode and the stitching layer as evaluated (a G_ReLU layer's P rounded to a
-    permutation); on leaving it they are restored, so training goes on from the statistics it had.
-    (The authors run this pass, over a whole augmented epoch, before each test of their G_ReLU runs.)
+    permutation, :func:`hard_rounding`); on leaving it they are restored, so training goes on from
+    the statistics it had. (The authors run this pass, over a whole augmented epoch, before each
+    test of their G_ReLU runs.)
 
     Parameters
     ----------
@@ -118,14 +143,13 @@ def bn_epoch_stats(model: Stitched, states):
     saved = {n: b.clone() for n, b in model.model_b.named_buffers()}
     was = model.training
     model.train(True)
-    model.stitch.hard = model.stitch.kind == "grelu"
     try:
-        with torch.no_grad():
-            for state in states:
-                model.tail(state)
-        yield model
+        with hard_rounding(model.stitch):
+            with torch.no_grad():
+                for state in states:
+                    model.tail(state)
+            yield model
     finally:
-        model.stitch.hard = False
         with torch.no_grad():
             for n, b in model.model_b.named_buffers():
                 b.copy_(saved[n])
@@ -138,15 +162,13 @@ def _accuracy(model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 
     dev = next(model.stitch.parameters()).device
     was = model.training
     model.eval()
-    model.stitch.hard = model.stitch.kind == "grelu"
     correct = 0
     try:
-        with autocast(dev, precision):
+        with hard_rounding(model.stitch), autocast(dev, precision):
             for s in range(0, len(y), batch_size):
                 out = model.tail(tuple(t[s:s + batch_size].to(dev) for t in state))
                 correct += (out.argmax(1).cpu() == y[s:s + batch_size].cpu()).sum().item()
     finally:
-        model.stitch.hard = False
         model.train(was)
     return correct / max(1, len(y))
 
@@ -161,6 +183,120 @@ def _check_state(name: str, state: tuple, y: torch.Tensor) -> None:
 # BatchNorm running statistics (momentum 0.1) forget all but the last ~20 batches, so adapting them
 # on more batches than this before an evaluation changes nothing but the cost.
 _ADAPT_BATCHES = 30
+
+
+def _train_source(model: Stitched, train_state, y_train: torch.Tensor, settings: StitchSettings,
+                  seed: int, train_images):
+    # The function from a batch's indices to A's state on it: cached fronts, or augmented images
+    # run through A's front (their flips and shifts drawn from seed + 1).
+    dev = next(model.stitch.parameters()).device
+    if settings.fronts == "augmented":
+        if train_images is None:
+            raise ValueError("fronts='augmented' needs train_images (uint8 (n, H, W, 3)); "
+                             "accepted: train_images with one image per label, or fronts='cached' "
+                             "with train_state")
+        _check_state("train_images", (train_images,), y_train)
+        images, aug_gen = train_images.to(dev), torch.Generator().manual_seed(seed + 1)
+
+        def augmented_state(idx):
+            return augmented_front(model, images[idx.to(dev)], aug_gen)
+        return augmented_state
+    _check_state("train_state", train_state, y_train)
+
+    def cached_state(idx):
+        return tuple(t[idx].to(dev) for t in train_state)
+    return cached_state
+
+
+def _optimizer(layer, settings: StitchSettings, *, birkhoff: bool, total_steps: int) -> tuple:
+    # (optimiser, schedule) of the stitching layer's parameters; a fixed P is not among them.
+    if layer.kind == "grelu":
+        lr = settings.lr if settings.grelu_lr is None else settings.grelu_lr
+        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + \
+                 [dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)]
+    else:
+        groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
+    opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+           if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
+
+    def factor(step):
+        return 1 - step / total_steps if settings.lr_decay else 1.0
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class _StitchRun:
+    """One run of :func:`train_stitch`: its optimiser, batch orders, steps and evaluations."""
+
+    def __init__(self, model: Stitched, settings: StitchSettings, state_of, y_train, test: tuple,
+                 seed: int):
+        layer = model.stitch
+        self.model, self.layer, self.settings = model, layer, settings
+        self.state_of, self.y_train, self.test = state_of, y_train, test
+        self.dev = next(layer.parameters()).device
+        # A fixed permutation trains D alone; the Birkhoff optimiser trains P too (P first, see
+        # p_only).
+        self.birkhoff = layer.kind == "grelu" and settings.grelu_p == "birkhoff"
+        self.p_only = round(settings.epochs * settings.p_only_fraction) if self.birkhoff else 0
+        self.n_batches = -(-len(y_train) // settings.batch_size)
+        self.opt, self.sched = _optimizer(layer, settings, birkhoff=self.birkhoff,
+                                          total_steps=max(1, settings.epochs * self.n_batches))
+        self.checkpoints = eval_steps(self.n_batches, settings.evals_per_epoch)
+        self.bn_pass = settings.bn_epoch in ("all", layer.kind)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.bn_gen = torch.Generator().manual_seed(seed + 2)
+
+    def batches(self, generator: torch.Generator) -> tuple:
+        order = torch.randperm(len(self.y_train), generator=generator)
+        return order.split(self.settings.batch_size)
+
+    def adapt_bn(self) -> None:
+        self.model.train(True)
+        with torch.no_grad(), autocast(self.dev, self.settings.precision):
+            for idx in self.batches(self.gen)[:_ADAPT_BATCHES]:
+                self.model.tail(self.state_of(idx))
+
+    def evaluate(self, *, bn_pass: bool = False) -> float:
+        precision = self.settings.precision
+        if not bn_pass:
+            return _accuracy(self.model, *self.test, precision=precision)
+        states = (self.state_of(i) for i in self.batches(self.bn_gen))
+        with autocast(self.dev, precision), bn_epoch_stats(self.model, states):
+            return _accuracy(self.model, *self.test, precision=precision)
+
+    def step(self, idx: torch.Tensor, epoch: int) -> float:
+        s, layer = self.settings, self.layer
+        with autocast(self.dev, s.precision):
+            out = self.model.tail(self.state_of(idx))
+            loss = F.cross_entropy(out.float(), self.y_train[idx].to(self.dev))
+        summed = loss.item() * len(idx)
+        if self.birkhoff:
+            # The vertex penalty: the Frobenius norm is largest (sqrt C) exactly at permutations.
+            loss = loss - s.alpha * layer.p.norm()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if epoch < self.p_only:
+            layer.d.grad = None
+        self.opt.step()
+        self.sched.step()
+        if self.birkhoff:
+            layer.project(s.sinkhorn_rounds)
+        elif layer.kind == "grelu":
+            with torch.no_grad():
+                layer.d.clamp_(min=0)
+        return summed
+
+    def epoch(self, epoch: int) -> list[dict]:
+        self.model.train(self.settings.bn_adapt)
+        rows, tot, seen = [], 0.0, 0
+        for step, idx in enumerate(self.batches(self.gen)):
+            tot, seen = tot + self.step(idx, epoch), seen + len(idx)
+            if step in self.checkpoints:
+                # An evaluation: the loss column is the mean over the steps since the previous one.
+                acc = self.evaluate(bn_pass=self.bn_pass)
+                at = epoch + self.checkpoints[step]
+                rows.append(dict(epoch=at, loss=tot / seen, test_acc=acc))
+                tot, seen = 0.0, 0
+        return rows
 
 
 def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tensor, test_state: tuple,
@@ -205,82 +341,17 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
         map, rounded for grelu) and ``seconds``.
     """
     check_settings(settings)
-    layer = model.stitch
-    dev = next(layer.parameters()).device
-    if settings.fronts == "augmented":
-        if train_images is None:
-            raise ValueError("fronts='augmented' needs train_images (uint8 (n, H, W, 3)); accepted: "
-                             "train_images with one image per label, or fronts='cached' with train_state")
-        _check_state("train_images", (train_images,), y_train)
-        images, aug_gen = train_images.to(dev), torch.Generator().manual_seed(seed + 1)
-        state_of = lambda idx: augmented_front(model, images[idx.to(dev)], aug_gen)   # noqa: E731
-    else:
-        _check_state("train_state", train_state, y_train)
-        state_of = lambda idx: tuple(t[idx].to(dev) for t in train_state)                # noqa: E731
+    state_of = _train_source(model, train_state, y_train, settings, seed, train_images)
     _check_state("test_state", test_state, y_test)
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    # A fixed permutation trains D alone; the Birkhoff optimiser trains P too (P first, see p_only).
-    birkhoff = layer.kind == "grelu" and settings.grelu_p == "birkhoff"
-    if layer.kind == "grelu":
-        lr = settings.lr if settings.grelu_lr is None else settings.grelu_lr
-        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + \
-                 [dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)]
-    else:
-        groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
-    opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
-           if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
-    p_only = round(settings.epochs * settings.p_only_fraction) if birkhoff else 0
-    total = max(1, settings.epochs * -(-len(y_train) // settings.batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total if settings.lr_decay else 1.0)
+    run = _StitchRun(model, settings, state_of, y_train, (test_state, y_test), seed)
     if settings.bn_adapt:
-        model.train(True)
-        idx_all = torch.randperm(len(y_train), generator=gen).split(settings.batch_size)[:_ADAPT_BATCHES]
-        with torch.no_grad(), autocast(dev, settings.precision):
-            for idx in idx_all:
-                model.tail(state_of(idx))
-    evaluate = lambda: _accuracy(model, test_state, y_test, precision=settings.precision)   # noqa: E731
-    bn_pass = settings.bn_epoch == "all" or settings.bn_epoch == layer.kind
-    bn_gen = torch.Generator().manual_seed(seed + 2)
-    history = [dict(epoch=0, loss=float("nan"), test_acc=evaluate())]
-    n_batches = -(-len(y_train) // settings.batch_size)
-    checkpoints = eval_steps(n_batches, settings.evals_per_epoch)
+        run.adapt_bn()
+    history = [dict(epoch=0, loss=float("nan"), test_acc=run.evaluate())]
     for epoch in range(settings.epochs):
-        model.train(settings.bn_adapt)
-        tot, seen = 0.0, 0
-        for step, idx in enumerate(torch.randperm(len(y_train), generator=gen).split(settings.batch_size)):
-            with autocast(dev, settings.precision):
-                out = model.tail(state_of(idx))
-                loss = F.cross_entropy(out.float(), y_train[idx].to(dev))
-            tot, seen = tot + loss.item() * len(idx), seen + len(idx)
-            if birkhoff:
-                # The vertex penalty: the Frobenius norm is largest (sqrt C) exactly at permutations.
-                loss = loss - settings.alpha * layer.p.norm()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if epoch < p_only:
-                layer.d.grad = None
-            opt.step()
-            sched.step()
-            if birkhoff:
-                layer.project(settings.sinkhorn_rounds)
-            elif layer.kind == "grelu":
-                with torch.no_grad():
-                    layer.d.clamp_(min=0)
-            if step not in checkpoints:
-                continue
-            # An evaluation: the loss column is the mean over the steps since the previous one.
-            if bn_pass:
-                batches = torch.randperm(len(y_train), generator=bn_gen).split(settings.batch_size)
-                with autocast(dev, settings.precision), bn_epoch_stats(model, (state_of(i) for i in batches)):
-                    acc = evaluate()
-            else:
-                acc = evaluate()
-            history.append(dict(epoch=epoch + checkpoints[step], loss=tot / seen, test_acc=acc))
-            tot, seen = 0.0, 0
+        history += run.epoch(epoch)
     model.eval()
-    layer.hard = layer.kind == "grelu"
-    final = layer.matrix().detach().cpu()
-    layer.hard = False
+    with hard_rounding(model.stitch):
+        final = model.stitch.matrix().detach().cpu()
     return dict(best_acc=max(h["test_acc"] for h in history), final_acc=history[-1]["test_acc"],
                 history=history, matrix=final, seconds=time.perf_counter() - t0)

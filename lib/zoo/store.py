@@ -254,6 +254,32 @@ def info(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str 
         return None
 
 
+def _load_or_train(folder: Path, model, identity: dict, train) -> tuple:
+    # (model, meta) from the entry, or from train() when it is missing or corrupted (then removed).
+    try:
+        meta = _load_cached(folder, model, identity)
+    except CorruptedError:
+        meta = None
+    if meta is not None:
+        return model, meta
+    _check_writable(folder)
+    # Another process may be training this entry: wait for it, then look again, so that a model
+    # is trained once however many processes ask for it.
+    with _training_lock(folder):
+        try:
+            meta = _load_cached(folder, model, identity)
+        except CorruptedError as exc:
+            meta = None
+            msg = f"zoo entry {folder.name} is corrupted ({exc}); retraining it"
+            warnings.warn(msg)
+            print(msg)
+            for f in (folder / "meta.json", folder / "weights.pt"):
+                f.unlink(missing_ok=True)
+        if meta is None:
+            return train()
+    return model, meta
+
+
 def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str = "cifar10", *,
         data: Dataset | None = None, root=None, device=None, progress: bool = True) -> torch.nn.Module:
     """A model trained with ``recipe`` from ``seed``, from the zoo or trained now (then cached).
@@ -302,28 +328,12 @@ def get(arch: dict, recipe: str | Recipe = "fast", seed: int = 0, dataset: str =
     key = model_key(arch, r, seed, data.identity)
     identity = _identity(arch, r, seed, data.identity)
     folder = zoo_dir(root) / key
-    model = build(arch, seed=seed)
-    try:
-        meta = _load_cached(folder, model, identity)
-    except CorruptedError:
-        meta = None
-    if meta is None:
-        _check_writable(folder)
-        # Another process may be training this entry: wait for it, then look again, so that a model
-        # is trained once however many processes ask for it.
-        with _training_lock(folder):
-            try:
-                meta = _load_cached(folder, model, identity)
-            except CorruptedError as exc:
-                msg = f"zoo entry {folder.name} is corrupted ({exc}); retraining it"
-                warnings.warn(msg)
-                print(msg)
-                for f in (folder / "meta.json", folder / "weights.pt"):
-                    f.unlink(missing_ok=True)
-            if meta is None:
-                # A failed load may have copied part of a state_dict: start from the seed's init.
-                model = build(arch, seed=seed)
-                meta = _train_and_store(model, arch, r, seed, data, folder, device, progress)
+
+    def train_new():
+        # A failed load may have copied part of a state_dict: start from the seed's init.
+        fresh = build(arch, seed=seed)
+        return fresh, _train_and_store(fresh, arch, r, seed, data, folder, device, progress)
+    model, meta = _load_or_train(folder, build(arch, seed=seed), identity, train_new)
     model.zoo_meta = meta
     model.zoo_key = key
     return model.to(device).eval()
