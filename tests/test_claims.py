@@ -1,4 +1,4 @@
-"""The one decision rule of the paper's claims (lib.claims) and their recording (Recorder.claim)."""
+"""The one decision rule of the paper's claims (lib.claims), their recording and the effects of each claim."""
 import json
 import math
 
@@ -7,8 +7,9 @@ import pytest
 from scipy import stats
 
 from lib.cache import checked_json
-from lib.claims import (CLAIMS, RULE, VERDICTS, check_claim_row, claims_table, decide, fig1_effects, load_claims,
-                        record)
+from lib.claims import (CLAIMS, RULE, VERDICTS, block_structure_effect, check_claim_row, claims_table, decide,
+                        fig1_effects, fig3_effects, fig6_effect, leaky_slope_effect, load_claims,
+                        record, similarity_effects)
 from lib.results import Recorder
 
 KEY = "claim_fig4_grelu_below_orthogonal"
@@ -117,3 +118,26 @@ def test_fig1_effects_follow_the_claims_definitions():
     # pair 0 rises to the third layer (12 - 5) and falls at the last (12 - 6); pair 1 falls throughout.
     assert e["claim_fig1_depth_trend"].tolist() == [6.0, -2.0]
     assert "claim_fig1_depth_trend" not in fig1_effects({k: [r[:2] for r in v] for k, v in final.items()})
+
+
+def test_similarity_effects_by_hand():
+    t2 = {"grelu_procrustes": [[0.5, 0.6], [0.7, 0.7]], "orthogonal_procrustes": [[0.7, 0.8], [0.6, 0.6]]}
+    S_diag = np.array([[1.0, 0.5, 0.2], [0.4, 0.9, 0.8], [0.1, 0.3, 0.6]])   # row margins 0.5, 0.1, 0.3
+    S_off = np.array([[0.2, 0.9], [0.8, 0.1]])                              # every row prefers another layer
+    e = similarity_effects(t2, [S_diag, S_off])
+    assert e["claim_table2_grelu_below_orthogonal"] == pytest.approx([0.2, -0.1])
+    assert e["claim_fig5_same_depth_most_similar"] == pytest.approx([(0.5 + 0.1 + 0.3) / 3, (-0.7 - 0.7) / 2])
+
+
+def test_block_fig6_slope_and_fig3_effects_by_hand():
+    S = np.diag([0.9, 0.5, 0.8, 0.4])
+    assert block_structure_effect([S, S], [False, True, False, True]).tolist() == pytest.approx([0.4, 0.4])
+    grelu = np.array([[10.0, 20.0], [5.0, 5.0]])
+    full = np.array([[1.0, 2.0], [1.0, 3.0]])
+    assert fig6_effect(grelu, full, [False, True]).tolist() == pytest.approx([10 - 1, 0 - 2])
+    assert leaky_slope_effect({0.0: [5.0, 6.0], 0.9: [7.0, 6.0], 1.0: [20.0, 5.0]}).tolist() == [14.0, -1.0]
+    with pytest.raises(ValueError, match="slope 1.0"):
+        leaky_slope_effect({0.0: [1.0], 0.9: [2.0]})
+    e = fig3_effects(np.array([[0.5, 0.3, 0.1], [0.4, 0.4, 0.4]]), np.array([[0.2, 0.2, 0.3], [0.3, 0.2, 0.1]]))
+    assert e["claim_fig3_relu_falls"] == pytest.approx([0.4, 0.0])
+    assert e["claim_fig3_no_residual_relu_does_not_fall"] == pytest.approx([0.05 + 0.1, 0.05 - 0.2])

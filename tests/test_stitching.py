@@ -203,10 +203,9 @@ def test_only_the_stitching_layer_trains(bn_model):
 def test_stitch_experiment_penalty_and_matching_on_self(bn_model, tiny_data):
     a = bn_model(MYRTLE, 0)
     b, _ = symmetry.random_transform(a, torch.Generator().manual_seed(3))
-    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"],
-                                      stitching.StitchData(tiny_data, None, None, torch.float32),
-                                      stitching.StitchSettings(epochs=1, bn_adapt=False, precision="float32"),
-                                      device="cpu")
+    exact = stitching.StitchSettings(epochs=1, bn_adapt=False, precision="float32")
+    every = stitching.StitchData(tiny_data, None, None, torch.float32)
+    res = stitching.stitch_experiment(a, b, "act3", ["matching", "rank1"], every, exact, device="cpu")
     assert res["clean"][0] == res["clean"][1]
     assert res["variants"]["matching"]["penalty"] == 0.0
     assert set(res["variants"]) == {"matching", "rank1"}
@@ -232,7 +231,8 @@ def test_closed_form_starts_are_exact_on_a_planted_pair(layer, planted):
     a, b, elements = planted()
     C = stitching.channels_at(a, layer)
     res = stitching.stitch_experiment(a, b, layer, ["full", f"rank{C}", "matching", "rank1"],
-                                      stitching.StitchData(data, None, None, torch.float32), EXACT, device="cpu")
+                                      stitching.StitchData(data, None, None, torch.float32), EXACT,
+                                      device="cpu")
     assert res["clean"][0] == res["clean"][1]
     for v in ("full", f"rank{C}", "matching"):
         assert res["variants"][v]["penalty"] == 0.0, v
@@ -279,8 +279,8 @@ def test_birkhoff_from_matching_keeps_the_planted_permutation(planted):
     data = synthetic_dataset(n_train=128, n_test=64)
     a, b, elements = planted()
     settings = stitching.StitchSettings(epochs=2, batch_size=32, bn_adapt=False, precision="float32")
-    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], stitching.StitchData(data, None, None, torch.float32),
-                                      settings, device="cpu")
+    every = stitching.StitchData(data, None, None, torch.float32)
+    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], every, settings, device="cpu")
     true_perm = symmetry.feature_transform(a, "act3", elements).abs().argmax(0)
     got = res["variants"]["grelu"]["matrix"].abs().argmax(0)
     # Channels that never fire on these images (random weights) are interchangeable, so the
@@ -300,15 +300,14 @@ def test_bad_input_names_the_accepted_values(bn_model, tiny_data):
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
         stitching.train_stitch(s, fronts, tiny_data.y_train, fronts, tiny_data.y_train,
                                stitching.StitchSettings(epochs=-1))
+    every = stitching.StitchData(tiny_data, None, None)
     with pytest.raises(ValueError, match="unknown variant 'affine'; accepted: 'full', 'rank<r>'"):
-        stitching.stitch_experiment(a, b, "act2", ["affine"], stitching.StitchData(tiny_data, None, None),
-                                    ONE_EPOCH, device="cpu")
+        stitching.stitch_experiment(a, b, "act2", ["affine"], every, ONE_EPOCH, device="cpu")
     for bad in ("rank0", "rank17"):
         with pytest.raises(ValueError, match=f"variant '{bad}': rank must be in 1..16"):
-            stitching.stitch_experiment(a, b, "act2", [bad], stitching.StitchData(tiny_data, None, None),
-                                        ONE_EPOCH, device="cpu")
+            stitching.stitch_experiment(a, b, "act2", [bad], every, ONE_EPOCH, device="cpu")
     with pytest.raises(ValueError, match="unknown init 'zeros'; accepted values: 'closed_form', 'random'"):
-        stitching.stitch_experiment(a, b, "act2", ["full"], stitching.StitchData(tiny_data, None, None),
+        stitching.stitch_experiment(a, b, "act2", ["full"], every,
                                     dataclasses.replace(ONE_EPOCH, init="zeros"))
 
 
@@ -357,16 +356,17 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch, tiny_d
     r = tiny_recipe()
     a, b = (zoo.get(MYRTLE, r, s, data=tiny_data, progress=False) for s in (0, 1))
     settings = stitching.StitchSettings(epochs=1, batch_size=32)
-    first = stitching.cached_experiment(a, b, "act2", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
+    some = stitching.StitchData(tiny_data, 64, 32)
+    first = stitching.cached_experiment(a, b, "act2", ["matching"], some, settings)
     calls = []
     monkeypatch.setattr(stitching.experiment, "stitch_experiment", lambda *args, **kw: calls.append(1))
-    again = stitching.cached_experiment(a, b, "act2", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
+    again = stitching.cached_experiment(a, b, "act2", ["matching"], some, settings)
     assert not calls and again["variants"]["matching"]["penalty"] == first["variants"]["matching"]["penalty"]
-    stitching.cached_experiment(a, b, "act3", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
+    stitching.cached_experiment(a, b, "act3", ["matching"], some, settings)
     assert calls == [1]                                  # another layer is another entry
     # A transformed copy of B has other weights, hence another entry (never B's cached result).
     copy, _ = symmetry.random_transform(b, torch.Generator().manual_seed(0))
-    stitching.cached_experiment(a, copy, "act2", ["matching"], stitching.StitchData(tiny_data, 64, 32), settings)
+    stitching.cached_experiment(a, copy, "act2", ["matching"], some, settings)
     assert calls == [1, 1]
 
 
@@ -387,18 +387,20 @@ def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one(tiny_d
 
 def test_rotation_penalty_history_and_bad_input(tiny_data):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    ft = stitching.FinetuneSettings(trials=1, epochs=1, images=None, eval_images=None, batch_size=32,
-                                    precision="float32")
-    res = sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator().manual_seed(0), tiny_data, ft)
+    ft = stitching.FinetuneSettings(trials=1, epochs=1, images=None, eval_images=None,
+                                    batch_size=32, precision="float32")
+    gen = torch.Generator().manual_seed(0)
+    res = sanity.rotation_penalty(m, "conv1", "grelu", gen, tiny_data, ft)
     assert [h["epoch"] for h in res["history"]] == [0, 1]
     # The refit start is the original function: penalty 0 before any fine-tuning.
     assert res["history"][0]["penalty"] == 0.0 and res["refit"] == res["clean"]
     # Bad settings are refused before any work, naming the field and its accepted values.
     for bad, message in ((dict(epochs=-1), "epochs must be an integer >= 0"),
-                         (dict(start="warm"), "unknown start 'warm'; accepted values: 'refit', 'transformed'"),
+                         (dict(start="warm"), "unknown start 'warm'; accepted values: 'refit', "
+                                              "'transformed'"),
                          (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
                          (dict(precision="half"), "unknown precision 'half'"),
-                         (dict(schedule="step", step_size=0), "step_size must be an integer >= 1 .epochs."),
+                         (dict(schedule="step", step_size=0), "step_size must be an integer >= 1"),
                          (dict(evals_per_epoch=0), "evals_per_epoch must be an integer >= 1")):
         with pytest.raises(ValueError, match=message):
             sanity.rotation_penalty(m, "conv1", "grelu", torch.Generator(), tiny_data,
@@ -445,23 +447,25 @@ def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp
         calls.append(1)
         return tuple(sanity.pre_activations(m, "conv1", x, device="cpu") for x in (data.x_train, data.x_test))
 
-    ft = stitching.FinetuneSettings(trials=2, epochs=1, images=None, eval_images=None, batch_size=16)
+    ft = stitching.FinetuneSettings(trials=2, epochs=1, images=None, eval_images=None,
+                                    batch_size=16)
     first = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     again = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     assert calls == [1] and [h["penalty"] for h in again["history"]] == [h["penalty"] for h in first["history"]]
-    sanity.cached_rotation_penalty(m, "conv1", "grelu", 1, data, ft, fronts=fronts)   # another trial
+    sanity.cached_rotation_penalty(m, "conv1", "grelu", 1, data, ft, fronts=fronts)  # another trial
     assert calls == [1, 1]
 
 
 def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_the_data():
     from lib.cache import memo_key
-    data, other = synthetic_dataset(n_train=32, n_test=16), synthetic_dataset(n_train=32, n_test=16, seed=1)
+    data = synthetic_dataset(n_train=32, n_test=16)
+    other = synthetic_dataset(n_train=32, n_test=16, seed=1)
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
     base = stitching.FinetuneSettings(trials=1, epochs=1, images=32, eval_images=16)
     # A different valid value of every field (None for the image counts: all images).
-    changed = dict(trials=2, epochs=2, images=None, eval_images=None, start="transformed", batch_size=32,
-                   lr=2e-3, weight_decay=0.0, precision="float32", schedule="step", step_size=13, gamma=0.25,
-                   evals_per_epoch=2)
+    changed = dict(trials=2, epochs=2, images=None, eval_images=None, start="transformed",
+                   batch_size=32, lr=2e-3, weight_decay=0.0, precision="float32", schedule="step",
+                   step_size=13, gamma=0.25, evals_per_epoch=2)
     assert set(changed) == {f.name for f in dataclasses.fields(base)}
 
     def key(model=m, ds=data, ft=base, **kw):
@@ -551,15 +555,17 @@ def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data)
     assert not torch.allclose(out["cached"]["matrix"], out["augmented"]["matrix"])
     for k, v in a.state_dict().items():
         assert torch.equal(v, before_a[k]), k
-    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"],
-                                      stitching.StitchData(tiny_data, None, None),
-                                      dataclasses.replace(settings, fronts="augmented", epochs=1), device="cpu")
+    augmented = dataclasses.replace(settings, fronts="augmented", epochs=1)
+    every = stitching.StitchData(tiny_data, None, None)
+    res = stitching.stitch_experiment(a, b, "act2", ["full_random", "matching"], every, augmented,
+                                      device="cpu")
     assert set(res["variants"]) == {"full_random", "matching"}
 
 
 def test_hard_rounding_rounds_grelu_only_inside_the_block_even_on_error(bn_model):
     a, b = bn_model(MYRTLE, 0), bn_model(MYRTLE, 1)
-    grelu = stitching.stitch(a, b, "act1", "grelu", generator=torch.Generator().manual_seed(0)).stitch
+    gen = torch.Generator().manual_seed(0)
+    grelu = stitching.stitch(a, b, "act1", "grelu", generator=gen).stitch
     full = stitching.stitch(a, b, "act1", "full").stitch
     soft = grelu.matrix().detach().clone()
     with stitching.hard_rounding(grelu) as layer, stitching.hard_rounding(full):

@@ -23,8 +23,9 @@ def _pair():
 def test_fixed_permutation_trains_only_the_scales():
     data = synthetic_dataset(n_train=128, n_test=64)
     a, b = _pair()
-    res = stitching.stitch_experiment(a, b, "act3", ["grelu"], stitching.StitchData(data, None, None, torch.float32),
-                                      FIXED, device="cpu")
+    res = stitching.stitch_experiment(a, b, "act3", ["grelu"],
+                                      stitching.StitchData(data, None, None, torch.float32), FIXED,
+                                      device="cpu")
     row = res["variants"]["grelu"]
     M = row["matrix"]
     # Each column holds one non-zero entry, in the row activation matching chose: P never moved.
@@ -51,7 +52,8 @@ def test_random_start_always_uses_the_birkhoff_optimiser():
     experiment.train_stitch = spy
     try:
         stitching.stitch_experiment(a, b, "act3", ["grelu", "grelu_random"],
-                                    stitching.StitchData(data, None, None, torch.float32), FIXED, device="cpu")
+                                    stitching.StitchData(data, None, None, torch.float32), FIXED,
+                                    device="cpu")
     finally:
         experiment.train_stitch = real
     assert calls == ["fixed", "birkhoff"]
@@ -68,7 +70,8 @@ def test_memo_key_holds_every_settings_field(monkeypatch, tiny_data):
     monkeypatch.setattr(experiment, "memo", lambda kind, config, compute: configs.append(config))
     s = stitching.StitchSettings(epochs=1)
     for t in (s, dataclasses.replace(s, grelu_p="fixed"), dataclasses.replace(s, grelu_lr=3e-3)):
-        experiment.cached_experiment(a, b, "act2", ["matching"], stitching.StitchData(tiny_data, 64, 32), t)
+        some = stitching.StitchData(tiny_data, 64, 32)
+        experiment.cached_experiment(a, b, "act2", ["matching"], some, t)
     assert configs[0]["settings"] == dataclasses.asdict(s)
     assert configs[1]["settings"]["grelu_p"] == "fixed" and configs[2]["settings"]["grelu_lr"] == 3e-3
 
@@ -112,7 +115,8 @@ def test_evaluations_within_an_epoch_do_not_change_the_training():
     a, b = _pair()
     res = {k: stitching.stitch_experiment(a, b, "act2", ["full", "grelu"],
                                           stitching.StitchData(data, None, None, torch.float32),
-                                          dataclasses.replace(FIXED, evals_per_epoch=k), device="cpu")
+                                          dataclasses.replace(FIXED, evals_per_epoch=k),
+                                          device="cpu")
            for k in (1, 2)}
     for v in ("full", "grelu"):
         once, twice = res[1]["variants"][v]["history"], res[2]["variants"][v]["history"]
@@ -126,9 +130,10 @@ def test_finetune_evaluates_within_epochs_without_changing_the_training():
     g = torch.Generator().manual_seed(0)
     z, y = torch.randn(96, 8, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
     nets = {k: copy.deepcopy(m[2:]) for k in (1, 4)}
+    base = FinetuneSettings(trials=1, epochs=2, images=None, eval_images=None, batch_size=16,
+                            precision="float32")
     hist = {k: finetune.finetune_tail(nets[k], z[:64], y[:64], z[64:], y[64:],
-                                      FinetuneSettings(trials=1, epochs=2, images=None, eval_images=None,
-                                                       batch_size=16, precision="float32", evals_per_epoch=k))
+                                      dataclasses.replace(base, evals_per_epoch=k))
             for k in (1, 4)}
     # The same weights at the end, moved away from the start: evaluating leaves the training alone.
     final = [[p.detach() for p in nets[k].parameters()] for k in (1, 4)]

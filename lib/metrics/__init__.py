@@ -12,7 +12,11 @@ a Python float. The conventions are the authors' (``pnnl/modelsym``, see impleme
 - ``lib.metrics.cka``: :func:`linear_cka`, :func:`rbf_cka`, :func:`grelu_cka` (Definition 5.3),
   :func:`orthogonal_cka` and G_ReLU-CKA's memory estimates;
 - ``lib.metrics.procrustes``: :func:`grelu_procrustes` (Definition 5.2), :func:`orthogonal_procrustes`;
-- ``lib.metrics.layers``: all layer pairs of two models (heatmaps, Table 2, layer identification).
+- ``lib.metrics.layers``: all layer pairs of two models (heatmaps, Table 2, layer identification);
+- ``lib.metrics.psd``: :func:`psd_grelu_cka`, CKA with a PSD G_ReLU-invariant kernel (not in the
+  paper);
+- ``lib.metrics.indefinite``: how much the max kernel's indefiniteness matters (spectra, HSIC signs,
+  a search for inputs where G_ReLU-CKA is negative or undefined).
 
 The names below are the measures' documented home (``lib.metrics.<name>``); helpers for writing new
 measures (``lib.metrics.preprocessing.compute_device``, ``lib.metrics.gram.blocked_max_kernel``,
@@ -28,6 +32,9 @@ from .layers import (CKA_MEASURES, MATRIX_MEASURES, MEASURE_NAMES, best_matches,
 from .normalization import center_features, normalize_channels, normalize_total
 from .preprocessing import flatten_features, to_channels
 from .procrustes import grelu_procrustes, orthogonal_procrustes
+from .psd import PSD_BETA, psd_grelu_cka, psd_grelu_gram, psd_normalized_gram
+from .indefinite import (SEARCH_KERNELS, SEARCH_TARGETS, cka_random_range, cka_range_search,
+                         hsic_report, hsic_share, kernel_gram, spectrum_summary)
 
 __all__ = [
     # measures
@@ -41,4 +48,8 @@ __all__ = [
     "MATRIX_MEASURES", "CKA_MEASURES", "MEASURE_NAMES", "layer_features", "u_center", "normalized_gram",
     "similarity_matrices", "model_pair_similarities", "cached_pair_similarities",
     "best_matches", "same_layer_rate", "diagonal_summary",
+    # a PSD G_ReLU-invariant kernel (psd) and how much the max kernel's indefiniteness matters
+    "psd_grelu_cka", "psd_grelu_gram", "psd_normalized_gram", "PSD_BETA",
+    "spectrum_summary", "hsic_report", "hsic_share", "kernel_gram", "SEARCH_KERNELS", "SEARCH_TARGETS",
+    "cka_random_range", "cka_range_search",
 ]

@@ -22,11 +22,11 @@ import math
 import numpy as np
 from scipy import stats
 
-from .config import check_choice
-from .results import Recorder, load_results, table
+from ..config import check_choice
+from ..results import Recorder, load_results, table
 
 __all__ = ["Claim", "CLAIMS", "Verdict", "VERDICTS", "LEVEL", "RULE", "decide", "record",
-           "check_claim_row", "load_claims", "claims_table", "fig1_effects"]
+           "check_claim_row", "load_claims", "claims_table"]
 
 #: The three verdicts a claim can get, in the order tables show them.
 VERDICTS = ("holds", "fails", "inconclusive")
@@ -291,29 +291,3 @@ def claims_table(rows: list[dict]) -> str:
                  [[f"`{r['key']}`", r.get("where", ""), r.get("statement", ""), r["n"],
                    f"{r['ours']:+.3g} [{r['low']:+.3g}, {r['high']:+.3g}]" + (f" {r['unit']}" if r["unit"] else ""),
                    shown[r["verdict"]]] for r in claims], align="lllrrl")
-
-
-def fig1_effects(final: dict) -> dict:
-    """The per-pair effects of Fig. 1's claims, from final-evaluation stitching penalties.
-
-    Parameters
-    ----------
-    final : dict
-        ``{"full": P, "rank1": P, "grelu": P}``, each ``P`` an array of shape (pairs, layers): the
-        stitching penalty (pp) of that variant at the last evaluation, layers in depth order.
-
-    Returns
-    -------
-    dict
-        ``{claim key: effects of shape (pairs,)}`` for the four ``claim_fig1_*`` claims; the depth trend
-        only when at least 3 layers were stitched.
-    """
-    full, rank1, grelu = (np.asarray(final[v], dtype=np.float64) for v in ("full", "rank1", "grelu"))
-    out = {
-        "claim_fig1_full_near_zero": 2.0 - full.mean(axis=1),
-        "claim_fig1_grelu_below_rank1": (rank1 - grelu).mean(axis=1),
-        "claim_fig1_grelu_below_10pp": 10.0 - np.median(grelu, axis=1),
-    }
-    if grelu.shape[1] >= 3:
-        out["claim_fig1_depth_trend"] = np.minimum(grelu[:, -2] - grelu[:, 0], grelu[:, -2] - grelu[:, -1])
-    return out
