@@ -24,10 +24,11 @@ from ..data import load_data
 from ..settings import NETDISSECT_IOU_THRESHOLD, NETDISSECT_QUANTILE, SCALES, scale_settings
 from ..models import features
 from .broden import IMAGENET_MEAN, IMAGENET_STD, BrodenDataset
-from .iou import dissect, iou_scores, quantile_thresholds
+from .iou import NetDissectSettings, dissect, iou_scores, quantile_thresholds
 from .networks import stage_outputs
 from .result import DissectionResult
-from .synthetic import make_concept_dataset
+from .rotations import Rotations
+from .synthetic import ConceptSpec, make_concept_dataset
 
 __all__ = ["concept_dataset", "dissect_memo", "stage_scan", "most_interpretable_stage", "layer_iou",
            "layers_agree", "unit_examples"]
@@ -93,7 +94,7 @@ def concept_dataset(scale: str, broden_dir=None, n_images: int | None = None, se
     obj = "" if object_radius is None else f"-object{float(object_radius):g}"
     root = cache_dir("broden") / f"cifar10-test-n{n}-seed{seed}{'' if pasted else '-natural'}{obj}"
     make_concept_dataset(root, n, seed=seed, images=data.x_test.numpy(), labels=data.y_test.numpy(),
-                         p_texture=p, p_shape=p, object_radius=object_radius)
+                         concepts=ConceptSpec(p_texture=p, p_shape=p, object_radius=object_radius))
     config = dict(generator="make_concept_dataset", n_images=n, seed=seed, data=data.identity,
                   pasted=bool(pasted), object_radius=None if object_radius is None else float(object_radius))
     return BrodenDataset(root), config
@@ -129,8 +130,8 @@ def dissect_memo(net: dict, layer: str, dataset: BrodenDataset, dataset_config: 
     config = dict(model=net["key"], layer=layer, dataset=dataset_config, alphas=[float(a) for a in alphas],
                   n_rotations=n_rotations, seed=seed, quantile=quantile, iou_threshold=iou_threshold)
     d = memo("dissection", config, lambda: dissect(
-        net["model"], layer, dataset, alphas=alphas, n_rotations=n_rotations, seed=seed, quantile=quantile,
-        iou_threshold=iou_threshold, device=device, progress=False).to_dict())
+        net["model"], layer, dataset, Rotations(alphas, n_rotations, seed),
+        NetDissectSettings(quantile, iou_threshold), device=device, progress=False).to_dict())
     return DissectionResult.from_dict(d)
 
 
