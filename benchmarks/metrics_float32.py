@@ -8,8 +8,9 @@ chapters hold them. For each measure it prints the largest and the median ``|flo
 over layer pairs beside the float32 speed-up (float64 seconds / float32 seconds, the best of
 ``--repeat`` runs), for two paths:
 
-- ``direct``: ``lib.metrics.<measure>(X, Y, dtype=...)`` on the pairs of same-index layers (model
-  A's layer i against model B's layer i), ``zero_channels="keep"`` as in the chapters;
+- ``direct``: every measure of ``lib.metrics.MEASURES``, ``lib.metrics.<measure>(X, Y, dtype=...)``,
+  on the pairs of same-index layers (model A's layer i against model B's layer i),
+  ``zero_channels="keep"`` as in the chapters;
 - ``matrices``: ``lib.metrics.similarity_matrices`` over all layer pairs (the chapters' path; the
   Procrustes measures on the same-shaped pairs only).
 
@@ -32,10 +33,8 @@ import torch
 import lib.metrics as M
 from lib import zoo
 from lib.data import load_data, subset, to_input
+from lib.similarity import layer_features
 
-#: The measures of the direct path: the chapters' five and RBF CKA.
-MEASURES = ("grelu_cka", "orthogonal_cka", "linear_cka", "rbf_cka", "grelu_procrustes",
-            "orthogonal_procrustes")
 DTYPES = (torch.float64, torch.float32)
 
 
@@ -55,18 +54,16 @@ def activations(family: str, n: int, device) -> tuple[dict, dict]:
     data = load_data("cifar10")
     net_a, net_b = zoo.load_pairs(family, "smoke", 0, 1, data=data, device=device)[0]
     x = to_input(subset(data.x_test, data.y_test, n)[0], device)
-    fa = M.layer_features(net_a, x)
-    return fa, M.layer_features(net_b, x, list(fa))
+    fa = layer_features(net_a, x)
+    return fa, layer_features(net_b, x, list(fa))
 
 
 def direct_rows(fa: dict, fb: dict, args) -> list[tuple]:
     """(measure, path, pairs, errors, seconds per dtype) for the direct API on same-index pairs."""
     rows = []
-    for m in MEASURES:
-        f = getattr(M, m)
-        channelwise = m in ("grelu_cka", "orthogonal_cka", "grelu_procrustes")
-        kw = {"zero_channels": "keep"} if channelwise else {}
-        pairs = [(a, b) for a, b in zip(fa, fb) if "procrustes" not in m
+    for m, spec in M.MEASURES.items():
+        f, kw = spec.function, spec.pick(zero_channels="keep")
+        pairs = [(a, b) for a, b in zip(fa, fb) if spec.kind != "procrustes"
                  or fa[a].shape[2:] == fb[b].shape[2:]]
         values, seconds = {}, {}
         for dt in DTYPES:

@@ -20,9 +20,11 @@ One module or subpackage per concept; callers import from where the code lives::
       zoo/             trained models cached on disk (store) and the book's families (book);
                        python -m lib.zoo train
       stitching/       matching, layers, surgery, training, experiment, sanity, finetune (3.3, 4)
-      metrics/         similarity measures (Section 5): inputs, hsic, normalization, preprocessing,
+      metrics/         similarity measures (Section 5) on arrays, importing nothing from lib but
+                       config: registry (MEASURES), inputs, hsic, normalization, preprocessing,
                        gram, cka, procrustes, layers; psd (a PSD G_ReLU-invariant CKA), indefinite
                        (the max kernel's spectrum)
+      similarity.py    features of models, all layer pairs of two models compared and cached
       grounding/       the sensitivity, specificity and shift tests of Ding et al. (2021)
       dissection/      network dissection: iou, broden, synthetic, study (Section 6)
       results.py       recorded numbers, tables, python -m lib.results compare

@@ -151,3 +151,27 @@ def test_chapter_code_cells_at_most_25_lines(chapter):
     # Cell options (":tags:", figure metadata) are not code.
     lengths = [sum(1 for l in c.splitlines() if l.strip() and not l.startswith(":")) for c in cells]
     assert max(lengths, default=0) <= 25
+
+
+def _lib_imports(path: Path, package: str) -> set:
+    """The ``lib`` modules that ``path``, a module of ``lib.<package>``, imports (dotted names)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.split(".")[0] == "lib"}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            if (node.module or "").split(".")[0] == "lib":
+                names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = ["lib", package][:3 - node.level] if node.level <= 2 else []
+            names.add(".".join(base + ([node.module] if node.module else [])))
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((LIB / "metrics").glob("*.py")), ids=lambda p: p.name)
+def test_metrics_take_arrays_and_depend_only_on_config(path):
+    # Issue 25: the measures knew architectures (lib.models) and the cache; features of models and
+    # cached comparisons live a layer above, in lib.similarity.
+    outside = {n for n in _lib_imports(path, "metrics")
+               if n != "lib.config" and n != "lib.metrics" and not n.startswith("lib.metrics.")}
+    assert outside == set()

@@ -11,6 +11,7 @@ import torch
 import lib.metrics as M
 from lib import data, train
 from lib.models import build
+from lib.similarity import layer_features
 from reference import conv_features, grelu_act, haar, related, rotate_channels
 
 SEEDS = [0, 1, 2]
@@ -39,7 +40,7 @@ def trained_features():
     r = train.recipe("fast", epochs=1, batch_size=32, lr=0.05)
     train.train(model, d, r, seed=0, device="cpu", progress=False)
     model.eval()
-    return M.layer_features(model, data.to_input(d.x_test, "cpu"))
+    return layer_features(model, data.to_input(d.x_test, "cpu"))
 
 
 # -- positive semi-definite where the max kernel is not ----------------------------------------

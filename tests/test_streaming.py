@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lib import models, stitching
 from lib.data import to_input
-from lib.metrics import layer_features
+from lib.similarity import layer_features
 from lib.stitching import sanity
 
 N = 256

@@ -10,25 +10,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import check_choice
-from ..metrics import (MATRIX_MEASURES, grelu_procrustes, normalized_gram, orthogonal_procrustes,
-                       psd_normalized_gram, similarity_matrices)
+from ..metrics import MATRIX_MEASURES, get_measure, similarity_matrices
 from .probe import delete_components, feature_shape, probe_accuracy, probe_scores
 
 __all__ = ["MEASURES", "DELETION_ORDERS", "similarities_to", "pair_matrices", "sensitivity_rows",
            "specificity_points", "corrupt", "shift_rows"]
 
-#: The six measures the tests compare, by their function names in :mod:`lib.metrics`.
-MEASURES = ("grelu_cka", "psd_grelu_cka", "orthogonal_cka", "linear_cka", "grelu_procrustes",
-            "orthogonal_procrustes")
+#: The measures the tests compare, every measure of ``lib.metrics.MEASURES`` that
+#: ``lib.metrics.similarity_matrices`` computes (``lib.metrics.MATRIX_MEASURES``), in its order.
+MEASURES = MATRIX_MEASURES
 #: Which principal components :func:`sensitivity_rows` deletes first.
 DELETION_ORDERS = ("lowest", "highest")
-
-
-def _cka_gram(X, measure: str, dtype) -> torch.Tensor:
-    if measure == "psd_grelu_cka":
-        return psd_normalized_gram(X, dtype=dtype)
-    return normalized_gram(X, measure, dtype=dtype)
 
 
 def similarities_to(X, others, measures=MEASURES, *, dtype=torch.float32) -> np.ndarray:
@@ -53,21 +45,21 @@ def similarities_to(X, others, measures=MEASURES, *, dtype=torch.float32) -> np.
         ``(len(others), len(measures))``; NaN where a Procrustes measure compares different
         spatial shapes (the authors compare same-shaped layers only).
     """
-    for m in measures:
-        check_choice("measure", m, MEASURES)
-    grams = {m: _cka_gram(X, m, dtype) for m in measures if m.endswith("cka")}
+    specs = [get_measure(m, MEASURES) for m in measures]
+    # Zero channels are kept (as in similarity_matrices); every other option is the default.
+    options = [spec.pick(zero_channels="keep") for spec in specs]
+    grams = [spec.gram(X, dtype=dtype, **kw) if spec.gram is not None else None
+             for spec, kw in zip(specs, options)]
     rows = []
     for Y in others:
         row = []
-        for m in measures:
-            if m in grams:
-                row.append(max(-1.0, min(1.0, float((grams[m] * _cka_gram(Y, m, dtype)).sum()))))
+        for spec, kw, K in zip(specs, options, grams):
+            if K is not None:
+                row.append(max(-1.0, min(1.0, float((K * spec.gram(Y, dtype=dtype, **kw)).sum()))))
             elif tuple(feature_shape(X)[1:]) != tuple(feature_shape(Y)[1:]):
                 row.append(np.nan)
-            elif m == "grelu_procrustes":
-                row.append(grelu_procrustes(X, Y, zero_channels="keep", dtype=dtype))
             else:
-                row.append(orthogonal_procrustes(X, Y, dtype=dtype))
+                row.append(spec.function(X, Y, dtype=dtype, **kw))
         rows.append(row)
     return np.array(rows, dtype=float).reshape(len(rows), len(measures))
 
@@ -75,9 +67,8 @@ def similarities_to(X, others, measures=MEASURES, *, dtype=torch.float32) -> np.
 def pair_matrices(feats_a: dict, feats_b: dict, measures=MEASURES, *, dtype=torch.float32) -> dict:
     """Each measure between every layer of model A and every layer of model B.
 
-    ``lib.metrics.similarity_matrices`` for the paper's measures (each Gram matrix computed once,
-    the Procrustes measures on same-shaped layers only), and the same for ``psd_grelu_cka`` through
-    ``lib.metrics.psd_normalized_gram``.
+    ``lib.metrics.similarity_matrices`` (each Gram matrix computed once, the Procrustes measures on
+    same-shaped layers only).
 
     Parameters
     ----------
@@ -94,16 +85,8 @@ def pair_matrices(feats_a: dict, feats_b: dict, measures=MEASURES, *, dtype=torc
         ``{measure: numpy array (len(feats_a), len(feats_b))}``, NaN where undefined.
     """
     for m in measures:
-        check_choice("measure", m, MEASURES)
-    paper = [m for m in measures if m in MATRIX_MEASURES]
-    out = similarity_matrices(feats_a, feats_b, paper, dtype=dtype)
-    if "psd_grelu_cka" in measures:
-        grams_a = [psd_normalized_gram(f, dtype=dtype) for f in feats_a.values()]
-        S = np.empty((len(feats_a), len(feats_b)))
-        for j, f in enumerate(feats_b.values()):
-            g = psd_normalized_gram(f, dtype=dtype)
-            S[:, j] = [min(1.0, max(-1.0, float((ga * g).sum()))) for ga in grams_a]
-        out["psd_grelu_cka"] = S
+        get_measure(m, MEASURES)
+    out = similarity_matrices(feats_a, feats_b, measures, dtype=dtype)
     return {m: np.asarray(out[m], dtype=float) for m in measures}
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from ..cache import memo
-from ..metrics import (PSD_BETA, hsic_report, layer_features, max_kernel_gram, normalize_channels,
-                       psd_grelu_gram, spectrum_summary)
+from ..metrics import (PSD_BETA, hsic_report, max_kernel_gram, normalize_channels, psd_grelu_gram,
+                       spectrum_summary)
+from ..similarity import layer_features
 from .probe import deletion_counts, fit_probe, probe_accuracy
 from .protocol import MEASURES, corrupt, pair_matrices, sensitivity_rows, shift_rows
 

@@ -10,9 +10,12 @@ a Python float. The conventions are the authors' (``pnnl/modelsym``, see impleme
 - ``lib.metrics.gram``: linear, RBF and max-kernel Gram matrices (the max kernel block by block);
 - ``lib.metrics.hsic``: HSIC and CKA from Gram matrices (U-centred, summed in float64);
 - ``lib.metrics.cka``: :func:`linear_cka`, :func:`rbf_cka`, :func:`grelu_cka` (Definition 5.3),
-  :func:`orthogonal_cka` and G_ReLU-CKA's memory estimates;
+  :func:`orthogonal_cka`, their Gram forms and G_ReLU-CKA's memory estimates;
 - ``lib.metrics.procrustes``: :func:`grelu_procrustes` (Definition 5.2), :func:`orthogonal_procrustes`;
-- ``lib.metrics.layers``: all layer pairs of two models (heatmaps, Table 2, layer identification);
+- ``lib.metrics.registry``: :data:`MEASURES`, every measure by name (its function, kind, invariance,
+  preprocessing, Gram form and label); code handed a measure's name looks it up there;
+- ``lib.metrics.layers``: all layer pairs of two models' features (heatmaps, Table 2, layer
+  identification);
 - ``lib.metrics.psd``: :func:`psd_grelu_cka`, CKA with a PSD G_ReLU-invariant kernel (not in the
   paper);
 - ``lib.metrics.indefinite``: how much the max kernel's indefiniteness matters (spectra, HSIC signs,
@@ -21,18 +24,22 @@ a Python float. The conventions are the authors' (``pnnl/modelsym``, see impleme
 The names below are the measures' documented home (``lib.metrics.<name>``); helpers for writing new
 measures (``lib.metrics.preprocessing.compute_device``, ``lib.metrics.gram.blocked_max_kernel``,
 ...) are public in their modules.
+
+The package takes arrays and depends on nothing in ``lib`` but ``lib.config``; features of models
+and the cached comparison of two models are in ``lib.similarity``.
 """
-from .cka import (grelu_cka, grelu_cka_max_samples, grelu_cka_memory, linear_cka, orthogonal_cka,
-                  rbf_cka)
+from .cka import (grelu_cka, grelu_cka_gram, grelu_cka_max_samples, grelu_cka_memory, linear_cka,
+                  linear_cka_gram, orthogonal_cka, orthogonal_cka_gram, rbf_cka)
 from .gram import linear_gram, max_kernel_gram, rbf_gram
 from .hsic import cka_from_grams, hsic, u_center
-from .layers import (CKA_MEASURES, MATRIX_MEASURES, MEASURE_NAMES, best_matches, cached_pair_similarities,
-                     diagonal_summary, layer_features, model_pair_similarities, normalized_gram, same_layer_rate,
+from .layers import (PAIR_MODES, best_matches, diagonal_summary, normalized_gram, same_layer_rate,
                      similarity_matrices)
 from .normalization import center_features, normalize_channels, normalize_total
 from .preprocessing import flatten_features, to_channels
 from .procrustes import grelu_procrustes, orthogonal_procrustes
 from .psd import PSD_BETA, psd_grelu_cka, psd_grelu_gram, psd_normalized_gram
+from .registry import (KINDS, MATRIX_MEASURES, MEASURES, OPTIONS, PAPER_MEASURES, Measure,
+                       get_measure)
 from .indefinite import (SEARCH_KERNELS, SEARCH_TARGETS, cka_random_range, cka_range_search,
                          hsic_report, hsic_share, kernel_gram, spectrum_summary)
 
@@ -41,12 +48,14 @@ __all__ = [
     "linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_procrustes", "orthogonal_procrustes",
     # inputs and preprocessing
     "to_channels", "flatten_features", "center_features", "normalize_channels", "normalize_total",
-    # Gram matrices, HSIC, memory
+    # the registry of measures
+    "MEASURES", "Measure", "KINDS", "OPTIONS", "MATRIX_MEASURES", "PAPER_MEASURES", "get_measure",
+    # Gram matrices, Gram forms, HSIC, memory
     "linear_gram", "rbf_gram", "max_kernel_gram", "hsic", "cka_from_grams",
+    "grelu_cka_gram", "orthogonal_cka_gram", "linear_cka_gram",
     "grelu_cka_memory", "grelu_cka_max_samples",
-    # all layer pairs of two models
-    "MATRIX_MEASURES", "CKA_MEASURES", "MEASURE_NAMES", "layer_features", "u_center", "normalized_gram",
-    "similarity_matrices", "model_pair_similarities", "cached_pair_similarities",
+    # all layer pairs of two models' features
+    "PAIR_MODES", "u_center", "normalized_gram", "similarity_matrices",
     "best_matches", "same_layer_rate", "diagonal_summary",
     # a PSD G_ReLU-invariant kernel (psd) and how much the max kernel's indefiniteness matters
     "psd_grelu_cka", "psd_grelu_gram", "psd_normalized_gram", "PSD_BETA",

@@ -19,7 +19,7 @@ Every HSIC is computed as an inner product of centred Gram matrices
 (:func:`lib.metrics.hsic.u_center`), accumulated in float64, so float32 loses no more than the Gram
 matrices' own round-off; inputs for which a CKA is undefined raise
 :class:`~lib.metrics.preprocessing.DegenerateInputError` (the rule: "Degenerate inputs" in
-:mod:`lib.metrics.preprocessing`; the Gram-matrix test: :func:`lib.metrics.hsic.centered_norm_`).
+:mod:`lib.metrics.preprocessing`; the Gram-matrix test: ``lib.metrics.hsic.centered_norm_``).
 
 The max kernel is *not* positive semi-definite in general, contrary to Lemma 5.5: the points
 ``(1, 0), (0, 1), (1, 1)`` give the Gram matrix ``[[1, 0, 1], [0, 1, 1], [1, 1, 1]]`` whose
@@ -35,14 +35,14 @@ import torch
 
 from ..config import check_choice
 from .gram import BLOCK_BYTES, block_plan, blocked_max_kernel, rbf_gram
-from .hsic import check_cka_samples, cka_inplace
+from .hsic import centered_norm_, check_cka_samples, cka_inplace
 from .normalization import center_features, normalize_channel_major
 from .preprocessing import (DTYPES, STAGE_BYTES, DegenerateInputError, check_same_samples,
                             compute_device)
 from .inputs import check_samples
 
-__all__ = ["linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_cka_memory",
-           "grelu_cka_max_samples"]
+__all__ = ["linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_cka_gram",
+           "orthogonal_cka_gram", "linear_cka_gram", "grelu_cka_memory", "grelu_cka_max_samples"]
 
 
 # -- the measures -----------------------------------------------------------------------------------
@@ -199,6 +199,104 @@ def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, d
         grams.append(f @ f.T)
         del z, f
     return cka_inplace(*grams, unbiased=True)
+
+
+# -- Gram forms: each layer's matrix computed once, compared with many ----------------------------
+
+def _unit(K: torch.Tensor, unbiased: bool, name: str) -> torch.Tensor:
+    if unbiased:
+        check_cka_samples(K.shape[0], unbiased=True)
+    return K.div_(centered_norm_(K, unbiased=unbiased, name=name))
+
+
+def grelu_cka_gram(X, zero_channels: str = "keep", *, block_size: int | None = None,
+                   memory_budget: float | None = None, dtype=torch.float32, device=None,
+                   name: str = "X") -> torch.Tensor:
+    """G_ReLU-CKA's Gram matrix of ``X``, U-centred and scaled to unit Frobenius norm.
+
+    The inner product of two such matrices is :func:`grelu_cka`:
+    ``(grelu_cka_gram(X) * grelu_cka_gram(Y)).sum()`` equals ``grelu_cka(X, Y, "keep")``.
+
+    Parameters
+    ----------
+    X : array or tensor
+        ``(n_samples, channels[, height, width])``, at least 4 samples.
+    zero_channels : str
+        See :func:`lib.metrics.normalize_channels`.
+    block_size, memory_budget
+        See ``lib.metrics.gram.block_plan``.
+    dtype, device, name
+        As for :func:`lib.metrics.to_channels`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_samples, n_samples)`` of unit Frobenius norm.
+
+    Raises
+    ------
+    DegenerateInputError
+        As ``lib.metrics.hsic.centered_norm_`` and :func:`lib.metrics.normalize_channels` say.
+    """
+    z = normalize_channel_major(X, True, zero_channels, dtype, compute_device(X, device=device),
+                                name)
+    K = blocked_max_kernel(z, block_size, memory_budget)
+    del z
+    return _unit(K, True, name)
+
+
+def orthogonal_cka_gram(X, zero_channels: str = "keep", *, dtype=torch.float32, device=None,
+                        name: str = "X") -> torch.Tensor:
+    """Orthogonal CKA's Gram matrix of ``X`` (the linear kernel of the normalised channels),
+    U-centred and scaled to unit Frobenius norm: inner products of two are :func:`orthogonal_cka`.
+
+    Parameters
+    ----------
+    X, zero_channels, dtype, device, name
+        As for :func:`grelu_cka_gram`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_samples, n_samples)`` of unit Frobenius norm.
+
+    Raises
+    ------
+    DegenerateInputError
+        As for :func:`grelu_cka_gram`.
+    """
+    z = normalize_channel_major(X, True, zero_channels, dtype, compute_device(X, device=device),
+                                name)
+    f = z.permute(1, 0, 2).reshape(z.shape[1], -1)
+    del z
+    return _unit(f @ f.T, True, name)
+
+
+def linear_cka_gram(X, *, dtype=torch.float32, device=None, name: str = "X") -> torch.Tensor:
+    """Linear CKA's Gram matrix of ``X`` (centred flattened features), centred and scaled to unit
+    Frobenius norm: inner products of two are the biased :func:`linear_cka`.
+
+    Parameters
+    ----------
+    X : array or tensor
+        ``(n_samples, ...)``.
+    dtype, device, name
+        As for :func:`lib.metrics.to_channels`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_samples, n_samples)`` of unit Frobenius norm.
+
+    Raises
+    ------
+    DegenerateInputError
+        If the centred Gram matrix vanishes (``lib.metrics.hsic.centered_norm_``).
+    """
+    # Centred features give a doubly centred Gram matrix (centred again, to round-off).
+    f = center_features(X, dtype=dtype, device=compute_device(X, device=device), name=name,
+                        rescale=True)
+    return _unit(f @ f.T, False, name)
 
 
 # -- memory -----------------------------------------------------------------------------------------

@@ -1,86 +1,35 @@
 """Similarity of every layer of one model with every layer of another (heatmaps, Table 2, layer
-identification of Section 5).
+identification of Section 5), from their features.
 
-:func:`layer_features` takes each model's hidden features once; :func:`similarity_matrices` compares all
-layer pairs for several measures, computing each layer's CKA Gram matrix once (:func:`normalized_gram`,
-U-centred with :func:`lib.metrics.u_center`); :func:`model_pair_similarities` does it all for two
-models and :func:`cached_pair_similarities` caches that on disk, keyed on the weights and images.
-:func:`best_matches`, :func:`same_layer_rate` and :func:`diagonal_summary` read the paper's
-observations off a matrix.
+:func:`similarity_matrices` compares all layer pairs for several measures of
+:data:`lib.metrics.MATRIX_MEASURES`, computing each layer's Gram matrix once for the CKA measures
+(:func:`normalized_gram`, U-centred with :func:`lib.metrics.u_center`). :func:`best_matches`,
+:func:`same_layer_rate` and :func:`diagonal_summary` read the paper's observations off a matrix.
+Features of models come from ``lib.similarity``, which also caches the matrices of two models.
 """
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import torch
 
 from ..config import check_choice
-from ..models import feature_chunks
-from ..cache import fingerprint, memo, tensor_digest
-from .gram import blocked_max_kernel
-from .hsic import centered_norm_, sum_products
-from .normalization import center_features, normalize_channel_major
-from .preprocessing import check_same_samples, compute_device, shape_of
-from .procrustes import grelu_procrustes, orthogonal_procrustes
+from .hsic import sum_products
+from .preprocessing import check_same_samples, shape_of
+from .registry import MATRIX_MEASURES, MEASURES, get_measure
 
-__all__ = ["MATRIX_MEASURES", "CKA_MEASURES", "PAIR_MODES", "MEASURE_NAMES", "layer_features",
-           "normalized_gram", "similarity_matrices", "model_pair_similarities", "cached_pair_similarities",
-           "best_matches", "same_layer_rate", "diagonal_summary"]
+__all__ = ["PAIR_MODES", "normalized_gram", "similarity_matrices", "best_matches",
+           "same_layer_rate", "diagonal_summary"]
 
-#: The measures :func:`similarity_matrices` computes, by their function names in :mod:`lib.metrics`.
-MATRIX_MEASURES = ("grelu_cka", "orthogonal_cka", "linear_cka", "grelu_procrustes", "orthogonal_procrustes")
-#: The CKA measures among :data:`MATRIX_MEASURES` (computed through :func:`normalized_gram`).
-CKA_MEASURES = ("grelu_cka", "orthogonal_cka", "linear_cka")
 #: Which layer pairs :func:`similarity_matrices` compares: every pair, or layer ``i`` with layer ``i`` only.
 PAIR_MODES = ("all", "diagonal")
-#: How the book names each measure of :data:`MATRIX_MEASURES` in tables and figures.
-MEASURE_NAMES = {"grelu_cka": "G_ReLU-CKA", "orthogonal_cka": "orthogonal CKA", "linear_cka": "linear CKA",
-                 "grelu_procrustes": "G_ReLU-Procrustes", "orthogonal_procrustes": "orthogonal Procrustes"}
-
-
-@torch.no_grad()
-def layer_features(model: torch.nn.Module, x: torch.Tensor, layers=None, *, dtype=torch.float32,
-                   batch_size: int = 250) -> dict:
-    """Hidden features of ``model`` on inputs ``x``, as CPU tensors in ``dtype``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A model of :mod:`lib.models` (run in eval mode on its own device).
-    x : torch.Tensor
-        Model inputs ``(n_samples, 3, H, W)`` on the model's device (e.g. from :func:`lib.data.to_input`).
-    layers : list of str, optional
-        Layer names for :func:`lib.models.features` (default: every hidden activation layer).
-    dtype : torch.dtype
-        Storage type, ``torch.float32`` or ``torch.float16`` (half the memory; the measures convert back
-        to ``float32``/``float64``; values beyond 65504 become infinite and are reported by them).
-    batch_size : int
-        Images per forward pass; only one batch's features exist in float32 at a time
-        (:func:`lib.models.feature_chunks`), so the memory beyond the result does not grow with
-        ``n_samples``.
-
-    Returns
-    -------
-    dict
-        ``{name: tensor (n_samples, channels, height, width)}`` in forward order, on the CPU.
-    """
-    check_choice("dtype", dtype, (torch.float32, torch.float16))
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    out: dict = {}
-    for start, chunk in feature_chunks(model, x, layers, batch_size):
-        for name, f in chunk.items():
-            if name not in out:
-                out[name] = torch.empty((len(x),) + tuple(f.shape[1:]), dtype=dtype)
-            out[name][start:start + len(f)] = f.to("cpu", dtype)
-    return out
+# The measures with a Gram form, which normalized_gram computes.
+_WITH_GRAM = tuple(name for name, m in MEASURES.items() if m.gram is not None)
 
 
 def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size: int | None = None,
                     memory_budget: float | None = None, dtype=torch.float32, device=None,
                     name: str = "X") -> torch.Tensor:
-    """The centred Gram matrix of ``X`` for a CKA ``measure``, scaled to unit Frobenius norm.
+    """The Gram form of a CKA ``measure`` of ``X``: its centred Gram matrix of unit Frobenius norm.
 
     The CKA of two inputs is the inner product of their matrices:
     ``(normalized_gram(X, m) * normalized_gram(Y, m)).sum()`` equals ``grelu_cka(X, Y)`` etc.
@@ -90,13 +39,14 @@ def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size:
     X : array or tensor
         ``(n_samples, channels[, height, width])``.
     measure : str
-        ``"grelu_cka"`` (max kernel of the channel-normalised features, U-centred), ``"orthogonal_cka"``
-        (linear kernel of the same, U-centred) or ``"linear_cka"`` (linear kernel of the centred
-        flattened features, i.e. Kornblith et al.'s biased CKA).
+        A measure of :data:`lib.metrics.MEASURES` with a Gram form (the ``gram`` of its
+        :class:`lib.metrics.Measure`): ``"grelu_cka"`` (:func:`lib.metrics.grelu_cka_gram`),
+        ``"orthogonal_cka"``, ``"linear_cka"`` (Kornblith et al.'s biased CKA) or
+        ``"psd_grelu_cka"`` (:func:`lib.metrics.psd_normalized_gram`).
     zero_channels : str
-        See :func:`lib.metrics.normalize_channels`.
+        See :func:`lib.metrics.normalize_channels` (for the measures that normalise channels).
     block_size, memory_budget
-        See ``lib.metrics.gram.block_plan``.
+        See ``lib.metrics.gram.block_plan`` (for the measures that take them).
     dtype, device, name
         As for :func:`lib.metrics.to_channels`.
 
@@ -107,26 +57,15 @@ def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size:
 
     Raises
     ------
+    ValueError
+        For a name without a Gram form (the accepted names are listed).
     DegenerateInputError
-        As :func:`lib.metrics.hsic.centered_norm_` and :func:`lib.metrics.normalize_channels` say.
+        As ``lib.metrics.hsic.centered_norm_`` and :func:`lib.metrics.normalize_channels` say.
     """
-    check_choice("measure", measure, CKA_MEASURES)
-    dev = compute_device(X, device=device)
-    if measure == "linear_cka":
-        # Centred features give a doubly centred Gram matrix (centred again below, to round-off).
-        f = center_features(X, dtype=dtype, device=dev, name=name, rescale=True)
-        K = f @ f.T
-    else:
-        z = normalize_channel_major(X, True, zero_channels, dtype, dev, name)
-        if measure == "grelu_cka":
-            K = blocked_max_kernel(z, block_size, memory_budget)
-        else:
-            f = z.permute(1, 0, 2).reshape(z.shape[1], -1)
-            K = f @ f.T
-        del z
-    if measure != "linear_cka" and K.shape[0] < 4:
-        raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {K.shape[0]}")
-    return K.div_(centered_norm_(K, unbiased=measure != "linear_cka", name=name))
+    spec = get_measure(measure, _WITH_GRAM)
+    options = spec.pick(zero_channels=zero_channels, block_size=block_size,
+                        memory_budget=memory_budget)
+    return spec.gram(X, dtype=dtype, device=device, name=name, **options)
 
 
 def _check_layers(feats_a: dict, feats_b: dict, pairs: str) -> None:
@@ -149,15 +88,17 @@ def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "or
 
     Each CKA Gram matrix is computed once per layer and model (:func:`normalized_gram`), so the cost is
     ``len(feats_a) + len(feats_b)`` Gram matrices, not their product; A's matrices are held while B's
-    are computed one at a time (peak ``(len(feats_a) + 1) n_samples^2`` numbers per measure).
+    are computed one at a time (peak ``(len(feats_a) + 1) n_samples^2`` numbers per measure). The
+    Procrustes measures are computed pair by pair.
 
     Parameters
     ----------
     feats_a, feats_b : dict
         ``{layer: features (n_samples, channels[, height, width])}`` of the two models on the same inputs
-        (e.g. from :func:`layer_features`); the order of the dicts is the order of rows and columns.
+        (e.g. from ``lib.similarity.layer_features``); the order of the dicts is the order of rows
+        and columns.
     measures : sequence of str
-        Names from :data:`MATRIX_MEASURES`.
+        Names from :data:`lib.metrics.MATRIX_MEASURES`.
     pairs : str
         ``"all"`` (every layer pair) or ``"diagonal"`` (only layer ``i`` of A with layer ``i`` of B,
         e.g. Table 2; needs as many layers in A as in B).
@@ -179,127 +120,46 @@ def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "or
         for ``pairs="diagonal"``, and for the Procrustes measures every pair whose spatial shapes differ
         (the authors compare same-shaped layers only).
     """
-    for m in measures:
-        check_choice("measure", m, MATRIX_MEASURES)
+    specs = {m: get_measure(m, MATRIX_MEASURES) for m in measures}
     check_choice("pairs", pairs, PAIR_MODES)
     _check_layers(feats_a, feats_b, pairs)
-    names_a, names_b = list(feats_a), list(feats_b)
-    wanted = np.array([[pairs == "all" or i == j for j in range(len(names_b))] for i in range(len(names_a))])
-    gram_kw = dict(zero_channels=zero_channels, block_size=block_size, memory_budget=memory_budget,
-                   dtype=dtype, device=device)
+    n_a, n_b = len(feats_a), len(feats_b)
+    wanted = np.array([[pairs == "all" or i == j for j in range(n_b)] for i in range(n_a)])
+    options = dict(zero_channels=zero_channels, block_size=block_size, memory_budget=memory_budget)
     out = {}
-    for m in measures:
-        S = np.full((len(names_a), len(names_b)), np.nan)
-        if m in CKA_MEASURES:
-            grams_a = [normalized_gram(feats_a[a], m, name=f"feats_a[{a!r}]", **gram_kw)
-                       if wanted[i].any() else None for i, a in enumerate(names_a)]
-            for j, b in enumerate(names_b):
-                if not wanted[:, j].any():
-                    continue
-                L = normalized_gram(feats_b[b], m, name=f"feats_b[{b!r}]", **gram_kw)
-                for i, K in enumerate(grams_a):
-                    if wanted[i, j]:
-                        S[i, j] = min(1.0, max(-1.0, sum_products(K, L.to(K))))
-                del L
-            del grams_a
-        else:
-            fn = grelu_procrustes if m == "grelu_procrustes" else orthogonal_procrustes
-            kw = dict(zero_channels=zero_channels) if m == "grelu_procrustes" else {}
-            for i, a in enumerate(names_a):
-                for j, b in enumerate(names_b):
-                    if wanted[i, j] and shape_of(feats_a[a])[2:] == shape_of(feats_b[b])[2:]:
-                        S[i, j] = fn(feats_a[a], feats_b[b], dtype=dtype, device=device, **kw)
-        out[m] = S
+    for m, spec in specs.items():
+        compare = _by_grams if spec.gram is not None else _pair_by_pair
+        out[m] = compare(spec, feats_a, feats_b, wanted, spec.pick(**options), dtype=dtype,
+                         device=device)
     return out
 
 
-def model_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor, layers=None,
-                            measures=MATRIX_MEASURES, *, feature_dtype=torch.float32, batch_size: int = 250,
-                            **kwargs) -> dict:
-    """All-layer-pairs similarities of two models on the inputs ``x``, each model's features taken once.
-
-    Parameters
-    ----------
-    model_a, model_b : torch.nn.Module
-        Models of :mod:`lib.models` with the same hidden layers ``layers``.
-    x : torch.Tensor
-        Inputs ``(n_samples, 3, H, W)`` on the models' device.
-    layers : list of str, optional
-        Hidden layer names (default: every hidden activation layer of ``model_a``).
-    measures : sequence of str
-        Names from :data:`MATRIX_MEASURES`, all computed from the same features.
-    feature_dtype : torch.dtype
-        How features are held on the CPU between the forward passes and the measures (``float16``
-        halves the memory at some accuracy; see :func:`layer_features`).
-    batch_size : int
-        Images per forward pass.
-    **kwargs
-        For :func:`similarity_matrices` (``pairs``, ``dtype``, ``device``, ...).
-
-    Returns
-    -------
-    dict
-        ``layers`` (list of names), ``matrices`` (``{measure: array (n_layers, n_layers)}``),
-        ``seconds`` (``{"features": s, measure: s, ...}``, wall-clock seconds), ``feature_mib`` (MiB of
-        features per model) and ``n_samples``.
-    """
-    t0 = time.perf_counter()
-    fa = layer_features(model_a, x, layers, dtype=feature_dtype, batch_size=batch_size)
-    fb = layer_features(model_b, x, list(fa), dtype=feature_dtype, batch_size=batch_size)
-    seconds = {"features": time.perf_counter() - t0}
-    matrices = {}
-    for m in measures:
-        t0 = time.perf_counter()
-        matrices[m] = similarity_matrices(fa, fb, (m,), **kwargs)[m]
-        seconds[m] = time.perf_counter() - t0
-    mib = sum(f.numel() * f.element_size() for f in fa.values()) / 2**20
-    return dict(layers=list(fa), matrices=matrices, seconds=seconds, feature_mib=mib, n_samples=len(x))
+def _by_grams(spec, feats_a: dict, feats_b: dict, wanted: np.ndarray, options: dict,
+              **kw) -> np.ndarray:
+    """A CKA's matrix from each layer's Gram form, A's held while B's are computed one by one."""
+    S = np.full(wanted.shape, np.nan)
+    grams_a = [spec.gram(f, name=f"feats_a[{a!r}]", **options, **kw) if wanted[i].any() else None
+               for i, (a, f) in enumerate(feats_a.items())]
+    for j, (b, f) in enumerate(feats_b.items()):
+        if not wanted[:, j].any():
+            continue
+        L = spec.gram(f, name=f"feats_b[{b!r}]", **options, **kw)
+        for i, K in enumerate(grams_a):
+            if wanted[i, j]:
+                S[i, j] = min(1.0, max(-1.0, sum_products(K, L.to(K))))
+        del L
+    return S
 
 
-def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor, layers,
-                             measures=MATRIX_MEASURES, *, device=None) -> dict:
-    """:func:`model_pair_similarities` of two models, cached on disk (``lib.cache.memo``, kind
-    ``"similarity"``).
-
-    Features are held in float32 and compared in float32 with ``zero_channels="keep"``. The cache
-    key holds everything the matrices depend on: each model's architecture (``model.arch``) and the
-    sha256 of its weights (``lib.cache.fingerprint``), so a transformed copy of a zoo model (which
-    keeps its ``zoo_key``) or a model changed in place never reads another's entry; the sha256 of
-    the inputs ``x`` with their shape and dtype (``lib.cache.tensor_digest``); the layers and the
-    measures.
-
-    Parameters
-    ----------
-    model_a, model_b : torch.nn.Module
-        Models of :mod:`lib.models` (e.g. from :func:`lib.zoo.get`).
-    x : torch.Tensor
-        Inputs ``(n_samples, 3, H, W)`` on the models' device.
-    layers : list of str
-        Hidden layer names.
-    measures : sequence of str
-        Names from :data:`MATRIX_MEASURES`.
-    device : str or torch.device, optional
-        Where the measures run.
-
-    Returns
-    -------
-    dict
-        As :func:`model_pair_similarities`; ``seconds`` are those of the run that filled the cache.
-    """
-    config = dict(a=_model_identity(model_a), b=_model_identity(model_b), images=tensor_digest(x),
-                  layers=list(layers), n_images=len(x), measures=list(measures),
-                  feature_dtype="float32", dtype="float32", zero_channels="keep")
-    return memo("similarity", config, lambda: model_pair_similarities(
-        model_a, model_b, x, layers, measures, feature_dtype=torch.float32, device=device))
-
-
-def _model_identity(model: torch.nn.Module) -> dict:
-    # The weights alone do not fix the function (an activation's slope is no weight): the
-    # architecture config that lib.models.build records goes in too.
-    arch = getattr(model, "arch", None)
-    if arch is None:
-        arch = type(model).__qualname__
-    return dict(arch=arch, weights=fingerprint(model))
+def _pair_by_pair(spec, feats_a: dict, feats_b: dict, wanted: np.ndarray, options: dict,
+                  **kw) -> np.ndarray:
+    """A Procrustes measure's matrix, pair by pair, on the pairs of one spatial shape only."""
+    S = np.full(wanted.shape, np.nan)
+    for i, fa in enumerate(feats_a.values()):
+        for j, fb in enumerate(feats_b.values()):
+            if wanted[i, j] and shape_of(fa)[2:] == shape_of(fb)[2:]:
+                S[i, j] = spec.function(fa, fb, **options, **kw)
+    return S
 
 
 def best_matches(S) -> np.ndarray:
