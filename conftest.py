@@ -7,6 +7,7 @@ the kernel in ``book/``, as the book build does. Test ids stay the chapter's
 (``book/05_stitching.md::Cell 3``). So ``pytest`` alone checks that the whole book runs and that
 every claim a chapter asserts still holds.
 """
+
 import os
 import shutil
 import tempfile
@@ -64,8 +65,9 @@ class ChapterNotebook(plugin.IPyNbFile):
         # here, so that they run in this node's kernel and report under the chapter's name.
         reader = plugin.IPyNbFile.from_parent(self, path=notebook, nodeid=f"{self.nodeid}::copy")
         for cell in reader.collect():
-            yield plugin.IPyNbCell.from_parent(self, name=cell.name, cell_num=cell.cell_num, cell=cell.cell,
-                                               options=cell.options)
+            yield plugin.IPyNbCell.from_parent(
+                self, name=cell.name, cell_num=cell.cell_num, cell=cell.cell, options=cell.options
+            )
         self.nb = reader.nb
 
 

@@ -3,6 +3,7 @@
 Models build their nonlinear layers from :class:`Activation`, so that the symmetry machinery
 (:mod:`lib.groups`, :mod:`lib.symmetry`) can read each hidden layer's activation and parameters.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,10 @@ def activation_fn(name: str, **params):
     check_choice("activation", name, ACTIVATIONS)
     unknown = set(params) - _PARAMS.get(name, set())
     if unknown:
-        raise ValueError(f"activation {name!r} takes no parameter {sorted(unknown)}; "
-                         f"accepted: {sorted(_PARAMS.get(name, set())) or 'none'}")
+        raise ValueError(
+            f"activation {name!r} takes no parameter {sorted(unknown)}; "
+            f"accepted: {sorted(_PARAMS.get(name, set())) or 'none'}"
+        )
     fn = ACTIVATIONS[name]
     return (lambda x: fn(x, **params)) if params else fn
 

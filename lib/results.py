@@ -12,6 +12,7 @@ A chapter records every number it compares with the paper::
 :func:`compare_results` lists every recorded number that differs between two results folders
 (``python -m lib.results compare A B``), e.g. before and after a change that must not change any.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,17 @@ from .cache import checked_json, read_checked_json
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "read_results_file", "load_results", "table",
-           "markdown_table", "VALUE_FIELDS", "compare_results", "main"]
+__all__ = [
+    "Recorder",
+    "results_dir",
+    "read_results_file",
+    "load_results",
+    "table",
+    "markdown_table",
+    "VALUE_FIELDS",
+    "compare_results",
+    "main",
+]
 
 # The fields of a results file written before it carried its own checksum ("sha256").
 _LEGACY_FIELDS = ("chapter", "scale", "seed", "rows")
@@ -74,7 +84,9 @@ class Recorder:
         self.chapter, self.scale, self.seed = chapter, scale, int(seed)
         self.rows: list[dict] = []
 
-    def add(self, key: str, ours, paper=None, unit: str = "", note: str = "", std=None, paper_std=None):
+    def add(
+        self, key: str, ours, paper=None, unit: str = "", note: str = "", std=None, paper_std=None
+    ):
         """Record one number; a key recorded again keeps the last value.
 
         Parameters
@@ -98,8 +110,17 @@ class Recorder:
             ``ours``, unchanged (so a chapter can record and use a number in one expression).
         """
         self.rows = [r for r in self.rows if r["key"] != key]
-        self.rows.append(dict(key=key, ours=_plain(ours), std=_plain(std), paper=_plain(paper),
-                              paper_std=_plain(paper_std), unit=unit, note=note))
+        self.rows.append(
+            dict(
+                key=key,
+                ours=_plain(ours),
+                std=_plain(std),
+                paper=_plain(paper),
+                paper_std=_plain(paper_std),
+                unit=unit,
+                note=note,
+            )
+        )
         return ours
 
     def path(self) -> Path:
@@ -140,16 +161,21 @@ def read_results_file(path: str | os.PathLike) -> dict:
     try:
         payload, _ = read_checked_json(path, _LEGACY_FIELDS)
         rows = payload.get("rows")
-        if not (isinstance(payload.get("chapter"), str) and isinstance(payload.get("seed"), int)
-                and isinstance(rows, list)):
+        if not (
+            isinstance(payload.get("chapter"), str)
+            and isinstance(payload.get("seed"), int)
+            and isinstance(rows, list)
+        ):
             raise ValueError("it lacks a 'chapter', a 'seed' or a list of 'rows'")
         for i, r in enumerate(rows):
             if not (isinstance(r, dict) and isinstance(r.get("key"), str) and "ours" in r):
                 raise ValueError(f"row {i} is not a recorded number (a 'key' and 'ours')")
     except ValueError as exc:
         chapter = path.stem.split("-seed")[0]
-        raise ValueError(f"the results file {path} is damaged ({type(exc).__name__}: {exc}); "
-                         f"delete it and re-run the chapter that wrote it ({chapter})") from exc
+        raise ValueError(
+            f"the results file {path} is damaged ({type(exc).__name__}: {exc}); "
+            f"delete it and re-run the chapter that wrote it ({chapter})"
+        ) from exc
     return payload
 
 
@@ -178,8 +204,9 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
     rows = []
     for f in sorted(folder.glob("*.json")):
         payload = read_results_file(f)
-        rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r)
-                    for r in payload["rows"])
+        rows.extend(
+            dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"]
+        )
     return rows
 
 
@@ -236,10 +263,16 @@ def table(header, rows, align: str | None = None) -> str:
             raise ValueError(f"row {i} has {len(row)} cells but header has {len(header)}: {row!r}")
     if align is None:
         # Empty cells and dashes ("no value") do not decide a column's alignment.
-        filled = [[c for c in col if c not in _BLANKS] for col in zip(*body)] or [[] for _ in header]
-        align = "".join("r" if col and all(_NUMBER.match(c) for c in col) else "l" for col in filled)
+        filled = [[c for c in col if c not in _BLANKS] for col in zip(*body)] or [
+            [] for _ in header
+        ]
+        align = "".join(
+            "r" if col and all(_NUMBER.match(c) for c in col) else "l" for col in filled
+        )
     if len(align) != len(header) or set(align) - set("lcr"):
-        raise ValueError(f"align must have one of 'l', 'c', 'r' per column ({len(header)}), got {align!r}")
+        raise ValueError(
+            f"align must have one of 'l', 'c', 'r' per column ({len(header)}), got {align!r}"
+        )
     rule = {"l": "---", "c": ":---:", "r": "---:"}
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -276,19 +309,33 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
             r = r if isinstance(r, dict) else {}
             stem, seed = r.get("chapter", "?"), r.get("seed")
             file = f"{stem}-seed{seed}.json" if seed else f"{stem}.json"
-            raise ValueError(f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
-                             f"{missing}: its results file {file} (in the results folder of its "
-                             f"scale) is damaged or was not written by lib.results.Recorder; delete "
-                             f"it and re-run its chapter")
+            raise ValueError(
+                f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
+                f"{missing}: its results file {file} (in the results folder of its "
+                f"scale) is damaged or was not written by lib.results.Recorder; delete "
+                f"it and re-run its chapter"
+            )
     order = order or []
 
     def rank(r):
         position = order.index(r["chapter"]) if r["chapter"] in order else len(order)
         return position, r["chapter"], r["seed"]
-    return table(["chapter", "seed", "quantity", "ours", "paper", "note"],
-                 [[r["chapter"], r["seed"], f"`{r['key']}`", _fmt(r["ours"], r["std"], r["unit"]),
-                   _fmt(r["paper"], r["paper_std"], r["unit"]), r["note"]] for r in sorted(rows, key=rank)],
-                 align="lrlrrl")
+
+    return table(
+        ["chapter", "seed", "quantity", "ours", "paper", "note"],
+        [
+            [
+                r["chapter"],
+                r["seed"],
+                f"`{r['key']}`",
+                _fmt(r["ours"], r["std"], r["unit"]),
+                _fmt(r["paper"], r["paper_std"], r["unit"]),
+                r["note"],
+            ]
+            for r in sorted(rows, key=rank)
+        ],
+        align="lrlrrl",
+    )
 
 
 #: The fields of a recorded row that :func:`compare_results` compares (notes hold wall times).
@@ -311,8 +358,9 @@ def _same(a, b, rtol: float, atol: float) -> bool:
     return a == b
 
 
-def compare_results(dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=("*_seconds",),
-                    fields=VALUE_FIELDS) -> list[dict]:
+def compare_results(
+    dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=("*_seconds",), fields=VALUE_FIELDS
+) -> list[dict]:
     """Every recorded value that differs between two results folders, and every key recorded in one only.
 
     Parameters
@@ -354,10 +402,17 @@ def compare_results(dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=
             continue
         ra, rb = a.get((file, key)), b.get((file, key))
         if ra is None or rb is None:
-            out.append(dict(file=file, key=key, field=None, a=ra and ra.get("ours"), b=rb and rb.get("ours")))
+            out.append(
+                dict(
+                    file=file, key=key, field=None, a=ra and ra.get("ours"), b=rb and rb.get("ours")
+                )
+            )
             continue
-        out += [dict(file=file, key=key, field=f, a=ra.get(f), b=rb.get(f)) for f in fields
-                if not _same(ra.get(f), rb.get(f), rtol, atol)]
+        out += [
+            dict(file=file, key=key, field=f, a=ra.get(f), b=rb.get(f))
+            for f in fields
+            if not _same(ra.get(f), rb.get(f), rtol, atol)
+        ]
     return out
 
 
@@ -376,23 +431,41 @@ def main(argv=None) -> int:
     int
         0 when the folders agree, 1 when they differ.
     """
-    parser = argparse.ArgumentParser(prog="python -m lib.results", description="Compare recorded results.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.results", description="Compare recorded results."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="list every recorded value that differs between two results folders")
-    c.add_argument("a", help="a results folder ($SYMMETRIES_RESULTS of one run, or one of its scale folders)")
+    c = sub.add_parser(
+        "compare", help="list every recorded value that differs between two results folders"
+    )
+    c.add_argument(
+        "a", help="a results folder ($SYMMETRIES_RESULTS of one run, or one of its scale folders)"
+    )
     c.add_argument("b", help="the results folder to compare it with")
-    c.add_argument("--rtol", type=float, default=1e-9, help="relative tolerance of numbers (default 1e-9)")
-    c.add_argument("--atol", type=float, default=0.0, help="absolute tolerance of numbers (default 0)")
-    c.add_argument("--ignore", nargs="*", default=["*_seconds"], help="glob patterns of keys to skip "
-                   "(default: *_seconds)")
+    c.add_argument(
+        "--rtol", type=float, default=1e-9, help="relative tolerance of numbers (default 1e-9)"
+    )
+    c.add_argument(
+        "--atol", type=float, default=0.0, help="absolute tolerance of numbers (default 0)"
+    )
+    c.add_argument(
+        "--ignore",
+        nargs="*",
+        default=["*_seconds"],
+        help="glob patterns of keys to skip (default: *_seconds)",
+    )
     args = parser.parse_args(argv)
     diffs = compare_results(args.a, args.b, args.rtol, args.atol, tuple(args.ignore))
     for d in diffs:
         what = "recorded in one folder only" if d["field"] is None else d["field"]
         print(f"{d['file']}  {d['key']}  {what}: {d['a']!r} != {d['b']!r}")
     n = len({(d["file"], d["key"]) for d in diffs})
-    print(f"{n} key(s) differ between {args.a} and {args.b}" if diffs else f"no differences between {args.a} and "
-          f"{args.b} (rtol {args.rtol:g}, atol {args.atol:g}, ignoring {', '.join(args.ignore) or 'nothing'})")
+    print(
+        f"{n} key(s) differ between {args.a} and {args.b}"
+        if diffs
+        else f"no differences between {args.a} and "
+        f"{args.b} (rtol {args.rtol:g}, atol {args.atol:g}, ignoring {', '.join(args.ignore) or 'nothing'})"
+    )
     return 1 if diffs else 0
 
 

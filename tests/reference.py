@@ -9,6 +9,7 @@
 
 and the synthetic features the tests of ``lib.metrics`` feed them (:func:`conv_features`, ...).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -71,7 +72,7 @@ def channel_normalized(x: np.ndarray, center: bool = True) -> np.ndarray:
     f = np.asarray(x, dtype=np.float64).reshape(len(x), x.shape[1], -1)
     if center:
         f = f - f.mean(axis=(0, 2), keepdims=True)
-    return f / np.sqrt((f ** 2).sum(axis=(0, 2), keepdims=True))
+    return f / np.sqrt((f**2).sum(axis=(0, 2), keepdims=True))
 
 
 def max_kernel_np(f: np.ndarray) -> np.ndarray:
@@ -90,10 +91,13 @@ def unbiased_cka_np(K: np.ndarray, L: np.ndarray) -> float:
 
 # -- synthetic features ----------------------------------------------------------------------------
 
+
 def conv_features(seed, n=48, c=6, h=3, w=3, relu=True):
     """Random conv features with channel-dependent scales (post-ReLU unless ``relu=False``)."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)) * rng.uniform(0.5, 2.0, (1, c, 1, 1)) + rng.uniform(-0.5, 1.0, (1, c, 1, 1))
+    x = rng.standard_normal((n, c, h, w)) * rng.uniform(0.5, 2.0, (1, c, 1, 1)) + rng.uniform(
+        -0.5, 1.0, (1, c, 1, 1)
+    )
     return np.maximum(x, 0) if relu else x
 
 

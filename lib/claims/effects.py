@@ -4,12 +4,19 @@ Each function turns what a chapter measured (penalties, similarities, detector f
 replicate) into the signed effects that :func:`lib.claims.decide` reads: positive is the paper's
 direction, as each claim's ``effect`` field says in words.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fig1_effects", "similarity_effects", "block_structure_effect", "fig6_effect",
-           "leaky_slope_effect", "fig3_effects"]
+__all__ = [
+    "fig1_effects",
+    "similarity_effects",
+    "block_structure_effect",
+    "fig6_effect",
+    "leaky_slope_effect",
+    "fig3_effects",
+]
 
 
 def fig1_effects(final: dict) -> dict:
@@ -27,14 +34,18 @@ def fig1_effects(final: dict) -> dict:
         ``{claim key: effects of shape (pairs,)}`` for the four ``claim_fig1_*`` claims; the depth trend
         only when at least 3 layers were stitched.
     """
-    full, rank1, grelu = (np.asarray(final[v], dtype=np.float64) for v in ("full", "rank1", "grelu"))
+    full, rank1, grelu = (
+        np.asarray(final[v], dtype=np.float64) for v in ("full", "rank1", "grelu")
+    )
     out = {
         "claim_fig1_full_near_zero": 2.0 - full.mean(axis=1),
         "claim_fig1_grelu_below_rank1": (rank1 - grelu).mean(axis=1),
         "claim_fig1_grelu_below_10pp": 10.0 - np.median(grelu, axis=1),
     }
     if grelu.shape[1] >= 3:
-        out["claim_fig1_depth_trend"] = np.minimum(grelu[:, -2] - grelu[:, 0], grelu[:, -2] - grelu[:, -1])
+        out["claim_fig1_depth_trend"] = np.minimum(
+            grelu[:, -2] - grelu[:, 0], grelu[:, -2] - grelu[:, -1]
+        )
     return out
 
 
@@ -62,10 +73,14 @@ def similarity_effects(table2: dict, cka: list) -> dict:
         ``claim_table2_grelu_below_orthogonal`` and ``claim_fig5_same_depth_most_similar``, each of shape
         (pairs,).
     """
-    g, o = (np.asarray(table2[m], dtype=np.float64)
-            for m in ("grelu_procrustes", "orthogonal_procrustes"))
-    return {"claim_table2_grelu_below_orthogonal": (o - g).mean(axis=1),
-            "claim_fig5_same_depth_most_similar": np.array([_diagonal_margin(S) for S in cka])}
+    g, o = (
+        np.asarray(table2[m], dtype=np.float64)
+        for m in ("grelu_procrustes", "orthogonal_procrustes")
+    )
+    return {
+        "claim_table2_grelu_below_orthogonal": (o - g).mean(axis=1),
+        "claim_fig5_same_depth_most_similar": np.array([_diagonal_margin(S) for S in cka]),
+    }
 
 
 def block_structure_effect(cka: list, in_block) -> np.ndarray:
@@ -127,8 +142,9 @@ def leaky_slope_effect(penalties: dict) -> np.ndarray:
     """
     below = [np.asarray(v, dtype=np.float64) for s, v in penalties.items() if s < 1]
     if 1.0 not in penalties or not below:
-        raise ValueError(f"penalties must hold slope 1.0 and a slope below 1; got slopes "
-                         f"{sorted(penalties)}")
+        raise ValueError(
+            f"penalties must hold slope 1.0 and a slope below 1; got slopes {sorted(penalties)}"
+        )
     return np.asarray(penalties[1.0], dtype=np.float64) - np.mean(below, axis=0)
 
 
@@ -148,9 +164,12 @@ def fig3_effects(relu: np.ndarray, noresrelu: np.ndarray) -> dict:
         ``claim_fig3_relu_falls`` (the fall from alpha = 0 to 1) and
         ``claim_fig3_no_residual_relu_does_not_fall`` (0.05 minus that fall), each of shape (networks,).
     """
+
     def fall(f):
         f = np.asarray(f, dtype=np.float64)
         return f[:, 0] - f[:, -1]
 
-    return {"claim_fig3_relu_falls": fall(relu),
-            "claim_fig3_no_residual_relu_does_not_fall": 0.05 - fall(noresrelu)}
+    return {
+        "claim_fig3_relu_falls": fall(relu),
+        "claim_fig3_no_residual_relu_does_not_fall": 0.05 - fall(noresrelu),
+    }

@@ -1,5 +1,6 @@
 """The result of a dissection under rotations (:func:`lib.dissection.dissect`), and the
 invariants every such result satisfies."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,9 +102,12 @@ class DissectionResult:
         """
         inter, unique = self.interpretable, self.unique
         return {
-            "alpha 0 equal for every rotation": bool((inter[0] == inter[0, 0]).all()
-                                                     and (unique[0] == unique[0, 0]).all()),
-            "alpha 0 detectors = labelled detectors": bool(inter[0, 0] == sum(lab["detector"] for lab in self.labels)),
+            "alpha 0 equal for every rotation": bool(
+                (inter[0] == inter[0, 0]).all() and (unique[0] == unique[0, 0]).all()
+            ),
+            "alpha 0 detectors = labelled detectors": bool(
+                inter[0, 0] == sum(lab["detector"] for lab in self.labels)
+            ),
             "0 <= detectors <= units": bool(((0 <= inter) & (inter <= self.n_units)).all()),
             "0 <= concepts <= detectors": bool(((0 <= unique) & (unique <= inter)).all()),
             "categories add up to detectors": bool(np.array_equal(self.by_category.sum(2), inter)),

@@ -1,5 +1,6 @@
 """Rotations of a layer's basis for dissection (Section 6): Haar-random Q in SO(n) and the
 geodesic ``Q^alpha`` from the identity to Q."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,13 @@ import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = ["Rotations", "random_rotation", "rotation_power", "geodesic_checks",
-           "head_after_basis_change"]
+__all__ = [
+    "Rotations",
+    "random_rotation",
+    "rotation_power",
+    "geodesic_checks",
+    "head_after_basis_change",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +126,11 @@ def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
     ValueError
         If ``alpha`` is not a number in [0, 1] (NaN included) or ``q`` is not a rotation.
     """
-    if not isinstance(alpha, (int, float, np.floating)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+    if (
+        not isinstance(alpha, (int, float, np.floating))
+        or isinstance(alpha, bool)
+        or not 0 <= alpha <= 1
+    ):
         raise ValueError(f"alpha must be a number in [0, 1] (0: the identity, 1: Q), got {alpha!r}")
     alpha = float(alpha)
     qn = torch.as_tensor(q).detach().to("cpu", torch.float64).numpy()
@@ -137,7 +147,10 @@ def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
         if i + 1 < n and abs(t[i + 1, i]) > 1e-12:
             c, s = (t[i, i] + t[i + 1, i + 1]) / 2, (t[i + 1, i] - t[i, i + 1]) / 2
             theta = alpha * math.atan2(s, c)
-            blocks[i:i + 2, i:i + 2] = [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]
+            blocks[i : i + 2, i : i + 2] = [
+                [math.cos(theta), -math.sin(theta)],
+                [math.sin(theta), math.cos(theta)],
+            ]
             i += 2
             continue
         if t[i, i] > 0:
@@ -183,7 +196,9 @@ def geodesic_checks(q: torch.Tensor, alphas, atol: float = 1e-9) -> dict:
     }
 
 
-def head_after_basis_change(model: torch.nn.Module, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def head_after_basis_change(
+    model: torch.nn.Module, h: torch.Tensor, a: torch.Tensor
+) -> torch.Tensor:
     """The outputs of a :func:`lib.models.convnext20` from its last residual output ``h`` after the
     change of basis ``h -> A h``, with ``A^{-1}`` folded into the head.
 
@@ -218,6 +233,6 @@ def head_after_basis_change(model: torch.nn.Module, h: torch.Tensor, a: torch.Te
     s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     t = bn.bias - bn.running_mean * s
     a = a.to(h.dtype)
-    z = torch.einsum("ij,njhw->nihw", a, h).mean((2, 3))        # the rotated site, pooled: (N, C)
-    w = head.weight * s @ torch.linalg.inv(a)                    # W diag(s) A^-1: (classes, C)
+    z = torch.einsum("ij,njhw->nihw", a, h).mean((2, 3))  # the rotated site, pooled: (N, C)
+    w = head.weight * s @ torch.linalg.inv(a)  # W diag(s) A^-1: (classes, C)
     return z @ w.T + head.weight @ t + head.bias

@@ -28,37 +28,104 @@ measures (``lib.metrics.preprocessing.compute_device``, ``lib.metrics.gram.block
 The package takes arrays and depends on nothing in ``lib`` but ``lib.config``; features of models
 and the cached comparison of two models are in ``lib.similarity``.
 """
-from .cka import (grelu_cka, grelu_cka_gram, grelu_cka_max_samples, grelu_cka_memory, linear_cka,
-                  linear_cka_gram, orthogonal_cka, orthogonal_cka_gram, rbf_cka)
+
+from .cka import (
+    grelu_cka,
+    grelu_cka_gram,
+    grelu_cka_max_samples,
+    grelu_cka_memory,
+    linear_cka,
+    linear_cka_gram,
+    orthogonal_cka,
+    orthogonal_cka_gram,
+    rbf_cka,
+)
 from .gram import linear_gram, max_kernel_gram, rbf_gram
 from .hsic import cka_from_grams, hsic, u_center
-from .layers import (PAIR_MODES, best_matches, diagonal_summary, normalized_gram, same_layer_rate,
-                     similarity_matrices)
+from .indefinite import (
+    SEARCH_KERNELS,
+    SEARCH_TARGETS,
+    cka_random_range,
+    cka_range_search,
+    hsic_report,
+    hsic_share,
+    kernel_gram,
+    spectrum_summary,
+)
+from .layers import (
+    PAIR_MODES,
+    best_matches,
+    diagonal_summary,
+    normalized_gram,
+    same_layer_rate,
+    similarity_matrices,
+)
 from .normalization import center_features, normalize_channels, normalize_total
 from .preprocessing import flatten_features, to_channels
 from .procrustes import grelu_procrustes, orthogonal_procrustes
 from .psd import PSD_BETA, psd_grelu_cka, psd_grelu_gram, psd_normalized_gram
-from .registry import (KINDS, MATRIX_MEASURES, MEASURES, OPTIONS, PAPER_MEASURES, Measure,
-                       get_measure)
-from .indefinite import (SEARCH_KERNELS, SEARCH_TARGETS, cka_random_range, cka_range_search,
-                         hsic_report, hsic_share, kernel_gram, spectrum_summary)
+from .registry import (
+    KINDS,
+    MATRIX_MEASURES,
+    MEASURES,
+    OPTIONS,
+    PAPER_MEASURES,
+    Measure,
+    get_measure,
+)
 
 __all__ = [
     # measures
-    "linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_procrustes", "orthogonal_procrustes",
+    "linear_cka",
+    "rbf_cka",
+    "grelu_cka",
+    "orthogonal_cka",
+    "grelu_procrustes",
+    "orthogonal_procrustes",
     # inputs and preprocessing
-    "to_channels", "flatten_features", "center_features", "normalize_channels", "normalize_total",
+    "to_channels",
+    "flatten_features",
+    "center_features",
+    "normalize_channels",
+    "normalize_total",
     # the registry of measures
-    "MEASURES", "Measure", "KINDS", "OPTIONS", "MATRIX_MEASURES", "PAPER_MEASURES", "get_measure",
+    "MEASURES",
+    "Measure",
+    "KINDS",
+    "OPTIONS",
+    "MATRIX_MEASURES",
+    "PAPER_MEASURES",
+    "get_measure",
     # Gram matrices, Gram forms, HSIC, memory
-    "linear_gram", "rbf_gram", "max_kernel_gram", "hsic", "cka_from_grams",
-    "grelu_cka_gram", "orthogonal_cka_gram", "linear_cka_gram",
-    "grelu_cka_memory", "grelu_cka_max_samples",
+    "linear_gram",
+    "rbf_gram",
+    "max_kernel_gram",
+    "hsic",
+    "cka_from_grams",
+    "grelu_cka_gram",
+    "orthogonal_cka_gram",
+    "linear_cka_gram",
+    "grelu_cka_memory",
+    "grelu_cka_max_samples",
     # all layer pairs of two models' features
-    "PAIR_MODES", "u_center", "normalized_gram", "similarity_matrices",
-    "best_matches", "same_layer_rate", "diagonal_summary",
+    "PAIR_MODES",
+    "u_center",
+    "normalized_gram",
+    "similarity_matrices",
+    "best_matches",
+    "same_layer_rate",
+    "diagonal_summary",
     # a PSD G_ReLU-invariant kernel (psd) and how much the max kernel's indefiniteness matters
-    "psd_grelu_cka", "psd_grelu_gram", "psd_normalized_gram", "PSD_BETA",
-    "spectrum_summary", "hsic_report", "hsic_share", "kernel_gram", "SEARCH_KERNELS", "SEARCH_TARGETS",
-    "cka_random_range", "cka_range_search",
+    "psd_grelu_cka",
+    "psd_grelu_gram",
+    "psd_normalized_gram",
+    "PSD_BETA",
+    "spectrum_summary",
+    "hsic_report",
+    "hsic_share",
+    "kernel_gram",
+    "SEARCH_KERNELS",
+    "SEARCH_TARGETS",
+    "cka_random_range",
+    "cka_range_search",
 ]

@@ -27,6 +27,7 @@ determinant is -1. CKA stays within [-1, 1] anyway, because the unbiased HSIC is
 "unbiasedly centred" Gram matrices (Cauchy-Schwarz); like every debiased CKA it can be slightly negative.
 :func:`grelu_cka_memory` and :func:`grelu_cka_max_samples` size G_ReLU-CKA's peak memory.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,16 +37,31 @@ import torch
 from ..config import check_choice
 from .gram import BLOCK_BYTES, block_plan, blocked_max_kernel, rbf_gram
 from .hsic import centered_norm_, check_cka_samples, cka_inplace
-from .normalization import center_features, normalize_channel_major
-from .preprocessing import (DTYPES, STAGE_BYTES, DegenerateInputError, check_same_samples,
-                            compute_device)
 from .inputs import check_samples
+from .normalization import center_features, normalize_channel_major
+from .preprocessing import (
+    DTYPES,
+    STAGE_BYTES,
+    DegenerateInputError,
+    check_same_samples,
+    compute_device,
+)
 
-__all__ = ["linear_cka", "rbf_cka", "grelu_cka", "orthogonal_cka", "grelu_cka_gram",
-           "orthogonal_cka_gram", "linear_cka_gram", "grelu_cka_memory", "grelu_cka_max_samples"]
+__all__ = [
+    "linear_cka",
+    "rbf_cka",
+    "grelu_cka",
+    "orthogonal_cka",
+    "grelu_cka_gram",
+    "orthogonal_cka_gram",
+    "linear_cka_gram",
+    "grelu_cka_memory",
+    "grelu_cka_max_samples",
+]
 
 
 # -- the measures -----------------------------------------------------------------------------------
+
 
 def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None) -> float:
     """Linear CKA of Kornblith et al. 2019 on flattened, centred features.
@@ -75,8 +91,10 @@ def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None
     """
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
-    x, y = (center_features(A, dtype=dtype, device=dev, name=nm, rescale=True)
-            for A, nm in ((X, "X"), (Y, "Y")))
+    x, y = (
+        center_features(A, dtype=dtype, device=dev, name=nm, rescale=True)
+        for A, nm in ((X, "X"), (Y, "Y"))
+    )
     n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
     check_cka_samples(n, debiased)
     if debiased or n * (dx + dy) <= dx * dy + dx * dx + dy * dy:
@@ -86,10 +104,12 @@ def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None
         if not bool(v.any()):
             raise DegenerateInputError(f"{name} is constant across samples; CKA is undefined")
     xx, yy, yx = (torch.linalg.matrix_norm((a.T @ b).double()) for a, b in ((x, x), (y, y), (y, x)))
-    return min(1.0, float(yx ** 2 / (xx * yy)))
+    return min(1.0, float(yx**2 / (xx * yy)))
 
 
-def rbf_cka(X, Y, threshold: float = 1.0, debiased: bool = False, *, dtype=torch.float64, device=None) -> float:
+def rbf_cka(
+    X, Y, threshold: float = 1.0, debiased: bool = False, *, dtype=torch.float64, device=None
+) -> float:
     """CKA with RBF kernels on flattened features (Kornblith et al. 2019).
 
     Parameters
@@ -117,12 +137,23 @@ def rbf_cka(X, Y, threshold: float = 1.0, debiased: bool = False, *, dtype=torch
     check_samples(X, Y, 4 if debiased else 3, "rbf_cka")
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
-    return cka_inplace(rbf_gram(X, threshold, dtype=dtype, device=dev, name="X"),
-                rbf_gram(Y, threshold, dtype=dtype, device=dev, name="Y"), unbiased=debiased)
+    return cka_inplace(
+        rbf_gram(X, threshold, dtype=dtype, device=dev, name="X"),
+        rbf_gram(Y, threshold, dtype=dtype, device=dev, name="Y"),
+        unbiased=debiased,
+    )
 
 
-def grelu_cka(X, Y, zero_channels: str = "raise", *, block_size: int | None = None,
-              memory_budget: float | None = None, dtype=torch.float64, device=None) -> float:
+def grelu_cka(
+    X,
+    Y,
+    zero_channels: str = "raise",
+    *,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    dtype=torch.float64,
+    device=None,
+) -> float:
     """G_ReLU-CKA (Definition 5.3) with the authors' conventions.
 
     Channels centred and scaled to unit norm over (samples, positions), max-kernel Gram matrices
@@ -166,7 +197,9 @@ def grelu_cka(X, Y, zero_channels: str = "raise", *, block_size: int | None = No
     return cka_inplace(*grams, unbiased=True)
 
 
-def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, device=None) -> float:
+def orthogonal_cka(
+    X, Y, zero_channels: str = "raise", *, dtype=torch.float64, device=None
+) -> float:
     """The authors' "orthogonal CKA" (Figs. 2 and 5): :func:`grelu_cka` with the linear kernel.
 
     Differs from :func:`linear_cka` in three ways: each channel is scaled to unit norm over (samples,
@@ -203,15 +236,23 @@ def orthogonal_cka(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, d
 
 # -- Gram forms: each layer's matrix computed once, compared with many ----------------------------
 
+
 def _unit(K: torch.Tensor, unbiased: bool, name: str) -> torch.Tensor:
     if unbiased:
         check_cka_samples(K.shape[0], unbiased=True)
     return K.div_(centered_norm_(K, unbiased=unbiased, name=name))
 
 
-def grelu_cka_gram(X, zero_channels: str = "keep", *, block_size: int | None = None,
-                   memory_budget: float | None = None, dtype=torch.float32, device=None,
-                   name: str = "X") -> torch.Tensor:
+def grelu_cka_gram(
+    X,
+    zero_channels: str = "keep",
+    *,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    dtype=torch.float32,
+    device=None,
+    name: str = "X",
+) -> torch.Tensor:
     """G_ReLU-CKA's Gram matrix of ``X``, U-centred and scaled to unit Frobenius norm.
 
     The inner product of two such matrices is :func:`grelu_cka`:
@@ -238,15 +279,17 @@ def grelu_cka_gram(X, zero_channels: str = "keep", *, block_size: int | None = N
     DegenerateInputError
         As ``lib.metrics.hsic.centered_norm_`` and :func:`lib.metrics.normalize_channels` say.
     """
-    z = normalize_channel_major(X, True, zero_channels, dtype, compute_device(X, device=device),
-                                name)
+    z = normalize_channel_major(
+        X, True, zero_channels, dtype, compute_device(X, device=device), name
+    )
     K = blocked_max_kernel(z, block_size, memory_budget)
     del z
     return _unit(K, True, name)
 
 
-def orthogonal_cka_gram(X, zero_channels: str = "keep", *, dtype=torch.float32, device=None,
-                        name: str = "X") -> torch.Tensor:
+def orthogonal_cka_gram(
+    X, zero_channels: str = "keep", *, dtype=torch.float32, device=None, name: str = "X"
+) -> torch.Tensor:
     """Orthogonal CKA's Gram matrix of ``X`` (the linear kernel of the normalised channels),
     U-centred and scaled to unit Frobenius norm: inner products of two are :func:`orthogonal_cka`.
 
@@ -265,8 +308,9 @@ def orthogonal_cka_gram(X, zero_channels: str = "keep", *, dtype=torch.float32, 
     DegenerateInputError
         As for :func:`grelu_cka_gram`.
     """
-    z = normalize_channel_major(X, True, zero_channels, dtype, compute_device(X, device=device),
-                                name)
+    z = normalize_channel_major(
+        X, True, zero_channels, dtype, compute_device(X, device=device), name
+    )
     f = z.permute(1, 0, 2).reshape(z.shape[1], -1)
     del z
     return _unit(f @ f.T, True, name)
@@ -294,15 +338,24 @@ def linear_cka_gram(X, *, dtype=torch.float32, device=None, name: str = "X") -> 
         If the centred Gram matrix vanishes (``lib.metrics.hsic.centered_norm_``).
     """
     # Centred features give a doubly centred Gram matrix (centred again, to round-off).
-    f = center_features(X, dtype=dtype, device=compute_device(X, device=device), name=name,
-                        rescale=True)
+    f = center_features(
+        X, dtype=dtype, device=compute_device(X, device=device), name=name, rescale=True
+    )
     return _unit(f @ f.T, False, name)
 
 
 # -- memory -----------------------------------------------------------------------------------------
 
-def grelu_cka_memory(n_samples: int, x_shape, y_shape=None, *, dtype=torch.float64,
-                     memory_budget: float | None = None, device="cpu") -> int:
+
+def grelu_cka_memory(
+    n_samples: int,
+    x_shape,
+    y_shape=None,
+    *,
+    dtype=torch.float64,
+    memory_budget: float | None = None,
+    device="cpu",
+) -> int:
     """Estimated peak bytes that :func:`grelu_cka` allocates (the caller's inputs not counted).
 
     Peak = the first Gram matrix, the second and the channel-major copy of ``Y`` (or the copy of ``X``
@@ -336,8 +389,11 @@ def grelu_cka_memory(n_samples: int, x_shape, y_shape=None, *, dtype=torch.float
     gram = n_samples * n_samples * size
     # float32 stages its centring and sums in float64 chunks, at most two of STAGE_BYTES at once.
     staging = 2 * STAGE_BYTES if dtype == torch.float32 else 0
-    return int(max(gram + n_samples * mx * size, 2 * gram + n_samples * my * size)
-               + 2 * (budget + 2 * block**2 * size) + staging)
+    return int(
+        max(gram + n_samples * mx * size, 2 * gram + n_samples * my * size)
+        + 2 * (budget + 2 * block**2 * size)
+        + staging
+    )
 
 
 def grelu_cka_max_samples(total_bytes: float, x_shape, y_shape=None, **kw) -> int:
@@ -360,5 +416,7 @@ def grelu_cka_max_samples(total_bytes: float, x_shape, y_shape=None, **kw) -> in
         lo, hi = hi, 2 * hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if grelu_cka_memory(mid, x_shape, y_shape, **kw) <= total_bytes else (lo, mid)
+        lo, hi = (
+            (mid, hi) if grelu_cka_memory(mid, x_shape, y_shape, **kw) <= total_bytes else (lo, mid)
+        )
     return lo

@@ -6,6 +6,7 @@ the max kernel of G_ReLU-CKA. The max kernel is computed block by block within a
 ``(n_samples, n_samples, channels)`` of a broadcast. Slow reference implementations for comparison live
 in ``tests/reference.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,15 @@ import torch
 from .normalization import center_features
 from .preprocessing import DegenerateInputError, channel_major, flatten_features
 
-__all__ = ["BLOCK_BYTES", "BLOCK_ROWS", "linear_gram", "rbf_gram", "block_plan", "blocked_max_kernel",
-           "max_kernel_gram"]
+__all__ = [
+    "BLOCK_BYTES",
+    "BLOCK_ROWS",
+    "linear_gram",
+    "rbf_gram",
+    "block_plan",
+    "blocked_max_kernel",
+    "max_kernel_gram",
+]
 
 #: Default bytes for the temporaries of one block of the max-kernel Gram matrix, per device kind. On
 #: the 2-core development CPU (32 MB L3 cache), blocks with temporaries above about 32 MB were measured
@@ -104,12 +112,19 @@ def rbf_gram(X, threshold: float = 1.0, **kw) -> torch.Tensor:
         raise DegenerateInputError(
             f"the median squared distance between samples is zero to {d.dtype} precision in "
             f"{kw.get('name', 'X')} (at least half the sample pairs coincide); the RBF bandwidth "
-            f"is undefined")
-    return d.mul_(-1.0 / (2 * threshold ** 2 * med)).exp_()
+            f"is undefined"
+        )
+    return d.mul_(-1.0 / (2 * threshold**2 * med)).exp_()
 
 
-def block_plan(n: int, c: int, itemsize: int, device: torch.device, block_size: int | None = None,
-               memory_budget: float | None = None) -> tuple[int, int]:
+def block_plan(
+    n: int,
+    c: int,
+    itemsize: int,
+    device: torch.device,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+) -> tuple[int, int]:
     """How :func:`blocked_max_kernel` splits its work: rows per block and channels per chunk.
 
     Parameters
@@ -143,11 +158,17 @@ def block_plan(n: int, c: int, itemsize: int, device: torch.device, block_size: 
     if memory_budget is None:
         memory_budget = BLOCK_BYTES[kind]
     if not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes or None; got {memory_budget!r}")
+        raise ValueError(
+            f"memory_budget must be a positive number of bytes or None; got {memory_budget!r}"
+        )
     if block_size is None:
         rows = min(BLOCK_ROWS[kind], max(1, math.isqrt(int(memory_budget // itemsize))))
         block = math.ceil(n / math.ceil(n / rows))
-    elif isinstance(block_size, (int, np.integer)) and not isinstance(block_size, bool) and block_size >= 1:
+    elif (
+        isinstance(block_size, (int, np.integer))
+        and not isinstance(block_size, bool)
+        and block_size >= 1
+    ):
         block = min(int(block_size), n)
     else:
         raise ValueError(f"block_size must be a positive integer or None; got {block_size!r}")
@@ -155,8 +176,9 @@ def block_plan(n: int, c: int, itemsize: int, device: torch.device, block_size: 
     return block, chunk
 
 
-def blocked_max_kernel(z: torch.Tensor, block_size: int | None = None,
-                       memory_budget: float | None = None) -> torch.Tensor:
+def blocked_max_kernel(
+    z: torch.Tensor, block_size: int | None = None, memory_budget: float | None = None
+) -> torch.Tensor:
     """Max-kernel Gram matrix of features already in the channel-major layout.
 
     Per channel the Gram matrix ``z_c z_c^T`` is a matrix product; the maximum over channels is kept
@@ -197,8 +219,14 @@ def blocked_max_kernel(z: torch.Tensor, block_size: int | None = None,
     return K
 
 
-def max_kernel_gram(X, block_size: int | None = None, memory_budget: float | None = None, *,
-                    dtype=torch.float64, device=None) -> torch.Tensor:
+def max_kernel_gram(
+    X,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    *,
+    dtype=torch.float64,
+    device=None,
+) -> torch.Tensor:
     """Gram matrix of the max kernel ``K[i, j] = max_c sum_p X[i, c, p] X[j, c, p]`` (no preprocessing).
 
     Parameters

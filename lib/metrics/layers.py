@@ -7,6 +7,7 @@ identification of Section 5), from their features.
 :func:`same_layer_rate` and :func:`diagonal_summary` read the paper's observations off a matrix.
 Features of models come from ``lib.similarity``, which also caches the matrices of two models.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,14 @@ from .hsic import sum_products
 from .preprocessing import check_same_samples, shape_of
 from .registry import MATRIX_MEASURES, MEASURES, get_measure
 
-__all__ = ["PAIR_MODES", "normalized_gram", "similarity_matrices", "best_matches",
-           "same_layer_rate", "diagonal_summary"]
+__all__ = [
+    "PAIR_MODES",
+    "normalized_gram",
+    "similarity_matrices",
+    "best_matches",
+    "same_layer_rate",
+    "diagonal_summary",
+]
 
 #: Which layer pairs :func:`similarity_matrices` compares: every pair, or layer ``i`` with layer ``i`` only.
 PAIR_MODES = ("all", "diagonal")
@@ -26,9 +33,17 @@ PAIR_MODES = ("all", "diagonal")
 _WITH_GRAM = tuple(name for name, m in MEASURES.items() if m.gram is not None)
 
 
-def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size: int | None = None,
-                    memory_budget: float | None = None, dtype=torch.float32, device=None,
-                    name: str = "X") -> torch.Tensor:
+def normalized_gram(
+    X,
+    measure: str,
+    zero_channels: str = "keep",
+    *,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    dtype=torch.float32,
+    device=None,
+    name: str = "X",
+) -> torch.Tensor:
     """The Gram form of a CKA ``measure`` of ``X``: its centred Gram matrix of unit Frobenius norm.
 
     The CKA of two inputs is the inner product of their matrices:
@@ -63,8 +78,9 @@ def normalized_gram(X, measure: str, zero_channels: str = "keep", *, block_size:
         As ``lib.metrics.hsic.centered_norm_`` and :func:`lib.metrics.normalize_channels` say.
     """
     spec = get_measure(measure, _WITH_GRAM)
-    options = spec.pick(zero_channels=zero_channels, block_size=block_size,
-                        memory_budget=memory_budget)
+    options = spec.pick(
+        zero_channels=zero_channels, block_size=block_size, memory_budget=memory_budget
+    )
     return spec.gram(X, dtype=dtype, device=device, name=name, **options)
 
 
@@ -73,17 +89,28 @@ def _check_layers(feats_a: dict, feats_b: dict, pairs: str) -> None:
     if not names_a or not names_b:
         raise ValueError("feats_a and feats_b must each hold at least one layer")
     if pairs == "diagonal" and len(names_a) != len(names_b):
-        raise ValueError(f"pairs='diagonal' needs as many layers in feats_a as in feats_b; got "
-                         f"{len(names_a)} and {len(names_b)}")
+        raise ValueError(
+            f"pairs='diagonal' needs as many layers in feats_a as in feats_b; got "
+            f"{len(names_a)} and {len(names_b)}"
+        )
     for a in names_a:
         check_same_samples(feats_a[a], feats_b[names_b[0]])
     for b in names_b:
         check_same_samples(feats_a[names_a[0]], feats_b[b])
 
 
-def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "orthogonal_cka"), *,
-                        pairs: str = "all", zero_channels: str = "keep", block_size: int | None = None,
-                        memory_budget: float | None = None, dtype=torch.float32, device=None) -> dict:
+def similarity_matrices(
+    feats_a: dict,
+    feats_b: dict,
+    measures=("grelu_cka", "orthogonal_cka"),
+    *,
+    pairs: str = "all",
+    zero_channels: str = "keep",
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    dtype=torch.float32,
+    device=None,
+) -> dict:
     """Similarity of every layer of model A with every layer of model B, for several measures.
 
     Each CKA Gram matrix is computed once per layer and model (:func:`normalized_gram`), so the cost is
@@ -129,17 +156,21 @@ def similarity_matrices(feats_a: dict, feats_b: dict, measures=("grelu_cka", "or
     out = {}
     for m, spec in specs.items():
         compare = _by_grams if spec.gram is not None else _pair_by_pair
-        out[m] = compare(spec, feats_a, feats_b, wanted, spec.pick(**options), dtype=dtype,
-                         device=device)
+        out[m] = compare(
+            spec, feats_a, feats_b, wanted, spec.pick(**options), dtype=dtype, device=device
+        )
     return out
 
 
-def _by_grams(spec, feats_a: dict, feats_b: dict, wanted: np.ndarray, options: dict,
-              **kw) -> np.ndarray:
+def _by_grams(
+    spec, feats_a: dict, feats_b: dict, wanted: np.ndarray, options: dict, **kw
+) -> np.ndarray:
     """A CKA's matrix from each layer's Gram form, A's held while B's are computed one by one."""
     S = np.full(wanted.shape, np.nan)
-    grams_a = [spec.gram(f, name=f"feats_a[{a!r}]", **options, **kw) if wanted[i].any() else None
-               for i, (a, f) in enumerate(feats_a.items())]
+    grams_a = [
+        spec.gram(f, name=f"feats_a[{a!r}]", **options, **kw) if wanted[i].any() else None
+        for i, (a, f) in enumerate(feats_a.items())
+    ]
     for j, (b, f) in enumerate(feats_b.items()):
         if not wanted[:, j].any():
             continue
@@ -151,8 +182,9 @@ def _by_grams(spec, feats_a: dict, feats_b: dict, wanted: np.ndarray, options: d
     return S
 
 
-def _pair_by_pair(spec, feats_a: dict, feats_b: dict, wanted: np.ndarray, options: dict,
-                  **kw) -> np.ndarray:
+def _pair_by_pair(
+    spec, feats_a: dict, feats_b: dict, wanted: np.ndarray, options: dict, **kw
+) -> np.ndarray:
     """A Procrustes measure's matrix, pair by pair, on the pairs of one spatial shape only."""
     S = np.full(wanted.shape, np.nan)
     for i, fa in enumerate(feats_a.values()):
@@ -225,8 +257,13 @@ def diagonal_summary(S, in_block=None) -> dict:
     d = np.diag(np.asarray(S, dtype=float))
     third = max(1, len(d) // 3)
     inside = np.zeros(len(d), bool) if in_block is None else np.asarray(in_block, dtype=bool)
-    out = dict(same_layer=same_layer_rate(S), early=d[:third].mean(), late=d[-third:].mean(),
-               in_block=None, other=None)
+    out = dict(
+        same_layer=same_layer_rate(S),
+        early=d[:third].mean(),
+        late=d[-third:].mean(),
+        in_block=None,
+        other=None,
+    )
     if inside.any():
         out.update(in_block=d[inside].mean(), other=d[~inside].mean())
     return out

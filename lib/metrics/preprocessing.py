@@ -33,6 +33,7 @@ cases:
 - an identically zero input of orthogonal Procrustes;
 - fewer samples than the estimator needs (a plain ``ValueError``).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,23 @@ import torch
 
 from ..config import check_choice, get_device
 
-__all__ = ["DTYPES", "ZERO_CHANNELS", "STAGE_BYTES", "DEGENERATE_RTOL", "DegenerateInputError",
-           "compute_device", "shape_of", "check_same_samples", "channel_view", "check_finite",
-           "power_of_two_scale", "rescaled", "to_channels", "flatten_features", "channel_major"]
+__all__ = [
+    "DTYPES",
+    "ZERO_CHANNELS",
+    "STAGE_BYTES",
+    "DEGENERATE_RTOL",
+    "DegenerateInputError",
+    "compute_device",
+    "shape_of",
+    "check_same_samples",
+    "channel_view",
+    "check_finite",
+    "power_of_two_scale",
+    "rescaled",
+    "to_channels",
+    "flatten_features",
+    "channel_major",
+]
 
 #: Computation types every measure accepts (``dtype=``); float64 is the default.
 DTYPES = (torch.float64, torch.float32)
@@ -148,8 +163,10 @@ def channel_view(X, name: str = "X") -> torch.Tensor:
     """
     t = X.detach() if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
     if t.ndim not in (2, 3, 4):
-        raise ValueError(f"{name} must have shape (n_samples, n_features) or (n_samples, channels, height, "
-                         f"width); got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_features) or (n_samples, channels, height, "
+            f"width); got shape {tuple(t.shape)}"
+        )
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if t.is_complex() or t.dtype == torch.bool:
@@ -187,7 +204,7 @@ def check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
 # whose squares overflow or underflow float32 and would read as "constant") are first scaled by a
 # power of two, which is exact, to a maximum in [0.5, 1). Inputs whose largest magnitude lies within
 # these bounds are left alone (the common case: no copy, bit-identical results).
-_SAFE_MAGNITUDE = (2.0 ** -10, 2.0 ** 10)
+_SAFE_MAGNITUDE = (2.0**-10, 2.0**10)
 
 
 def power_of_two_scale(t: torch.Tensor, dim=None) -> torch.Tensor:
@@ -211,7 +228,9 @@ def power_of_two_scale(t: torch.Tensor, dim=None) -> torch.Tensor:
     m = torch.maximum(hi.abs(), lo.abs())
     _, exponent = torch.frexp(m)
     # The clamp keeps the factor finite for subnormal inputs.
-    factor = torch.ldexp(torch.ones_like(m), (-exponent).clamp(max=math.frexp(torch.finfo(t.dtype).max)[1] - 2))
+    factor = torch.ldexp(
+        torch.ones_like(m), (-exponent).clamp(max=math.frexp(torch.finfo(t.dtype).max)[1] - 2)
+    )
     safe = (m == 0) | ((m >= _SAFE_MAGNITUDE[0]) & (m <= _SAFE_MAGNITUDE[1]))
     return torch.where(safe, torch.ones_like(m), factor)
 
@@ -307,8 +326,8 @@ def channel_major(X, dtype=torch.float64, device=None, name: str = "X") -> torch
     """
     check_choice("dtype", dtype, DTYPES)
     t = channel_view(X, name)
-    z = torch.empty((t.shape[1], t.shape[0], t.shape[2]), dtype=dtype, device=compute_device(X, device=device))
+    z = torch.empty(
+        (t.shape[1], t.shape[0], t.shape[2]), dtype=dtype, device=compute_device(X, device=device)
+    )
     z.copy_(t.permute(1, 0, 2))
     return check_finite(z, name)
-
-

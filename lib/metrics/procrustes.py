@@ -8,6 +8,7 @@
 
 Both compare features with the same spatial shape only (the authors upsample the smaller one).
 """
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,9 @@ import math
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .inputs import check_samples
 from .normalization import normalize_channel_major, normalize_total
 from .preprocessing import check_same_samples, compute_device, shape_of
-from .inputs import check_samples
 
 __all__ = ["grelu_procrustes", "orthogonal_procrustes"]
 
@@ -33,8 +34,10 @@ def _procrustes_samples(X) -> None:
 def _same_positions(X, Y) -> None:
     px, py = shape_of(X)[2:], shape_of(Y)[2:]
     if px != py:
-        raise ValueError(f"Procrustes needs X and Y with the same spatial shape; got {px} and {py} (the "
-                         f"authors upsample the smaller one; resize before calling)")
+        raise ValueError(
+            f"Procrustes needs X and Y with the same spatial shape; got {px} and {py} (the "
+            f"authors upsample the smaller one; resize before calling)"
+        )
 
 
 def _sum_squares_(a: torch.Tensor) -> float:
@@ -43,7 +46,9 @@ def _sum_squares_(a: torch.Tensor) -> float:
     return float(a.square_().sum(dim=0).double().sum())
 
 
-def grelu_procrustes(X, Y, zero_channels: str = "raise", *, dtype=torch.float64, device=None) -> float:
+def grelu_procrustes(
+    X, Y, zero_channels: str = "raise", *, dtype=torch.float64, device=None
+) -> float:
     """G_ReLU-Procrustes similarity (Definition 5.2), ``1 - d``.
 
     Channels scaled to unit norm over (samples, positions), no centring; the ``(cx, cy)``
@@ -72,7 +77,10 @@ def grelu_procrustes(X, Y, zero_channels: str = "raise", *, dtype=torch.float64,
     _procrustes_samples(X)
     _same_positions(X, Y)
     dev = compute_device(X, Y, device=device)
-    zx, zy = (normalize_channel_major(A, False, zero_channels, dtype, dev, nm) for A, nm in ((X, "X"), (Y, "Y")))
+    zx, zy = (
+        normalize_channel_major(A, False, zero_channels, dtype, dev, nm)
+        for A, nm in ((X, "X"), (Y, "Y"))
+    )
     zx, zy = zx.reshape(zx.shape[0], -1), zy.reshape(zy.shape[0], -1)
     rows, cols = linear_sum_assignment((zx @ zy.T).cpu().numpy(), maximize=True)
     rows, cols = torch.as_tensor(rows, device=dev), torch.as_tensor(cols, device=dev)
@@ -111,8 +119,12 @@ def orthogonal_procrustes(X, Y, *, dtype=torch.float64, device=None) -> float:
     _procrustes_samples(X)
     _same_positions(X, Y)
     dev = compute_device(X, Y, device=device)
-    x, y = (normalize_total(A, dtype=dtype, device=dev, name=nm).permute(0, 2, 1).reshape(-1, shape_of(A)[1])
-            for A, nm in ((X, "X"), (Y, "Y")))
+    x, y = (
+        normalize_total(A, dtype=dtype, device=dev, name=nm)
+        .permute(0, 2, 1)
+        .reshape(-1, shape_of(A)[1])
+        for A, nm in ((X, "X"), (Y, "Y"))
+    )
     c = max(x.shape[1], y.shape[1])
     x, y = (torch.nn.functional.pad(a, (0, c - a.shape[1])) for a in (x, y))
     # Distance from the residual of the optimal rotation Q = V U^T of X~^T Y~ = U S V^T, which equals

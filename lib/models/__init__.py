@@ -11,20 +11,64 @@ Modules: ``spec`` (sites, specs and the small helpers that write them), ``myrtle
 (:data:`ARCHITECTURES` and the functions that work on any model) and ``features`` (hidden features of
 any model, streamed over images in chunks).
 """
-from .convnext import ConvNeXt20, ConvNeXtBlock, ConvNeXtCIFAR, LayerNorm2d, convnext20, convnext_cifar
+
+from .convnext import (
+    ConvNeXt20,
+    ConvNeXtBlock,
+    ConvNeXtCIFAR,
+    LayerNorm2d,
+    convnext20,
+    convnext_cifar,
+)
+from .features import empty_rows, feature_chunks, features
 from .mlp import mlp, mlp_spec
 from .myrtle import myrtle_cnn, myrtle_spec
-from .features import empty_rows, feature_chunks, features
-from .registry import (ARCHITECTURES, SPEC_ARCHITECTURES, Architecture, build, check_image_size,
-                       forward_from, hidden_layers, layer_info, residual_outputs, split, symmetry_spec)
+from .registry import (
+    ARCHITECTURES,
+    SPEC_ARCHITECTURES,
+    Architecture,
+    build,
+    check_image_size,
+    forward_from,
+    hidden_layers,
+    layer_info,
+    residual_outputs,
+    split,
+    symmetry_spec,
+)
 from .resnet import BasicBlock, PadShortcut, ResNet, resnet20, resnet_spec
 from .spec import Site, SymmetrySpec
 
 __all__ = [
-    "Site", "SymmetrySpec", "myrtle_spec", "resnet_spec", "mlp_spec",
-    "myrtle_cnn", "resnet20", "mlp", "convnext_cifar", "convnext20",
-    "ResNet", "BasicBlock", "PadShortcut", "ConvNeXtCIFAR", "ConvNeXt20", "ConvNeXtBlock", "LayerNorm2d",
-    "Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "check_image_size", "split",
-    "symmetry_spec", "hidden_layers", "layer_info", "feature_chunks", "features", "empty_rows",
-    "forward_from", "residual_outputs",
+    "Site",
+    "SymmetrySpec",
+    "myrtle_spec",
+    "resnet_spec",
+    "mlp_spec",
+    "myrtle_cnn",
+    "resnet20",
+    "mlp",
+    "convnext_cifar",
+    "convnext20",
+    "ResNet",
+    "BasicBlock",
+    "PadShortcut",
+    "ConvNeXtCIFAR",
+    "ConvNeXt20",
+    "ConvNeXtBlock",
+    "LayerNorm2d",
+    "Architecture",
+    "ARCHITECTURES",
+    "SPEC_ARCHITECTURES",
+    "build",
+    "check_image_size",
+    "split",
+    "symmetry_spec",
+    "hidden_layers",
+    "layer_info",
+    "feature_chunks",
+    "features",
+    "empty_rows",
+    "forward_from",
+    "residual_outputs",
 ]

@@ -5,6 +5,7 @@ Every entry of :data:`ARCHITECTURES` names its builder and its cut (``split``). 
 dict it was built from as ``model.arch``, so :func:`split` and :func:`layer_info` read the model's
 architecture from the model and never branch on its class.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,16 +16,27 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import check_choice, check_seed
 from ..activations import Activation
+from ..config import check_choice, check_seed
 from .convnext import ConvNeXtBlock, convnext20, convnext_cifar, split_convnext
 from .mlp import mlp
 from .myrtle import myrtle_cnn
 from .resnet import BasicBlock, authors_index, resnet20, split_resnet
 from .spec import SymmetrySpec, split_sequential
 
-__all__ = ["Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "check_image_size",
-           "split", "symmetry_spec", "hidden_layers", "layer_info", "forward_from", "residual_outputs"]
+__all__ = [
+    "Architecture",
+    "ARCHITECTURES",
+    "SPEC_ARCHITECTURES",
+    "build",
+    "check_image_size",
+    "split",
+    "symmetry_spec",
+    "hidden_layers",
+    "layer_info",
+    "forward_from",
+    "residual_outputs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +151,16 @@ def check_image_size(arch: dict, height: int, width: int) -> None:
     # Not a bisection: the Myrtle CNN's head takes 32..39 pixels only (its 4x4 pool must leave 1x1).
     sizes = range(max(int(height), int(width)) + 1, 65)
     least = next((n for n in sizes if not _input_error(arch_json, n, n)), None)
-    why = (f"its pooling and strided layers need larger images: the smallest square images it "
-           f"takes are {least} x {least} pixels" if least else error)
-    raise ValueError(f"the images ({height} x {width} pixels, RGB) do not fit architecture "
-                     f"{arch.get('arch')!r} ({why}); use other images or another architecture")
+    why = (
+        f"its pooling and strided layers need larger images: the smallest square images it "
+        f"takes are {least} x {least} pixels"
+        if least
+        else error
+    )
+    raise ValueError(
+        f"the images ({height} x {width} pixels, RGB) do not fit architecture "
+        f"{arch.get('arch')!r} ({why}); use other images or another architecture"
+    )
 
 
 def _architecture(model: nn.Module) -> Architecture | None:
@@ -197,8 +215,10 @@ def split(model: nn.Module, layer: str) -> tuple:
         return a.split(model, layer)
     if isinstance(model, nn.Sequential):
         return split_sequential(model, layer)
-    raise ValueError(f"split supports the architectures {', '.join(ARCHITECTURES)} (as built by lib.models) and "
-                     f"nn.Sequential models, not {type(model).__name__}")
+    raise ValueError(
+        f"split supports the architectures {', '.join(ARCHITECTURES)} (as built by lib.models) and "
+        f"nn.Sequential models, not {type(model).__name__}"
+    )
 
 
 def forward_from(model: nn.Module, layer: str, h: torch.Tensor) -> torch.Tensor:
@@ -227,8 +247,10 @@ def forward_from(model: nn.Module, layer: str, h: torch.Tensor) -> torch.Tensor:
     """
     _, back = split(model, layer)
     if len(back.inputs) > 1:
-        raise ValueError(f"{layer!r} is inside a residual block: the rest of the network also needs the block's "
-                         "input, so f_>m is not a function of this layer's output (Remark 3.6)")
+        raise ValueError(
+            f"{layer!r} is inside a residual block: the rest of the network also needs the block's "
+            "input, so f_>m is not a function of this layer's output (Remark 3.6)"
+        )
     return back((h,))
 
 
@@ -251,8 +273,10 @@ def symmetry_spec(model: nn.Module) -> SymmetrySpec:
     """
     spec = getattr(model, "symmetry_spec", None)
     if spec is None:
-        raise ValueError(f"{type(model).__name__} has no symmetry spec; supported architectures are "
-                         f"{', '.join(SPEC_ARCHITECTURES)} (as built by lib.models)")
+        raise ValueError(
+            f"{type(model).__name__} has no symmetry spec; supported architectures are "
+            f"{', '.join(SPEC_ARCHITECTURES)} (as built by lib.models)"
+        )
     return spec
 
 
@@ -284,8 +308,15 @@ def layer_info(model: nn.Module) -> list[dict]:
         if a is not None and a.paper_index is not None:
             pos = a.paper_index(model, name)
         ch = spec.sites[spec.layers[name]].channels if spec and name in spec.layers else None
-        info.append(dict(name=name, paper_index=pos, in_block=in_block,
-                         label=f"{pos}{'*' if in_block else ''}", channels=ch))
+        info.append(
+            dict(
+                name=name,
+                paper_index=pos,
+                in_block=in_block,
+                label=f"{pos}{'*' if in_block else ''}",
+                channels=ch,
+            )
+        )
     return info
 
 
@@ -311,5 +342,7 @@ def residual_outputs(model: nn.Module) -> list[str]:
         elif isinstance(m, ConvNeXtBlock):
             names.append(f"{name}.out")
     if not names:
-        raise ValueError(f"{type(model).__name__} has no residual blocks; supported: resnet20, convnext_cifar")
+        raise ValueError(
+            f"{type(model).__name__} has no residual blocks; supported: resnet20, convnext_cifar"
+        )
     return names

@@ -12,6 +12,7 @@ The module also holds what every builder shares: :func:`activation_params`, :fun
 :func:`check_memory`, and :func:`split_sequential`, the cut of a ``Sequential`` model (Myrtle CNN,
 MLP) after a hidden layer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,20 @@ from torch import nn
 
 from ..config import available_memory
 
-__all__ = ["Site", "SymmetrySpec", "activation_params", "check_width", "check_memory", "conv_axes",
-           "dense_axes", "bias_axes", "norm_axes", "SequentialFront", "SequentialBack",
-           "split_sequential"]
+__all__ = [
+    "Site",
+    "SymmetrySpec",
+    "activation_params",
+    "check_width",
+    "check_memory",
+    "conv_axes",
+    "dense_axes",
+    "bias_axes",
+    "norm_axes",
+    "SequentialFront",
+    "SequentialBack",
+    "split_sequential",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +128,10 @@ def activation_params(activation: str, negative_slope: float | None) -> dict:
         return {}
     ok = isinstance(negative_slope, numbers.Real) and not isinstance(negative_slope, bool)
     if not (ok and math.isfinite(negative_slope)):
-        raise ValueError(f"negative_slope must be a finite number (LeakyReLU's slope for negative "
-                         f"inputs, e.g. 0.01); got {negative_slope!r}")
+        raise ValueError(
+            f"negative_slope must be a finite number (LeakyReLU's slope for negative "
+            f"inputs, e.g. 0.01); got {negative_slope!r}"
+        )
     return {"negative_slope": negative_slope}
 
 
@@ -131,9 +145,16 @@ def check_width(width) -> None:
     width : float
         The multiplier, e.g. 0.25 or 1.0.
     """
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a finite number > 0 (a multiplier of the channel counts, e.g. 0.25 or "
-                         f"1.0); got {width!r}")
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, (int, float))
+        or not math.isfinite(width)
+        or width <= 0
+    ):
+        raise ValueError(
+            f"width must be a finite number > 0 (a multiplier of the channel counts, e.g. 0.25 or "
+            f"1.0); got {width!r}"
+        )
 
 
 def _gib(nbytes: int) -> str:
@@ -175,16 +196,20 @@ def check_memory(make, param: str, value, config: dict) -> None:
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             model = make()
-    except (RuntimeError, OverflowError, TypeError) as exc:   # torch's TypeError: beyond int64
+    except (RuntimeError, OverflowError, TypeError) as exc:  # torch's TypeError: beyond int64
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{param}={value!r} gives layers too large to represent ({first_line}); "
-                         f"use a smaller {param}") from exc
+        raise ValueError(
+            f"{param}={value!r} gives layers too large to represent ({first_line}); "
+            f"use a smaller {param}"
+        ) from exc
     nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     available = available_memory()
     if available is not None and nbytes > available:
-        raise ValueError(f"{param}={value!r} needs about {_gib(nbytes)} for the model's parameters "
-                         f"and buffers alone, more than the {_gib(available)} of memory available; "
-                         f"use a smaller {param}")
+        raise ValueError(
+            f"{param}={value!r} needs about {_gib(nbytes)} for the model's parameters "
+            f"and buffers alone, more than the {_gib(available)} of memory available; "
+            f"use a smaller {param}"
+        )
     _FITS.add(key)
 
 
@@ -260,8 +285,12 @@ def norm_axes(prefix: str, site: str) -> dict:
         ``{prefix.weight, prefix.bias: (site, "out")}`` (they take the element's diagonal) and
         ``{prefix.running_mean, prefix.running_var: (site, "perm")}`` (statistics are only permuted).
     """
-    return {f"{prefix}.weight": ((site, "out"),), f"{prefix}.bias": ((site, "out"),),
-            f"{prefix}.running_mean": ((site, "perm"),), f"{prefix}.running_var": ((site, "perm"),)}
+    return {
+        f"{prefix}.weight": ((site, "out"),),
+        f"{prefix}.bias": ((site, "out"),),
+        f"{prefix}.running_mean": ((site, "perm"),),
+        f"{prefix}.running_var": ((site, "perm"),),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 A curve is a list of rows with ``epoch`` (fractional when evaluated within an epoch) and ``penalty``;
 :func:`lib.stitching.train_stitch` and :func:`lib.stitching.finetune.finetune_tail` write them.
 """
+
 from __future__ import annotations
 
 __all__ = ["check_evals_per_epoch", "eval_steps", "last_quarter_change"]
@@ -10,9 +11,15 @@ __all__ = ["check_evals_per_epoch", "eval_steps", "last_quarter_change"]
 
 def check_evals_per_epoch(evals_per_epoch) -> None:
     """Raise a ValueError unless ``evals_per_epoch`` is an integer >= 1 (test evaluations per epoch)."""
-    if isinstance(evals_per_epoch, bool) or not isinstance(evals_per_epoch, int) or evals_per_epoch < 1:
-        raise ValueError(f"evals_per_epoch must be an integer >= 1 (test evaluations per epoch), "
-                         f"got {evals_per_epoch!r}")
+    if (
+        isinstance(evals_per_epoch, bool)
+        or not isinstance(evals_per_epoch, int)
+        or evals_per_epoch < 1
+    ):
+        raise ValueError(
+            f"evals_per_epoch must be an integer >= 1 (test evaluations per epoch), "
+            f"got {evals_per_epoch!r}"
+        )
 
 
 def eval_steps(n_batches: int, evals_per_epoch: int) -> dict:

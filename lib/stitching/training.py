@@ -4,6 +4,7 @@ A's state is either cached (computed once on clean images) or computed per batch
 images (the authors' data loader); before each evaluation B's BatchNorm statistics may be re-estimated
 with the evaluated layer (the authors' ``--bn_epoch``, :func:`bn_epoch_stats`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,18 @@ from ..settings import RECIPES, StitchSettings, scale_settings
 from .curves import check_evals_per_epoch, eval_steps
 from .surgery import Stitched
 
-__all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "settings_for_scale", "check_settings",
-           "augmented_front", "hard_rounding", "bn_epoch_stats", "train_stitch"]
+__all__ = [
+    "INITS",
+    "GRELU_P",
+    "FRONTS",
+    "BN_EPOCH",
+    "settings_for_scale",
+    "check_settings",
+    "augmented_front",
+    "hard_rounding",
+    "bn_epoch_stats",
+    "train_stitch",
+]
 
 INITS = ("closed_form", "random")
 """tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
@@ -70,7 +81,9 @@ def check_settings(settings: StitchSettings) -> None:
     check_choice("fronts", settings.fronts, FRONTS)
     check_choice("bn_epoch", settings.bn_epoch, BN_EPOCH)
     if not isinstance(settings.epochs, int) or settings.epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}")
+        raise ValueError(
+            f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}"
+        )
     if settings.batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
     check_evals_per_epoch(settings.evals_per_epoch)
@@ -157,8 +170,9 @@ def bn_epoch_stats(model: Stitched, states):
 
 
 @torch.no_grad()
-def _accuracy(model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 1000,
-              precision: str = "bulk") -> float:
+def _accuracy(
+    model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 1000, precision: str = "bulk"
+) -> float:
     dev = next(model.stitch.parameters()).device
     was = model.training
     model.eval()
@@ -166,8 +180,8 @@ def _accuracy(model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 
     try:
         with hard_rounding(model.stitch), autocast(dev, precision):
             for s in range(0, len(y), batch_size):
-                out = model.tail(tuple(t[s:s + batch_size].to(dev) for t in state))
-                correct += (out.argmax(1).cpu() == y[s:s + batch_size].cpu()).sum().item()
+                out = model.tail(tuple(t[s : s + batch_size].to(dev) for t in state))
+                correct += (out.argmax(1).cpu() == y[s : s + batch_size].cpu()).sum().item()
     finally:
         model.train(was)
     return correct / max(1, len(y))
@@ -176,8 +190,10 @@ def _accuracy(model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 
 def _check_state(name: str, state: tuple, y: torch.Tensor) -> None:
     counts = sorted({len(t) for t in state})
     if counts != [len(y)]:
-        raise ValueError(f"{name} holds fronts of {', '.join(map(str, counts))} images but {len(y)} labels; "
-                         f"accepted: one label per front (equal counts)")
+        raise ValueError(
+            f"{name} holds fronts of {', '.join(map(str, counts))} images but {len(y)} labels; "
+            f"accepted: one label per front (equal counts)"
+        )
 
 
 # BatchNorm running statistics (momentum 0.1) forget all but the last ~20 batches, so adapting them
@@ -185,26 +201,36 @@ def _check_state(name: str, state: tuple, y: torch.Tensor) -> None:
 _ADAPT_BATCHES = 30
 
 
-def _train_source(model: Stitched, train_state, y_train: torch.Tensor, settings: StitchSettings,
-                  seed: int, train_images):
+def _train_source(
+    model: Stitched,
+    train_state,
+    y_train: torch.Tensor,
+    settings: StitchSettings,
+    seed: int,
+    train_images,
+):
     # The function from a batch's indices to A's state on it: cached fronts, or augmented images
     # run through A's front (their flips and shifts drawn from seed + 1).
     dev = next(model.stitch.parameters()).device
     if settings.fronts == "augmented":
         if train_images is None:
-            raise ValueError("fronts='augmented' needs train_images (uint8 (n, H, W, 3)); "
-                             "accepted: train_images with one image per label, or fronts='cached' "
-                             "with train_state")
+            raise ValueError(
+                "fronts='augmented' needs train_images (uint8 (n, H, W, 3)); "
+                "accepted: train_images with one image per label, or fronts='cached' "
+                "with train_state"
+            )
         _check_state("train_images", (train_images,), y_train)
         images, aug_gen = train_images.to(dev), torch.Generator().manual_seed(seed + 1)
 
         def augmented_state(idx):
             return augmented_front(model, images[idx.to(dev)], aug_gen)
+
         return augmented_state
     _check_state("train_state", train_state, y_train)
 
     def cached_state(idx):
         return tuple(t[idx].to(dev) for t in train_state)
+
     return cached_state
 
 
@@ -212,23 +238,29 @@ def _optimizer(layer, settings: StitchSettings, *, birkhoff: bool, total_steps: 
     # (optimiser, schedule) of the stitching layer's parameters; a fixed P is not among them.
     if layer.kind == "grelu":
         lr = settings.lr if settings.grelu_lr is None else settings.grelu_lr
-        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + \
-                 [dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)]
+        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + [
+            dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)
+        ]
     else:
         groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
-    opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
-           if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
+    opt = (
+        torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+        if settings.optimizer == "sgd"
+        else torch.optim.Adam(groups, lr=settings.lr)
+    )
 
     def factor(step):
         return 1 - step / total_steps if settings.lr_decay else 1.0
+
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class _StitchRun:
     """One run of :func:`train_stitch`: its optimiser, batch orders, steps and evaluations."""
 
-    def __init__(self, model: Stitched, settings: StitchSettings, state_of, y_train, test: tuple,
-                 seed: int):
+    def __init__(
+        self, model: Stitched, settings: StitchSettings, state_of, y_train, test: tuple, seed: int
+    ):
         layer = model.stitch
         self.model, self.layer, self.settings = model, layer, settings
         self.state_of, self.y_train, self.test = state_of, y_train, test
@@ -238,8 +270,12 @@ class _StitchRun:
         self.birkhoff = layer.kind == "grelu" and settings.grelu_p == "birkhoff"
         self.p_only = round(settings.epochs * settings.p_only_fraction) if self.birkhoff else 0
         self.n_batches = -(-len(y_train) // settings.batch_size)
-        self.opt, self.sched = _optimizer(layer, settings, birkhoff=self.birkhoff,
-                                          total_steps=max(1, settings.epochs * self.n_batches))
+        self.opt, self.sched = _optimizer(
+            layer,
+            settings,
+            birkhoff=self.birkhoff,
+            total_steps=max(1, settings.epochs * self.n_batches),
+        )
         self.checkpoints = eval_steps(self.n_batches, settings.evals_per_epoch)
         self.bn_pass = settings.bn_epoch in ("all", layer.kind)
         self.gen = torch.Generator().manual_seed(seed)
@@ -299,9 +335,16 @@ class _StitchRun:
         return rows
 
 
-def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tensor, test_state: tuple,
-                 y_test: torch.Tensor, settings: StitchSettings, seed: int = 0,
-                 train_images: torch.Tensor | None = None) -> dict:
+def train_stitch(
+    model: Stitched,
+    train_state: tuple | None,
+    y_train: torch.Tensor,
+    test_state: tuple,
+    y_test: torch.Tensor,
+    settings: StitchSettings,
+    seed: int = 0,
+    train_images: torch.Tensor | None = None,
+) -> dict:
     """Train ``model.stitch`` alone on A's state; evaluate on the test state every epoch.
 
     grelu: the first ``p_only_fraction`` of the epochs leave D fixed; after every step P is clipped
@@ -353,5 +396,10 @@ def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tens
     model.eval()
     with hard_rounding(model.stitch):
         final = model.stitch.matrix().detach().cpu()
-    return dict(best_acc=max(h["test_acc"] for h in history), final_acc=history[-1]["test_acc"],
-                history=history, matrix=final, seconds=time.perf_counter() - t0)
+    return dict(
+        best_acc=max(h["test_acc"] for h in history),
+        final_acc=history[-1]["test_acc"],
+        history=history,
+        matrix=final,
+        seconds=time.perf_counter() - t0,
+    )

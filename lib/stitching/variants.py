@@ -7,6 +7,7 @@ that starts from a closed-form fit is not one trained from the paper's random st
 resolves a name under a protocol into a :class:`Variant` whose ``label`` (tables, legends) and
 ``key`` (recorded results) say what ran, so every chapter names a variant the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,7 +84,9 @@ def describe(name: str, settings: StitchSettings) -> Variant:
     """
     kind, rank, start = parse_variant(name, _ANY_CHANNELS, settings.init)
     if start == "matching":
-        return Variant(name, kind, rank, start, "none", "activation matching (one-shot, untrained)", "matching")
+        return Variant(
+            name, kind, rank, start, "none", "activation matching (one-shot, untrained)", "matching"
+        )
     suffix = ", random start" if start == "random" else ""
     if kind == "grelu":
         # A random permutation has nothing to keep fixed: stitch_experiment trains it (Birkhoff).
@@ -96,7 +99,9 @@ def describe(name: str, settings: StitchSettings) -> Variant:
     return Variant(name, kind, rank, start, settings.optimizer, base + suffix, key)
 
 
-def fig1_protocol(scale: str, *, epochs: int | None = None) -> tuple[StitchSettings, int, int | None]:
+def fig1_protocol(
+    scale: str, *, epochs: int | None = None
+) -> tuple[StitchSettings, int, int | None]:
     """The protocol of Fig. 1 (the Myrtle stitching chapter) at a scale.
 
     The scale's :attr:`lib.settings.Scale.fig1`: the stitching of Section 4 with the replacements
