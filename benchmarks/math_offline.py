@@ -78,7 +78,8 @@ KATEX_TAGS = """<link rel="stylesheet" href="{s}/katex/katex.min.css">
 
 
 def katex_page(page: Path, dist: Path) -> Path:
-    """A copy of ``page`` that typesets with KaTeX from ``<book>/_static/katex`` instead of MathJax."""
+    """A copy of ``page`` that typesets with KaTeX from ``<book>/_static/katex`` instead of MathJax.
+    """
     static = page.parent.parent / "_static"
     shutil.copytree(dist, static / "katex", dirs_exist_ok=True)
     html = page.read_text()
@@ -133,7 +134,8 @@ async def _measure(ws_url: str, url: str) -> dict:
 
 
 def measure(chromium: str, page: Path) -> dict:
-    """One cold visit of ``page`` in a fresh browser: typeset and DOMContentLoaded times, loaded files."""
+    """One cold visit of ``page`` in a fresh browser: typeset and DOMContentLoaded times, loaded
+    files."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -168,7 +170,8 @@ def measure(chromium: str, page: Path) -> dict:
 
 
 def weight(page: Path, resources: list[str], pattern: str) -> tuple[int, int]:
-    """Bytes of the page and every local file it loaded, and of those whose URL matches ``pattern``."""
+    """Bytes of the page and every local file it loaded, and of those whose URL matches ``pattern``.
+    """
     files = {page} | {Path(unquote(urlparse(u).path)) for u in resources if u.startswith("file:")}
     sizes = {f: f.stat().st_size for f in files if f.is_file()}
     return sum(sizes.values()), sum(

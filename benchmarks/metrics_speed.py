@@ -1,18 +1,20 @@
 """Speed and memory of lib.metrics.grelu_cka against the slow references of lib.metrics.
 
-For N samples of post-ReLU-like conv features with C channels at each spatial size, one run on the same
-data times the full G_ReLU-CKA of two representations computed with
+For N samples of post-ReLU-like conv features with C channels at each spatial size, one run on the
+same data times the full G_ReLU-CKA of two representations computed with
 
 - the library (blocked max-kernel Gram matrices, bounded temporaries, upper triangle only),
 - the row loop of the authors' code (row i against all rows < i; elementwise product and sum, which
   makes an (i, C, H, W) temporary per row),
-- the same row loop with matrix-vector products (no temporary: a stronger baseline than the authors'),
+- the same row loop with matrix-vector products (no temporary: a stronger baseline than the
+  authors'),
 - a naive (N, N, C) tensor of per-channel inner products followed by a maximum over channels,
 
-and prints their ratios, then the largest N whose peak memory fits ``--memory-budget``. The row loops can
-be timed on every k-th row (``--row-stride``): the cost of row i grows linearly in i, so k times the
-sampled sum is the full time to within a few per cent. The naive reference runs on the largest subset
-whose temporary fits ``--naive-limit`` and is extrapolated by (N / subset)^2, the growth of its work.
+and prints their ratios, then the largest N whose peak memory fits ``--memory-budget``. The row
+loops can be timed on every k-th row (``--row-stride``): the cost of row i grows linearly in i, so k
+times the sampled sum is the full time to within a few per cent. The naive reference runs on the
+largest subset whose temporary fits ``--naive-limit`` and is extrapolated by (N / subset)^2, the
+growth of its work.
 
     .venv/bin/python benchmarks/metrics_speed.py            # N = 2000, C = 64, 16x16 and 8x8
     .venv/bin/python benchmarks/metrics_speed.py --quick    # N = 200, stride 2: under a minute
@@ -62,7 +64,8 @@ def timed(fn):
 
 
 def row_loop_time(z, kind, stride):
-    """Time of the reference row loop over all rows, from every ``stride``-th row; and those rows."""
+    """Time of the reference row loop over all rows, from every ``stride``-th row; and those rows.
+    """
     n = z.shape[0]
     rows = list(range(min(stride // 2, n - 1), n, stride))
     total, got = 0.0, {}
@@ -110,7 +113,8 @@ def run_size(args, size, dtype):
             else "(all rows)"
         )
         results[label] = (t_pre + tx + ty + t_cka, note)
-    # The naive reference materialises (m, m, C); run it on the largest m whose tensor fits the limit.
+    # The naive reference materialises (m, m, C); run it on the largest m whose tensor fits the
+    # limit.
     m = min(n, math.isqrt(int(args.naive_limit // (c * x.element_size()))))
     if m < 4:
         results["naive (N, N, C) tensor"] = (float("nan"), "(skipped: --naive-limit too small)")
@@ -167,7 +171,8 @@ def _status_bytes(field):
 
 
 def measure_peak(n, c, size):
-    """Run grelu_cka in this process and print the rise of its peak RSS over the RSS before the call.
+    """Run grelu_cka in this process and print the rise of its peak RSS over the RSS before the
+    call.
 
     The peak is VmHWM, reset to the current RSS first (getrusage's ru_maxrss would be no good here:
     Linux carries it over from the parent process across fork and exec).

@@ -42,7 +42,8 @@ _PARAMS = {"leaky_relu": {"negative_slope"}, "polynomial": {"degree"}}
 
 
 def canonical_name(name: str) -> str:
-    """The key of :data:`ACTIVATIONS` for ``name``: ``"swish"`` becomes ``"silu"``, others are unchanged.
+    """The key of :data:`ACTIVATIONS` for ``name``: ``"swish"`` becomes ``"silu"``, others are
+    unchanged.
 
     Parameters
     ----------

@@ -35,7 +35,8 @@ __all__ = [
 
 
 def check_choice(param: str, value, accepted) -> None:
-    """Raise ``ValueError`` naming ``param`` and the accepted values unless ``value`` is one of them.
+    """Raise ``ValueError`` naming ``param`` and the accepted values unless ``value`` is one of
+    them.
 
     Parameters
     ----------
@@ -149,8 +150,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     Parameters
     ----------
     device : str, torch.device or None
-        ``"cpu"``, ``"cuda"`` (or ``"cuda:<i>"``), or ``None``: ``$SYMMETRIES_DEVICE`` if set, else CUDA
-        when available, else the CPU.
+        ``"cpu"``, ``"cuda"`` (or ``"cuda:<i>"``), or ``None``: ``$SYMMETRIES_DEVICE`` if set, else
+        CUDA when available, else the CPU.
 
     Returns
     -------
@@ -336,9 +337,9 @@ def atomic_path(path: str | os.PathLike, *, advice: str | None = None):
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with mode 0o666 lets the kernel apply the umask; mkstemp would force 0o600 and hide
-        # the entries of a shared cache from its other users. The temporary name keeps the final
-        # suffix so that writers which append one (np.savez) do not.
+        # os.open with mode 0o666 lets the kernel apply the umask; mkstemp would force 0o600 and
+        # hide the entries of a shared cache from its other users. The temporary name keeps the
+        # final suffix so that writers which append one (np.savez) do not.
         while tmp is None:
             candidate = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}"
             try:

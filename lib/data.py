@@ -1,9 +1,9 @@
 """CIFAR-10 as tensors, on-device batch augmentation, and a tiny synthetic dataset for unit tests.
 
-Images are kept as ``uint8`` tensors in HWC layout ``(n, 32, 32, 3)`` exactly as stored; ``to_input``
-turns them into normalised float ``(n, 3, 32, 32)`` tensors (channels_last memory) on the training
-device. Augmentation (random flips and translations) acts on whole batches on that device, so the
-training loop never touches PIL or per-image Python code.
+Images are kept as ``uint8`` tensors in HWC layout ``(n, 32, 32, 3)`` exactly as stored;
+``to_input`` turns them into normalised float ``(n, 3, 32, 32)`` tensors (channels_last memory) on
+the training device. Augmentation (random flips and translations) acts on whole batches on that
+device, so the training loop never touches PIL or per-image Python code.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ class Dataset:
     """Train and test splits as tensors.
 
     ``x_train``/``x_test``: uint8 ``(n, H, W, 3)``; ``y_train``/``y_test``: int64 ``(n,)``.
-    ``identity`` names the data for cache keys (e.g. ``"cifar10:<sha256 prefix>"``). Any other layout
-    (float images, channels first, grayscale, labels outside ``0 .. len(classes) - 1``, a label count
-    that differs from the image count) is a ``ValueError`` saying what was expected; numpy arrays are
-    converted to tensors.
+    ``identity`` names the data for cache keys (e.g. ``"cifar10:<sha256 prefix>"``). Any other
+    layout (float images, channels first, grayscale, labels outside ``0 .. len(classes) - 1``, a
+    label count that differs from the image count) is a ``ValueError`` saying what was expected;
+    numpy arrays are converted to tensors.
 
     Attributes
     ----------
@@ -90,7 +90,8 @@ class Dataset:
             setattr(self, f"y_{split}", y)
 
     def describe(self) -> str:
-        """One line naming the data, where they came from and the split sizes (for chapter output)."""
+        """One line naming the data, where they came from and the split sizes (for chapter output).
+        """
         return (
             f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
             f"{len(self.x_test)} test images"
@@ -127,7 +128,8 @@ def check_training_data(data: Dataset, arch: dict | None = None) -> None:
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
-    """``ValueError`` unless ``x`` holds uint8 images ``(n, H, W, 3)``, saying what it looks like instead."""
+    """``ValueError`` unless ``x`` holds uint8 images ``(n, H, W, 3)``, saying what it looks like
+    instead."""
     hint = ""
     if x.ndim == 4 and x.shape[-1] != 3 and x.shape[1] == 3:
         hint = " It looks channels-first: pass x.permute(0, 2, 3, 1)."
@@ -272,7 +274,8 @@ def load_data(dataset: str = "cifar10") -> Dataset:
 def synthetic_dataset(
     n_train: int = 256, n_test: int = 128, num_classes: int = 10, size: int = 32, seed: int = 0
 ) -> Dataset:
-    """A learnable stand-in for CIFAR-10 for unit tests: each class is a coloured blob at its own place.
+    """A learnable stand-in for CIFAR-10 for unit tests: each class is a coloured blob at its own
+    place.
 
     Shapes and dtypes match :func:`load_cifar10`, so every code path can be tested without the data.
 
@@ -371,7 +374,8 @@ def to_input(x: torch.Tensor, device=None) -> torch.Tensor:
 def augment(
     x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 2
 ) -> torch.Tensor:
-    """Random horizontal flips and translations (zero fill), per image, on a whole batch on its device.
+    """Random horizontal flips and translations (zero fill), per image, on a whole batch on its
+    device.
 
     Parameters
     ----------

@@ -8,8 +8,9 @@ CUDA it says so in one line and exits 0, unless ``--device cpu`` asks for the sa
 (how the check itself is tested).
 
 Chapters are Jupytext MyST files; :func:`chapter_script` turns one into a script: the code cells in
-order, cell options and ``%matplotlib`` lines dropped, other IPython magics refused, and a stand-in for ``IPython.display`` when
-IPython is missing (a displayed table or figure is then simply not shown).
+order, cell options and ``%matplotlib`` lines dropped, other IPython magics refused, and a stand-in
+for ``IPython.display`` when IPython is missing (a displayed table or figure is then simply not
+shown).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ matplotlib.use("Agg")
 
 
 def _split_cell(cell: str) -> tuple[str, str]:
-    """A code cell's option header (``:tags: [...]`` lines or a ``---`` YAML block) and its source."""
+    """A code cell's option header (``:tags: [...]`` lines or a ``---`` YAML block) and its source.
+    """
     lines = cell.splitlines()
     head = 0
     if lines and lines[0].strip() == "---":
@@ -109,7 +111,8 @@ def chapter_script(chapter: str | os.PathLike, parameters: dict | None = None) -
     injected = False
     for i, cell in enumerate(cells):
         header, body = _split_cell(cell)
-        # The backend magic has no meaning in a script (the stand-in selects Agg); others are refused.
+        # The backend magic has no meaning in a script (the stand-in selects Agg); others are
+        # refused.
         body = re.sub(r"^%matplotlib.*$", "", body, flags=re.M)
         if re.search(r"^\s*[%!]", body, re.M):
             raise ValueError(
@@ -214,7 +217,8 @@ def recipe_timings(device, epochs: int = 1, n_train: int | None = None) -> list[
 
 
 def main(argv=None) -> int:
-    """The command line ``python -m lib.devicecheck [--device cuda|cpu] [--skip ...] [--chapters ...]``.
+    """The command line ``python -m lib.devicecheck [--device cuda|cpu] [--skip ...] [--chapters
+    ...]``.
 
     Parameters
     ----------

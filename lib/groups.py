@@ -1,8 +1,10 @@
-"""Matrix groups and the intertwiner groups of elementwise activations (Section 3.1, Table 1, Lemma 3.1).
+"""Matrix groups and the intertwiner groups of elementwise activations (Section 3.1, Table 1, Lemma
+3.1).
 
-The candidate matrix groups (:class:`MatrixGroup`) and Table 1's closed forms (:func:`intertwiner_group`:
-``G_sigma`` with its homomorphism ``phi_sigma``). Finding a group numerically and Theorem 3.3 are
-:mod:`lib.intertwining`; the action on a model's weights (Proposition 3.4) is :mod:`lib.symmetry`.
+The candidate matrix groups (:class:`MatrixGroup`) and Table 1's closed forms
+(:func:`intertwiner_group`: ``G_sigma`` with its homomorphism ``phi_sigma``). Finding a group
+numerically and Theorem 3.3 are :mod:`lib.intertwining`; the action on a model's weights
+(Proposition 3.4) is :mod:`lib.symmetry`.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def meet(a: str, b: str) -> str:
     Returns
     -------
     str
-        A kind of :data:`GROUP_KINDS`, e.g. ``meet("orthogonal", "monomial") == "signed_permutation"``.
+        A kind of :data:`GROUP_KINDS`, e.g. ``meet("orthogonal", "monomial") ==
+        "signed_permutation"``.
     """
     check_choice("group kind", a, GROUP_KINDS)
     check_choice("group kind", b, GROUP_KINDS)
@@ -79,7 +82,8 @@ def meet(a: str, b: str) -> str:
 
 
 def check_square(A, n: int | None = None, name: str = "A") -> torch.Tensor:
-    """``A`` as a tensor, or a ``ValueError`` naming ``name`` unless it is a square (``n x n``) matrix.
+    """``A`` as a tensor, or a ``ValueError`` naming ``name`` unless it is a square (``n x n``)
+    matrix.
 
     Parameters
     ----------
@@ -394,10 +398,10 @@ def intertwiner_group(name: str, n: int, **params) -> IntertwinerGroup:
 
     identity and LeakyReLU of slope 1: GL_n, phi = A. ReLU and LeakyReLU (slope not ±1): P·D with
     D > 0, phi = A. LeakyReLU of slope -1 is abs: P·D with D non-zero, phi = abs(A). RBF: P·D with
-    D in {±1}, phi = abs(A). x^d: P·D with D non-zero, phi = A^⊙d (d = 1: GL_n). tanh (odd): P·D with
-    D in {±1}, phi = A. sigmoid, GELU, SiLU, softplus, ELU: permutations, phi = A (sigma(-x) and
-    sigma(cx) are not linear in sigma(x) for them; :func:`lib.intertwining.identify_group` checks
-    this numerically).
+    D in {±1}, phi = abs(A). x^d: P·D with D non-zero, phi = A^⊙d (d = 1: GL_n). tanh (odd): P·D
+    with D in {±1}, phi = A. sigmoid, GELU, SiLU, softplus, ELU: permutations, phi = A (sigma(-x)
+    and sigma(cx) are not linear in sigma(x) for them; :func:`lib.intertwining.identify_group`
+    checks this numerically).
 
     Parameters
     ----------

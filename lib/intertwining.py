@@ -84,7 +84,8 @@ class GroupIdentification:
     phi_name : str
         phi's closed form (``"A"``, ``"abs(A)"``, ``"A^⊙d"`` or ``"σ(A)σ(I)^-1"``).
     phi : callable or None
-        ``A -> phi(A)``, shape ``(n, n)`` to ``(n, n)``; None when no form fitted and sigma(I) is singular.
+        ``A -> phi(A)``, shape ``(n, n)`` to ``(n, n)``; None when no form fitted and sigma(I) is
+        singular.
     residuals : dict
         Candidate kind -> worst least-squares residual of its trials (a fraction).
     phi_residual : float
@@ -109,7 +110,8 @@ class GroupIdentification:
 
     @property
     def larger_residuals(self) -> dict:
-        """dict: the residuals of the candidates strictly larger than the accepted group (all rejected)."""
+        """dict: the residuals of the candidates strictly larger than the accepted group (all
+        rejected)."""
         return {
             k: v
             for k, v in self.residuals.items()
@@ -142,7 +144,8 @@ def identify_group(
     Parameters
     ----------
     fn : callable or str
-        An elementwise function on tensors, or an activation name (then ``params`` are its parameters).
+        An elementwise function on tensors, or an activation name (then ``params`` are its
+        parameters).
     n : int
         The dimension, at least 2.
     trials : int
@@ -277,7 +280,8 @@ def maps_coordinate_rays(A, atol: float = 1e-6) -> bool:
 def ray_orbit_size(
     v, group: MatrixGroup, generator: torch.Generator, n_samples: int = 64, atol: float = 1e-6
 ) -> int:
-    """How many distinct rays ``R>=0 A v`` (including v itself) ``n_samples`` random A of ``group`` give.
+    """How many distinct rays ``R>=0 A v`` (including v itself) ``n_samples`` random A of ``group``
+    give.
 
     Bounded by ``n`` for a coordinate ray and growing with ``n_samples`` for a ray whose
     direction has two or more non-zero coordinates (Theorem 3.3, second part).

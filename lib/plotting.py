@@ -205,9 +205,9 @@ def concept_samples(images, rows: dict, figsize=None) -> Figure:
 
     ``images``: ``(n, H, W, 3)`` or ``(n, 3, H, W)``, uint8 or floats in [0, 1];
     ``rows[name] = (masks, concept_names)`` or ``(masks, concept_names, colours)`` with boolean
-    ``masks`` of shape ``(n, k, h, w)`` and optional RGB ``colours`` ``(k, 3)`` in [0, 255] (default:
-    the tab20 palette). Each overlay shows the image in grey with every present concept painted in
-    its colour, the names of the present concepts beneath.
+    ``masks`` of shape ``(n, k, h, w)`` and optional RGB ``colours`` ``(k, 3)`` in [0, 255]
+    (default: the tab20 palette). Each overlay shows the image in grey with every present concept
+    painted in its colour, the names of the present concepts beneath.
 
     Parameters
     ----------
@@ -342,7 +342,8 @@ def ray_images(points: dict, figsize=None) -> Figure:
 def channel_scatter(
     panels: dict, xlabel: str = "", ylabel: str = "", c=None, figsize=None
 ) -> Figure:
-    """Scatter plots side by side, e.g. two hidden channels before and after a weight-space transform.
+    """Scatter plots side by side, e.g. two hidden channels before and after a weight-space
+    transform.
 
     Parameters
     ----------

@@ -219,8 +219,8 @@ def _fmt(value, std=None, unit="") -> str:
     return text + (f" {unit}" if unit and unit != "%" else unit)
 
 
-# A cell "is a number" when it starts like one: "12.3", "-0.5 ± 0.1", "87.1 % (CIFAR-10)", "1.0e-12",
-# "nan". Such columns are right-aligned so that digits line up.
+# A cell "is a number" when it starts like one: "12.3", "-0.5 ± 0.1", "87.1 % (CIFAR-10)",
+# "1.0e-12", "nan". Such columns are right-aligned so that digits line up.
 _NUMBER = re.compile(r"^[-+\u2212]?(\d|\.\d|nan\b|inf\b)", re.IGNORECASE)
 _BLANKS = ("", "-", "\u2013", "\u2014")
 
@@ -234,7 +234,8 @@ def table(header, rows, align: str | None = None) -> str:
     """A Markdown (pipe) table whose numeric columns are right-aligned.
 
     Every table the book shows goes through here; the book renders chapter outputs as MyST
-    (``nb_render_markdown_format``), so the result becomes an HTML ``<table>`` and keeps inline math.
+    (``nb_render_markdown_format``), so the result becomes an HTML ``<table>`` and keeps inline
+    math.
 
     Parameters
     ----------
@@ -243,8 +244,8 @@ def table(header, rows, align: str | None = None) -> str:
     rows : iterable of sequences
         One sequence of cells per row, as long as ``header``; cells are formatted with ``str``.
     align : str, optional
-        One letter per column, ``"l"``, ``"c"`` or ``"r"``. By default a column is right-aligned when
-        every non-empty cell in it starts with a number, and left-aligned otherwise.
+        One letter per column, ``"l"``, ``"c"`` or ``"r"``. By default a column is right-aligned
+        when every non-empty cell in it starts with a number, and left-aligned otherwise.
 
     Returns
     -------
@@ -284,7 +285,8 @@ _ROW_FIELDS = ("chapter", "seed", "key", "ours", "std", "paper", "paper_std", "u
 
 
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
-    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via :func:`table`).
+    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via
+    :func:`table`).
 
     Parameters
     ----------
@@ -361,7 +363,8 @@ def _same(a, b, rtol: float, atol: float) -> bool:
 def compare_results(
     dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=("*_seconds",), fields=VALUE_FIELDS
 ) -> list[dict]:
-    """Every recorded value that differs between two results folders, and every key recorded in one only.
+    """Every recorded value that differs between two results folders, and every key recorded in one
+    only.
 
     Parameters
     ----------
@@ -381,8 +384,8 @@ def compare_results(
     -------
     list of dict
         One per difference, sorted by file and key: ``file``, ``key``, ``field`` (``None`` for a key
-        recorded in one folder only), ``a`` and ``b`` (the values; ``None`` where absent). Empty when
-        the folders agree.
+        recorded in one folder only), ``a`` and ``b`` (the values; ``None`` where absent). Empty
+        when the folders agree.
 
     Raises
     ------
@@ -417,7 +420,8 @@ def compare_results(
 
 
 def main(argv=None) -> int:
-    """The command line ``python -m lib.results compare A B [--rtol R] [--atol T] [--ignore GLOB ...]``.
+    """The command line ``python -m lib.results compare A B [--rtol R] [--atol T] [--ignore GLOB
+    ...]``.
 
     Prints one line per difference of :func:`compare_results` and a summary.
 

@@ -101,8 +101,8 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
     Returns
     -------
     dict
-        ``params``, ``ok``, ``notebook``, ``error``, the recorded ``rows`` and ``skipped`` (whether a
-        finished run was found).
+        ``params``, ``ok``, ``notebook``, ``error``, the recorded ``rows`` and ``skipped`` (whether
+        a finished run was found).
     """
     out_dir = Path(out_dir)
     name = run_name(params)
@@ -247,7 +247,8 @@ def _completed_runs(out_dir: Path, statuses: list[dict]) -> list[dict]:
 
 
 def _run_safely(chapter: str, params: dict, out_dir: str, timeout: float | None) -> dict:
-    """:func:`run_one`, with any exception turned into a failed status so that the other runs go on."""
+    """:func:`run_one`, with any exception turned into a failed status so that the other runs go on.
+    """
     try:
         return run_one(chapter, params, out_dir, timeout)
     except Exception as exc:
@@ -421,7 +422,8 @@ def summarize(table: list[dict], over: str = "seed") -> dict:
 
 
 def main(argv=None) -> int:
-    """The command line ``python -m lib.sweep CHAPTER -p NAME VALUE... [--workers N] [--scheduler ADDRESS]``.
+    """The command line ``python -m lib.sweep CHAPTER -p NAME VALUE... [--workers N] [--scheduler
+    ADDRESS]``.
 
     Parameters
     ----------

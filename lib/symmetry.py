@@ -1,10 +1,10 @@
 """Weight-space symmetries (Section 3.2: Proposition 3.4, eq. 3.5, Remark 3.6): how the groups of
 :mod:`lib.groups` act on a model's weights, read from its ``lib.models.SymmetrySpec`` only.
 
-:func:`sample_elements` draws one element per site, :func:`apply_elements` moves the weights by them,
-:func:`random_transform` does both; :func:`feature_transform` is how a hidden layer's features move
-(eq. 3.5). :func:`transform_errors` and :func:`second_half_errors` measure how well a transform keeps
-the function.
+:func:`sample_elements` draws one element per site, :func:`apply_elements` moves the weights by
+them, :func:`random_transform` does both; :func:`feature_transform` is how a hidden layer's features
+move (eq. 3.5). :func:`transform_errors` and :func:`second_half_errors` measure how well a transform
+keeps the function.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ __all__ = [
 ]
 
 TRANSFORM_GROUPS = ("intertwiner",) + GROUP_KINDS
-"""tuple of str: the ``group`` values of :func:`random_transform`: ``"intertwiner"`` (each site's own
-group, so the function is kept) or any of :data:`lib.groups.GROUP_KINDS`."""
+"""tuple of str: the ``group`` values of :func:`random_transform`: ``"intertwiner"`` (each site's
+own group, so the function is kept) or any of :data:`lib.groups.GROUP_KINDS`."""
 
 
 def site_group(site, restricted: bool = True) -> IntertwinerGroup:
@@ -99,11 +99,11 @@ def sample_elements(
 ) -> dict:
     """One random element per site of the model's spec.
 
-    ``group="intertwiner"`` draws from each site's :func:`site_group`, so :func:`apply_elements` keeps
-    the function. Another kind (``"gl"``, ``"orthogonal"``, ...) is drawn instead, met with the
-    monomial matrices at BatchNorm sites (all their parameters can absorb); kinds outside a site's
-    group break the function (Section 3.3). A zero-padded shortcut's ``embed`` channels always carry
-    the parent site's element.
+    ``group="intertwiner"`` draws from each site's :func:`site_group`, so :func:`apply_elements`
+    keeps the function. Another kind (``"gl"``, ``"orthogonal"``, ...) is drawn instead, met with
+    the monomial matrices at BatchNorm sites (all their parameters can absorb); kinds outside a
+    site's group break the function (Section 3.3). A zero-padded shortcut's ``embed`` channels
+    always carry the parent site's element.
 
     Parameters
     ----------
@@ -445,7 +445,8 @@ def second_half_errors(model, x: torch.Tensor, generator: torch.Generator, sigma
     Returns
     -------
     worst : float
-        The largest :func:`relative_change` of the outputs over the layers where ``f_>m`` is defined.
+        The largest :func:`relative_change` of the outputs over the layers where ``f_>m`` is
+        defined.
     undefined : int
         The layers inside a residual block, where ``forward_from`` refuses.
     """

@@ -31,7 +31,8 @@ def tiny_arch() -> dict:
 
 @pytest.fixture()
 def tiny_recipe():
-    """``tiny_recipe(**fields)``: the fast recipe for tiny runs (1 epoch, batch 32, lr 0.05), fields replaced."""
+    """``tiny_recipe(**fields)``: the fast recipe for tiny runs (1 epoch, batch 32, lr 0.05), fields
+    replaced."""
 
     def make(**fields):
         return train.recipe("fast", **{**dict(epochs=1, batch_size=32, lr=0.05), **fields})
@@ -47,8 +48,9 @@ def tiny_data() -> data.Dataset:
 
 @pytest.fixture()
 def cifar_npz():
-    """``cifar_npz(folder, n=20, **arrays)``: write a CIFAR-10-shaped ``cifar10.npz`` of ``n`` random
-    training images (10 test images) into ``folder``, arrays replaced by ``arrays``; returns its path."""
+    """``cifar_npz(folder, n=20, **arrays)``: write a CIFAR-10-shaped ``cifar10.npz`` of ``n``
+    random training images (10 test images) into ``folder``, arrays replaced by ``arrays``; returns
+    its path."""
 
     def write(folder: Path, n: int = 20, **overrides) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -68,9 +70,9 @@ def cifar_npz():
 
 @pytest.fixture()
 def interrupted_checkpoint():
-    """``interrupted_checkpoint(d, root, recipe, seed=0, arch=TINY)``: train the zoo entry of ``arch``
-    for one epoch, write its checkpoint as the zoo does, and stop there, as if the process had died;
-    returns the checkpoint's path."""
+    """``interrupted_checkpoint(d, root, recipe, seed=0, arch=TINY)``: train the zoo entry of
+    ``arch`` for one epoch, write its checkpoint as the zoo does, and stop there, as if the process
+    had died; returns the checkpoint's path."""
 
     def run(d: data.Dataset, root: Path, r: train.Recipe, seed: int = 0, arch: dict = TINY) -> Path:
         folder = Path(root) / model_key(arch, r, seed, d.identity)
@@ -91,10 +93,10 @@ def interrupted_checkpoint():
 
 @pytest.fixture()
 def randomize_batchnorm():
-    """``randomize_batchnorm(model, seed, spread=0.1, signed=False)``: give every BatchNorm2d running
-    statistics and affine parameters as after training, so that eval-mode BatchNorm is not the
-    identity: means and biases ``spread * N(0, 1)``, variances ``U(0.5, 1.5)``, weights ``U(0.5, 1.5)``
-    (``signed``: ``spread * N(0, 1)``). Returns the model in eval mode."""
+    """``randomize_batchnorm(model, seed, spread=0.1, signed=False)``: give every BatchNorm2d
+    running statistics and affine parameters as after training, so that eval-mode BatchNorm is not
+    the identity: means and biases ``spread * N(0, 1)``, variances ``U(0.5, 1.5)``, weights ``U(0.5,
+    1.5)`` (``signed``: ``spread * N(0, 1)``). Returns the model in eval mode."""
 
     def randomize(model: torch.nn.Module, seed: int, spread: float = 0.1, signed: bool = False):
         g = torch.Generator().manual_seed(seed)
@@ -116,7 +118,8 @@ def randomize_batchnorm():
 
 @pytest.fixture()
 def random_images():
-    """``random_images(n=16, seed=0, dtype=torch.float32)``: standard normal model inputs ``(n, 3, 32, 32)``."""
+    """``random_images(n=16, seed=0, dtype=torch.float32)``: standard normal model inputs ``(n, 3,
+    32, 32)``."""
 
     def make(n: int = 16, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
         return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=dtype)

@@ -1,8 +1,8 @@
 """The built book as a reader sees it: every page opened in headless Chromium with the network off.
 
-Chromium loads each page of ``_build/html/book`` from disk, runs its scripts (MathJax among them) and
-hands back the DOM (``--dump-dom``); the assertions read that DOM. A screenshot of every page is saved
-under ``_build/screenshots/``. Build the book first (``.ci/run`` does, at ``smoke`` scale)::
+Chromium loads each page of ``_build/html/book`` from disk, runs its scripts (MathJax among them)
+and hands back the DOM (``--dump-dom``); the assertions read that DOM. A screenshot of every page is
+saved under ``_build/screenshots/``. Build the book first (``.ci/run`` does, at ``smoke`` scale)::
 
     SYMMETRIES_SCALE=smoke jupyter-book build . -W -n --keep-going
     python -m pytest tests/test_browser.py
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 CHAPTERS = sorted((ROOT / "book").glob("*.md"))
-# Off-network: every host name fails to resolve and any proxy lookup goes nowhere; file:// still loads.
+# Off-network: every host name fails to resolve and any proxy lookup goes nowhere; file:// still
+# loads.
 NO_NETWORK = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
     "--proxy-server=127.0.0.1:9",

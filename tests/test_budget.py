@@ -20,8 +20,8 @@ ZOO_SHARE = 0.65
 
 def test_cpu_zoo_training_fits_the_book_budget():
     # The calibration reads the machine's speed at this moment. With other work on the cores (a
-    # helper's training run measured 173 min instead of 56) it reads the load, not the machine, so the
-    # test is skipped rather than failed; CI runs it on an otherwise idle machine.
+    # helper's training run measured 173 min instead of 56) it reads the load, not the machine, so
+    # the test is skipped rather than failed; CI runs it on an otherwise idle machine.
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 1.5 * cores:
         pytest.skip(

@@ -1,4 +1,5 @@
-"""The one decision rule of the paper's claims (lib.claims), their recording and the effects of each claim."""
+"""The one decision rule of the paper's claims (lib.claims), their recording and the effects of each
+claim."""
 
 import json
 import math
@@ -173,7 +174,8 @@ def test_fig1_effects_follow_the_claims_definitions():
     assert e["claim_fig1_full_near_zero"].tolist() == [1.0, -1.0]
     assert e["claim_fig1_grelu_below_rank1"].tolist() == [20 - 31 / 4, 10 - 10 / 4]
     assert e["claim_fig1_grelu_below_10pp"].tolist() == [10 - 7.0, 10 - 2.5]
-    # pair 0 rises to the third layer (12 - 5) and falls at the last (12 - 6); pair 1 falls throughout.
+    # pair 0 rises to the third layer (12 - 5) and falls at the last (12 - 6); pair 1 falls
+    # throughout.
     assert e["claim_fig1_depth_trend"].tolist() == [6.0, -2.0]
     assert "claim_fig1_depth_trend" not in fig1_effects(
         {k: [r[:2] for r in v] for k, v in final.items()}

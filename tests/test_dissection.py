@@ -557,7 +557,8 @@ def test_convnext_cifar_builder():
         models.residual_outputs(models.mlp())
     with pytest.raises(ValueError, match="depths"):
         models.convnext_cifar(depths=())
-    # The CPU variant of Section 6: BatchNorm and 3x3 depthwise kernels, still no residual activation.
+    # The CPU variant of Section 6: BatchNorm and 3x3 depthwise kernels, still no residual
+    # activation.
     bn = models.convnext_cifar(width=0.25, depths=(1, 1), kernel_size=3, norm="batch")
     assert bn.stage1[0].dw.kernel_size == (3, 3) and isinstance(bn.stage1[0].norm, nn.BatchNorm2d)
     assert models.build(bn.arch).arch == bn.arch and bn(x).shape == (2, 10)
@@ -973,7 +974,8 @@ def test_trio_families_at_cpu_share_and_compare():
         book["resnet20_dissection"]["arch"], residual_activation=False
     )
     assert book["resnet20_noresrelu"]["recipe"] == book["resnet20_dissection"]["recipe"]
-    # The ConvNeXt-style network mirrors ResNet20 and trains with the ResNets' recipe, bfloat16 included.
+    # The ConvNeXt-style network mirrors ResNet20 and trains with the ResNets' recipe, bfloat16
+    # included.
     assert book["convnext"]["arch"] == dict(
         arch="convnext20", width=book["resnet20_dissection"]["arch"]["width"]
     )

@@ -28,7 +28,8 @@ from lib.zoo import store as zoo_store
 
 @pytest.fixture()
 def get(tiny_arch, tiny_recipe):
-    """``get(d, root, recipe=None, seed=0, **kw)``: the tiny model from the zoo in ``root`` (trained if missing)."""
+    """``get(d, root, recipe=None, seed=0, **kw)``: the tiny model from the zoo in ``root`` (trained
+    if missing)."""
 
     def get(d, root, **kw):
         return zoo.get(
@@ -396,7 +397,8 @@ def test_results_json_carries_a_checksum_and_old_files_still_load(tmp_path, monk
 
 @pytest.fixture()
 def fake_papermill(monkeypatch):
-    """Runs that record ``value = seed`` without starting a kernel (the sweep's logic is under test)."""
+    """Runs that record ``value = seed`` without starting a kernel (the sweep's logic is under
+    test)."""
     import subprocess
 
     def run(cmd, env, **kw):
@@ -524,7 +526,8 @@ def test_results_json_collects_every_completed_run_of_the_folder(tmp_path, fake_
     assert seeds() == [4, 5]
 
 
-# -- 6. wrong data formats --------------------------------------------------------------------------
+# -- 6. wrong data formats
+# --------------------------------------------------------------------------
 
 
 def as_dataset(x, y):
@@ -568,7 +571,8 @@ def test_wrong_layout_in_npz_names_the_file(tmp_path, cifar_npz):
         data.to_input(torch.rand(2, 32, 32, 3))
 
 
-# -- 7. bad settings ----------------------------------------------------------------------------------
+# -- 7. bad settings
+# ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -632,7 +636,8 @@ def test_extreme_scale_in_one_channel_only():
     assert metrics.grelu_cka(scaled, y, dtype=torch.float32) == pytest.approx(expected, rel=1e-4)
 
 
-# -- 8. tiny samples ----------------------------------------------------------------------------------
+# -- 8. tiny samples
+# ----------------------------------------------------------------------------------
 
 
 def test_too_few_samples_raise():
@@ -654,7 +659,8 @@ def test_too_few_samples_raise():
         metrics.grelu_cka(x[:3], y[:3])
 
 
-# -- 9. downloads time out ------------------------------------------------------------------------------
+# -- 9. downloads time out
+# ------------------------------------------------------------------------------
 
 
 def test_download_times_out_with_the_offline_error(tmp_path, monkeypatch):
@@ -683,7 +689,8 @@ def test_download_times_out_with_the_offline_error(tmp_path, monkeypatch):
         server.close()
 
 
-# -- 10. summarize with list-valued parameters ------------------------------------------------------------
+# -- 10. summarize with list-valued parameters
+# ------------------------------------------------------------
 
 
 def test_summarize_handles_list_valued_parameters():
@@ -697,7 +704,8 @@ def test_summarize_handles_list_valued_parameters():
     assert out[("acc", ("param_slopes", (0.5,)))] == dict(mean=2.0, std=1.0, n=2, paper=1.0)
 
 
-# -- 11. identical runs give identical files ----------------------------------------------------------------
+# -- 11. identical runs give identical files
+# ----------------------------------------------------------------
 
 
 def test_weights_file_bytes_are_identical_between_runs(tmp_path, tiny_data, get):
@@ -709,7 +717,8 @@ def test_weights_file_bytes_are_identical_between_runs(tmp_path, tiny_data, get)
     assert hashlib.sha256(wa).hexdigest() == a.zoo_meta["weights_sha256"]
 
 
-# -- two processes, one model ---------------------------------------------------------------------------------
+# -- two processes, one model
+# ---------------------------------------------------------------------------------
 
 
 def test_concurrent_requests_train_a_model_once(tmp_path, tiny_data, monkeypatch, capsys, get):

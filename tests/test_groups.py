@@ -8,7 +8,8 @@ from lib import activations
 from lib import groups as G
 from lib import intertwining as I
 
-# (activation, params, expected kind, expected phi) -- the closed forms of Table 1 and their extension.
+# (activation, params, expected kind, expected phi) -- the closed forms of Table 1 and their
+# extension.
 CASES = [
     ("identity", {}, "gl", "A"),
     ("sigmoid", {}, "permutation", "A"),
@@ -51,7 +52,8 @@ def test_members_intertwine_and_non_members_do_not(name, params, kind, phi, seed
     x = _x(n, seed)
     A = g.sample(gen, device="cpu")
     assert g.contains(A)
-    # sigma(A x) = phi(A) sigma(x) to float precision, and phi matches Lemma 3.1's sigma(A)sigma(I)^-1.
+    # sigma(A x) = phi(A) sigma(x) to float precision, and phi matches Lemma 3.1's
+    # sigma(A)sigma(I)^-1.
     assert I.intertwining_error(g.sigma, A, g.phi(A), x) < 1e-12
     torch.testing.assert_close(g.phi_lemma(A), g.phi(A), rtol=1e-10, atol=1e-10)
     if kind != "gl":

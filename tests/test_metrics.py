@@ -1,5 +1,5 @@
-"""Tests of the measures of lib.metrics: invariances (Section 5), fast paths against slow references,
-known values, errors. The all-layer comparisons are tested in test_metrics_layers.py."""
+"""Tests of the measures of lib.metrics: invariances (Section 5), fast paths against slow
+references, known values, errors. The all-layer comparisons are tested in test_metrics_layers.py."""
 
 import math
 
@@ -25,7 +25,8 @@ SEEDS = [0, 1, 2]
 GRELU_ALL = [M.grelu_cka, M.orthogonal_cka, M.grelu_procrustes]
 
 
-# -- G_ReLU invariance and alignment ----------------------------------------------------------------
+# -- G_ReLU invariance and alignment
+# ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -33,7 +34,8 @@ GRELU_ALL = [M.grelu_cka, M.orthogonal_cka, M.grelu_procrustes]
 @pytest.mark.parametrize("conv", [True, False])
 def test_grelu_measures_are_one_on_grelu_orbit(seed, measure, conv):
     x = conv_features(seed) if conv else conv_features(seed, n=40, c=12, h=1, w=1)[:, :, 0, 0]
-    # Procrustes does no centring, so only the CKAs are translation invariant (Lemma 5.1 needs centring).
+    # Procrustes does no centring, so only the CKAs are translation invariant (Lemma 5.1 needs
+    # centring).
     y = grelu_act(x, seed, translate=measure is not M.grelu_procrustes)
     assert measure(x, y) == pytest.approx(1.0, abs=1e-10)
 
@@ -65,7 +67,8 @@ def test_procrustes_with_unequal_channel_counts_pads_with_zero_channels():
     assert M.orthogonal_procrustes(x, rotate_channels(extra, haar(8, 5))) == pytest.approx(
         1.0, abs=1e-10
     )
-    # Dropping a channel: d^2 = (c - 1 + c - 2 (c - 1)) / (4 c) = 1 / (4 c) for the authors' G_ReLU form.
+    # Dropping a channel: d^2 = (c - 1 + c - 2 (c - 1)) / (4 c) = 1 / (4 c) for the authors' G_ReLU
+    # form.
     assert M.grelu_procrustes(x, x[:, :5]) == pytest.approx(1 - math.sqrt(1 / 24), abs=1e-10)
 
 
@@ -92,8 +95,8 @@ def test_orthogonal_procrustes_is_rotation_invariant(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_orthogonal_cka_rotation_behaviour(seed):
-    """The authors' orthogonal CKA rescales each channel: rotations of whitened channels leave it at 1,
-    other rotations do not (it is linear CKA of the per-channel normalised features)."""
+    """The authors' orthogonal CKA rescales each channel: rotations of whitened channels leave it at
+    1, other rotations do not (it is linear CKA of the per-channel normalised features)."""
     x = conv_features(seed, relu=False)
     q = haar(6, seed)
     flat = np.moveaxis(x, 1, -1).reshape(-1, 6)
@@ -135,7 +138,8 @@ def test_values_lie_in_their_ranges(seed):
     assert M.orthogonal_procrustes(x, x) == pytest.approx(1.0, abs=1e-12)
 
 
-# -- the max kernel ---------------------------------------------------------------------------------
+# -- the max kernel
+# ---------------------------------------------------------------------------------
 
 
 def test_max_kernel_is_not_psd_contrary_to_lemma_5_5():
@@ -180,7 +184,8 @@ def test_blocked_max_kernel_matches_references(seed, shape):
 def test_block_plan_fits_the_budget(n, c, budget):
     block, chunk = block_plan(n, c, 8, torch.device("cpu"), None, budget)
     assert 1 <= block <= n and 1 <= chunk <= c
-    # One chunk's products fit the budget unless even one channel does not (then one channel per chunk).
+    # One chunk's products fit the budget unless even one channel does not (then one channel per
+    # chunk).
     assert chunk == 1 or chunk * block * block * 8 <= (budget or 32 * 2**20)
     assert block_plan(n, c, 8, torch.device("cpu"), 3, budget)[0] == min(3, n)
 
@@ -194,7 +199,8 @@ def test_grelu_cka_does_not_depend_on_blocking():
         )
 
 
-# -- HSIC and CKA against textbook formulas ----------------------------------------------------------
+# -- HSIC and CKA against textbook formulas
+# ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -209,7 +215,8 @@ def test_hsic_matches_textbook_forms(seed):
     )
     expected = (kornblith_unbiased_center(K) * kornblith_unbiased_center(L)).sum() / (n * (n - 3))
     assert M.hsic(K, L) == pytest.approx(expected, rel=1e-10)
-    # The unbiased estimator ignores the diagonal and additive row/column terms (feature translations).
+    # The unbiased estimator ignores the diagonal and additive row/column terms (feature
+    # translations).
     v = rng.standard_normal(n)
     K2 = K + v[:, None] + v[None, :] + 5.0 + np.diag(rng.standard_normal(n))
     assert M.hsic(K2, L) == pytest.approx(M.hsic(K, L), rel=1e-10)
@@ -266,7 +273,8 @@ def test_known_values():
     assert abs(M.grelu_cka(a[:, :300], b[:, :300])) < 0.05
 
 
-# -- input handling ---------------------------------------------------------------------------------
+# -- input handling
+# ---------------------------------------------------------------------------------
 
 
 def test_torch_numpy_and_dtypes_agree():

@@ -13,7 +13,8 @@ SEEDS = [0, 1, 2]
 
 
 def layered(seed, n=40):
-    """Features of three 'layers' of different shapes; the third is a noisy G_ReLU image of the first."""
+    """Features of three 'layers' of different shapes; the third is a noisy G_ReLU image of the
+    first."""
     a = conv_features(seed, n=n, c=5, h=4, w=4)
     b = conv_features(seed + 20, n=n, c=7, h=2, w=2)
     return {"a": a, "b": b, "c": related(grelu_act(a, seed, translate=False), seed, 0.3)}
@@ -123,7 +124,8 @@ def test_best_matches():
 
 
 def test_same_layer_rate_and_diagonal_summary():
-    # Row 2 has a single compared entry (as a Procrustes row with one same-shaped layer): not counted.
+    # Row 2 has a single compared entry (as a Procrustes row with one same-shaped layer): not
+    # counted.
     assert M.same_layer_rate([[0.9, 0.2, np.nan], [0.3, 0.8, np.nan], [np.nan, np.nan, 0.5]]) == 1.0
     S = np.array([[0.9, 0.95, 0.1], [0.3, 0.8, 0.2], [0.1, 0.2, 0.7]])
     summary = M.diagonal_summary(S, in_block=[False, True, False])

@@ -1,5 +1,6 @@
-"""The book-wide scale switch (``lib.settings.resolve_scale``), the one table helper (``lib.results.table``)
-and the comparison of two results folders (``lib.results.compare_results``)."""
+"""The book-wide scale switch (``lib.settings.resolve_scale``), the one table helper
+(``lib.results.table``) and the comparison of two results folders (``lib.results.compare_results``).
+"""
 
 import json
 
@@ -76,7 +77,8 @@ def test_compare_results_lists_changed_missing_and_added_keys(tmp_path, monkeypa
     _record(monkeypatch, tmp_path / "b", "zoo", changed)
     _record(monkeypatch, tmp_path / "b", "zoo", [("acc", 1.0, {})], seed=1)
     diffs = compare_results(tmp_path / "a", tmp_path / "b")
-    # A relative change of 1e-12 is within the default tolerance; the std, the count and the keys are not.
+    # A relative change of 1e-12 is within the default tolerance; the std, the count and the keys
+    # are not.
     assert [(d["file"], d["key"], d["field"], d["a"], d["b"]) for d in diffs] == [
         ("smoke/zoo.json", "acc", "std", 0.5, 0.75),
         ("smoke/zoo.json", "count", "ours", 6, 7),

@@ -1,5 +1,5 @@
-"""Model cuts, stitching layers, stitched models, Theorem 4.2 and the rotation penalty (random models,
-synthetic data)."""
+"""Model cuts, stitching layers, stitched models, Theorem 4.2 and the rotation penalty (random
+models, synthetic data)."""
 
 import copy
 import dataclasses
@@ -241,8 +241,8 @@ EXACT = stitching.StitchSettings(epochs=0, bn_adapt=False, precision="float32")
 
 @pytest.fixture()
 def planted(bn_model):
-    """``planted(seed=3)``: ``bn_model(MYRTLE, 0)``, a random symmetry transform of it seeded ``seed``,
-    and that transform's elements."""
+    """``planted(seed=3)``: ``bn_model(MYRTLE, 0)``, a random symmetry transform of it seeded
+    ``seed``, and that transform's elements."""
 
     def make(seed=3):
         a = bn_model(MYRTLE, 0)
@@ -576,7 +576,8 @@ def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_
     assert key() == key(ft=dataclasses.replace(base))  # equal settings, equal keys
 
 
-# -- the authors' protocol at `paper` scale (issue 11 items 1-3) -------------------------------------
+# -- the authors' protocol at `paper` scale (issue 11 items 1-3)
+# -------------------------------------
 
 
 def test_paper_scale_has_the_authors_protocols():
@@ -624,8 +625,8 @@ def test_paper_scale_has_the_authors_protocols():
         "all",
     ) and S.slope.pairs > 1
     assert set(S.resnet.variants) == {"full", "rank1", "rank2", "rank4", "grelu", "matching"}
-    # The fine-tune keeps the fast schedule below paper scale; cpu runs it at a third of the rate and
-    # evaluates four times per epoch on all test images (issue 10).
+    # The fine-tune keeps the fast schedule below paper scale; cpu runs it at a third of the rate
+    # and evaluates four times per epoch on all test images (issue 10).
     fast = dict(
         batch_size=256, lr=1e-3, schedule="linear", step_size=0, gamma=1.0, evals_per_epoch=1
     )

@@ -34,9 +34,9 @@ IDS = [f"{arch}-{label}" for arch, _, label in CASES]
 
 @pytest.fixture()
 def double_model(randomize_batchnorm):
-    """``double_model(arch, kwargs, seed)``: ``arch`` built after ``torch.manual_seed(seed)``, in float64 and
-    eval mode, with BatchNorm statistics and affine parameters as after training (conftest's
-    ``randomize_batchnorm`` with spread 1 and signed weights, seeded ``seed``)."""
+    """``double_model(arch, kwargs, seed)``: ``arch`` built after ``torch.manual_seed(seed)``, in
+    float64 and eval mode, with BatchNorm statistics and affine parameters as after training
+    (conftest's ``randomize_batchnorm`` with spread 1 and signed weights, seeded ``seed``)."""
 
     def make(arch, kwargs, seed):
         torch.manual_seed(seed)
@@ -224,8 +224,9 @@ def test_float32_models_keep_their_dtype():
 
 @pytest.mark.parametrize("arch,kwargs,label", CASES, ids=IDS)
 def test_eq35_second_half_where_f_after_m_is_defined(arch, kwargs, label, double_model):
-    """f_{>m}(x, W') = f_{>m}(x, W) o phi(A_m)^{-1} at every layer where f_{>m} exists; inside a ResNet
-    block ``forward_from`` refuses, since the rest of the network also reads the block's input."""
+    """f_{>m}(x, W') = f_{>m}(x, W) o phi(A_m)^{-1} at every layer where f_{>m} exists; inside a
+    ResNet block ``forward_from`` refuses, since the rest of the network also reads the block's
+    input."""
     model, x = double_model(arch, kwargs, 0), _inputs(arch, 0)
     new, elements = S.random_transform(model, torch.Generator().manual_seed(7))
     feats, y = M.features(model, x), model(x)

@@ -1,7 +1,7 @@
 """The per-replicate effects of each claim of :data:`lib.claims.CLAIMS`, from a chapter's arrays.
 
-Each function turns what a chapter measured (penalties, similarities, detector fractions, one row per
-replicate) into the signed effects that :func:`lib.claims.decide` reads: positive is the paper's
+Each function turns what a chapter measured (penalties, similarities, detector fractions, one row
+per replicate) into the signed effects that :func:`lib.claims.decide` reads: positive is the paper's
 direction, as each claim's ``effect`` field says in words.
 """
 
@@ -31,8 +31,8 @@ def fig1_effects(final: dict) -> dict:
     Returns
     -------
     dict
-        ``{claim key: effects of shape (pairs,)}`` for the four ``claim_fig1_*`` claims; the depth trend
-        only when at least 3 layers were stitched.
+        ``{claim key: effects of shape (pairs,)}`` for the four ``claim_fig1_*`` claims; the depth
+        trend only when at least 3 layers were stitched.
     """
     full, rank1, grelu = (
         np.asarray(final[v], dtype=np.float64) for v in ("full", "rank1", "grelu")
@@ -62,16 +62,16 @@ def similarity_effects(table2: dict, cka: list) -> dict:
     Parameters
     ----------
     table2 : dict
-        ``{"grelu_procrustes": P, "orthogonal_procrustes": P}``, each ``P`` of shape (pairs, layers): the
-        similarity of the same layer in the two networks of a pair.
+        ``{"grelu_procrustes": P, "orthogonal_procrustes": P}``, each ``P`` of shape (pairs,
+        layers): the similarity of the same layer in the two networks of a pair.
     cka : list of numpy.ndarray
         One G_ReLU-CKA matrix per pair, shape (layers, layers) (rows: network A's layers).
 
     Returns
     -------
     dict
-        ``claim_table2_grelu_below_orthogonal`` and ``claim_fig5_same_depth_most_similar``, each of shape
-        (pairs,).
+        ``claim_table2_grelu_below_orthogonal`` and ``claim_fig5_same_depth_most_similar``, each of
+        shape (pairs,).
     """
     g, o = (
         np.asarray(table2[m], dtype=np.float64)
@@ -96,7 +96,8 @@ def block_structure_effect(cka: list, in_block) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        Shape (pairs,): mean diagonal over block-output layers minus mean diagonal over in-block layers.
+        Shape (pairs,): mean diagonal over block-output layers minus mean diagonal over in-block
+        layers.
     """
     inside = np.asarray(in_block, dtype=bool)
     diag = np.array([np.diag(np.asarray(S, dtype=np.float64)) for S in cka])
@@ -155,14 +156,15 @@ def fig3_effects(relu: np.ndarray, noresrelu: np.ndarray) -> dict:
     ----------
     relu, noresrelu : numpy.ndarray
         Shape (networks, alphas): the fraction of units that detect a concept at each rotation
-        ``alpha`` (the first column alpha = 0, the last alpha = 1), for the networks with and without
-        an activation on the residual output.
+        ``alpha`` (the first column alpha = 0, the last alpha = 1), for the networks with and
+        without an activation on the residual output.
 
     Returns
     -------
     dict
         ``claim_fig3_relu_falls`` (the fall from alpha = 0 to 1) and
-        ``claim_fig3_no_residual_relu_does_not_fall`` (0.05 minus that fall), each of shape (networks,).
+        ``claim_fig3_no_residual_relu_does_not_fall`` (0.05 minus that fall), each of shape
+        (networks,).
     """
 
     def fall(f):

@@ -5,14 +5,15 @@ replicate (an independent model pair, or network, with its own seeds) and signed
 effect is the paper's direction. A claim with a threshold folds it into the effect: "the G_ReLU
 penalty is below 10 pp at most layers" is the effect ``10 - median penalty``, so that the same rule
 decides every claim. Chapters compute the per-replicate effects and record them with :func:`record`
-(which calls :func:`decide` and adds one row to the chapter's :class:`lib.results.Recorder`); chapter 09
-reads them back, verified, with :func:`load_claims` and shows them with :func:`claims_table`.
+(which calls :func:`decide` and adds one row to the chapter's :class:`lib.results.Recorder`);
+chapter 09 reads them back, verified, with :func:`load_claims` and shows them with
+:func:`claims_table`.
 
 The decision rule (:data:`RULE`) is a two-sided t-interval for the mean effect over ``n >= 2``
 replicates at 95 %: the claim **holds** when the whole interval lies above 0, **fails** when it lies
-below 0, and is **inconclusive** otherwise. With 3 replicates the t quantile is 4.30, so a claim holds
-only when its effect is large against its spread between replicates; an inconclusive verdict says
-that the replicates do not decide, not that the claim is false.
+below 0, and is **inconclusive** otherwise. With 3 replicates the t quantile is 4.30, so a claim
+holds only when its effect is large against its spread between replicates; an inconclusive verdict
+says that the replicates do not decide, not that the claim is false.
 """
 
 from __future__ import annotations
@@ -247,8 +248,8 @@ def check_claim_row(row: dict) -> None:
     Raises
     ------
     ValueError
-        Naming the key, if the verdict is unknown, ``n < 2``, the effect or its interval is not finite,
-        or the verdict is not the one the rule gives for the recorded interval.
+        Naming the key, if the verdict is unknown, ``n < 2``, the effect or its interval is not
+        finite, or the verdict is not the one the rule gives for the recorded interval.
     """
     key = row.get("key")
     if row.get("verdict") not in VERDICTS:
@@ -355,8 +356,9 @@ def claims_table(rows: list[dict]) -> str:
     Returns
     -------
     str
-        Columns: claim key, where the paper makes it, its statement, replicates ``n``, the mean effect with
-        its 95 % interval, and the verdict (``fails`` in bold), ordered as :data:`CLAIMS`.
+        Columns: claim key, where the paper makes it, its statement, replicates ``n``, the mean
+        effect with its 95 % interval, and the verdict (``fails`` in bold), ordered as
+        :data:`CLAIMS`.
     """
     order = list(CLAIMS)
     claims = sorted(

@@ -116,7 +116,8 @@ class BrodenDataset:
     concept_categories : list of str
         Each concept's category: the one in which ``label.csv`` counts it most often (NetDissect's
         "primary category"). A pixel counts for a concept whatever selected category's mask it
-        appears in; an image counts for the concept's IoU only if it has annotation in that category.
+        appears in; an image counts for the concept's IoU only if it has annotation in that
+        category.
     label_numbers : numpy.ndarray
         ``(n_concepts,)`` int, each concept's label number in ``label.csv``.
     mask_size : tuple of int
@@ -159,8 +160,8 @@ class BrodenDataset:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def _read_concepts(self) -> None:
-        # Only labels listed in a selected category's c_<category>.csv are concepts; each one goes to
-        # its primary category (the selected category counting it most often in label.csv).
+        # Only labels listed in a selected category's c_<category>.csv are concepts; each one goes
+        # to its primary category (the selected category counting it most often in label.csv).
         categories = self.categories
         label_path = self.root / "label.csv"
         labels = _read_csv(label_path, ("number", "name", "category"))

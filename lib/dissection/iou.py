@@ -1,11 +1,12 @@
-"""Network dissection (Bau et al. 2017) of a layer, in its own basis and in rotated bases (Section 6).
+"""Network dissection (Bau et al. 2017) of a layer, in its own basis and in rotated bases (Section
+6).
 
 :func:`iou_scores` and :func:`dissect` implement the NetDissect algorithm. Each unit's threshold is
 its top ``quantile`` activation value over the dataset (:func:`quantile_thresholds`); its activation
 maps are upsampled bilinearly to the mask resolution and thresholded; the IoU with every concept is
 accumulated over the dataset, counting only images annotated for the concept's category; a unit
-detects its best concept if that IoU exceeds ``iou_threshold``. :func:`dissect` repeats this in bases
-rotated by ``Q^alpha`` (``lib.dissection.rotations``).
+detects its best concept if that IoU exceeds ``iou_threshold``. :func:`dissect` repeats this in
+bases rotated by ``Q^alpha`` (``lib.dissection.rotations``).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class _Tally:
         m: torch.Tensor,
         ann: torch.Tensor,
     ):
-        """Basis ``k``: unit-major activations ``acts`` ``(units, B, h, w)``, thresholds ``(units,)``."""
+        """Basis ``k``: unit-major activations ``acts`` ``(units, B, h, w)``, thresholds
+        ``(units,)``."""
         if self.upsample:
             acts = (acts.transpose(-1, -2) @ self.wh_t).transpose(
                 -1, -2
@@ -233,8 +235,8 @@ def iou_scores(
     ------
     ValueError
         If the activations are empty, not 4-d or hold NaN or infinite values; if the masks are not a
-        non-empty boolean ``(n, concepts, H, W)`` tensor with the activations' ``n``; if ``annotated``
-        is not boolean ``(n, concepts)``; if ``quantile`` is not in (0, 1).
+        non-empty boolean ``(n, concepts, H, W)`` tensor with the activations' ``n``; if
+        ``annotated`` is not boolean ``(n, concepts)``; if ``quantile`` is not in (0, 1).
     """
     _check_activations(activations)
     annotated = _check_masks(masks, annotated, activations.shape[0])

@@ -165,7 +165,8 @@ def imagenet_models(noresrelu_weights=None) -> dict:
       with the state dict saved at ``noresrelu_weights`` (the authors trained their own; torchvision
       has none), included only when that path is given;
     * ``convnext_tiny``: torchvision's ConvNeXt-T (``IMAGENET1K_V1``), at its last block output
-      ``features.7.2`` and inside that block at ``features.7.2.block.5`` (the expanded layer after GELU).
+      ``features.7.2`` and inside that block at ``features.7.2.block.5`` (the expanded layer after
+      GELU).
 
     Weights come from torchvision's cache (downloading them if the network allows).
 
@@ -241,8 +242,8 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
     Returns
     -------
     dict
-        ``{name: dict(model, label, layer, inner_layer, key, test_acc, arch, seconds)}``: ``layer`` is
-        :func:`dissection_layer`, ``inner_layer`` the activation inside that block; ``key`` is
+        ``{name: dict(model, label, layer, inner_layer, key, test_acc, arch, seconds)}``: ``layer``
+        is :func:`dissection_layer`, ``inner_layer`` the activation inside that block; ``key`` is
         the zoo's model key, ``test_acc`` the test accuracy (a fraction), ``arch`` the architecture
         settings as text (``"arch=resnet20, width=0.25"``), ``seconds`` the recorded training time.
     """

@@ -35,11 +35,13 @@ class DissectionResult:
     unique : numpy.ndarray
         int ``(n_alphas, n_rotations)``: distinct concepts the detectors detect.
     by_category : numpy.ndarray
-        int ``(n_alphas, n_rotations, n_categories)``: detectors whose concept is in ``categories[k]``.
+        int ``(n_alphas, n_rotations, n_categories)``: detectors whose concept is in
+        ``categories[k]``.
     iou : numpy.ndarray
         float64 ``(n_units, n_concepts)``: the IoU matrix (a fraction) of the unrotated basis.
     labels : list of dict
-        One per unit of the unrotated basis: ``unit``, ``concept``, ``category``, ``iou``, ``detector``.
+        One per unit of the unrotated basis: ``unit``, ``concept``, ``category``, ``iou``,
+        ``detector``.
     """
 
     layer: str
@@ -65,7 +67,8 @@ class DissectionResult:
 
     @property
     def interpretable_std(self) -> np.ndarray:
-        """float ``(n_alphas,)``: detector units per alpha, standard deviation over the rotations."""
+        """float ``(n_alphas,)``: detector units per alpha, standard deviation over the rotations.
+        """
         return self.interpretable.std(1)
 
     @property
@@ -75,7 +78,8 @@ class DissectionResult:
 
     @property
     def unique_std(self) -> np.ndarray:
-        """float ``(n_alphas,)``: distinct detected concepts per alpha, standard deviation over the rotations."""
+        """float ``(n_alphas,)``: distinct detected concepts per alpha, standard deviation over the
+        rotations."""
         return self.unique.std(1)
 
     def interpretable_fraction(self) -> tuple:

@@ -101,7 +101,8 @@ def random_rotation(n: int, generator=0) -> torch.Tensor:
 
 
 def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``Q^alpha = exp(alpha log Q)``: the minimal geodesic in SO(n) from I (alpha 0) to Q (alpha 1).
+    """``Q^alpha = exp(alpha log Q)``: the minimal geodesic in SO(n) from I (alpha 0) to Q (alpha
+    1).
 
     Uses the real Schur form ``Q = Z T Z^T`` (Z orthogonal; T block diagonal since Q is normal):
     each 2x2 block is a rotation by ``theta`` in (-pi, pi] of one plane, raised to ``alpha theta``;
@@ -167,7 +168,8 @@ def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def geodesic_checks(q: torch.Tensor, alphas, atol: float = 1e-9) -> dict:
-    """The properties that make ``Q^alpha`` (:func:`rotation_power`) a path of rotations from I to Q.
+    """The properties that make ``Q^alpha`` (:func:`rotation_power`) a path of rotations from I to
+    Q.
 
     Parameters
     ----------

@@ -58,9 +58,10 @@ def concept_dataset(
     ``n_images`` (default: the scale's ``dissection.images``) CIFAR-10 test images with their
     class labels, written
     once under ``cache_dir("broden")``. ``pasted=False`` leaves the images untouched: no pasted
-    textures and shapes, only the concepts computed from the photographs themselves (per-pixel colour
-    names and the image-level class). ``object_radius`` adds the ``object`` category: the image's
-    class in a central disc of that radius (pixels), a crude stand-in for Broden's object masks.
+    textures and shapes, only the concepts computed from the photographs themselves (per-pixel
+    colour names and the image-level class). ``object_radius`` adds the ``object`` category: the
+    image's class in a central disc of that radius (pixels), a crude stand-in for Broden's object
+    masks.
 
     Parameters
     ----------
@@ -150,7 +151,8 @@ def dissect_memo(
     Parameters
     ----------
     net : dict
-        ``model`` (the network) and ``key`` (what identifies its weights), as from :func:`zoo_models`.
+        ``model`` (the network) and ``key`` (what identifies its weights), as from
+        :func:`zoo_models`.
     layer : str
         The layer to dissect.
     dataset : BrodenDataset
@@ -212,7 +214,8 @@ def stage_scan(
     Returns
     -------
     dict
-        ``{name: [DissectionResult per stage, in forward order]}``, each cached by :func:`dissect_memo`.
+        ``{name: [DissectionResult per stage, in forward order]}``, each cached by
+        :func:`dissect_memo`.
     """
     return {
         name: [
@@ -324,8 +327,8 @@ def unit_examples(
     device=None,
     batch_size: int = 128,
 ) -> dict:
-    """The ``k`` images on which ``unit`` of ``layer`` is most active, with its thresholded map and the
-    concept's mask, for figures.
+    """The ``k`` images on which ``unit`` of ``layer`` is most active, with its thresholded map and
+    the concept's mask, for figures.
 
     Parameters
     ----------

@@ -125,7 +125,8 @@ def _texture(rng, kind: int, size: int, y0: int, x0: int, h: int, w: int):
 
 
 def _shape(rng, kind: int, size: int) -> np.ndarray:
-    """Boolean mask of shape ``SHAPE_NAMES[kind]`` with a random size and position inside the image."""
+    """Boolean mask of shape ``SHAPE_NAMES[kind]`` with a random size and position inside the image.
+    """
     r = rng.uniform(0.14, 0.25) * size
     cy, cx = rng.uniform(r + 1, size - r - 1, 2)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -298,7 +299,8 @@ def _reusable(root: Path, meta: dict) -> bool:
 
 def _categories(concepts: ConceptSpec, class_names, *, labelled: bool) -> tuple:
     # Label numbers: colours, textures, shapes, classes, in that order, from 1 (0 means "none").
-    # A category that no image can have (probability 0) is left out, as Broden lists only annotated ones.
+    # A category that no image can have (probability 0) is left out, as Broden lists only annotated
+    # ones.
     pasted = (
         ("texture", TEXTURE_NAMES, concepts.p_texture),
         ("shape", SHAPE_NAMES, concepts.p_shape),

@@ -17,7 +17,8 @@ def rotation_trend(alphas, counts, tolerance: float = 0.1) -> dict:
     alphas : sequence of float
         Positions on the path, length ``n_alphas`` >= 2.
     counts : array_like
-        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a :class:`DissectionResult`.
+        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a
+        :class:`DissectionResult`.
     tolerance : float
         The relative change (a fraction, >= 0) beyond which the count falls or rises.
 
@@ -95,26 +96,29 @@ def _permutation_p_value(
 def rotation_slope_test(
     alphas, counts, n_permutations: int = 10_000, seed: int = 0, level: float = 0.95
 ) -> dict:
-    """Is the change of a count along the rotation path significant? ``counts``: ``(n_alphas, n_rotations)``.
+    """Is the change of a count along the rotation path significant? ``counts``: ``(n_alphas,
+    n_rotations)``.
 
-    Each random rotation ``Q_r`` gives one curve ``counts[:, r]`` against ``alphas``, and the rotations
-    are independent draws, so the statistic is the mean over rotations of the least-squares slope of
-    each curve (units per unit of alpha; the change from alpha 0 to alpha 1 on the fitted line).
+    Each random rotation ``Q_r`` gives one curve ``counts[:, r]`` against ``alphas``, and the
+    rotations are independent draws, so the statistic is the mean over rotations of the
+    least-squares slope of each curve (units per unit of alpha; the change from alpha 0 to alpha 1
+    on the fitted line).
 
     * ``ci``: the ``level`` confidence interval of that mean slope, Student's t over the rotations
       (NaN with a single rotation).
     * ``p_value``: a two-sided permutation test of "the count does not depend on alpha": within each
       rotation's curve the counts are shuffled across the alphas (``n_permutations`` random shuffles
       from ``seed``), and ``p = (1 + #{|slope*| >= |slope|}) / (1 + n_permutations)``.
-    * ``verdict``: ``"falls"`` / ``"rises"`` if ``p < 1 - level`` and the interval lies below / above 0,
-      else ``"flat"`` (no significant change).
+    * ``verdict``: ``"falls"`` / ``"rises"`` if ``p < 1 - level`` and the interval lies below /
+      above 0, else ``"flat"`` (no significant change).
 
     Parameters
     ----------
     alphas : sequence of float
         Positions on the path, length ``n_alphas`` >= 2, not all equal.
     counts : array_like
-        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a :class:`DissectionResult`.
+        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a
+        :class:`DissectionResult`.
     n_permutations : int
         Random shuffles of the permutation test, >= 1.
     seed : int

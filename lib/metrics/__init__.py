@@ -1,9 +1,9 @@
 """Representation similarity measures of Section 5: G_ReLU- and orthogonal CKA and Procrustes.
 
 Every measure takes two feature arrays (numpy or torch, any device) with the same number of samples,
-either ``(n_samples, n_features)`` or conv features ``(n_samples, channels, height, width)``, and returns
-a Python float. The conventions are the authors' (``pnnl/modelsym``, see implementation-notes.md,
-"Similarity measures"). The package, one module per concern:
+either ``(n_samples, n_features)`` or conv features ``(n_samples, channels, height, width)``, and
+returns a Python float. The conventions are the authors' (``pnnl/modelsym``, see
+implementation-notes.md, "Similarity measures"). The package, one module per concern:
 
 - ``lib.metrics.preprocessing``: the channel view of the inputs, checks, what degenerate inputs do;
 - ``lib.metrics.normalization``: centring and per-channel normalisation (in float64);
@@ -11,7 +11,8 @@ a Python float. The conventions are the authors' (``pnnl/modelsym``, see impleme
 - ``lib.metrics.hsic``: HSIC and CKA from Gram matrices (U-centred, summed in float64);
 - ``lib.metrics.cka``: :func:`linear_cka`, :func:`rbf_cka`, :func:`grelu_cka` (Definition 5.3),
   :func:`orthogonal_cka`, their Gram forms and G_ReLU-CKA's memory estimates;
-- ``lib.metrics.procrustes``: :func:`grelu_procrustes` (Definition 5.2), :func:`orthogonal_procrustes`;
+- ``lib.metrics.procrustes``: :func:`grelu_procrustes` (Definition 5.2),
+  :func:`orthogonal_procrustes`;
 - ``lib.metrics.registry``: :data:`MEASURES`, every measure by name (its function, kind, invariance,
   preprocessing, Gram form and label); code handed a measure's name looks it up there;
 - ``lib.metrics.layers``: all layer pairs of two models' features (heatmaps, Table 2, layer

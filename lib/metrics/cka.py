@@ -1,4 +1,5 @@
-"""HSIC and the CKA measures of Section 5: G_ReLU-CKA, the authors' orthogonal CKA, linear and RBF CKA.
+"""HSIC and the CKA measures of Section 5: G_ReLU-CKA, the authors' orthogonal CKA, linear and RBF
+CKA.
 
 Every measure takes two feature arrays with the same number of samples (see
 ``lib.metrics.preprocessing``) and returns a Python float in ``[-1, 1]``.
@@ -6,14 +7,14 @@ Every measure takes two feature arrays with the same number of samples (see
 - :func:`grelu_cka` (Definition 5.3): each channel centred and scaled to unit norm over (samples,
   positions); max kernel ``K[i, j] = max_c <x_ic, x_jc>``; unbiased HSIC; invariant to channel
   permutations, positive channel scalings and per-channel translations.
-- :func:`orthogonal_cka` (the "orthogonal CKA" of Figs. 2 and 5): the same preprocessing and estimator
-  with the linear kernel on flattened features. Because every channel is rescaled separately it is
-  *not* invariant to rotations of channels in general (only to those preserving the channel norms,
-  e.g. any rotation of whitened channels); it equals ``linear_cka(normalize_channels(X),
-  normalize_channels(Y), debiased=True)``.
-- :func:`linear_cka` / :func:`rbf_cka`: CKA of Kornblith et al. 2019 (features centred per feature over
-  samples, no per-channel scaling, biased HSIC unless ``debiased``); invariant to any orthogonal
-  transform of the flattened features, to isotropic scaling and to translations.
+- :func:`orthogonal_cka` (the "orthogonal CKA" of Figs. 2 and 5): the same preprocessing and
+  estimator with the linear kernel on flattened features. Because every channel is rescaled
+  separately it is *not* invariant to rotations of channels in general (only to those preserving the
+  channel norms, e.g. any rotation of whitened channels); it equals
+  ``linear_cka(normalize_channels(X), normalize_channels(Y), debiased=True)``.
+- :func:`linear_cka` / :func:`rbf_cka`: CKA of Kornblith et al. 2019 (features centred per feature
+  over samples, no per-channel scaling, biased HSIC unless ``debiased``); invariant to any
+  orthogonal transform of the flattened features, to isotropic scaling and to translations.
 
 Every HSIC is computed as an inner product of centred Gram matrices
 (:func:`lib.metrics.hsic.u_center`), accumulated in float64, so float32 loses no more than the Gram
@@ -24,8 +25,8 @@ matrices' own round-off; inputs for which a CKA is undefined raise
 The max kernel is *not* positive semi-definite in general, contrary to Lemma 5.5: the points
 ``(1, 0), (0, 1), (1, 1)`` give the Gram matrix ``[[1, 0, 1], [0, 1, 1], [1, 1, 1]]`` whose
 determinant is -1. CKA stays within [-1, 1] anyway, because the unbiased HSIC is an inner product of
-"unbiasedly centred" Gram matrices (Cauchy-Schwarz); like every debiased CKA it can be slightly negative.
-:func:`grelu_cka_memory` and :func:`grelu_cka_max_samples` size G_ReLU-CKA's peak memory.
+"unbiasedly centred" Gram matrices (Cauchy-Schwarz); like every debiased CKA it can be slightly
+negative. :func:`grelu_cka_memory` and :func:`grelu_cka_max_samples` size G_ReLU-CKA's peak memory.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ __all__ = [
 ]
 
 
-# -- the measures -----------------------------------------------------------------------------------
+# -- the measures
+# -----------------------------------------------------------------------------------
 
 
 def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None) -> float:
     """Linear CKA of Kornblith et al. 2019 on flattened, centred features.
 
-    Biased: ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` (computed from the smaller of the feature-space
-    and sample-space forms); ``debiased=True`` uses the unbiased HSIC.
+    Biased: ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` (computed from the smaller of the
+    feature-space and sample-space forms); ``debiased=True`` uses the unbiased HSIC.
 
     Parameters
     ----------
@@ -158,8 +160,8 @@ def grelu_cka(
 
     Channels centred and scaled to unit norm over (samples, positions), max-kernel Gram matrices
     (:func:`lib.metrics.max_kernel_gram`), unbiased HSIC. Equals 1 when ``Y = X P D + 1 v^T`` on
-    channels (``P`` permutation, ``D`` positive diagonal, ``v`` one constant per channel). Peak memory:
-    :func:`grelu_cka_memory`.
+    channels (``P`` permutation, ``D`` positive diagonal, ``v`` one constant per channel). Peak
+    memory: :func:`grelu_cka_memory`.
 
     Parameters
     ----------
@@ -202,10 +204,10 @@ def orthogonal_cka(
 ) -> float:
     """The authors' "orthogonal CKA" (Figs. 2 and 5): :func:`grelu_cka` with the linear kernel.
 
-    Differs from :func:`linear_cka` in three ways: each channel is scaled to unit norm over (samples,
-    positions) (so the measure is invariant to positive per-channel scalings but not to general rotations
-    of channels), centring subtracts one mean per channel rather than one per (channel, position), and
-    HSIC is the unbiased estimator.
+    Differs from :func:`linear_cka` in three ways: each channel is scaled to unit norm over
+    (samples, positions) (so the measure is invariant to positive per-channel scalings but not to
+    general rotations of channels), centring subtracts one mean per channel rather than one per
+    (channel, position), and HSIC is the unbiased estimator.
 
     Parameters
     ----------
@@ -344,7 +346,8 @@ def linear_cka_gram(X, *, dtype=torch.float32, device=None, name: str = "X") -> 
     return _unit(f @ f.T, False, name)
 
 
-# -- memory -----------------------------------------------------------------------------------------
+# -- memory
+# -----------------------------------------------------------------------------------------
 
 
 def grelu_cka_memory(
@@ -358,11 +361,11 @@ def grelu_cka_memory(
 ) -> int:
     """Estimated peak bytes that :func:`grelu_cka` allocates (the caller's inputs not counted).
 
-    Peak = the first Gram matrix, the second and the channel-major copy of ``Y`` (or the copy of ``X``
-    before that), plus block temporaries counted twice, because the allocator keeps those of the first
-    Gram matrix, plus in float32 two float64 chunks of :data:`lib.metrics.preprocessing.STAGE_BYTES`
-    (centring, sums). The BLAS library adds a few tens of MiB on top
-    (``benchmarks/metrics_speed.py`` compares this estimate with a measured peak).
+    Peak = the first Gram matrix, the second and the channel-major copy of ``Y`` (or the copy of
+    ``X`` before that), plus block temporaries counted twice, because the allocator keeps those of
+    the first Gram matrix, plus in float32 two float64 chunks of
+    :data:`lib.metrics.preprocessing.STAGE_BYTES` (centring, sums). The BLAS library adds a few tens
+    of MiB on top (``benchmarks/metrics_speed.py`` compares this estimate with a measured peak).
 
     Parameters
     ----------

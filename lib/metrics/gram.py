@@ -1,10 +1,10 @@
 """Gram matrices of features for the CKA measures (``lib.metrics.cka``).
 
-:func:`linear_gram`, :func:`rbf_gram` (with Kornblith et al.'s bandwidth) and :func:`max_kernel_gram`,
-the max kernel of G_ReLU-CKA. The max kernel is computed block by block within a memory budget
-(:func:`block_plan`, :func:`blocked_max_kernel`), so that its temporaries never reach the
-``(n_samples, n_samples, channels)`` of a broadcast. Slow reference implementations for comparison live
-in ``tests/reference.py``.
+:func:`linear_gram`, :func:`rbf_gram` (with Kornblith et al.'s bandwidth) and
+:func:`max_kernel_gram`, the max kernel of G_ReLU-CKA. The max kernel is computed block by block
+within a memory budget (:func:`block_plan`, :func:`blocked_max_kernel`), so that its temporaries
+never reach the ``(n_samples, n_samples, channels)`` of a broadcast. Slow reference implementations
+for comparison live in ``tests/reference.py``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def _median(t: torch.Tensor) -> torch.Tensor:
 def rbf_gram(X, threshold: float = 1.0, **kw) -> torch.Tensor:
     """RBF Gram matrix ``exp(-||x_i - x_j||^2 / (2 sigma^2))`` of the flattened features.
 
-    As in Kornblith et al.'s ``gram_rbf``: ``sigma^2 = threshold^2 * median`` of the squared distances,
-    the median taken over all ``n_samples^2`` entries including the zero diagonal, so ``sigma`` is
-    ``threshold`` times the square root of that median.
+    As in Kornblith et al.'s ``gram_rbf``: ``sigma^2 = threshold^2 * median`` of the squared
+    distances, the median taken over all ``n_samples^2`` entries including the zero diagonal, so
+    ``sigma`` is ``threshold`` times the square root of that median.
 
     Parameters
     ----------
@@ -147,7 +147,8 @@ def block_plan(
     block : int
         Rows per block, at most ``n``.
     chunk : int
-        Channels per chunk, so that ``chunk * block^2 * itemsize`` fits ``memory_budget`` (at least 1).
+        Channels per chunk, so that ``chunk * block^2 * itemsize`` fits ``memory_budget`` (at least
+        1).
 
     Raises
     ------
@@ -227,7 +228,8 @@ def max_kernel_gram(
     dtype=torch.float64,
     device=None,
 ) -> torch.Tensor:
-    """Gram matrix of the max kernel ``K[i, j] = max_c sum_p X[i, c, p] X[j, c, p]`` (no preprocessing).
+    """Gram matrix of the max kernel ``K[i, j] = max_c sum_p X[i, c, p] X[j, c, p]`` (no
+    preprocessing).
 
     Parameters
     ----------
@@ -237,16 +239,17 @@ def max_kernel_gram(
     block_size : int, optional
         Rows (and columns) of one block; None chooses it from ``memory_budget``.
     memory_budget : float, optional
-        Bytes for the per-channel products of one block (the channel chunk is sized to fit; at least one
-        channel per chunk); None: 32 MiB on CPU, 1 GiB on CUDA. The block itself and its running maximum
-        add ``2 * block_size^2`` numbers.
+        Bytes for the per-channel products of one block (the channel chunk is sized to fit; at least
+        one channel per chunk); None: 32 MiB on CPU, 1 GiB on CUDA. The block itself and its running
+        maximum add ``2 * block_size^2`` numbers.
     dtype, device
         As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------
     torch.Tensor
-        ``(n_samples, n_samples)``, diagonal included (``max_c ||x_ic||^2``; the unbiased HSIC ignores it).
+        ``(n_samples, n_samples)``, diagonal included (``max_c ||x_ic||^2``; the unbiased HSIC
+        ignores it).
     """
     z = channel_major(X, dtype, device, "X")
     return blocked_max_kernel(z, block_size, memory_budget)

@@ -113,17 +113,17 @@ def similarity_matrices(
 ) -> dict:
     """Similarity of every layer of model A with every layer of model B, for several measures.
 
-    Each CKA Gram matrix is computed once per layer and model (:func:`normalized_gram`), so the cost is
-    ``len(feats_a) + len(feats_b)`` Gram matrices, not their product; A's matrices are held while B's
-    are computed one at a time (peak ``(len(feats_a) + 1) n_samples^2`` numbers per measure). The
-    Procrustes measures are computed pair by pair.
+    Each CKA Gram matrix is computed once per layer and model (:func:`normalized_gram`), so the cost
+    is ``len(feats_a) + len(feats_b)`` Gram matrices, not their product; A's matrices are held while
+    B's are computed one at a time (peak ``(len(feats_a) + 1) n_samples^2`` numbers per measure).
+    The Procrustes measures are computed pair by pair.
 
     Parameters
     ----------
     feats_a, feats_b : dict
-        ``{layer: features (n_samples, channels[, height, width])}`` of the two models on the same inputs
-        (e.g. from ``lib.similarity.layer_features``); the order of the dicts is the order of rows
-        and columns.
+        ``{layer: features (n_samples, channels[, height, width])}`` of the two models on the same
+        inputs (e.g. from ``lib.similarity.layer_features``); the order of the dicts is the order of
+        rows and columns.
     measures : sequence of str
         Names from :data:`lib.metrics.MATRIX_MEASURES`.
     pairs : str
@@ -143,9 +143,9 @@ def similarity_matrices(
     Returns
     -------
     dict
-        ``{measure: array (len(feats_a), len(feats_b))}``. Entries not computed are NaN: off the diagonal
-        for ``pairs="diagonal"``, and for the Procrustes measures every pair whose spatial shapes differ
-        (the authors compare same-shaped layers only).
+        ``{measure: array (len(feats_a), len(feats_b))}``. Entries not computed are NaN: off the
+        diagonal for ``pairs="diagonal"``, and for the Procrustes measures every pair whose spatial
+        shapes differ (the authors compare same-shaped layers only).
     """
     specs = {m: get_measure(m, MATRIX_MEASURES) for m in measures}
     check_choice("pairs", pairs, PAIR_MODES)
@@ -221,14 +221,14 @@ def same_layer_rate(S) -> float:
     Parameters
     ----------
     S : array
-        ``(n_layers, n_layers)`` similarity matrix, model A's layers as rows and B's as columns, in the
-        same order; NaN entries are not compared.
+        ``(n_layers, n_layers)`` similarity matrix, model A's layers as rows and B's as columns, in
+        the same order; NaN entries are not compared.
 
     Returns
     -------
     float
-        The fraction (0 to 1) of the rows with at least two compared entries whose largest entry is on
-        the diagonal (``best_matches(S)[i] == i``); NaN if no row has two.
+        The fraction (0 to 1) of the rows with at least two compared entries whose largest entry is
+        on the diagonal (``best_matches(S)[i] == i``); NaN if no row has two.
     """
     S = np.asarray(S, dtype=float)
     counted = (~np.isnan(S)).sum(axis=1) > 1
@@ -236,7 +236,8 @@ def same_layer_rate(S) -> float:
 
 
 def diagonal_summary(S, in_block=None) -> dict:
-    """Means of the diagonal of a same-architecture similarity matrix, as the paper reads Figs. 2 and 5.
+    """Means of the diagonal of a same-architecture similarity matrix, as the paper reads Figs. 2
+    and 5.
 
     Parameters
     ----------
@@ -249,10 +250,10 @@ def diagonal_summary(S, in_block=None) -> dict:
     Returns
     -------
     dict
-        ``same_layer``: :func:`same_layer_rate` (fraction); ``early`` and ``late``: mean diagonal over
-        the first and the last third of the layers (at least one layer each); ``in_block`` and
-        ``other``: mean diagonal over the layers inside residual blocks and over the others (both None
-        if no layer is inside a block).
+        ``same_layer``: :func:`same_layer_rate` (fraction); ``early`` and ``late``: mean diagonal
+        over the first and the last third of the layers (at least one layer each); ``in_block`` and
+        ``other``: mean diagonal over the layers inside residual blocks and over the others (both
+        None if no layer is inside a block).
     """
     d = np.diag(np.asarray(S, dtype=float))
     third = max(1, len(d) // 3)

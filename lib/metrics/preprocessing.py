@@ -1,11 +1,11 @@
 """Inputs of the similarity measures (:mod:`lib.metrics`): channel view, checks, degenerate inputs.
 
-Every measure takes feature arrays (numpy or torch, any device), either ``(n_samples, n_features)`` or
-conv features ``(n_samples, channels, height, width)`` (also ``(n_samples, channels, positions)``).
-:func:`to_channels` is the one place that maps inputs to the channel view ``(n_samples, channels,
-positions)``; flattened ``(n_samples, channels * positions)`` features are a reshape of it. Computation
-happens on the input's device (numpy: CPU; a CUDA tensor among the inputs: that device; or ``device=``,
-see :func:`compute_device`), in ``dtype`` (float64 by default).
+Every measure takes feature arrays (numpy or torch, any device), either ``(n_samples, n_features)``
+or conv features ``(n_samples, channels, height, width)`` (also ``(n_samples, channels,
+positions)``). :func:`to_channels` is the one place that maps inputs to the channel view
+``(n_samples, channels, positions)``; flattened ``(n_samples, channels * positions)`` features are a
+reshape of it. Computation happens on the input's device (numpy: CPU; a CUDA tensor among the
+inputs: that device; or ``device=``, see :func:`compute_device`), in ``dtype`` (float64 by default).
 
 The input checks (:func:`check_same_samples`, :func:`check_finite`), the exact power-of-two
 rescaling of extreme inputs (:func:`rescaled`, :func:`power_of_two_scale`) and the rule for

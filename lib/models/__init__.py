@@ -3,13 +3,13 @@
 Every builder attaches a :class:`SymmetrySpec` to the model it returns (except the ConvNeXt of
 Section 6): which parameter axes each hidden layer's intertwiner-group element acts on (the
 ``PermutationSpec`` idea of git-re-basin, generalised from permutations to any group of Table 1).
-``lib.symmetry`` reads the spec and never branches on the architecture; ``lib.stitching`` cuts models
-with :func:`split`.
+``lib.symmetry`` reads the spec and never branches on the architecture; ``lib.stitching`` cuts
+models with :func:`split`.
 
 Modules: ``spec`` (sites, specs and the small helpers that write them), ``myrtle``, ``resnet``,
 ``mlp``, ``convnext`` (one architecture each: blocks, builder, spec factory, cut), ``registry``
-(:data:`ARCHITECTURES` and the functions that work on any model) and ``features`` (hidden features of
-any model, streamed over images in chunks).
+(:data:`ARCHITECTURES` and the functions that work on any model) and ``features`` (hidden features
+of any model, streamed over images in chunks).
 """
 
 from .convnext import (

@@ -67,10 +67,10 @@ class ConvNeXtBlock(nn.Module):
 
     Notes
     -----
-    ``dw``: depthwise conv; ``pw1``/``pw2``: 1x1 convs to 4x the channels and back; ``act``: GELU (an
-    :class:`lib.activations.Activation`, so the expanded layer is a hidden layer). ``out`` is an identity on the
-    residual-stream output, so that ``features(model, x, ["<block>.out"])`` captures it.
-    :meth:`inner` and :meth:`outer` are the two halves of ``forward`` around ``act``.
+    ``dw``: depthwise conv; ``pw1``/``pw2``: 1x1 convs to 4x the channels and back; ``act``: GELU
+    (an :class:`lib.activations.Activation`, so the expanded layer is a hidden layer). ``out`` is an
+    identity on the residual-stream output, so that ``features(model, x, ["<block>.out"])`` captures
+    it. :meth:`inner` and :meth:`outer` are the two halves of ``forward`` around ``act``.
     """
 
     def __init__(
@@ -112,8 +112,8 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXtCIFAR(nn.Module):
-    """The network of :func:`convnext_cifar`: stem, stages of :class:`ConvNeXtBlock` with downsampling
-    between them, global average pool, LayerNorm, linear head.
+    """The network of :func:`convnext_cifar`: stem, stages of :class:`ConvNeXtBlock` with
+    downsampling between them, global average pool, LayerNorm, linear head.
 
     Parameters
     ----------
@@ -194,14 +194,16 @@ def convnext_cifar(
     kernel_size: int = 7,
     norm: str = "layer",
 ) -> ConvNeXtCIFAR:
-    """A small ConvNeXt (Liu et al. 2022) for 32x32 inputs: the paper's ConvNeXt analogue at CIFAR scale.
+    """A small ConvNeXt (Liu et al. 2022) for 32x32 inputs: the paper's ConvNeXt analogue at CIFAR
+    scale.
 
-    Stem: 3x3 conv (stride 1) + LayerNorm; stage ``s`` (``stage1``, ``stage2``, ...) has ``depths[s-1]``
-    :class:`ConvNeXtBlock` of ``round(32 * width * 2**(s-1))`` channels; between stages a LayerNorm and a
-    2x2 stride-2 conv halve the resolution (32, 16, 8 for three stages); head: global average pool,
-    LayerNorm, linear. No stochastic depth. Like ConvNeXt, no activation follows the residual
-    additions. For Section 6 dissect the last block output, ``f"stage{len(depths)}.{depths[-1]-1}.out"``
-    (``"stage3.1.out"`` by default, 8x8), the analogue of the paper's final residual output.
+    Stem: 3x3 conv (stride 1) + LayerNorm; stage ``s`` (``stage1``, ``stage2``, ...) has
+    ``depths[s-1]`` :class:`ConvNeXtBlock` of ``round(32 * width * 2**(s-1))`` channels; between
+    stages a LayerNorm and a 2x2 stride-2 conv halve the resolution (32, 16, 8 for three stages);
+    head: global average pool, LayerNorm, linear. No stochastic depth. Like ConvNeXt, no activation
+    follows the residual additions. For Section 6 dissect the last block output,
+    ``f"stage{len(depths)}.{depths[-1]-1}.out"`` (``"stage3.1.out"`` by default, 8x8), the analogue
+    of the paper's final residual output.
 
     Parameters
     ----------
@@ -216,8 +218,8 @@ def convnext_cifar(
     kernel_size : int
         The depthwise kernel, odd (ConvNeXt: 7).
     norm : str
-        ``"layer"`` (ConvNeXt's LayerNorm over channels, everywhere) or ``"batch"`` (BatchNorm in its
-        place, which trains faster on a CPU and in few epochs; the residual additions still have
+        ``"layer"`` (ConvNeXt's LayerNorm over channels, everywhere) or ``"batch"`` (BatchNorm in
+        its place, which trains faster on a CPU and in few epochs; the residual additions still have
         nothing after them).
 
     Returns
@@ -307,14 +309,15 @@ class ConvNeXt20(ConvNeXtCIFAR):
 
 
 def convnext20(width: float = 1.0, depth: int = 3, num_classes: int = 10) -> ConvNeXt20:
-    """A ConvNeXt-style network laid out like ResNet20: Section 6's ConvNeXt analogue at CIFAR scale.
+    """A ConvNeXt-style network laid out like ResNet20: Section 6's ConvNeXt analogue at CIFAR
+    scale.
 
     Stem: 3x3 conv (no bias) + BatchNorm, no activation; three stages of ``depth``
     :class:`ConvNeXtBlock` with ``round(16 * width * 2**(s-1))`` channels (ResNet20's 16/32/64 at
     width 1), each block ``x + pw2(GELU(pw1(BN(dw3x3(x)))))`` with nothing after the addition and no
     layer scale; between stages BatchNorm + 2x2 stride-2 conv (32, 16, 8 pixels); head: BatchNorm,
-    global average pool, linear. Kaiming-normal convolutions. Same channels, depth and resolutions as
-    ResNet20, so the two differ in the block and in the activation on the residual stream, and it
+    global average pool, linear. Kaiming-normal convolutions. Same channels, depth and resolutions
+    as ResNet20, so the two differ in the block and in the activation on the residual stream, and it
     trains with the ResNets' SGD recipe (measured at ``cpu`` scale, width 0.25, 8 epochs: 64.2 %
     against the ReLU ResNet's 66.9 %). The last residual output is ``f"stage3.{depth - 1}.out"``.
 
@@ -385,7 +388,8 @@ class ConvNeXtFront(nn.Module):
 
 
 class ConvNeXtBack(nn.Module):
-    """``(h, block_input) -> outputs``: the rest of a :class:`ConvNeXtCIFAR` after a block's ``act``.
+    """``(h, block_input) -> outputs``: the rest of a :class:`ConvNeXtCIFAR` after a block's
+    ``act``.
 
     Attributes
     ----------

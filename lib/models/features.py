@@ -137,8 +137,8 @@ def features(model: nn.Module, x: torch.Tensor, layers=None, batch_size: int = 5
     Returns
     -------
     dict
-        ``{name: tensor}`` on ``x``'s device, each ``(n, C, h, w)`` for conv layers or ``(n, C)`` for
-        dense ones.
+        ``{name: tensor}`` on ``x``'s device, each ``(n, C, h, w)`` for conv layers or ``(n, C)``
+        for dense ones.
     """
     batch_size = check_chunk_size(batch_size, "batch_size")
     if len(x) == 0:

@@ -49,7 +49,8 @@ def mlp(
     negative_slope: float = 0.01,
     degree: int | None = None,
 ) -> nn.Sequential:
-    """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between layers.
+    """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between
+    layers.
 
     Parameters
     ----------

@@ -40,7 +40,8 @@ def myrtle_spec(channels, activation: str, params: dict, batchnorm: bool) -> Sym
     Returns
     -------
     SymmetrySpec
-        Sites ``act1`` .. ``act4`` (the last three followed by a max-pool, so phi(A) must be positive).
+        Sites ``act1`` .. ``act4`` (the last three followed by a max-pool, so phi(A) must be
+        positive).
     """
     p = tuple(sorted(params.items()))
     sites, axes, layers = {}, {}, {}
@@ -61,7 +62,8 @@ def myrtle_spec(channels, activation: str, params: dict, batchnorm: bool) -> Sym
 def _conv_stage(
     i: int, c_in: int, c_out: int, batchnorm: bool, activation: str, params: dict
 ) -> OrderedDict:
-    # conv (with a bias only without BatchNorm), BatchNorm, activation, then a 2x2 max-pool after stage 1.
+    # conv (with a bias only without BatchNorm), BatchNorm, activation, then a 2x2 max-pool after
+    # stage 1.
     mods: OrderedDict = OrderedDict()
     mods[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm)
     if batchnorm:
@@ -106,7 +108,8 @@ def myrtle_cnn(
     -------
     nn.Sequential
         Inputs ``(N, in_channels, 32, 32)``, outputs ``(N, num_classes)``; with ``symmetry_spec``
-        (:func:`myrtle_spec`) and ``arch`` (the dict that :func:`lib.models.build` rebuilds it from).
+        (:func:`myrtle_spec`) and ``arch`` (the dict that :func:`lib.models.build` rebuilds it
+        from).
 
     Raises
     ------

@@ -69,7 +69,8 @@ ARCHITECTURES = {
     "convnext_cifar": Architecture(convnext_cifar, split_convnext, symmetric=False),
     "convnext20": Architecture(convnext20, split_convnext, symmetric=False),
 }
-"""dict: ``{name: Architecture}``; ``name`` is the ``"arch"`` entry of a model's architecture dict."""
+"""dict: ``{name: Architecture}``; ``name`` is the ``"arch"`` entry of a model's architecture dict.
+"""
 
 SPEC_ARCHITECTURES = tuple(name for name, a in ARCHITECTURES.items() if a.symmetric)
 """tuple of str: the architectures whose builders attach a :class:`SymmetrySpec`."""
@@ -178,7 +179,8 @@ def hidden_layers(model: nn.Module) -> list[str]:
     Returns
     -------
     list of str
-        The names of its :class:`lib.activations.Activation` modules (e.g. ``["act1", "act2", "act3", "act4"]``).
+        The names of its :class:`lib.activations.Activation` modules (e.g. ``["act1", "act2",
+        "act3", "act4"]``).
     """
     return [name for name, m in model.named_modules() if isinstance(m, Activation)]
 
@@ -190,7 +192,8 @@ def _check_hidden(model: nn.Module, layer: str) -> None:
 
 
 def split(model: nn.Module, layer: str) -> tuple:
-    """Cut ``model`` after hidden layer ``layer``: ``(front, back)`` with ``back(front(x)) == model(x)``.
+    """Cut ``model`` after hidden layer ``layer``: ``(front, back)`` with ``back(front(x)) ==
+    model(x)``.
 
     Parameters
     ----------
@@ -203,11 +206,11 @@ def split(model: nn.Module, layer: str) -> tuple:
     -------
     tuple
         ``front``: an ``nn.Module`` mapping inputs ``(N, ...)`` to the *state* at the layer, a tuple
-        whose first entry is the layer's output ``(N, C[, h, w])``; inside a residual block the second
-        is the block's input, which the rest of the network reads through the shortcut.
-        ``back``: an ``nn.Module`` mapping the state to the outputs ``(N, classes)``; ``back.inputs``
-        names the state's entries. Both share the model's modules (nothing is copied), so they follow
-        its train/eval mode and device.
+        whose first entry is the layer's output ``(N, C[, h, w])``; inside a residual block the
+        second is the block's input, which the rest of the network reads through the shortcut.
+        ``back``: an ``nn.Module`` mapping the state to the outputs ``(N, classes)``;
+        ``back.inputs`` names the state's entries. Both share the model's modules (nothing is
+        copied), so they follow its train/eval mode and device.
     """
     _check_hidden(model, layer)
     a = _architecture(model)
@@ -241,9 +244,9 @@ def forward_from(model: nn.Module, layer: str, h: torch.Tensor) -> torch.Tensor:
     Raises
     ------
     ValueError
-        For an unknown layer, and for a layer inside a residual block: there the rest of the network also
-        reads the block's input through the shortcut, so it is not a function of the layer's output alone
-        (Remark 3.6), and eq. (3.5)'s ``f_{>m}`` is not defined.
+        For an unknown layer, and for a layer inside a residual block: there the rest of the network
+        also reads the block's input through the shortcut, so it is not a function of the layer's
+        output alone (Remark 3.6), and eq. (3.5)'s ``f_{>m}`` is not defined.
     """
     _, back = split(model, layer)
     if len(back.inputs) > 1:
@@ -291,12 +294,12 @@ def layer_info(model: nn.Module) -> list[dict]:
     Returns
     -------
     list of dict
-        One dict per hidden layer, in forward order: ``name``; ``paper_index``, the layer's position in
-        ``enumerate(named_modules())`` of the *authors'* model (the numbering of the paper's figures:
-        Myrtle CNN 3, 6, 10, 14; ResNet20 stem 3, in-block ReLUs 8, 16, ..., 72, block outputs 11, 19,
-        ..., 75), which for a ``Sequential`` is its position in ours; ``in_block`` (inside a residual
-        block, marked ``*``); ``label`` (e.g. ``"10"`` or ``"8*"``); and ``channels`` (None without a
-        symmetry spec).
+        One dict per hidden layer, in forward order: ``name``; ``paper_index``, the layer's position
+        in ``enumerate(named_modules())`` of the *authors'* model (the numbering of the paper's
+        figures: Myrtle CNN 3, 6, 10, 14; ResNet20 stem 3, in-block ReLUs 8, 16, ..., 72, block
+        outputs 11, 19, ..., 75), which for a ``Sequential`` is its position in ours; ``in_block``
+        (inside a residual block, marked ``*``); ``label`` (e.g. ``"10"`` or ``"8*"``); and
+        ``channels`` (None without a symmetry spec).
     """
     spec = getattr(model, "symmetry_spec", None)
     a = _architecture(model)
@@ -321,7 +324,8 @@ def layer_info(model: nn.Module) -> list[dict]:
 
 
 def residual_outputs(model: nn.Module) -> list[str]:
-    """Module names of the residual-stream outputs (block outputs after the addition), in forward order.
+    """Module names of the residual-stream outputs (block outputs after the addition), in forward
+    order.
 
     Parameters
     ----------

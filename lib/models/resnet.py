@@ -105,11 +105,13 @@ class BasicBlock(nn.Module):
         self.act2 = Activation(activation, **params) if residual_activation else nn.Identity()
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
-        """``act1``'s output ``(N, out_ch, h, w)`` for the block input ``x`` ``(N, in_ch, H, W)``."""
+        """``act1``'s output ``(N, out_ch, h, w)`` for the block input ``x`` ``(N, in_ch, H, W)``.
+        """
         return self.act1(self.bn1(self.conv1(x)))
 
     def outer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The block's output from ``act1``'s output ``h`` and the block input ``x`` (for the shortcut)."""
+        """The block's output from ``act1``'s output ``h`` and the block input ``x`` (for the
+        shortcut)."""
         return self.act2(self.bn2(self.conv2(h)) + self.shortcut(x))
 
     def forward(self, x):
@@ -136,9 +138,9 @@ class ResNet(nn.Module):
 
     Notes
     -----
-    Modules: ``conv1``, ``bn1``, ``act1`` (the stem), ``layer1`` .. ``layer3`` (one ``Sequential`` of
-    blocks per stage), ``linear``. Convolutions and the head start Kaiming-normal. Inputs
-    ``(N, 3, 32, 32)``, outputs ``(N, num_classes)``.
+    Modules: ``conv1``, ``bn1``, ``act1`` (the stem), ``layer1`` .. ``layer3`` (one ``Sequential``
+    of blocks per stage), ``linear``. Convolutions and the head start Kaiming-normal. Inputs ``(N,
+    3, 32, 32)``, outputs ``(N, num_classes)``.
     """
 
     def __init__(
@@ -230,8 +232,8 @@ def resnet_spec(
     Returns
     -------
     SymmetrySpec
-        Sites ``stream1`` .. ``stream3`` (monomial, phi(A) = A; each later stream embeds the previous
-        one through the zero-padded shortcut) and ``layer{s}.{b}.act1`` (monomial).
+        Sites ``stream1`` .. ``stream3`` (monomial, phi(A) = A; each later stream embeds the
+        previous one through the zero-padded shortcut) and ``layer{s}.{b}.act1`` (monomial).
     """
     p = tuple(sorted(params.items()))
     stream = "stream1"
@@ -367,12 +369,13 @@ class ResNetFront(nn.Module):
     model : ResNet
         The network (shared, not copied).
     layer : str
-        A hidden layer: ``"act1"``, ``"layer{s}.{b}.act1"`` (inside a block) or ``"layer{s}.{b}.act2"``.
+        A hidden layer: ``"act1"``, ``"layer{s}.{b}.act1"`` (inside a block) or
+        ``"layer{s}.{b}.act2"``.
 
     Notes
     -----
-    The state is ``(h,)`` with ``h`` the layer's output, or ``(h, block_input)`` inside a block, where
-    the rest of the network also reads the block's input through the shortcut.
+    The state is ``(h,)`` with ``h`` the layer's output, or ``(h, block_input)`` inside a block,
+    where the rest of the network also reads the block's input through the shortcut.
     """
 
     def __init__(self, model: ResNet, layer: str):
@@ -389,7 +392,8 @@ class ResNetFront(nn.Module):
 
 
 class ResNetBack(nn.Module):
-    """``state -> outputs``: the rest of a :class:`ResNet` after a hidden layer (see :class:`ResNetFront`).
+    """``state -> outputs``: the rest of a :class:`ResNet` after a hidden layer (see
+    :class:`ResNetFront`).
 
     Attributes
     ----------
@@ -432,11 +436,13 @@ def split_resnet(model: ResNet, layer: str) -> tuple:
 
 
 def authors_index(model: ResNet, name: str) -> int:
-    """The position of hidden layer ``name`` in ``enumerate(named_modules())`` of the *authors'* ResNet20.
+    """The position of hidden layer ``name`` in ``enumerate(named_modules())`` of the *authors'*
+    ResNet20.
 
-    The authors' model registers conv1, bn1, r1, block_seq (one Sequential of all blocks), and in each
-    block conv1, bn1, r1, conv2, bn2, r2, shortcut: 8 positions per block, the first block at position
-    5. So the stem is 3, the in-block activations 8, 16, ..., 72 and the block outputs 11, 19, ..., 75.
+    The authors' model registers conv1, bn1, r1, block_seq (one Sequential of all blocks), and in
+    each block conv1, bn1, r1, conv2, bn2, r2, shortcut: 8 positions per block, the first block at
+    position 5. So the stem is 3, the in-block activations 8, 16, ..., 72 and the block outputs 11,
+    19, ..., 75.
 
     Parameters
     ----------

@@ -1,12 +1,13 @@
 """Symmetry as data: sites, the parameter axes their group elements act on, and the helpers that
 write them.
 
-A :class:`SymmetrySpec` says, for every parameter and buffer of a model, which axis the group element
-of which hidden activation space (a :class:`Site`) multiplies, and how: the ``PermutationSpec`` idea of
-git-re-basin, generalised from permutations to any intertwiner group of Table 1. Each architecture
-module builds its spec with a pure factory (``myrtle_spec``, ``resnet_spec``, ``mlp_spec``) out of the
-small helpers here: :func:`conv_axes`, :func:`dense_axes`, :func:`bias_axes`, :func:`norm_axes`.
-``lib.symmetry`` reads the spec and never branches on the architecture.
+A :class:`SymmetrySpec` says, for every parameter and buffer of a model, which axis the group
+element of which hidden activation space (a :class:`Site`) multiplies, and how: the
+``PermutationSpec`` idea of git-re-basin, generalised from permutations to any intertwiner group of
+Table 1. Each architecture module builds its spec with a pure factory (``myrtle_spec``,
+``resnet_spec``, ``mlp_spec``) out of the small helpers here: :func:`conv_axes`, :func:`dense_axes`,
+:func:`bias_axes`, :func:`norm_axes`. ``lib.symmetry`` reads the spec and never branches on the
+architecture.
 
 The module also holds what every builder shares: :func:`activation_params`, :func:`check_width`,
 :func:`check_memory`, and :func:`split_sequential`, the cut of a ``Sequential`` model (Myrtle CNN,
@@ -54,7 +55,8 @@ class Site:
     activation : str
         The activation applied at the site (a key of :data:`lib.activations.ACTIVATIONS`).
     params : tuple
-        The activation's parameters as sorted ``(key, value)`` pairs, e.g. ``(("negative_slope", 0.01),)``.
+        The activation's parameters as sorted ``(key, value)`` pairs, e.g. ``(("negative_slope",
+        0.01),)``.
     monomial : bool
         A per-channel layer (BatchNorm) sits between the linear map and the activation, so only
         monomial elements (permutation times diagonal) can pass through it.
@@ -136,7 +138,8 @@ def activation_params(activation: str, negative_slope: float | None) -> dict:
 
 
 def check_width(width) -> None:
-    """Raise ``ValueError`` unless ``width`` (a multiplier of the channel counts) is a finite number > 0.
+    """Raise ``ValueError`` unless ``width`` (a multiplier of the channel counts) is a finite number
+    > 0.
 
     A width <= 0 would otherwise be rounded up to 1-channel layers and trained without complaint.
 
@@ -225,7 +228,8 @@ def conv_axes(out_site: str | None, in_site: str | None, out_role: str = "out") 
     out_site, in_site : str or None
         The sites of the output and input channels (None: untouched, e.g. the image channels).
     out_role : str
-        ``"out"``, or ``"perm"`` when a BatchNorm follows the convolution (it takes the diagonal part).
+        ``"out"``, or ``"perm"`` when a BatchNorm follows the convolution (it takes the diagonal
+        part).
 
     Returns
     -------
@@ -283,7 +287,8 @@ def norm_axes(prefix: str, site: str) -> dict:
     -------
     dict
         ``{prefix.weight, prefix.bias: (site, "out")}`` (they take the element's diagonal) and
-        ``{prefix.running_mean, prefix.running_var: (site, "perm")}`` (statistics are only permuted).
+        ``{prefix.running_mean, prefix.running_var: (site, "perm")}`` (statistics are only
+        permuted).
     """
     return {
         f"{prefix}.weight": ((site, "out"),),

@@ -6,12 +6,13 @@ channels), then model B after that layer (``lib.models.split`` cuts both). A is 
 is computed once per image set; only the stitching layer trains.
 
 Modules: ``matching`` (Sinkhorn, Hungarian, activation matching, least squares, feature sums),
-``layers`` (:class:`StitchLayer`), ``surgery`` (A's state at a layer, :class:`Stitched`, :func:`stitch`),
-``training`` (:func:`train_stitch` under a ``lib.settings.StitchSettings``), ``curves``
-(evaluations within an epoch, :func:`last_quarter_change`), ``experiment`` (:func:`stitch_experiment`
-and its disk cache), ``variants`` (what a variant name runs under a protocol, its label and result
-key), ``sanity`` (the rotation penalty of Fig. 4: transform a pre-activation, freeze the
-front, fine-tune the rest) and ``finetune`` (that fine-tuning and its learning-rate schedules).
+``layers`` (:class:`StitchLayer`), ``surgery`` (A's state at a layer, :class:`Stitched`,
+:func:`stitch`), ``training`` (:func:`train_stitch` under a ``lib.settings.StitchSettings``),
+``curves`` (evaluations within an epoch, :func:`last_quarter_change`), ``experiment``
+(:func:`stitch_experiment` and its disk cache), ``variants`` (what a variant name runs under a
+protocol, its label and result key), ``sanity`` (the rotation penalty of Fig. 4: transform a
+pre-activation, freeze the front, fine-tune the rest) and ``finetune`` (that fine-tuning and its
+learning-rate schedules).
 """
 
 # The protocols' dataclasses live with the other settings; they are listed here beside their users.

@@ -4,8 +4,8 @@ memoised on disk.
 Every layer can start where the optimum of a closed-form problem is (``init="closed_form"``, the
 default): the full layer at the least-squares map of B's features on A's, a rank-r layer at the
 reduced-rank regression, and the G_ReLU layer at activation matching, all from one streaming pass
-(``lib.stitching.feature_moments``). ``init="random"`` is the paper's start (Kaiming-uniform full and
-rank layers without bias, Sinkhorn noise for G_ReLU).
+(``lib.stitching.feature_moments``). ``init="random"`` is the paper's start (Kaiming-uniform full
+and rank layers without bias, Sinkhorn noise for G_ReLU).
 """
 
 from __future__ import annotations
@@ -250,8 +250,8 @@ def stitch_experiment(
         ``clean`` (A's and B's test accuracies, fractions), ``layer``, ``n_train``, ``n_test``,
         ``moments_seconds`` (A's fronts and the feature sums, one pass) and ``variants[name]``:
         ``best_acc``, ``final_acc`` (fractions), ``penalty`` (eq. 4.3 with the best accuracy, a
-        fraction), ``final_penalty``, ``history`` (per evaluation, the start as epoch 0, each row with its
-        ``penalty``), ``matrix``, ``seconds``, ``kind``, ``rank``, ``init``, and for
+        fraction), ``final_penalty``, ``history`` (per evaluation, the start as epoch 0, each row
+        with its ``penalty``), ``matrix``, ``seconds``, ``kind``, ``rank``, ``init``, and for
         ``grelu``/``matching`` closed-form starts ``perm``/``scales``.
     """
     variants = [variants] if isinstance(variants, str) else list(variants)
@@ -320,7 +320,8 @@ def cached_experiment(
     *,
     seed: int = 0,
 ) -> dict:
-    """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes nothing.
+    """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes
+    nothing.
 
     The memo key is a hash of :func:`experiment_config`.
 

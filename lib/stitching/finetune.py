@@ -1,9 +1,9 @@
 """Fine-tuning the layers after a transformed pre-activation (the sanity test of Fig. 4).
 
-The tail trains on cached pre-activations with Adam, under one of :data:`SCHEDULES`: a linear decay to
-0 for the few epochs of small scales, or the authors' StepLR(12, 0.5) at ``paper`` scale (the fields
-of ``lib.settings.Scale.finetune``, a ``lib.settings.FinetuneSettings``, which holds the whole
-protocol).
+The tail trains on cached pre-activations with Adam, under one of :data:`SCHEDULES`: a linear decay
+to 0 for the few epochs of small scales, or the authors' StepLR(12, 0.5) at ``paper`` scale (the
+fields of ``lib.settings.Scale.finetune``, a ``lib.settings.FinetuneSettings``, which holds the
+whole protocol).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 SCHEDULES = ("linear", "constant", "step")
-"""tuple of str: learning-rate schedules of the fine-tuning: linear decay to 0 over all steps, constant, or
-the authors' StepLR (times ``gamma`` every ``step_size`` epochs)."""
+"""tuple of str: learning-rate schedules of the fine-tuning: linear decay to 0 over all steps,
+constant, or the authors' StepLR (times ``gamma`` every ``step_size`` epochs)."""
 ROTATION_STARTS = ("refit", "transformed")
 """tuple of str: the starts of the fine-tuning: after a least-squares refit of the next conv, or the
 paper's (the trained weights)."""
@@ -75,7 +75,8 @@ def _check_schedule(schedule: str, step_size) -> None:
 def tail_accuracy(
     net: nn.Module, z: torch.Tensor, y: torch.Tensor, precision: str, batch_size: int = 1000
 ) -> float:
-    """Accuracy (a fraction) of ``net`` in eval mode on cached pre-activations ``z`` ``(n, C, h, w)``."""
+    """Accuracy (a fraction) of ``net`` in eval mode on cached pre-activations ``z`` ``(n, C, h,
+    w)``."""
     dev = next(net.parameters()).device
     was = net.training
     net.eval()
@@ -109,7 +110,8 @@ def lr_schedule(
     opt : torch.optim.Optimizer
     schedule : str
         ``"linear"`` (from the rate to 0 over ``epochs * steps_per_epoch`` steps), ``"constant"`` or
-        ``"step"`` (the authors' ``StepLR(step_size, gamma)``: times ``gamma`` every ``step_size`` epochs).
+        ``"step"`` (the authors' ``StepLR(step_size, gamma)``: times ``gamma`` every ``step_size``
+        epochs).
     epochs, steps_per_epoch : int
         The length of the fine-tuning.
     step_size : int

@@ -13,7 +13,8 @@ from .matching import hungarian, sinkhorn
 __all__ = ["LAYER_KINDS", "StitchLayer"]
 
 LAYER_KINDS = ("full", "rank", "grelu")
-"""tuple of str: the kinds of stitching layer: any matrix, a rank-r product ``V U``, or ``P D`` (G_ReLU)."""
+"""tuple of str: the kinds of stitching layer: any matrix, a rank-r product ``V U``, or ``P D``
+(G_ReLU)."""
 
 
 class StitchLayer(nn.Module):
@@ -23,8 +24,8 @@ class StitchLayer(nn.Module):
     ----------
     kind : str
         ``"full"``: any ``(C, C)`` matrix; ``"rank"``: ``V U`` with ``U (r, C)``, ``V (C, r)``;
-        ``"grelu"``: ``P diag(d)`` with ``P`` in the Birkhoff polytope while training and rounded to a
-        permutation (Hungarian) when ``hard`` is set, ``d >= 0``.
+        ``"grelu"``: ``P diag(d)`` with ``P`` in the Birkhoff polytope while training and rounded to
+        a permutation (Hungarian) when ``hard`` is set, ``d >= 0``.
     channels : int
         C.
     rank : int, optional
@@ -129,7 +130,8 @@ class StitchLayer(nn.Module):
 
     @torch.no_grad()
     def set_matrix(self, M: torch.Tensor) -> None:
-        """Start from ``M`` ``(C, C)``: any matrix for ``full``, a monomial ``P D`` (e.g. a matching) for ``grelu``."""
+        """Start from ``M`` ``(C, C)``: any matrix for ``full``, a monomial ``P D`` (e.g. a
+        matching) for ``grelu``."""
         if self.kind == "rank":
             raise ValueError(
                 "set_matrix needs layer_kind 'full' or 'grelu'; a rank layer has no exact start"

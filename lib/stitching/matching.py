@@ -1,4 +1,5 @@
-"""Closed forms behind the stitching layers: Sinkhorn, Hungarian, activation matching, least squares.
+"""Closed forms behind the stitching layers: Sinkhorn, Hungarian, activation matching, least
+squares.
 
 Everything here works on features or on their float64 sums (the "moments": ``n``, ``ΣX``, ``ΣY``,
 ``XᵀX``, ``XᵀY``, ``ΣY²`` over samples), which are accumulated in a streaming pass
@@ -33,7 +34,8 @@ __all__ = [
 
 
 def sinkhorn(P: torch.Tensor, rounds: int = 16) -> torch.Tensor:
-    """Alternating row and column normalisations of a non-negative matrix (towards the Birkhoff polytope).
+    """Alternating row and column normalisations of a non-negative matrix (towards the Birkhoff
+    polytope).
 
     Parameters
     ----------
@@ -101,8 +103,8 @@ def moments_of(xa: torch.Tensor, xb: torch.Tensor) -> dict:
     Returns
     -------
     dict
-        ``n`` (samples), ``sa`` ``(C_a,)`` and ``sb`` ``(C_b,)`` (sums), ``aa`` ``(C_a, C_a)`` (``XᵀX``),
-        ``ab`` ``(C_a, C_b)`` (``XᵀY``) and ``bb`` ``(C_b,)`` (sums of squares).
+        ``n`` (samples), ``sa`` ``(C_a,)`` and ``sb`` ``(C_b,)`` (sums), ``aa`` ``(C_a, C_a)``
+        (``XᵀX``), ``ab`` ``(C_a, C_b)`` (``XᵀY``) and ``bb`` ``(C_b,)`` (sums of squares).
     """
     return dict(
         n=xa.shape[0], sa=xa.sum(0), sb=xb.sum(0), aa=xa.T @ xa, ab=xa.T @ xb, bb=(xb * xb).sum(0)
@@ -110,7 +112,8 @@ def moments_of(xa: torch.Tensor, xb: torch.Tensor) -> dict:
 
 
 def add_moments(total: dict | None, part: dict) -> dict:
-    """``total + part`` entry by entry (``part`` alone when ``total`` is None): one step of a streaming pass.
+    """``total + part`` entry by entry (``part`` alone when ``total`` is None): one step of a
+    streaming pass.
 
     Parameters
     ----------
@@ -176,8 +179,8 @@ def matching_from_moments(m: dict):
     """Activation matching from feature sums: ``(perm, scales)``, each of shape ``(C,)``.
 
     Channels are compared by their uncentred cosine similarity over all samples and positions (the
-    cross-correlation of G_ReLU-Procrustes, Section 5); the Hungarian algorithm maximises the matched
-    sum.
+    cross-correlation of G_ReLU-Procrustes, Section 5); the Hungarian algorithm maximises the
+    matched sum.
 
     Parameters
     ----------
@@ -188,7 +191,8 @@ def matching_from_moments(m: dict):
     -------
     tuple of torch.Tensor
         ``perm[i]`` (int64) is the channel of B matched to channel i of A and ``scales[i] >= 0``
-        (float32) the least-squares factor with ``features_b[:, perm[i]] ≈ scales[i] * features_a[:, i]``.
+        (float32) the least-squares factor with ``features_b[:, perm[i]] ≈ scales[i] * features_a[:,
+        i]``.
     """
     aa = m["aa"].diagonal()
     na, nb = aa.clamp_min(1e-24).sqrt(), m["bb"].clamp_min(1e-24).sqrt()
@@ -236,9 +240,10 @@ def least_squares(m: dict, rank: int | None = None, rcond: float = 1e-10):
     Without ``rank``: ordinary least squares of B's channels on A's (with a bias), i.e.
     ``W = Σ_ba Σ_aa⁺`` for the centred covariances. With ``rank = r``: reduced-rank regression, the
     least-squares map projected onto the top-r left singular vectors ``U_r`` of ``Σ_ba Σ_aa^{-1/2}``
-    (its singular directions in the metric of A's features), ``W_r = U_r U_rᵀ W``, which minimises the
-    squared error among maps of rank ``r``. Directions of A's features with variance below ``rcond``
-    times the largest (dead channels) are left out of the pseudo-inverse, so their weights are 0.
+    (its singular directions in the metric of A's features), ``W_r = U_r U_rᵀ W``, which minimises
+    the squared error among maps of rank ``r``. Directions of A's features with variance below
+    ``rcond`` times the largest (dead channels) are left out of the pseudo-inverse, so their weights
+    are 0.
 
     Parameters
     ----------
@@ -289,7 +294,8 @@ def matching_matrix(perm: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 def permutation_of(M: torch.Tensor) -> torch.Tensor:
-    """The permutation pattern of a (near-)monomial matrix: ``perm[i]`` is the row of column i's largest entry.
+    """The permutation pattern of a (near-)monomial matrix: ``perm[i]`` is the row of column i's
+    largest entry.
 
     Parameters
     ----------
@@ -312,7 +318,8 @@ def recovered_fraction(
     Parameters
     ----------
     perm, true_perm : torch.Tensor
-        ``(C,)`` permutations (:func:`matching_from_moments`, :func:`permutation_of`), on any devices.
+        ``(C,)`` permutations (:func:`matching_from_moments`, :func:`permutation_of`), on any
+        devices.
     alive : torch.Tensor, optional
         ``(C,)`` bool: count only these channels (channels that never fire are interchangeable, so a
         permutation is only defined on the live ones).

@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 ROTATION_KINDS = ("grelu", "orthogonal")
-"""tuple of str: the transforms of the sanity test: a random G_ReLU element or a random orthogonal matrix."""
+"""tuple of str: the transforms of the sanity test: a random G_ReLU element or a random orthogonal
+matrix."""
 
 
 class FixedChannelMap(nn.Module):
@@ -111,7 +112,8 @@ def _cut_after_conv(model: nn.Sequential, layer: str) -> int:
 
 
 def rotated_model(model: nn.Sequential, layer: str, A: torch.Tensor) -> nn.Sequential:
-    """A copy of ``model`` with ``A`` applied after its conv ``layer`` and everything up to there frozen.
+    """A copy of ``model`` with ``A`` applied after its conv ``layer`` and everything up to there
+    frozen.
 
     Parameters
     ----------
@@ -280,7 +282,8 @@ def rotation_penalty(
     seed: int = 0,
     fronts: tuple | None = None,
 ) -> dict:
-    """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front, fine-tune.
+    """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front,
+    fine-tune.
 
     Everything runs on the model's device.
 
@@ -313,8 +316,8 @@ def rotation_penalty(
         Accuracies as fractions: ``clean`` (the model on the cached test fronts), ``start`` (right
         after the transform), ``refit`` (after the refit; equal to ``start`` for ``"transformed"``),
         ``finetuned`` (best over the epochs, the start included), ``final`` (last epoch),
-        ``penalty = clean - finetuned`` and ``final_penalty`` (fractions); ``history`` (per evaluation,
-        with ``penalty``) and ``seconds``.
+        ``penalty = clean - finetuned`` and ``final_penalty`` (fractions); ``history`` (per
+        evaluation, with ``penalty``) and ``seconds``.
     """
     check_choice("kind", kind, ROTATION_KINDS)
     check_finetune(finetune)

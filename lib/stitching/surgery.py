@@ -1,4 +1,5 @@
-"""Model surgery for stitching: A's state at a layer, and the stitched model ``B_{>l} ∘ M ∘ A_{<=l}``.
+"""Model surgery for stitching: A's state at a layer, and the stitched model ``B_{>l} ∘ M ∘
+A_{<=l}``.
 
 Models are cut with ``lib.models.split``. A's *state* at a layer is what B's rest of the network
 needs: ``(h,)``, the layer's output, or inside a residual block ``(h, block_input)``. There the
@@ -200,7 +201,8 @@ class Stitched(nn.Module):
         super().__init__()
         self.model_a, self.model_b, self.layer, self.stitch = model_a, model_b, layer, stitch_layer
         self.a_front, self.b_back = split(model_a, layer)[0], split(model_b, layer)[1]
-        # B is the stitched model's own copy; A is shared with the caller and only run under no_grad.
+        # B is the stitched model's own copy; A is shared with the caller and only run under
+        # no_grad.
         for p in model_b.parameters():
             p.requires_grad_(False)
 
@@ -233,7 +235,8 @@ def stitch(
     generator: torch.Generator | None = None,
     bias: bool = False,
 ) -> Stitched:
-    """The stitched model ``B_{>layer} ∘ M ∘ A_{<=layer}`` with a new stitching layer of ``layer_kind``.
+    """The stitched model ``B_{>layer} ∘ M ∘ A_{<=layer}`` with a new stitching layer of
+    ``layer_kind``.
 
     Parameters
     ----------

@@ -1,8 +1,8 @@
 """Training a stitching layer on A's state under a protocol (``lib.settings.StitchSettings``).
 
 A's state is either cached (computed once on clean images) or computed per batch from augmented
-images (the authors' data loader); before each evaluation B's BatchNorm statistics may be re-estimated
-with the evaluated layer (the authors' ``--bn_epoch``, :func:`bn_epoch_stats`).
+images (the authors' data loader); before each evaluation B's BatchNorm statistics may be
+re-estimated with the evaluated layer (the authors' ``--bn_epoch``, :func:`bn_epoch_stats`).
 """
 
 from __future__ import annotations
@@ -34,13 +34,17 @@ __all__ = [
 ]
 
 INITS = ("closed_form", "random")
-"""tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
+"""tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random
+one."""
 GRELU_P = ("birkhoff", "fixed")
-"""tuple of str: how G_ReLU's permutation trains: on the Birkhoff polytope, or fixed at its start."""
+"""tuple of str: how G_ReLU's permutation trains: on the Birkhoff polytope, or fixed at its start.
+"""
 FRONTS = ("cached", "augmented")
-"""tuple of str: A's front computed once on clean images, or per batch from augmented ones (the authors')."""
+"""tuple of str: A's front computed once on clean images, or per batch from augmented ones (the
+authors')."""
 BN_EPOCH = ("none", "grelu", "all")
-"""tuple of str: the layer kinds that get the BatchNorm pass before each evaluation (:func:`bn_epoch_stats`)."""
+"""tuple of str: the layer kinds that get the BatchNorm pass before each evaluation
+(:func:`bn_epoch_stats`)."""
 
 
 def settings_for_scale(scale: str, **overrides) -> StitchSettings:
@@ -91,7 +95,8 @@ def check_settings(settings: StitchSettings) -> None:
 
 @torch.no_grad()
 def augmented_front(model: Stitched, x: torch.Tensor, generator: torch.Generator) -> tuple:
-    """A's state for uint8 images after the paper recipe's augmentation (random flip, translate by 2).
+    """A's state for uint8 images after the paper recipe's augmentation (random flip, translate by
+    2).
 
     Parameters
     ----------
@@ -105,7 +110,8 @@ def augmented_front(model: Stitched, x: torch.Tensor, generator: torch.Generator
     Returns
     -------
     tuple of torch.Tensor
-        As :func:`lib.stitching.front_features`: ``(h,)`` or ``(h, block_input)``, each ``(n, C, h, w)``.
+        As :func:`lib.stitching.front_features`: ``(h,)`` or ``(h, block_input)``, each ``(n, C, h,
+        w)``.
     """
     dev = next(model.stitch.parameters()).device
     recipe = RECIPES["paper"]
@@ -140,11 +146,11 @@ def hard_rounding(layer):
 def bn_epoch_stats(model: Stitched, states):
     """The authors' ``--bn_epoch`` pass: B's BatchNorm statistics re-estimated for one evaluation.
 
-    Inside the ``with`` block B's running statistics are those left by a no-grad pass over ``states``
-    with B in train mode and the stitching layer as evaluated (a G_ReLU layer's P rounded to a
-    permutation, :func:`hard_rounding`); on leaving it they are restored, so training goes on from
-    the statistics it had. (The authors run this pass, over a whole augmented epoch, before each
-    test of their G_ReLU runs.)
+    Inside the ``with`` block B's running statistics are those left by a no-grad pass over
+    ``states`` with B in train mode and the stitching layer as evaluated (a G_ReLU layer's P rounded
+    to a permutation, :func:`hard_rounding`); on leaving it they are restored, so training goes on
+    from the statistics it had. (The authors run this pass, over a whole augmented epoch, before
+    each test of their G_ReLU runs.)
 
     Parameters
     ----------
@@ -358,8 +364,8 @@ def train_stitch(
     model : Stitched
         The stitched model, its stitching layer already at its start.
     train_state : tuple of torch.Tensor or None
-        A's training fronts (``lib.stitching.front_features``), each ``(n, C, h, w)``; unused (may be
-        None) with ``settings.fronts == "augmented"``.
+        A's training fronts (``lib.stitching.front_features``), each ``(n, C, h, w)``; unused (may
+        be None) with ``settings.fronts == "augmented"``.
     y_train, y_test : torch.Tensor
         Labels ``(n,)``, one per training image and per test front.
     test_state : tuple of torch.Tensor
@@ -369,19 +375,19 @@ def train_stitch(
         start only. With ``lr_decay`` the
         learning rate falls linearly from ``lr`` to 0 over all steps.
     seed : int
-        Seed of the batch order (and, ``seed + 1``, of the augmentation; ``seed + 2``, of the batches
-        of the BatchNorm pass).
+        Seed of the batch order (and, ``seed + 1``, of the augmentation; ``seed + 2``, of the
+        batches of the BatchNorm pass).
     train_images : torch.Tensor, optional
         uint8 training images ``(n, H, W, 3)``, needed with ``settings.fronts == "augmented"``.
 
     Returns
     -------
     dict
-        ``history`` (one row per evaluation, ``evals_per_epoch`` per epoch, the start as epoch 0: ``epoch``
-        (fractional between epochs' ends), ``loss`` (mean training
-        cross-entropy, nats), ``test_acc`` (fraction)), ``best_acc`` (best test accuracy over the
-        rows, the authors' choice, a fraction), ``final_acc`` (last row), ``matrix`` (final ``(C, C)``
-        map, rounded for grelu) and ``seconds``.
+        ``history`` (one row per evaluation, ``evals_per_epoch`` per epoch, the start as epoch 0:
+        ``epoch`` (fractional between epochs' ends), ``loss`` (mean training cross-entropy, nats),
+        ``test_acc`` (fraction)), ``best_acc`` (best test accuracy over the rows, the authors'
+        choice, a fraction), ``final_acc`` (last row), ``matrix`` (final ``(C, C)`` map, rounded for
+        grelu) and ``seconds``.
     """
     check_settings(settings)
     state_of = _train_source(model, train_state, y_train, settings, seed, train_images)

@@ -1,11 +1,11 @@
 """What a stitching variant is, and the name it is shown and recorded under.
 
 A variant name (``"grelu"``, ``"rank4_random"``, ...) says which kind of layer is stitched; what was
-run also depends on the protocol: a G_ReLU layer whose permutation stays at activation matching while
-only its scales train (``grelu_p="fixed"``) is not the paper's Birkhoff-trained layer, and a layer
-that starts from a closed-form fit is not one trained from the paper's random start. :func:`describe`
-resolves a name under a protocol into a :class:`Variant` whose ``label`` (tables, legends) and
-``key`` (recorded results) say what ran, so every chapter names a variant the same way.
+run also depends on the protocol: a G_ReLU layer whose permutation stays at activation matching
+while only its scales train (``grelu_p="fixed"``) is not the paper's Birkhoff-trained layer, and a
+layer that starts from a closed-form fit is not one trained from the paper's random start.
+:func:`describe` resolves a name under a protocol into a :class:`Variant` whose ``label`` (tables,
+legends) and ``key`` (recorded results) say what ran, so every chapter names a variant the same way.
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ def fig1_protocol(
     Returns
     -------
     tuple
-        ``(settings, stitch_images, eval_images)``: the :class:`StitchSettings`, the training images of
-        each stitching layer, and the test images of its accuracies (``None``: all 10,000).
+        ``(settings, stitch_images, eval_images)``: the :class:`StitchSettings`, the training images
+        of each stitching layer, and the test images of its accuracies (``None``: all 10,000).
     """
     fig1 = scale_settings(scale).fig1
     protocol = fig1.protocol
