@@ -54,7 +54,10 @@ PROBE = r"""
   const done = () => {
     const math = document.querySelectorAll('.math');
     if (!math.length) return false;
-    for (const e of math) { const t = e.textContent; if (t.includes('\\(') || t.includes('\\[')) return false; }
+    for (const e of math) {
+      const t = e.textContent;
+      if (t.includes('\\(') || t.includes('\\[')) return false;
+    }
     return true;
   };
   window.__typeset = new Promise(resolve => {
@@ -72,14 +75,14 @@ KATEX_TAGS = """<link rel="stylesheet" href="{s}/katex/katex.min.css">
 <script defer src="{s}/katex/katex.min.js"></script>
 <script defer src="{s}/katex/contrib/auto-render.min.js"></script>
 <script>document.addEventListener("DOMContentLoaded", () => renderMathInElement(document.body, {{
-  delimiters: [{{left: "\\\\[", right: "\\\\]", display: true}}, {{left: "\\\\(", right: "\\\\)", display: false}}],
+  delimiters: [{{left: "\\\\[", right: "\\\\]", display: true}},
+               {{left: "\\\\(", right: "\\\\)", display: false}}],
   throwOnError: false}}));</script>
 """
 
 
 def katex_page(page: Path, dist: Path) -> Path:
-    """A copy of ``page`` that typesets with KaTeX from ``<book>/_static/katex`` instead of MathJax.
-    """
+    """A copy of ``page`` that typesets with KaTeX (from ``<book>/_static/katex``), not MathJax."""
     static = page.parent.parent / "_static"
     shutil.copytree(dist, static / "katex", dirs_exist_ok=True)
     html = page.read_text()
@@ -99,7 +102,8 @@ def katex_page(page: Path, dist: Path) -> Path:
 async def _measure(ws_url: str, url: str) -> dict:
     ws = await websocket_connect(ws_url, max_message_size=1 << 28)
     ids = iter(range(1, 1 << 30))
-    loaded = []  # every URL the page requested (the Resource Timing API does not list file:// loads)
+    # Every URL the page requested (the Resource Timing API does not list file:// loads).
+    loaded = []
 
     async def call(method, **params):
         i = next(ids)
@@ -170,8 +174,7 @@ def measure(chromium: str, page: Path) -> dict:
 
 
 def weight(page: Path, resources: list[str], pattern: str) -> tuple[int, int]:
-    """Bytes of the page and every local file it loaded, and of those whose URL matches ``pattern``.
-    """
+    """Bytes of the page and every local file it loaded, and of those whose URL has ``pattern``."""
     files = {page} | {Path(unquote(urlparse(u).path)) for u in resources if u.startswith("file:")}
     sizes = {f: f.stat().st_size for f in files if f.is_file()}
     return sum(sizes.values()), sum(
@@ -189,16 +192,17 @@ def main(argv=None):
     variants = {"MathJax 3 (sphinx-mathjax-offline)": (args.page, "mathjax")}
     if args.katex_dist:
         variants["KaTeX (npm katex)"] = (katex_page(args.page, args.katex_dist), "katex")
-    print(
-        f"{args.page.relative_to(ROOT) if args.page.is_relative_to(ROOT) else args.page}, {args.runs} cold runs each"
-    )
+    page = args.page.relative_to(ROOT) if args.page.is_relative_to(ROOT) else args.page
+    print(f"{page}, {args.runs} cold runs each")
     for name, (page, pattern) in variants.items():
         runs = [measure(args.chromium, page) for _ in range(args.runs)]
         total, math = weight(page, runs[0]["resources"], pattern)
         typeset = [r["typeset"] for r in runs]
         print(
-            f"{name}: {runs[0]['formulas']} formulas; typeset at {statistics.median(typeset):.0f} ms "
-            f"(min {min(typeset):.0f}, max {max(typeset):.0f}) after navigation start; page weight {total / 1024:.0f} KiB of which math "
+            f"{name}: {runs[0]['formulas']} formulas; "
+            f"typeset at {statistics.median(typeset):.0f} ms "
+            f"(min {min(typeset):.0f}, max {max(typeset):.0f}) after navigation start; "
+            f"page weight {total / 1024:.0f} KiB of which math "
             f"{math / 1024:.0f} KiB ({len(runs[0]['resources'])} files loaded)"
         )
 

@@ -64,8 +64,7 @@ def timed(fn):
 
 
 def row_loop_time(z, kind, stride):
-    """Time of the reference row loop over all rows, from every ``stride``-th row; and those rows.
-    """
+    """Time of the reference row loop over all rows, from every ``stride``-th row, and the rows."""
     n = z.shape[0]
     rows = list(range(min(stride // 2, n - 1), n, stride))
     total, got = 0.0, {}
@@ -144,14 +143,12 @@ def run_size(args, size, dtype):
 def memory_report(args, size, dtype):
     shape = (args.channels, size, size)
     size_b = torch.empty(0, dtype=dtype).element_size()
-    print(
-        f"\nlargest N within {fmt_bytes(args.memory_budget)} at {size}x{size} ({args.channels} channels):"
-    )
+    budget = fmt_bytes(args.memory_budget)
+    print(f"\nlargest N within {budget} at {size}x{size} ({args.channels} channels):")
     for dt in (torch.float64, torch.float32):
         n = M.grelu_cka_max_samples(args.memory_budget, shape, dtype=dt)
-        print(
-            f"  library grelu_cka, {str(dt):14s} N = {n}  (estimate {fmt_bytes(M.grelu_cka_memory(n, shape, dtype=dt))})"
-        )
+        estimate = fmt_bytes(M.grelu_cka_memory(n, shape, dtype=dt))
+        print(f"  library grelu_cka, {str(dt):14s} N = {n}  (estimate {estimate})")
     # The naive reference needs the library's Gram matrices and copies plus its (N, N, C) tensor.
     n = M.grelu_cka_max_samples(args.memory_budget, shape, dtype=dtype)
     while (
@@ -197,7 +194,8 @@ def memory_check(args, size):
     measured = int(out.stdout.split()[-1])
     estimate = M.grelu_cka_memory(n, (args.channels, size, size))
     print(
-        f"memory check at N={n}, {size}x{size}: measured peak {fmt_bytes(measured)}, estimate {fmt_bytes(estimate)}"
+        f"memory check at N={n}, {size}x{size}: measured peak {fmt_bytes(measured)}, "
+        f"estimate {fmt_bytes(estimate)}"
     )
 
 

@@ -85,8 +85,8 @@ def main():
     base = baseline(models.build(arch, seed=0), x, y, args.batch_size, device, args.workers)
     lib_ips = library(models.build(arch, seed=0), data, args.images, args.batch_size, device)
     print(
-        f"{args.arch} width {args.width}, {args.images} images, batch {args.batch_size}, device {device}, "
-        f"{torch.get_num_threads()} threads"
+        f"{args.arch} width {args.width}, {args.images} images, batch {args.batch_size}, "
+        f"device {device}, {torch.get_num_threads()} threads"
     )
     print(f"baseline (DataLoader + PIL transforms, {args.workers} workers): {base:8.0f} images/s")
     print(f"lib.train (on-device batches, channels_last):        {lib_ips:8.0f} images/s")

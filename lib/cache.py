@@ -269,8 +269,8 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 
 #: The version of every memo key. Keys are derived from everything a result depends on (its settings
-#: as ``dataclasses.asdict``, model and image digests), never curated; bump this when the code changes
-#: what a result means, so that every cached result is computed again.
+#: as ``dataclasses.asdict``, model and image digests), never curated; bump this when the code
+#: changes what a result means, so that every cached result is computed again.
 MEMO_VERSION = 3
 
 
@@ -336,7 +336,7 @@ def memo(kind: str, config: dict, compute, root=None):
         write_checked(path, pickle.dumps(value))
     except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
         warnings.warn(
-            f"the result {kind}/{key} was computed but could not be cached ({exc}); it is returned, "
-            f"and will be computed again next time"
+            f"the result {kind}/{key} was computed but could not be cached ({exc}); "
+            f"it is returned, and will be computed again next time"
         )
     return value

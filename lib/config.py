@@ -183,7 +183,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 #: may run in bfloat16 autocast: on CUDA, and on CPUs with AMX or AVX512-BF16, where it measured
 #: 1.4-2.4x faster per training step for the Myrtle CNN and ResNet20 (it is slower for the
 #: LayerNorm/depthwise ConvNeXt, whose recipe asks for "float32"). Everything whose result is
-#: asserted to be exact runs under :func:`lib.config.exact_mode`: float32 with autocast and TF32 off.
+#: asserted to be exact runs under :func:`lib.config.exact_mode`: float32 with autocast and TF32
+#: off.
 PRECISIONS = ("bulk", "float32")
 
 

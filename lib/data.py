@@ -46,7 +46,8 @@ DATASETS = ("cifar10", "synthetic")
 #: Per-channel (R, G, B) mean of the normalisation on the 0-255 scale, as the authors' code
 #: (implementation notes).
 MEAN = (125.307, 122.961, 113.8575)
-#: Per-channel (R, G, B) standard deviation of the normalisation on the 0-255 scale, as :data:`MEAN`.
+#: Per-channel (R, G, B) standard deviation of the normalisation on the 0-255 scale, as
+#: :data:`MEAN`.
 STD = (51.5865, 50.847, 51.255)
 
 
@@ -90,8 +91,7 @@ class Dataset:
             setattr(self, f"y_{split}", y)
 
     def describe(self) -> str:
-        """One line naming the data, where they came from and the split sizes (for chapter output).
-        """
+        """One line naming the data, where they came from and the split sizes (chapter output)."""
         return (
             f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
             f"{len(self.x_test)} test images"
@@ -134,7 +134,10 @@ def _check_images(x: torch.Tensor, name: str) -> None:
     if x.ndim == 4 and x.shape[-1] != 3 and x.shape[1] == 3:
         hint = " It looks channels-first: pass x.permute(0, 2, 3, 1)."
     elif x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1):
-        hint = " It looks grayscale: repeat the channel, e.g. x.reshape(*x.shape[:3], 1).expand(-1, -1, -1, 3)."
+        hint = (
+            " It looks grayscale: repeat the channel, "
+            "e.g. x.reshape(*x.shape[:3], 1).expand(-1, -1, -1, 3)."
+        )
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(
             f"{name} must be images of shape (n, height, width, 3) (channels last, RGB); got shape "

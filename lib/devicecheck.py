@@ -55,8 +55,7 @@ matplotlib.use("Agg")
 
 
 def _split_cell(cell: str) -> tuple[str, str]:
-    """A code cell's option header (``:tags: [...]`` lines or a ``---`` YAML block) and its source.
-    """
+    """A code cell's option header (``:tags: [...]`` lines or a ``---`` YAML block), its source."""
     lines = cell.splitlines()
     head = 0
     if lines and lines[0].strip() == "---":
@@ -116,7 +115,8 @@ def chapter_script(chapter: str | os.PathLike, parameters: dict | None = None) -
         body = re.sub(r"^%matplotlib.*$", "", body, flags=re.M)
         if re.search(r"^\s*[%!]", body, re.M):
             raise ValueError(
-                f"{chapter}: cell {i} uses an IPython magic or shell escape, which a script cannot run"
+                f"{chapter}: cell {i} uses an IPython magic or shell escape, "
+                "which a script cannot run"
             )
         parts.append(f"# -- cell {i}\n{body}")
         if not injected and re.search(r"tags:.*\bparameters\b", header):
@@ -252,7 +252,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
-            "devicecheck: no CUDA device on this machine; nothing to check (use --device cpu to run it on the CPU)"
+            "devicecheck: no CUDA device on this machine; nothing to check "
+            "(use --device cpu to run it on the CPU)"
         )
         return 0
     env = dict(os.environ, SYMMETRIES_DEVICE=args.device, SYMMETRIES_SCALE="smoke")

@@ -78,7 +78,7 @@ def bars_with_errors(
                 zorder=3,
                 label="paper" if k == 0 else None,
             )
-    ax.set_xticks(x, [str(l) for l in labels])
+    ax.set_xticks(x, [str(label) for label in labels])
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     return fig
@@ -302,7 +302,7 @@ def log_bars(
         ax.axhline(hline, color="k", ls="--", lw=0.8)
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor / 10)
-    ax.set_xticks(x, [str(l) for l in labels], rotation=30, ha="right")
+    ax.set_xticks(x, [str(label) for label in labels], rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     return fig

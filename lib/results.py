@@ -468,7 +468,8 @@ def main(argv=None) -> int:
         f"{n} key(s) differ between {args.a} and {args.b}"
         if diffs
         else f"no differences between {args.a} and "
-        f"{args.b} (rtol {args.rtol:g}, atol {args.atol:g}, ignoring {', '.join(args.ignore) or 'nothing'})"
+        f"{args.b} (rtol {args.rtol:g}, atol {args.atol:g}, "
+        f"ignoring {', '.join(args.ignore) or 'nothing'})"
     )
     return 1 if diffs else 0
 

@@ -247,8 +247,7 @@ def _completed_runs(out_dir: Path, statuses: list[dict]) -> list[dict]:
 
 
 def _run_safely(chapter: str, params: dict, out_dir: str, timeout: float | None) -> dict:
-    """:func:`run_one`, with any exception turned into a failed status so that the other runs go on.
-    """
+    """:func:`run_one`, with any exception turned into a failed status, so the other runs go on."""
     try:
         return run_one(chapter, params, out_dir, timeout)
     except Exception as exc:
@@ -291,7 +290,8 @@ def chapter_parameters(chapter: str) -> list[str]:
                 names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
             return names
     raise ValueError(
-        f"{chapter} has no cell tagged 'parameters'; a sweep can only set the names such a cell defines"
+        f"{chapter} has no cell tagged 'parameters'; "
+        "a sweep can only set the names such a cell defines"
     )
 
 

@@ -361,7 +361,7 @@ def site_groups(model) -> list[dict]:
                 group=group.description,
                 phi=group.phi_description,
                 reasons="; ".join(reasons) or "none",
-                layers=", ".join(l for l, s in spec.layers.items() if s == name),
+                layers=", ".join(layer for layer, s in spec.layers.items() if s == name),
             )
         )
     return rows
@@ -413,8 +413,10 @@ def transform_errors(
     new, elements = random_transform(model, generator, sigma=sigma)
     f, f_new = features(model, x), features(new, x)
     eq35 = max(
-        relative_change(f_new[l], transform_features(f[l], feature_transform(model, l, elements)))
-        for l in hidden_layers(model)
+        relative_change(
+            f_new[layer], transform_features(f[layer], feature_transform(model, layer, elements))
+        )
+        for layer in hidden_layers(model)
     )
     moved = max(relative_change(p_new, p) for p_new, p in zip(new.parameters(), model.parameters()))
     return dict(

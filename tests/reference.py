@@ -52,8 +52,7 @@ def max_kernel_naive(X) -> torch.Tensor:
 
 
 def kornblith_unbiased_center(K: np.ndarray) -> np.ndarray:
-    """Kornblith et al.'s ``center_gram(unbiased=True)`` of a Gram matrix ``(n, n)``, written out.
-    """
+    """Kornblith et al.'s ``center_gram(unbiased=True)`` of a Gram matrix ``(n, n)``, by hand."""
     n = len(K)
     K = K.copy()
     np.fill_diagonal(K, 0)

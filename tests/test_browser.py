@@ -59,7 +59,10 @@ def _chromium() -> str | None:
 
 def _missing() -> str | None:
     if not (HTML / "book").is_dir():
-        return f"no built book in {HTML} (run: SYMMETRIES_SCALE=smoke jupyter-book build . -W -n --keep-going)"
+        return (
+            f"no built book in {HTML} "
+            "(run: SYMMETRIES_SCALE=smoke jupyter-book build . -W -n --keep-going)"
+        )
     if _chromium() is None:
         return "no Chromium found (apt-get install chromium, or set $CHROMIUM)"
     return None

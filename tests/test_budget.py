@@ -25,7 +25,8 @@ def test_cpu_zoo_training_fits_the_book_budget():
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 1.5 * cores:
         pytest.skip(
-            f"load average {load:.1f} on {cores} cores: a throughput calibration would measure the load"
+            f"load average {load:.1f} on {cores} cores: "
+            "a throughput calibration would measure the load"
         )
     est = zoo.estimate_book_seconds("cpu", steps=2)
     total = sum(e["seconds"] for e in est.values())

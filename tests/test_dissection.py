@@ -965,9 +965,12 @@ def test_dissect_memo_caches(concept_ds, tmp_path, monkeypatch):
 
 def test_trio_families_at_cpu_share_and_compare():
     book = zoo.book_models("cpu")
-    key = lambda name, i=0: zoo.model_key(
-        book[name]["arch"], book[name]["recipe"], book[name]["seeds"][i], "data"
-    )
+
+    def key(name, i=0):
+        return zoo.model_key(
+            book[name]["arch"], book[name]["recipe"], book[name]["seeds"][i], "data"
+        )
+
     # The ReLU ResNet of Section 6 is the slope sweep's first model: trained once by the zoo step.
     assert key("resnet20_dissection") == key("resnet20_slope0")
     assert book["resnet20_noresrelu"]["arch"] == dict(

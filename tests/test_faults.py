@@ -248,7 +248,11 @@ def test_changed_checkpoint_bytes_are_not_resumed(
 
 def test_changed_memo_entry_is_recomputed_not_served(tmp_path):
     calls = []
-    compute = lambda: calls.append(1) or {"x": 0.125}
+
+    def compute():
+        calls.append(1)
+        return {"x": 0.125}
+
     cache.memo("k", {"a": 1}, compute, root=tmp_path)
     path = next((tmp_path / "k").glob("*.pkl"))
     raw = path.read_bytes()
@@ -509,7 +513,10 @@ def test_results_json_collects_every_completed_run_of_the_folder(tmp_path, fake_
     # Issue 26: sweeping seeds 4, 5, 6 and then seed 4 again left seed 4 alone in results.json.
     chapter, out = _tiny_chapter(tmp_path), tmp_path / "runs"
     results = out / "tiny" / "results.json"
-    seeds = lambda: sorted(r["param_seed"] for r in json.loads(results.read_text()))
+
+    def seeds():
+        return sorted(r["param_seed"] for r in json.loads(results.read_text()))
+
     sweep.sweep(str(chapter), {"seed": [4, 5, 6]}, out=str(out))
     sweep.sweep(str(chapter), {"seed": [4]}, out=str(out))
     assert seeds() == [4, 5, 6]
@@ -868,7 +875,11 @@ def test_fuzzed_cache_files_are_never_served(
         counts = fuzz(ckpt, trial)
     elif kind == "memo":
         value, calls = {"x": np.linspace(0, 1, 7), "y": 0.125, "name": "act2"}, []
-        compute = lambda: calls.append(1) or value
+
+        def compute():
+            calls.append(1)
+            return value
+
         cache.memo("k", {"a": 1}, compute, root=tmp_path)
 
         def trial():

@@ -119,7 +119,10 @@ def test_meet_and_restrictions():
     assert G.meet("orthogonal", "monomial") == "signed_permutation"
     assert G.meet("positive_monomial", "signed_permutation") == "permutation"
     assert G.meet("gl", "monomial") == "monomial"
-    r = lambda name, **kw: G.intertwiner_group(name, 4).restrict(**kw).kind
+
+    def r(name, **kw):
+        return G.intertwiner_group(name, 4).restrict(**kw).kind
+
     assert r("identity", monomial=True) == "monomial"
     assert r("identity", positive_phi=True) == "positive_monomial"
     assert r("relu", monomial=True, positive_phi=True, phi_fixed=True) == "positive_monomial"

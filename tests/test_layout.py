@@ -171,7 +171,10 @@ def test_chapter_code_cells_at_most_25_lines(chapter):
         r"```\{code-cell\}[^\n]*\n(.*?)```", chapter.read_text(encoding="utf-8"), flags=re.S
     )
     # Cell options (":tags:", figure metadata) are not code.
-    lengths = [sum(1 for l in c.splitlines() if l.strip() and not l.startswith(":")) for c in cells]
+    lengths = [
+        sum(1 for line in c.splitlines() if line.strip() and not line.startswith(":"))
+        for c in cells
+    ]
     assert max(lengths, default=0) <= 25
 
 

@@ -75,9 +75,12 @@ def test_cached_pair_similarities_keys_on_weights_and_images(tmp_path, monkeypat
     truth = truth["matrices"]["grelu_cka"]
     assert not np.allclose(truth, second["matrices"]["grelu_cka"])
     np.testing.assert_allclose(other["matrices"]["grelu_cka"], truth, atol=1e-6)
+
     # The key is the content: a copy with the same weights reads the entry back, computing nothing;
     # the same model changed in place does not.
-    fail = lambda *args, **kwargs: pytest.fail("recomputed")
+    def fail(*args, **kwargs):
+        pytest.fail("recomputed")
+
     monkeypatch.setattr(similarity, "model_pair_similarities", fail)
     again = similarity.cached_pair_similarities(
         copy.deepcopy(base), rotated, x, layers, ("grelu_cka",)

@@ -98,7 +98,10 @@ def test_dask_cluster_matches_local_pool(chapter, tmp_path):
         remote = sweep.sweep(
             str(chapter), grid, out=str(tmp_path / "dask"), scheduler=cluster.scheduler_address
         )
-    key = lambda s: s["params"]["seed"]
+
+    def key(s):
+        return s["params"]["seed"]
+
     assert [s["rows"] for s in sorted(local, key=key)] == [
         s["rows"] for s in sorted(remote, key=key)
     ]

@@ -146,7 +146,7 @@ def test_resnet_streams_share_elements_and_shortcuts_tie_channels(double_model):
             e = list(site.embed)
             torch.testing.assert_close(el[name][e][:, e], el[site.parent])
     # Every block output of a stage transforms by the same matrix; in-block layers by their own.
-    f = {l: S.feature_transform(model, l, el) for l in M.hidden_layers(model)}
+    f = {layer: S.feature_transform(model, layer, el) for layer in M.hidden_layers(model)}
     torch.testing.assert_close(f["layer2.0.act2"], f["layer2.2.act2"])
     assert not torch.allclose(f["layer2.0.act1"], f["layer2.1.act1"])
     # Untying the padded shortcut (a free element on stream2) is rejected, and breaks the function.

@@ -82,8 +82,8 @@ CLAIMS: dict[str, Claim] = {
         "Fig. 4",
         "after fine-tuning, a network recovers from a G_ReLU transform of a layer and not from a "
         "random orthogonal one: the G_ReLU rotation penalty is the smaller",
-        "per network: orthogonal minus G_ReLU penalty after fine-tuning from the transformed start, final "
-        "evaluation, mean over trials and layers",
+        "per network: orthogonal minus G_ReLU penalty after fine-tuning from the transformed "
+        "start, final evaluation, mean over trials and layers",
         "pp",
     ),
     "claim_fig1_full_near_zero": Claim(
@@ -95,8 +95,8 @@ CLAIMS: dict[str, Claim] = {
     "claim_fig1_grelu_below_rank1": Claim(
         "Fig. 1",
         "G_ReLU stitching layers come close to expressive linear ones: below rank-1 layers",
-        "per pair: rank-1 minus G_ReLU penalty, mean over layers (final evaluation; the G_ReLU variant "
-        "that ran is named in the note)",
+        "per pair: rank-1 minus G_ReLU penalty, mean over layers (final evaluation; the G_ReLU "
+        "variant that ran is named in the note)",
         "pp",
     ),
     "claim_fig1_grelu_below_10pp": Claim(
@@ -116,7 +116,8 @@ CLAIMS: dict[str, Claim] = {
         "appendix D.3, Fig. 6",
         "in ResNet20, intertwiner stitching depends more on the architecture than "
         "affine stitching: in-block layers are harder to stitch with G_ReLU",
-        "per pair: the G_ReLU penalty's in-block minus block-output gap, minus the full layer's gap",
+        "per pair: the G_ReLU penalty's in-block minus block-output gap, "
+        "minus the full layer's gap",
         "pp",
     ),
     "claim_d3_leaky_slope": Claim(
@@ -157,8 +158,8 @@ CLAIMS: dict[str, Claim] = {
         "Fig. 3, Section 6",
         "without an activation on the residual output, interpretability does not drop "
         "with rotation",
-        "per network: 0.05 minus the fall (fraction of detectors at alpha = 0 minus at alpha = 1), so a fall "
-        "below 5 % of the units counts as no drop",
+        "per network: 0.05 minus the fall (fraction of detectors at alpha = 0 minus at alpha = 1), "
+        "so a fall below 5 % of the units counts as no drop",
         "",
     ),
 }

@@ -149,8 +149,9 @@ def _pretrained(name: str, builder, weights):
         return builder(weights=weights)
     except Exception as exc:
         raise RuntimeError(
-            f"could not load torchvision's ImageNet weights {weights} for {name} ({type(exc).__name__}: "
-            f"{exc}). They are downloaded on first use into {torch.hub.get_dir()}/checkpoints; on a "
+            f"could not load torchvision's ImageNet weights {weights} for {name} "
+            f"({type(exc).__name__}: {exc}). They are downloaded on first use into "
+            f"{torch.hub.get_dir()}/checkpoints; on a "
             f"machine without network access copy {weights.url.rsplit('/', 1)[-1]} (from "
             f"{weights.url}) there, or point TORCH_HOME at a folder holding checkpoints/ with it."
         ) from exc

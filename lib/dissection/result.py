@@ -67,8 +67,7 @@ class DissectionResult:
 
     @property
     def interpretable_std(self) -> np.ndarray:
-        """float ``(n_alphas,)``: detector units per alpha, standard deviation over the rotations.
-        """
+        """float ``(n_alphas,)``: detector units per alpha, standard deviation over rotations."""
         return self.interpretable.std(1)
 
     @property

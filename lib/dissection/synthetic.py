@@ -125,8 +125,7 @@ def _texture(rng, kind: int, size: int, y0: int, x0: int, h: int, w: int):
 
 
 def _shape(rng, kind: int, size: int) -> np.ndarray:
-    """Boolean mask of shape ``SHAPE_NAMES[kind]`` with a random size and position inside the image.
-    """
+    """Boolean mask of shape ``SHAPE_NAMES[kind]`` with a random size and position in the image."""
     r = rng.uniform(0.14, 0.25) * size
     cy, cx = rng.uniform(r + 1, size - r - 1, 2)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -249,7 +248,8 @@ def _check_sources(
     if radius is not None:
         if labels is None:
             raise ValueError(
-                "object_radius needs labels: the object concept is the image's class in a central disc"
+                "object_radius needs labels: the object concept is the image's class "
+                "in a central disc"
             )
         if not 0 < radius <= size / 2:
             raise ValueError(

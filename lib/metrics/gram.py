@@ -28,8 +28,8 @@ __all__ = [
 ]
 
 #: Default bytes for the temporaries of one block of the max-kernel Gram matrix, per device kind. On
-#: the 2-core development CPU (32 MB L3 cache), blocks with temporaries above about 32 MB were measured
-#: to fall off a performance cliff.
+#: the 2-core development CPU (32 MB L3 cache), blocks with temporaries above about 32 MB were
+#: measured to fall off a performance cliff.
 BLOCK_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
 
 #: Largest number of rows of one block of the max-kernel Gram matrix, per device kind.

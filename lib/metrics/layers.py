@@ -27,7 +27,8 @@ __all__ = [
     "diagonal_summary",
 ]
 
-#: Which layer pairs :func:`similarity_matrices` compares: every pair, or layer ``i`` with layer ``i`` only.
+#: Which layer pairs :func:`similarity_matrices` compares: every pair, or layer ``i`` with layer
+#: ``i`` only.
 PAIR_MODES = ("all", "diagonal")
 # The measures with a Gram form, which normalized_gram computes.
 _WITH_GRAM = tuple(name for name, m in MEASURES.items() if m.gram is not None)

@@ -64,8 +64,8 @@ __all__ = [
 #: Computation types every measure accepts (``dtype=``); float64 is the default.
 DTYPES = (torch.float64, torch.float32)
 
-#: What per-channel normalisation does with a channel of zero norm, either ``"raise"`` a ``ValueError``
-#: or ``"keep"`` it at zero (the authors' behaviour, e.g. for dead ReLU channels).
+#: What per-channel normalisation does with a channel of zero norm, either ``"raise"`` a
+#: ``ValueError`` or ``"keep"`` it at zero (the authors' behaviour, e.g. for dead ReLU channels).
 ZERO_CHANNELS = ("raise", "keep")
 
 #: Bytes of float64 temporaries that centring and normalisation use at a time (one chunk of channels

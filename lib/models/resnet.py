@@ -105,8 +105,7 @@ class BasicBlock(nn.Module):
         self.act2 = Activation(activation, **params) if residual_activation else nn.Identity()
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
-        """``act1``'s output ``(N, out_ch, h, w)`` for the block input ``x`` ``(N, in_ch, H, W)``.
-        """
+        """``act1``'s output ``(N, out_ch, h, w)`` for a block input ``x`` ``(N, in_ch, H, W)``."""
         return self.act1(self.bn1(self.conv1(x)))
 
     def outer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
