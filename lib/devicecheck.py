@@ -216,20 +216,8 @@ def recipe_timings(device, epochs: int = 1, n_train: int | None = None) -> list[
     return rows
 
 
-def main(argv=None) -> int:
-    """The command line ``python -m lib.devicecheck [--device cuda|cpu] [--skip ...] [--chapters
-    ...]``.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        The arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        The exit status: 0 when every part passed (or there is no CUDA to check), else 1.
-    """
+def _parser() -> argparse.ArgumentParser:
+    """The argument parser of :func:`main`."""
     parser = argparse.ArgumentParser(
         prog="python -m lib.devicecheck", description=__doc__.split("\n\n")[0]
     )
@@ -249,7 +237,58 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--chapters", nargs="*", default=None, help="chapter files (default: book/*.md)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _unit_tests(device: str, env: dict, summary: list) -> int:
+    """Run the unit tests but the browser test on ``device``; a line to ``summary``; 1 if failed."""
+    t0 = time.perf_counter()
+    flags = ["-q", "-p", "no:nbval", "-p", "no:cacheprovider"]
+    browser = str(ROOT / "tests" / "test_browser.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *flags, str(ROOT / "tests"), "--ignore", browser],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    summary.append(f"unit tests on {device}: {tail} ({time.perf_counter() - t0:.0f} s)")
+    if proc.returncode:
+        print("\n".join(proc.stdout.splitlines()[-40:]))
+    return int(proc.returncode != 0)
+
+
+def _chapters(chapters: list, device: str, env: dict, summary: list) -> int:
+    """Run ``chapters`` at smoke on ``device``; a line each to ``summary``; the number failed."""
+    failed = 0
+    for ch in chapters:
+        res = run_chapter(ch, {"scale": "smoke"}, env)
+        summary.append(
+            f"chapter {res['chapter']} at smoke on {device}: "
+            f"{'ok' if res['ok'] else 'FAILED'} ({res['seconds']:.0f} s)"
+        )
+        if not res["ok"]:
+            failed += 1
+            summary.append("    " + res["error"].replace("\n", "\n    "))
+        print(summary[-1], flush=True)
+    return failed
+
+
+def main(argv=None) -> int:
+    """The command line ``python -m lib.devicecheck [--device cuda|cpu] [--skip ...] [--chapters]``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 when every part passed (or there is no CUDA to check), else 1.
+    """
+    args = _parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "devicecheck: no CUDA device on this machine; nothing to check "
@@ -259,43 +298,10 @@ def main(argv=None) -> int:
     env = dict(os.environ, SYMMETRIES_DEVICE=args.device, SYMMETRIES_SCALE="smoke")
     summary, failed = [], 0
     if "tests" not in args.skip:
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:nbval",
-                "-p",
-                "no:cacheprovider",
-                str(ROOT / "tests"),
-                "--ignore",
-                str(ROOT / "tests" / "test_browser.py"),
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
-        summary.append(f"unit tests on {args.device}: {tail} ({time.perf_counter() - t0:.0f} s)")
-        failed += proc.returncode != 0
-        if proc.returncode:
-            print("\n".join(proc.stdout.splitlines()[-40:]))
+        failed += _unit_tests(args.device, env, summary)
     if "chapters" not in args.skip:
         chapters = args.chapters or [str(p) for p in chapter_files(ROOT / "book")]
-        for ch in chapters:
-            res = run_chapter(ch, {"scale": "smoke"}, env)
-            summary.append(
-                f"chapter {res['chapter']} at smoke on {args.device}: "
-                f"{'ok' if res['ok'] else 'FAILED'} ({res['seconds']:.0f} s)"
-            )
-            if not res["ok"]:
-                failed += 1
-                summary.append("    " + res["error"].replace("\n", "\n    "))
-            print(summary[-1], flush=True)
+        failed += _chapters(chapters, args.device, env, summary)
     if "timings" not in args.skip:
         for row in recipe_timings(torch.device(args.device)):
             summary.append(json.dumps(row))

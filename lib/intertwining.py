@@ -5,7 +5,6 @@ and Theorem 3.3's characterisation of ``G_ReLU`` by the coordinate rays.
 (except ``orthogonal``) on random elements and inputs, solving ``sigma(A x) = B sigma(x)`` for ``B``
 by least squares. The closed forms it is compared with are :func:`lib.groups.intertwiner_group`.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -15,14 +14,8 @@ import torch
 from .activations import activation_fn
 from .groups import GROUP_DESCRIPTIONS, MatrixGroup, check_square
 
-__all__ = [
-    "best_intertwiner",
-    "intertwining_error",
-    "GroupIdentification",
-    "identify_group",
-    "maps_coordinate_rays",
-    "ray_orbit_size",
-]
+__all__ = ["best_intertwiner", "intertwining_error", "GroupIdentification", "identify_group",
+           "maps_coordinate_rays", "ray_orbit_size"]
 
 
 def best_intertwiner(fn, A: torch.Tensor, x: torch.Tensor):
@@ -84,8 +77,7 @@ class GroupIdentification:
     phi_name : str
         phi's closed form (``"A"``, ``"abs(A)"``, ``"A^⊙d"`` or ``"σ(A)σ(I)^-1"``).
     phi : callable or None
-        ``A -> phi(A)``, shape ``(n, n)`` to ``(n, n)``; None when no form fitted and sigma(I) is
-        singular.
+        ``A -> phi(A)``, shape ``(n, n)`` to ``(n, n)``; None when no form fitted and sigma(I) is singular.
     residuals : dict
         Candidate kind -> worst least-squares residual of its trials (a fraction).
     phi_residual : float
@@ -110,29 +102,17 @@ class GroupIdentification:
 
     @property
     def larger_residuals(self) -> dict:
-        """dict: the residuals of the candidates strictly larger than the accepted group (all
-        rejected)."""
-        return {
-            k: v
-            for k, v in self.residuals.items()
-            if MatrixGroup(self.kind, self.n).subgroup_of(k) and k != self.kind
-        }
+        """dict: the residuals of the candidates strictly larger than the accepted group (all rejected)."""
+        return {k: v for k, v in self.residuals.items()
+                if MatrixGroup(self.kind, self.n).subgroup_of(k) and k != self.kind}
 
 
 _CANDIDATES = ("gl", "monomial", "positive_monomial", "signed_permutation", "permutation")
 
 
-def identify_group(
-    fn,
-    n: int = 4,
-    *,
-    trials: int = 3,
-    n_inputs: int | None = None,
-    input_scale: float = 2.0,
-    tol: float = 1e-8,
-    generator=None,
-    **params,
-) -> GroupIdentification:
+def identify_group(fn, n: int = 4, *, trials: int = 3, n_inputs: int | None = None,
+                   input_scale: float = 2.0, tol: float = 1e-8, generator=None,
+                   **params) -> GroupIdentification:
     """Determine numerically which candidate group an elementwise ``fn`` intertwines with.
 
     For each candidate kind (GL_n; P·D with D non-zero, D > 0, D = ±1; permutations) ``trials``
@@ -144,8 +124,7 @@ def identify_group(
     Parameters
     ----------
     fn : callable or str
-        An elementwise function on tensors, or an activation name (then ``params`` are its
-        parameters).
+        An elementwise function on tensors, or an activation name (then ``params`` are its parameters).
     n : int
         The dimension, at least 2.
     trials : int
@@ -177,10 +156,8 @@ def identify_group(
     residuals, fits = _fit_candidates(fn, x, g, trials)
     passing = [k for k in _CANDIDATES if residuals[k] <= tol]
     if not passing:
-        raise ValueError(
-            f"{name} does not even commute with permutations (residual "
-            f"{residuals['permutation']:.3g}); is it an elementwise function?"
-        )
+        raise ValueError(f"{name} does not even commute with permutations (residual "
+                         f"{residuals['permutation']:.3g}); is it an elementwise function?")
     kind = passing[0]
     phi_name, phi, err, lemma_residual = _match_phi(fn, n, fits[kind])
     return GroupIdentification(name, n, kind, phi_name, phi, residuals, err, lemma_residual)
@@ -209,7 +186,6 @@ def _match_phi(fn, n: int, fits: list) -> tuple:
 
     def lemma(A):
         return torch.linalg.solve(s_id.T, fn(A.double()).T).T
-
     lemma_residual = max(_relative(lemma(A), B) for A, B in fits) if lemma_ok else float("nan")
     for phi_name, phi in _phi_candidates(fits):
         err = max(_relative(phi(A), B) for A, B in fits)
@@ -234,17 +210,14 @@ def _phi_candidates(fits: list) -> list:
     # The named forms of phi tried in turn: A, abs(A), and A^⊙d with d read off the fitted Bs' log
     # ratios (|B| = |A|^d entrywise) when that is an integer >= 2.
     candidates = [("A", _identity), ("abs(A)", _absolute)]
-    ratios = [
-        torch.log(B.abs()[A.abs() > 1e-3]) / torch.log(A.abs()[A.abs() > 1e-3]) for A, B in fits
-    ]
+    ratios = [torch.log(B.abs()[A.abs() > 1e-3]) / torch.log(A.abs()[A.abs() > 1e-3])
+              for A, B in fits]
     ratios = torch.cat([r[r.isfinite()] for r in ratios])
     if ratios.numel():
         d = int(round(ratios.median().item()))
         if d >= 2:
-
             def power(A, d=d):
                 return A**d
-
             candidates.append((f"A^⊙{d}", power))
     return candidates
 
@@ -271,17 +244,13 @@ def maps_coordinate_rays(A, atol: float = 1e-6) -> bool:
     A = check_square(A).double()
     cols = A / A.norm(dim=0).clamp_min(1e-300)
     j = cols.argmax(0)
-    on_rays = (
-        cols - torch.eye(A.shape[0], dtype=A.dtype, device=A.device)[:, j]
-    ).abs().max() <= atol
+    on_rays = (cols - torch.eye(A.shape[0], dtype=A.dtype, device=A.device)[:, j]).abs().max() <= atol
     return bool(on_rays) and len(set(j.tolist())) == A.shape[0]
 
 
-def ray_orbit_size(
-    v, group: MatrixGroup, generator: torch.Generator, n_samples: int = 64, atol: float = 1e-6
-) -> int:
-    """How many distinct rays ``R>=0 A v`` (including v itself) ``n_samples`` random A of ``group``
-    give.
+def ray_orbit_size(v, group: MatrixGroup, generator: torch.Generator, n_samples: int = 64,
+                   atol: float = 1e-6) -> int:
+    """How many distinct rays ``R>=0 A v`` (including v itself) ``n_samples`` random A of ``group`` give.
 
     Bounded by ``n`` for a coordinate ray and growing with ``n_samples`` for a ray whose
     direction has two or more non-zero coordinates (Theorem 3.3, second part).

@@ -13,7 +13,6 @@ stop the other runs. The recorded rows of every completed run in ``runs/<chapter
 and earlier ones', one per run and key, are collected into ``runs/<chapter>/results.json``;
 :func:`summarize` turns them into mean ± std.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -101,8 +100,8 @@ def run_one(chapter: str, params: dict, out_dir: str, timeout: float | None = No
     Returns
     -------
     dict
-        ``params``, ``ok``, ``notebook``, ``error``, the recorded ``rows`` and ``skipped`` (whether
-        a finished run was found).
+        ``params``, ``ok``, ``notebook``, ``error``, the recorded ``rows`` and ``skipped`` (whether a
+        finished run was found).
     """
     out_dir = Path(out_dir)
     name = run_name(params)
@@ -143,32 +142,17 @@ def _finished_run(done: Path, params: dict, name: str) -> dict | None:
     return None
 
 
-def _papermill(
-    chapter: str, params: dict, source: Path, notebook: Path, results: Path, timeout
-) -> tuple:
+def _papermill(chapter: str, params: dict, source: Path, notebook: Path, results: Path,
+               timeout) -> tuple:
     # Run the chapter's notebook form in a papermill subprocess that records into ``results``:
     # (ok, the last lines of its stderr).
     source.parent.mkdir(parents=True, exist_ok=True)
     nb = jupytext.read(chapter)
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     jupytext.write(nb, source, fmt="ipynb")
     env = dict(os.environ, SYMMETRIES_RESULTS=str(results.resolve()))
-    cmd = [
-        sys.executable,
-        "-m",
-        "papermill",
-        str(source),
-        str(notebook),
-        "-y",
-        json.dumps(params),
-        "--cwd",
-        str(Path(chapter).resolve().parent),
-        "--no-progress-bar",
-    ]
+    cmd = [sys.executable, "-m", "papermill", str(source), str(notebook), "-y", json.dumps(params),
+           "--cwd", str(Path(chapter).resolve().parent), "--no-progress-bar"]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         ok, err = proc.returncode == 0, proc.stderr.strip().splitlines()[-12:]
@@ -196,9 +180,8 @@ def _read_done(done: Path, params: dict | None = None) -> dict:
     except CorruptedError as exc:
         problem = str(exc)
     if problem:
-        raise ValueError(
-            f"the run marker {done} is damaged ({problem}); delete it to run that combination again"
-        )
+        raise ValueError(f"the run marker {done} is damaged ({problem}); delete it to run that "
+                         f"combination again")
     return dict(params=status["params"], notebook=status["notebook"], ok=True, rows=status["rows"])
 
 
@@ -217,11 +200,8 @@ def _marker_problem(status: dict, params: dict | None, name: str) -> str | None:
         return "'rows' is not a list"
     for i, r in enumerate(rows):
         ours = r.get("ours", "") if isinstance(r, dict) else ""
-        if not (
-            isinstance(r, dict)
-            and isinstance(r.get("key"), str)
-            and (ours is None or isinstance(ours, (int, float)))
-        ):
+        if not (isinstance(r, dict) and isinstance(r.get("key"), str)
+                and (ours is None or isinstance(ours, (int, float)))):
             return f"row {i} is not a recorded number (a 'key' and a numeric or null 'ours')"
     return None
 
@@ -237,26 +217,20 @@ def _completed_runs(out_dir: Path, statuses: list[dict]) -> list[dict]:
         try:
             runs.append(_read_done(done))
         except OSError as exc:
-            warnings.warn(
-                f"the run marker {done} cannot be read ({exc.strerror or exc}); its rows "
-                f"are left out of {out_dir / 'results.json'}"
-            )
+            warnings.warn(f"the run marker {done} cannot be read ({exc.strerror or exc}); its rows "
+                          f"are left out of {out_dir / 'results.json'}")
         except ValueError as exc:
             warnings.warn(f"{exc}; its rows are left out of {out_dir / 'results.json'}")
     return runs
 
 
 def _run_safely(chapter: str, params: dict, out_dir: str, timeout: float | None) -> dict:
-    """:func:`run_one`, with any exception turned into a failed status, so the other runs go on."""
+    """:func:`run_one`, with any exception turned into a failed status so that the other runs go on."""
     try:
         return run_one(chapter, params, out_dir, timeout)
     except Exception as exc:
-        return dict(
-            params=params,
-            notebook=str(Path(out_dir) / f"{run_name(params)}.ipynb"),
-            ok=False,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        return dict(params=params, notebook=str(Path(out_dir) / f"{run_name(params)}.ipynb"), ok=False,
+                    error=f"{type(exc).__name__}: {exc}")
 
 
 def chapter_parameters(chapter: str) -> list[str]:
@@ -282,27 +256,15 @@ def chapter_parameters(chapter: str) -> list[str]:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
             names = []
             for node in ast.parse(cell.source).body:
-                targets = (
-                    node.targets
-                    if isinstance(node, ast.Assign)
-                    else ([node.target] if isinstance(node, ast.AnnAssign) else [])
-                )
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AnnAssign) else [])
                 names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
             return names
-    raise ValueError(
-        f"{chapter} has no cell tagged 'parameters'; "
-        "a sweep can only set the names such a cell defines"
-    )
+    raise ValueError(f"{chapter} has no cell tagged 'parameters'; a sweep can only set the names such a cell defines")
 
 
-def sweep(
-    chapter: str,
-    grid: dict,
-    out: str = "runs",
-    workers: int = 1,
-    scheduler: str | None = None,
-    timeout: float | None = None,
-) -> list[dict]:
+def sweep(chapter: str, grid: dict, out: str = "runs", workers: int = 1, scheduler: str | None = None,
+          timeout: float | None = None) -> list[dict]:
     """Run ``chapter`` for every combination of ``grid``; return one status dict per run.
 
     ``workers`` runs execute at a time in a local pool; with ``scheduler`` (a Dask distributed
@@ -331,44 +293,29 @@ def sweep(
         One status per run (:func:`run_one`).
     """
     if not Path(chapter).is_file():
-        raise ValueError(
-            f"chapter {chapter!r} does not exist; pass a path such as book/03_model_zoo.md"
-        )
+        raise ValueError(f"chapter {chapter!r} does not exist; pass a path such as book/03_model_zoo.md")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     # papermill would inject a misspelt name as a new variable and run the chapter with its default.
     defined = chapter_parameters(chapter)
     unknown = [name for name in grid if name not in defined]
     if unknown:
-        raise ValueError(
-            f"{chapter} has no parameter {', '.join(map(repr, unknown))}; its parameters cell "
-            f"defines: {', '.join(map(repr, defined))}"
-        )
+        raise ValueError(f"{chapter} has no parameter {', '.join(map(repr, unknown))}; its parameters cell "
+                         f"defines: {', '.join(map(repr, defined))}")
     out_dir = Path(out) / Path(chapter).stem
     combos = expand(grid)
     if scheduler:
         from distributed import Client
 
         with Client(scheduler) as client:
-            futures = client.map(
-                _run_safely,
-                [chapter] * len(combos),
-                combos,
-                [str(out_dir)] * len(combos),
-                [timeout] * len(combos),
-                pure=False,
-            )
+            futures = client.map(_run_safely, [chapter] * len(combos), combos, [str(out_dir)] * len(combos),
+                                 [timeout] * len(combos), pure=False)
             statuses = client.gather(futures)
     else:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            statuses = list(
-                pool.map(lambda p: _run_safely(chapter, p, str(out_dir), timeout), combos)
-            )
-    table = [
-        dict(r, **{f"param_{k}": v for k, v in s["params"].items()})
-        for s in _completed_runs(out_dir, statuses)
-        for r in s["rows"]
-    ]
+            statuses = list(pool.map(lambda p: _run_safely(chapter, p, str(out_dir), timeout), combos))
+    table = [dict(r, **{f"param_{k}": v for k, v in s["params"].items()})
+             for s in _completed_runs(out_dir, statuses) for r in s["rows"]]
     with atomic_path(out_dir / "results.json") as tmp:
         tmp.write_text(json.dumps(table, indent=1))
     return statuses
@@ -401,29 +348,19 @@ def summarize(table: list[dict], over: str = "seed") -> dict:
     """
     groups: dict = {}
     for row in table:
-        others = tuple(
-            sorted(
-                (k, _hashable(v))
-                for k, v in row.items()
-                if k.startswith("param_") and k != f"param_{over}"
-            )
-        )
+        others = tuple(sorted((k, _hashable(v)) for k, v in row.items()
+                              if k.startswith("param_") and k != f"param_{over}"))
         groups.setdefault((row["key"],) + others, []).append(row)
     out = {}
     for gkey, rows in groups.items():
         values = np.array([r["ours"] for r in rows if r["ours"] is not None], dtype=float)
-        out[gkey] = dict(
-            mean=float(values.mean()) if len(values) else None,
-            std=float(values.std()) if len(values) else None,
-            n=len(values),
-            paper=rows[0].get("paper"),
-        )
+        out[gkey] = dict(mean=float(values.mean()) if len(values) else None,
+                         std=float(values.std()) if len(values) else None, n=len(values), paper=rows[0].get("paper"))
     return out
 
 
 def main(argv=None) -> int:
-    """The command line ``python -m lib.sweep CHAPTER -p NAME VALUE... [--workers N] [--scheduler
-    ADDRESS]``.
+    """The command line ``python -m lib.sweep CHAPTER -p NAME VALUE... [--workers N] [--scheduler ADDRESS]``.
 
     Parameters
     ----------
@@ -435,19 +372,10 @@ def main(argv=None) -> int:
     int
         0 when every run succeeded, else 1.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m lib.sweep", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m lib.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("chapter", help="a chapter file, e.g. book/05_stitching.md")
-    parser.add_argument(
-        "-p",
-        "--param",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a parameter and its values, e.g. -p seed 0 1 2 3 (repeatable)",
-    )
+    parser.add_argument("-p", "--param", nargs="+", action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a parameter and its values, e.g. -p seed 0 1 2 3 (repeatable)")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time in the local pool")
     parser.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
     parser.add_argument("--out", default="runs", help="output folder (default: runs)")
@@ -465,10 +393,8 @@ def main(argv=None) -> int:
         print(f"{state:15s} {s['params']} -> {s['notebook']}")
     for s in failed:
         print(f"\n{s['notebook']} failed:\n{s['error']}")
-    print(
-        f"\n{len(statuses) - len(failed)} runs ok, {len(failed)} failed; table: "
-        f"{Path(args.out) / Path(args.chapter).stem / 'results.json'}"
-    )
+    print(f"\n{len(statuses) - len(failed)} runs ok, {len(failed)} failed; table: "
+          f"{Path(args.out) / Path(args.chapter).stem / 'results.json'}")
     return 1 if failed else 0
 
 

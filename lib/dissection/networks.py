@@ -5,7 +5,6 @@
 * :func:`imagenet_models`: torchvision's ResNet-50 and ConvNeXt-T (``paper``), the ResNet-50 without
   residual ReLU via :func:`strip_residual_relu`.
 """
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,15 +19,8 @@ from ..config import file_sha256
 from ..data import load_data
 from ..models import features, residual_outputs
 
-__all__ = [
-    "ZOO_TRIO",
-    "MIN_UNITS",
-    "stage_outputs",
-    "dissection_layer",
-    "strip_residual_relu",
-    "imagenet_models",
-    "zoo_models",
-]
+__all__ = ["ZOO_TRIO", "MIN_UNITS", "stage_outputs", "dissection_layer", "strip_residual_relu", "imagenet_models",
+           "zoo_models"]
 
 #: The fewest units a dissected layer may have. With fewer, one unit moves the interpretable
 #: fraction by more than 6 pp and the counts along alpha cannot show a trend.
@@ -89,14 +81,11 @@ def dissection_layer(model: nn.Module, min_units: int = MIN_UNITS) -> tuple[str,
     """
     layer = stage_outputs(model)[-1]
     with torch.no_grad():
-        units = features(
-            model.eval(), torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device), [layer]
-        )[layer].shape[1]
+        units = features(model.eval(), torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device),
+                         [layer])[layer].shape[1]
     if units < min_units:
-        raise ValueError(
-            f"the last residual output {layer!r} has {units} units; dissection needs at least "
-            f"{min_units}: use a wider model (width multiplier)"
-        )
+        raise ValueError(f"the last residual output {layer!r} has {units} units; dissection needs at least "
+                         f"{min_units}: use a wider model (width multiplier)")
     return layer, units
 
 
@@ -135,10 +124,8 @@ def strip_residual_relu(model: nn.Module) -> nn.Module:
     """
     blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
     if not blocks:
-        raise ValueError(
-            f"{type(model).__name__} has no torchvision Bottleneck blocks; "
-            f"supported: torchvision.models.resnet50 and its relatives"
-        )
+        raise ValueError(f"{type(model).__name__} has no torchvision Bottleneck blocks; "
+                         f"supported: torchvision.models.resnet50 and its relatives")
     for m in blocks:
         m.__class__ = type("BottleneckNoResidualReLU", (_BottleneckNoResidualReLU, Bottleneck), {})
     return model
@@ -149,12 +136,10 @@ def _pretrained(name: str, builder, weights):
         return builder(weights=weights)
     except Exception as exc:
         raise RuntimeError(
-            f"could not load torchvision's ImageNet weights {weights} for {name} "
-            f"({type(exc).__name__}: {exc}). They are downloaded on first use into "
-            f"{torch.hub.get_dir()}/checkpoints; on a "
+            f"could not load torchvision's ImageNet weights {weights} for {name} ({type(exc).__name__}: "
+            f"{exc}). They are downloaded on first use into {torch.hub.get_dir()}/checkpoints; on a "
             f"machine without network access copy {weights.url.rsplit('/', 1)[-1]} (from "
-            f"{weights.url}) there, or point TORCH_HOME at a folder holding checkpoints/ with it."
-        ) from exc
+            f"{weights.url}) there, or point TORCH_HOME at a folder holding checkpoints/ with it.") from exc
 
 
 def imagenet_models(noresrelu_weights=None) -> dict:
@@ -166,8 +151,7 @@ def imagenet_models(noresrelu_weights=None) -> dict:
       with the state dict saved at ``noresrelu_weights`` (the authors trained their own; torchvision
       has none), included only when that path is given;
     * ``convnext_tiny``: torchvision's ConvNeXt-T (``IMAGENET1K_V1``), at its last block output
-      ``features.7.2`` and inside that block at ``features.7.2.block.5`` (the expanded layer after
-      GELU).
+      ``features.7.2`` and inside that block at ``features.7.2.block.5`` (the expanded layer after GELU).
 
     Weights come from torchvision's cache (downloading them if the network allows).
 
@@ -192,37 +176,21 @@ def imagenet_models(noresrelu_weights=None) -> dict:
     """
     path = None if noresrelu_weights is None else Path(noresrelu_weights)
     if path is not None and not path.is_file():
-        raise ValueError(
-            f"noresrelu_weights must be the path of a ResNet-50 state dict, got {str(path)!r} "
-            f"(no such file)"
-        )
+        raise ValueError(f"noresrelu_weights must be the path of a ResNet-50 state dict, got {str(path)!r} "
+                         f"(no such file)")
     out = {}
     model = _pretrained("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1)
-    out["resnet50"] = dict(
-        model=model.eval(),
-        label="ResNet-50 (ImageNet)",
-        layer="layer4",
-        inner_layer="layer4.2.conv2",
-        key="torchvision-resnet50-IMAGENET1K_V1",
-    )
+    out["resnet50"] = dict(model=model.eval(), label="ResNet-50 (ImageNet)", layer="layer4",
+                           inner_layer="layer4.2.conv2", key="torchvision-resnet50-IMAGENET1K_V1")
     if path is not None:
         model = strip_residual_relu(tvm.resnet50(weights=None))
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        out["resnet50_noresrelu"] = dict(
-            model=model.eval(),
-            label="ResNet-50 without residual ReLU",
-            layer="layer4",
-            inner_layer="layer4.2.conv2",
-            key=f"resnet50-noresrelu-{file_sha256(path)[:16]}",
-        )
+        out["resnet50_noresrelu"] = dict(model=model.eval(), label="ResNet-50 without residual ReLU",
+                                         layer="layer4", inner_layer="layer4.2.conv2",
+                                         key=f"resnet50-noresrelu-{file_sha256(path)[:16]}")
     model = _pretrained("convnext_tiny", tvm.convnext_tiny, tvm.ConvNeXt_Tiny_Weights.IMAGENET1K_V1)
-    out["convnext_tiny"] = dict(
-        model=model.eval(),
-        label="ConvNeXt-T (ImageNet)",
-        layer="features.7.2",
-        inner_layer="features.7.2.block.5",
-        key="torchvision-convnext_tiny-IMAGENET1K_V1",
-    )
+    out["convnext_tiny"] = dict(model=model.eval(), label="ConvNeXt-T (ImageNet)", layer="features.7.2",
+                                inner_layer="features.7.2.block.5", key="torchvision-convnext_tiny-IMAGENET1K_V1")
     return out
 
 
@@ -243,8 +211,8 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
     Returns
     -------
     dict
-        ``{name: dict(model, label, layer, inner_layer, key, test_acc, arch, seconds)}``: ``layer``
-        is :func:`dissection_layer`, ``inner_layer`` the activation inside that block; ``key`` is
+        ``{name: dict(model, label, layer, inner_layer, key, test_acc, arch, seconds)}``: ``layer`` is
+        :func:`dissection_layer`, ``inner_layer`` the activation inside that block; ``key`` is
         the zoo's model key, ``test_acc`` the test accuracy (a fraction), ``arch`` the architecture
         settings as text (``"arch=resnet20, width=0.25"``), ``seconds`` the recorded training time.
     """
@@ -254,19 +222,11 @@ def zoo_models(scale: str, seed: int = 0, data=None, device=None) -> dict:
     for name, label in ZOO_TRIO:
         entry = book[name]
         model_seed = entry["seeds"][0]
-        model = zoo.get(
-            entry["arch"], entry["recipe"], model_seed, data=data, device=device, progress=False
-        )
+        model = zoo.get(entry["arch"], entry["recipe"], model_seed, data=data, device=device, progress=False)
         layer, _ = dissection_layer(model)
         inner = layer.removesuffix(".out") + (".act" if layer.endswith(".out") else ".act1")
-        out[name] = dict(
-            model=model,
-            label=label,
-            layer=layer,
-            inner_layer=inner,
-            key=zoo.model_key(entry["arch"], entry["recipe"], model_seed, data.identity),
-            test_acc=model.zoo_meta["test_acc"],
-            seconds=model.zoo_meta["seconds"],
-            arch=", ".join(f"{k}={v}" for k, v in entry["arch"].items()),
-        )
+        out[name] = dict(model=model, label=label, layer=layer, inner_layer=inner,
+                         key=zoo.model_key(entry["arch"], entry["recipe"], model_seed, data.identity),
+                         test_acc=model.zoo_meta["test_acc"], seconds=model.zoo_meta["seconds"],
+                         arch=", ".join(f"{k}={v}" for k, v in entry["arch"].items()))
     return out

@@ -1,6 +1,5 @@
 """Rotations of a layer's basis for dissection (Section 6): Haar-random Q in SO(n) and the
 geodesic ``Q^alpha`` from the identity to Q."""
-
 from __future__ import annotations
 
 import dataclasses
@@ -10,13 +9,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-__all__ = [
-    "Rotations",
-    "random_rotation",
-    "rotation_power",
-    "geodesic_checks",
-    "head_after_basis_change",
-]
+__all__ = ["Rotations", "random_rotation", "rotation_power", "geodesic_checks",
+           "head_after_basis_change"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +95,7 @@ def random_rotation(n: int, generator=0) -> torch.Tensor:
 
 
 def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``Q^alpha = exp(alpha log Q)``: the minimal geodesic in SO(n) from I (alpha 0) to Q (alpha
-    1).
+    """``Q^alpha = exp(alpha log Q)``: the minimal geodesic in SO(n) from I (alpha 0) to Q (alpha 1).
 
     Uses the real Schur form ``Q = Z T Z^T`` (Z orthogonal; T block diagonal since Q is normal):
     each 2x2 block is a rotation by ``theta`` in (-pi, pi] of one plane, raised to ``alpha theta``;
@@ -127,11 +120,7 @@ def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
     ValueError
         If ``alpha`` is not a number in [0, 1] (NaN included) or ``q`` is not a rotation.
     """
-    if (
-        not isinstance(alpha, (int, float, np.floating))
-        or isinstance(alpha, bool)
-        or not 0 <= alpha <= 1
-    ):
+    if not isinstance(alpha, (int, float, np.floating)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1] (0: the identity, 1: Q), got {alpha!r}")
     alpha = float(alpha)
     qn = torch.as_tensor(q).detach().to("cpu", torch.float64).numpy()
@@ -148,10 +137,7 @@ def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
         if i + 1 < n and abs(t[i + 1, i]) > 1e-12:
             c, s = (t[i, i] + t[i + 1, i + 1]) / 2, (t[i + 1, i] - t[i, i + 1]) / 2
             theta = alpha * math.atan2(s, c)
-            blocks[i : i + 2, i : i + 2] = [
-                [math.cos(theta), -math.sin(theta)],
-                [math.sin(theta), math.cos(theta)],
-            ]
+            blocks[i:i + 2, i:i + 2] = [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]
             i += 2
             continue
         if t[i, i] > 0:
@@ -168,8 +154,7 @@ def rotation_power(q: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def geodesic_checks(q: torch.Tensor, alphas, atol: float = 1e-9) -> dict:
-    """The properties that make ``Q^alpha`` (:func:`rotation_power`) a path of rotations from I to
-    Q.
+    """The properties that make ``Q^alpha`` (:func:`rotation_power`) a path of rotations from I to Q.
 
     Parameters
     ----------
@@ -198,9 +183,7 @@ def geodesic_checks(q: torch.Tensor, alphas, atol: float = 1e-9) -> dict:
     }
 
 
-def head_after_basis_change(
-    model: torch.nn.Module, h: torch.Tensor, a: torch.Tensor
-) -> torch.Tensor:
+def head_after_basis_change(model: torch.nn.Module, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """The outputs of a :func:`lib.models.convnext20` from its last residual output ``h`` after the
     change of basis ``h -> A h``, with ``A^{-1}`` folded into the head.
 
@@ -235,6 +218,6 @@ def head_after_basis_change(
     s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     t = bn.bias - bn.running_mean * s
     a = a.to(h.dtype)
-    z = torch.einsum("ij,njhw->nihw", a, h).mean((2, 3))  # the rotated site, pooled: (N, C)
-    w = head.weight * s @ torch.linalg.inv(a)  # W diag(s) A^-1: (classes, C)
+    z = torch.einsum("ij,njhw->nihw", a, h).mean((2, 3))        # the rotated site, pooled: (N, C)
+    w = head.weight * s @ torch.linalg.inv(a)                    # W diag(s) A^-1: (classes, C)
     return z @ w.T + head.weight @ t + head.bias

@@ -5,7 +5,6 @@ concepts (colours, textures, shapes, classes) and exact masks, in the layout tha
 :class:`lib.dissection.BrodenDataset` reads, because the real Broden dataset cannot be
 downloaded here.
 """
-
 from __future__ import annotations
 
 import csv
@@ -23,48 +22,16 @@ from PIL import Image
 
 from .broden import CIFAR10_CLASSES, INDEX_COLUMNS
 
-__all__ = [
-    "ConceptSpec",
-    "make_concept_dataset",
-    "quantize_colors",
-    "COLOR_NAMES",
-    "COLOR_RGB",
-    "TEXTURE_NAMES",
-    "SHAPE_NAMES",
-]
+__all__ = ["ConceptSpec", "make_concept_dataset", "quantize_colors", "COLOR_NAMES", "COLOR_RGB",
+           "TEXTURE_NAMES", "SHAPE_NAMES"]
 
 #: Broden's eleven colour names, in the order of :data:`COLOR_RGB`.
-COLOR_NAMES = (
-    "black",
-    "blue",
-    "brown",
-    "grey",
-    "green",
-    "orange",
-    "pink",
-    "purple",
-    "red",
-    "white",
-    "yellow",
-)
+COLOR_NAMES = ("black", "blue", "brown", "grey", "green", "orange", "pink", "purple", "red", "white", "yellow")
 #: Reference sRGB values of :data:`COLOR_NAMES` on the 0-255 scale, float64 ``(11, 3)``, picked by
 #: hand as typical renderings of each name.
-COLOR_RGB = np.array(
-    [
-        (20, 20, 20),
-        (40, 70, 200),
-        (120, 75, 35),
-        (128, 128, 128),
-        (40, 160, 50),
-        (240, 140, 30),
-        (240, 150, 190),
-        (130, 50, 160),
-        (200, 30, 30),
-        (235, 235, 235),
-        (230, 220, 40),
-    ],
-    dtype=np.float64,
-)
+COLOR_RGB = np.array([
+    (20, 20, 20), (40, 70, 200), (120, 75, 35), (128, 128, 128), (40, 160, 50), (240, 140, 30),
+    (240, 150, 190), (130, 50, 160), (200, 30, 30), (235, 235, 235), (230, 220, 40)], dtype=np.float64)
 #: The pasted textures' names (category ``texture``).
 TEXTURE_NAMES = ("striped", "chequered", "dotted")
 #: The pasted shapes' names (category ``shape``).
@@ -93,9 +60,7 @@ def quantize_colors(images: np.ndarray) -> np.ndarray:
     """
     images = np.asarray(images)
     if images.shape[-1] != 3:
-        raise ValueError(
-            f"images must have a trailing RGB axis of size 3, got shape {images.shape}"
-        )
+        raise ValueError(f"images must have a trailing RGB axis of size 3, got shape {images.shape}")
     d = ((images[..., None, :].astype(np.float64) - COLOR_RGB) ** 2).sum(-1)
     return d.argmin(-1)
 
@@ -120,12 +85,12 @@ def _texture(rng, kind: int, size: int, y0: int, x0: int, h: int, w: int):
         dx = (xx % spacing) - spacing / 2
         fg = dx * dx + dy * dy < radius * radius
     region = np.zeros((size, size), dtype=bool)
-    region[y0 : y0 + h, x0 : x0 + w] = True
+    region[y0:y0 + h, x0:x0 + w] = True
     return fg, region
 
 
 def _shape(rng, kind: int, size: int) -> np.ndarray:
-    """Boolean mask of shape ``SHAPE_NAMES[kind]`` with a random size and position in the image."""
+    """Boolean mask of shape ``SHAPE_NAMES[kind]`` with a random size and position inside the image."""
     r = rng.uniform(0.14, 0.25) * size
     cy, cx = rng.uniform(r + 1, size - r - 1, 2)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -209,28 +174,19 @@ class ConceptSpec:
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
         if self.object_radius is not None and not self.object_radius > 0:
-            raise ValueError(
-                f"object_radius must be a radius in pixels > 0 or None, got {self.object_radius!r}"
-            )
+            raise ValueError(f"object_radius must be a radius in pixels > 0 or None, "
+                             f"got {self.object_radius!r}")
 
 
-def _check_sources(
-    n_images: int, images, labels, class_names, size: int, concepts: ConceptSpec
-) -> tuple:
+def _check_sources(n_images: int, images, labels, class_names, size: int,
+                   concepts: ConceptSpec) -> tuple:
     # The source images and labels as arrays, checked, and the side of the images.
     if not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive int, got {n_images!r}")
     if images is not None:
         images = np.asarray(images)
-        if (
-            images.dtype != np.uint8
-            or images.ndim != 4
-            or images.shape[3] != 3
-            or images.shape[1] != images.shape[2]
-        ):
-            raise ValueError(
-                f"images must be uint8 of shape (N, S, S, 3), got {images.dtype} {images.shape}"
-            )
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"images must be uint8 of shape (N, S, S, 3), got {images.dtype} {images.shape}")
         if n_images > len(images):
             raise ValueError(f"n_images={n_images} exceeds the {len(images)} images given")
         size = images.shape[1]
@@ -239,46 +195,30 @@ def _check_sources(
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (len(images),) or labels.min() < 0 or labels.max() >= len(class_names):
-            raise ValueError(
-                f"labels must be ints in [0, {len(class_names)}) of shape ({len(images)},)"
-            )
+            raise ValueError(f"labels must be ints in [0, {len(class_names)}) of shape ({len(images)},)")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     radius = concepts.object_radius
     if radius is not None:
         if labels is None:
-            raise ValueError(
-                "object_radius needs labels: the object concept is the image's class "
-                "in a central disc"
-            )
+            raise ValueError("object_radius needs labels: the object concept is the image's class in a central disc")
         if not 0 < radius <= size / 2:
-            raise ValueError(
-                f"object_radius must be a radius in pixels in (0, {size / 2:g}], got {radius!r}"
-            )
+            raise ValueError(f"object_radius must be a radius in pixels in (0, {size / 2:g}], "
+                             f"got {radius!r}")
     return images, labels, size
 
 
-def _meta(
-    n_images: int, seed: int, images, labels, class_names, size: int, concepts: ConceptSpec
-) -> dict:
+def _meta(n_images: int, seed: int, images, labels, class_names, size: int,
+          concepts: ConceptSpec) -> dict:
     # Every argument that changes the files written (the arrays by their sha256).
     radius = concepts.object_radius
     labelled = labels is not None
-    digest = (
-        hashlib.sha256(images.tobytes()).hexdigest() if images is not None else None,
-        hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labelled else None,
-    )
-    return dict(
-        n_images=n_images,
-        seed=seed,
-        p_texture=concepts.p_texture,
-        p_shape=concepts.p_shape,
-        size=size,
-        class_names=list(class_names) if labelled else None,
-        images=digest[0],
-        labels=digest[1],
-        object_radius=None if radius is None else float(radius),
-    )
+    digest = (hashlib.sha256(images.tobytes()).hexdigest() if images is not None else None,
+              hashlib.sha256(labels.astype(np.int64).tobytes()).hexdigest() if labelled else None)
+    return dict(n_images=n_images, seed=seed, p_texture=concepts.p_texture,
+                p_shape=concepts.p_shape, size=size,
+                class_names=list(class_names) if labelled else None, images=digest[0],
+                labels=digest[1], object_radius=None if radius is None else float(radius))
 
 
 def _reusable(root: Path, meta: dict) -> bool:
@@ -290,21 +230,16 @@ def _reusable(root: Path, meta: dict) -> bool:
             if json.loads(meta_path.read_text()) == meta:
                 return True
         elif any(root.iterdir()):
-            raise ValueError(
-                f"root {str(root)!r} exists and was not written by make_concept_dataset; "
-                f"pass a new or empty directory"
-            )
+            raise ValueError(f"root {str(root)!r} exists and was not written by make_concept_dataset; "
+                             f"pass a new or empty directory")
     return False
 
 
 def _categories(concepts: ConceptSpec, class_names, *, labelled: bool) -> tuple:
     # Label numbers: colours, textures, shapes, classes, in that order, from 1 (0 means "none").
-    # A category that no image can have (probability 0) is left out, as Broden lists only annotated
-    # ones.
-    pasted = (
-        ("texture", TEXTURE_NAMES, concepts.p_texture),
-        ("shape", SHAPE_NAMES, concepts.p_shape),
-    )
+    # A category that no image can have (probability 0) is left out, as Broden lists only annotated ones.
+    pasted = (("texture", TEXTURE_NAMES, concepts.p_texture),
+              ("shape", SHAPE_NAMES, concepts.p_shape))
     cats = [("color", COLOR_NAMES)] + [(c, ns) for c, ns, p in pasted if p > 0]
     if labelled:
         cats.append(("class", tuple(class_names)))
@@ -312,9 +247,7 @@ def _categories(concepts: ConceptSpec, class_names, *, labelled: bool) -> tuple:
         cats.append(("object", tuple(f"{c}-object" for c in class_names)))
     names = [n for _, ns in cats for n in ns]
     if len(set(names)) != len(names):
-        raise ValueError(
-            f"class_names must not repeat or reuse colour/texture/shape names: {list(class_names)}"
-        )
+        raise ValueError(f"class_names must not repeat or reuse colour/texture/shape names: {list(class_names)}")
     first, number = {}, 1
     for cat, ns in cats:
         first[cat] = number
@@ -325,9 +258,8 @@ def _categories(concepts: ConceptSpec, class_names, *, labelled: bool) -> tuple:
 class _ConceptWriter:
     """Paints the concepts into each image, writes it and its masks, and counts every label."""
 
-    def __init__(
-        self, folder: Path, cats: list, first: dict, number: int, concepts: ConceptSpec, size: int
-    ):
+    def __init__(self, folder: Path, cats: list, first: dict, number: int, concepts: ConceptSpec,
+                 size: int):
         self.folder, self.cats, self.first = folder, cats, first
         self.concepts, self.size = concepts, size
         self.freq = np.zeros(number, dtype=np.int64)
@@ -378,16 +310,8 @@ class _ConceptWriter:
         """Save image ``i``, its masks and its index row; count its labels."""
         stem, size = f"{i:05d}", self.size
         optional = {c: "" for c in self.first if c in ("texture", "shape", "object")}
-        row = dict(
-            image=f"{stem}.png",
-            split="train",
-            ih=size,
-            iw=size,
-            sh=size,
-            sw=size,
-            color=f"{stem}_color.png",
-            **optional,
-        )
+        row = dict(image=f"{stem}.png", split="train", ih=size, iw=size, sh=size, sw=size,
+                   color=f"{stem}_color.png", **optional)
         Image.fromarray(img).save(self.folder / "images" / row["image"])
         for cat, lab in layers.items():
             Image.fromarray(_encode_mask(lab)).save(self.folder / "images" / f"{stem}_{cat}.png")
@@ -407,9 +331,8 @@ class _ConceptWriter:
     def finish(self, meta: dict) -> None:
         """The Broden CSV files and this function's record of its arguments."""
         self.freq[0], self.cover[0] = 0, 0.0
-        _write_broden_csvs(
-            self.folder, self.rows, self.cats, self.first, self.freq, self.cover, self.cat_freq
-        )
+        _write_broden_csvs(self.folder, self.rows, self.cats, self.first, self.freq, self.cover,
+                           self.cat_freq)
         (self.folder / _META).write_text(json.dumps(meta, indent=1))
 
 
@@ -429,16 +352,9 @@ def _write_images(writer: _ConceptWriter, n_images: int, seed: int, images, labe
         writer.write(i, img, writer.layers(img, texture, shape, label), label)
 
 
-def make_concept_dataset(
-    root,
-    n_images: int,
-    seed: int = 0,
-    images: np.ndarray | None = None,
-    labels: np.ndarray | None = None,
-    concepts: ConceptSpec = ConceptSpec(),
-    class_names=CIFAR10_CLASSES,
-    size: int = 32,
-) -> Path:
+def make_concept_dataset(root, n_images: int, seed: int = 0, images: np.ndarray | None = None,
+                         labels: np.ndarray | None = None, concepts: ConceptSpec = ConceptSpec(),
+                         class_names=CIFAR10_CLASSES, size: int = 32) -> Path:
     """Write a small concept dataset in the Broden layout to ``root`` (for :class:`BrodenDataset`).
 
     Images are ``images[k]`` for ``n_images`` distinct random ``k`` (uint8 ``(N, S, S, 3)``, e.g.
@@ -491,7 +407,6 @@ def make_concept_dataset(
         writer = _ConceptWriter(folder, cats, first, number, concepts, size)
         _write_images(writer, n_images, seed, images, labels)
         writer.finish(meta)
-
     _write_atomically(root, fill)
     return root
 
@@ -534,37 +449,16 @@ def _write_broden_csvs(root: Path, index_rows, cats, first, freq, cover, cat_fre
             writer.writerows(rows)
 
     write("index.csv", list(INDEX_COLUMNS) + [c for c, _ in cats], index_rows)
-    write(
-        "category.csv",
-        ["name", "first", "last", "count", "frequency"],
-        [
-            dict(
-                name=c,
-                first=first[c],
-                last=first[c] + len(ns) - 1,
-                count=len(ns),
-                frequency=cat_freq[c],
-            )
-            for c, ns in cats
-        ],
-    )
+    write("category.csv", ["name", "first", "last", "count", "frequency"],
+          [dict(name=c, first=first[c], last=first[c] + len(ns) - 1, count=len(ns), frequency=cat_freq[c])
+           for c, ns in cats])
     label_rows = []
     for cat, ns in cats:
         rows = []
         for j, name in enumerate(ns):
             k = first[cat] + j
-            label_rows.append(
-                dict(
-                    number=k,
-                    name=name,
-                    category=f"{cat}({freq[k]})",
-                    frequency=freq[k],
-                    coverage=f"{cover[k]:.4f}",
-                    syns="",
-                )
-            )
-            rows.append(
-                dict(code=j + 1, number=k, name=name, frequency=freq[k], coverage=f"{cover[k]:.4f}")
-            )
+            label_rows.append(dict(number=k, name=name, category=f"{cat}({freq[k]})", frequency=freq[k],
+                                   coverage=f"{cover[k]:.4f}", syns=""))
+            rows.append(dict(code=j + 1, number=k, name=name, frequency=freq[k], coverage=f"{cover[k]:.4f}"))
         write(f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"], rows)
     write("label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], label_rows)

@@ -1,6 +1,5 @@
 """Does a dissection count change along the rotation path? A descriptive trend
 (:func:`rotation_trend`) and a test over the independent rotations (:func:`rotation_slope_test`)."""
-
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +16,7 @@ def rotation_trend(alphas, counts, tolerance: float = 0.1) -> dict:
     alphas : sequence of float
         Positions on the path, length ``n_alphas`` >= 2.
     counts : array_like
-        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a
-        :class:`DissectionResult`.
+        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a :class:`DissectionResult`.
     tolerance : float
         The relative change (a fraction, >= 0) beyond which the count falls or rises.
 
@@ -41,10 +39,8 @@ def rotation_trend(alphas, counts, tolerance: float = 0.1) -> dict:
     x = np.asarray(alphas, dtype=float)
     y = np.asarray(counts, dtype=float)
     if y.ndim != 2 or y.shape[0] != len(x) or len(x) < 2:
-        raise ValueError(
-            f"counts must have shape (n_alphas, n_rotations) with n_alphas = len(alphas) >= 2, "
-            f"got {y.shape} for {len(x)} alphas"
-        )
+        raise ValueError(f"counts must have shape (n_alphas, n_rotations) with n_alphas = len(alphas) >= 2, "
+                         f"got {y.shape} for {len(x)} alphas")
     if not 0 <= tolerance:
         raise ValueError(f"tolerance must be a non-negative number, got {tolerance!r}")
     mean = y.mean(1)
@@ -63,11 +59,9 @@ def _check_slope_input(alphas, counts, n_permutations, level) -> tuple:
     x = np.asarray(alphas, dtype=float)
     y = np.asarray(counts, dtype=float)
     if y.ndim != 2 or y.shape[0] != len(x) or len(x) < 2 or y.shape[1] < 1:
-        raise ValueError(
-            f"counts must have shape (n_alphas, n_rotations) with n_alphas = "
-            f"len(alphas) >= 2 and n_rotations >= 1, got {y.shape} for {len(x)} "
-            f"alphas"
-        )
+        raise ValueError(f"counts must have shape (n_alphas, n_rotations) with n_alphas = "
+                         f"len(alphas) >= 2 and n_rotations >= 1, got {y.shape} for {len(x)} "
+                         f"alphas")
     if not np.isfinite(y).all() or not np.isfinite(x).all():
         raise ValueError("alphas and counts must be finite")
     if np.ptp(x) == 0:
@@ -79,9 +73,8 @@ def _check_slope_input(alphas, counts, n_permutations, level) -> tuple:
     return x, y
 
 
-def _permutation_p_value(
-    xc: np.ndarray, y: np.ndarray, slope: float, n_permutations: int, seed: int
-) -> float:
+def _permutation_p_value(xc: np.ndarray, y: np.ndarray, slope: float, n_permutations: int,
+                         seed: int) -> float:
     # Two-sided: the shuffles (and the observed order) whose mean slope is at least as large.
     rng = np.random.default_rng(seed)
     r = y.shape[1]
@@ -93,32 +86,27 @@ def _permutation_p_value(
     return float((1 + (np.abs(null) >= abs(slope) - 1e-12).sum()) / (1 + n_permutations))
 
 
-def rotation_slope_test(
-    alphas, counts, n_permutations: int = 10_000, seed: int = 0, level: float = 0.95
-) -> dict:
-    """Is the change of a count along the rotation path significant? ``counts``: ``(n_alphas,
-    n_rotations)``.
+def rotation_slope_test(alphas, counts, n_permutations: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    """Is the change of a count along the rotation path significant? ``counts``: ``(n_alphas, n_rotations)``.
 
-    Each random rotation ``Q_r`` gives one curve ``counts[:, r]`` against ``alphas``, and the
-    rotations are independent draws, so the statistic is the mean over rotations of the
-    least-squares slope of each curve (units per unit of alpha; the change from alpha 0 to alpha 1
-    on the fitted line).
+    Each random rotation ``Q_r`` gives one curve ``counts[:, r]`` against ``alphas``, and the rotations
+    are independent draws, so the statistic is the mean over rotations of the least-squares slope of
+    each curve (units per unit of alpha; the change from alpha 0 to alpha 1 on the fitted line).
 
     * ``ci``: the ``level`` confidence interval of that mean slope, Student's t over the rotations
       (NaN with a single rotation).
     * ``p_value``: a two-sided permutation test of "the count does not depend on alpha": within each
       rotation's curve the counts are shuffled across the alphas (``n_permutations`` random shuffles
       from ``seed``), and ``p = (1 + #{|slope*| >= |slope|}) / (1 + n_permutations)``.
-    * ``verdict``: ``"falls"`` / ``"rises"`` if ``p < 1 - level`` and the interval lies below /
-      above 0, else ``"flat"`` (no significant change).
+    * ``verdict``: ``"falls"`` / ``"rises"`` if ``p < 1 - level`` and the interval lies below / above 0,
+      else ``"flat"`` (no significant change).
 
     Parameters
     ----------
     alphas : sequence of float
         Positions on the path, length ``n_alphas`` >= 2, not all equal.
     counts : array_like
-        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a
-        :class:`DissectionResult`.
+        ``(n_alphas, n_rotations)``, e.g. the ``interpretable`` field of a :class:`DissectionResult`.
     n_permutations : int
         Random shuffles of the permutation test, >= 1.
     seed : int
@@ -139,7 +127,7 @@ def rotation_slope_test(
         is not a positive int or ``level`` not in (0, 1).
     """
     x, y = _check_slope_input(alphas, counts, n_permutations, level)
-    xc = (x - x.mean()) / ((x - x.mean()) ** 2).sum()  # slope of curve r = xc @ y[:, r]
+    xc = (x - x.mean()) / ((x - x.mean()) ** 2).sum()          # slope of curve r = xc @ y[:, r]
     slopes = xc @ y
     slope = float(slopes.mean())
     r = y.shape[1]
@@ -156,12 +144,5 @@ def rotation_slope_test(
         verdict = "rises"
     else:
         verdict = "flat"
-    return dict(
-        slope=slope,
-        ci=(float(ci[0]), float(ci[1])),
-        p_value=p,
-        verdict=verdict,
-        slopes=slopes.tolist(),
-        n_rotations=r,
-        level=level,
-    )
+    return dict(slope=slope, ci=(float(ci[0]), float(ci[1])), p_value=p, verdict=verdict, slopes=slopes.tolist(),
+                n_rotations=r, level=level)

@@ -5,7 +5,6 @@ Each test yields points ``(dissimilarity, functional difference)`` for the measu
 measure. Similarities to one reference representation are computed with its Gram matrices computed
 once (:func:`similarities_to`).
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -14,16 +13,8 @@ import torch
 from ..metrics import MATRIX_MEASURES, get_measure, similarity_matrices
 from .probe import delete_components, feature_shape, probe_accuracy, probe_scores
 
-__all__ = [
-    "MEASURES",
-    "DELETION_ORDERS",
-    "similarities_to",
-    "pair_matrices",
-    "sensitivity_rows",
-    "specificity_points",
-    "corrupt",
-    "shift_rows",
-]
+__all__ = ["MEASURES", "DELETION_ORDERS", "similarities_to", "pair_matrices", "sensitivity_rows",
+           "specificity_points", "corrupt", "shift_rows"]
 
 #: The measures the tests compare, every measure of ``lib.metrics.MEASURES`` that
 #: ``lib.metrics.similarity_matrices`` computes (``lib.metrics.MATRIX_MEASURES``), in its order.
@@ -57,10 +48,8 @@ def similarities_to(X, others, measures=MEASURES, *, dtype=torch.float32) -> np.
     specs = [get_measure(m, MEASURES) for m in measures]
     # Zero channels are kept (as in similarity_matrices); every other option is the default.
     options = [spec.pick(zero_channels="keep") for spec in specs]
-    grams = [
-        spec.gram(X, dtype=dtype, **kw) if spec.gram is not None else None
-        for spec, kw in zip(specs, options)
-    ]
+    grams = [spec.gram(X, dtype=dtype, **kw) if spec.gram is not None else None
+             for spec, kw in zip(specs, options)]
     rows = []
     for Y in others:
         row = []
@@ -132,9 +121,8 @@ def sensitivity_rows(probe: dict, X, y, counts, measures=MEASURES, *, dtype=torc
     """
     r = probe["components"].shape[0]
     if any(not 1 <= int(k) < r for k in counts):
-        raise ValueError(
-            f"counts must lie in [1, {r - 1}] (the probe's rank is {r}); got {list(counts)}"
-        )
+        raise ValueError(f"counts must lie in [1, {r - 1}] (the probe's rank is {r}); "
+                         f"got {list(counts)}")
     scores = probe_scores(probe, X)
     base = probe_accuracy(probe, X, y, scores=scores)
     var = probe["variances"] / probe["variances"].sum()
@@ -145,23 +133,12 @@ def sensitivity_rows(probe: dict, X, y, counts, measures=MEASURES, *, dtype=torc
             keep = np.ones(r, dtype=bool)
             keep[idx] = False
             acc = probe_accuracy(probe, X, y, keep, scores=scores)
-            plan.append(
-                dict(
-                    order=order,
-                    deleted=int(k),
-                    variance_deleted=float(var[idx].sum()),
-                    accuracy=acc,
-                    drop=base - acc,
-                    keep=keep,
-                )
-            )
-    sims = similarities_to(
-        X, (_deleted(probe, X, scores, p["keep"]) for p in plan), measures, dtype=dtype
-    )
-    return [
-        dict({k: v for k, v in p.items() if k != "keep"}, **dict(zip(measures, row)))
-        for p, row in zip(plan, sims)
-    ]
+            plan.append(dict(order=order, deleted=int(k), variance_deleted=float(var[idx].sum()),
+                             accuracy=acc, drop=base - acc, keep=keep))
+    sims = similarities_to(X, (_deleted(probe, X, scores, p["keep"]) for p in plan), measures,
+                           dtype=dtype)
+    return [dict({k: v for k, v in p.items() if k != "keep"}, **dict(zip(measures, row)))
+            for p, row in zip(plan, sims)]
 
 
 def _deleted(probe: dict, X, scores: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
@@ -199,9 +176,8 @@ def specificity_points(matrices: dict, acc_a, acc_b) -> tuple:
     for m, S in matrices.items():
         S = np.asarray(S, dtype=float)
         if S.shape != (acc_a.size, acc_b.size):
-            raise ValueError(
-                f"matrix of {m} has shape {S.shape}; expected {(acc_a.size, acc_b.size)}"
-            )
+            raise ValueError(f"matrix of {m} has shape {S.shape}; "
+                             f"expected {(acc_a.size, acc_b.size)}")
         out[m] = 1.0 - S.ravel()
     return functional, out
 

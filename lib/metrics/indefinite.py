@@ -20,7 +20,6 @@ Kernels are named by :data:`SEARCH_KERNELS`: ``"max"`` (G_ReLU-CKA's), ``"linear
 CKA's) and ``"psd"`` (:func:`lib.metrics.psd_grelu_gram` with :data:`lib.metrics.PSD_BETA`), each
 on the paper's normalised channels.
 """
-
 from __future__ import annotations
 
 import math
@@ -34,16 +33,8 @@ from .hsic import cka_from_grams, hsic
 from .normalization import normalize_channels
 from .psd import PSD_BETA, psd_grelu_gram
 
-__all__ = [
-    "SEARCH_KERNELS",
-    "SEARCH_TARGETS",
-    "cka_random_range",
-    "cka_range_search",
-    "hsic_report",
-    "hsic_share",
-    "kernel_gram",
-    "spectrum_summary",
-]
+__all__ = ["SEARCH_KERNELS", "SEARCH_TARGETS", "cka_random_range", "cka_range_search",
+           "hsic_report", "hsic_share", "kernel_gram", "spectrum_summary"]
 
 #: Kernels on the normalised channels that the searches compare.
 SEARCH_KERNELS = ("max", "linear", "psd")
@@ -56,10 +47,8 @@ def _square(K, name="K") -> torch.Tensor:
     t = K.detach() if isinstance(K, torch.Tensor) else torch.as_tensor(np.asarray(K))
     t = t.to("cpu", torch.float64)
     if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 2:
-        raise ValueError(
-            f"{name} must be a square (n_samples, n_samples) matrix with "
-            f"n_samples >= 2; got shape {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name} must be a square (n_samples, n_samples) matrix with "
+                         f"n_samples >= 2; got shape {tuple(t.shape)}")
     return t
 
 
@@ -111,12 +100,8 @@ def hsic_report(K, L) -> dict:
         Gram matrix is degenerate).
     """
     K, L = _square(K, "K"), _square(L, "L")
-    out = dict(
-        hsic1_kk=hsic(K, K),
-        hsic1_ll=hsic(L, L),
-        hsic1_kl=hsic(K, L),
-        hsic0_kl=hsic(K, L, unbiased=False),
-    )
+    out = dict(hsic1_kk=hsic(K, K), hsic1_ll=hsic(L, L), hsic1_kl=hsic(K, L),
+               hsic0_kl=hsic(K, L, unbiased=False))
     for key, unbiased in (("cka1", True), ("cka0", False)):
         try:
             out[key] = cka_from_grams(K, L, unbiased=unbiased)
@@ -184,7 +169,6 @@ def kernel_gram(X, kernel: str, zero_channels: str = "keep") -> torch.Tensor:
 
 # -- differentiable versions for the adversarial search (small inputs: (n, n, c) temporaries) -----
 
-
 def _normalised(x: torch.Tensor) -> torch.Tensor:
     x = x - x.mean(dim=0, keepdim=True)
     return x / x.norm(dim=0, keepdim=True)
@@ -236,15 +220,8 @@ def _sample(g: torch.Generator, n: int, c: int, nonnegative: bool) -> torch.Tens
     return x.relu() if nonnegative else x
 
 
-def cka_random_range(
-    kernel: str = "max",
-    n_samples: int = 8,
-    channels: int = 3,
-    trials: int = 200,
-    *,
-    nonnegative: bool = False,
-    seed: int = 0,
-) -> dict:
+def cka_random_range(kernel: str = "max", n_samples: int = 8, channels: int = 3, trials: int = 200,
+                     *, nonnegative: bool = False, seed: int = 0) -> dict:
     """CKA of independent random small inputs: how often it is negative or undefined.
 
     Each trial draws ``X`` and ``Y`` of shape ``(n_samples, channels)`` with standard normal entries
@@ -275,9 +252,8 @@ def cka_random_range(
     values, undefined = {True: [], False: []}, 0
     for _ in range(trials):
         try:
-            K, L = (
-                kernel_gram(_sample(g, n_samples, channels, nonnegative), kernel) for _ in range(2)
-            )
+            K, L = (kernel_gram(_sample(g, n_samples, channels, nonnegative), kernel)
+                    for _ in range(2))
             pair = {u: cka_from_grams(K, L, unbiased=u) for u in (True, False)}
         except ValueError:
             undefined += 1
@@ -286,14 +262,11 @@ def cka_random_range(
             values[u].append(v)
     u, b = np.array(values[True]), np.array(values[False])
     nan = math.nan
-    return dict(
-        unbiased_min=float(u.min()) if u.size else nan,
-        unbiased_max=float(u.max()) if u.size else nan,
-        unbiased_negative_share=float((u < 0).mean()) if u.size else nan,
-        biased_min=float(b.min()) if b.size else nan,
-        biased_negative_share=float((b < 0).mean()) if b.size else nan,
-        undefined=undefined,
-    )
+    return dict(unbiased_min=float(u.min()) if u.size else nan,
+                unbiased_max=float(u.max()) if u.size else nan,
+                unbiased_negative_share=float((u < 0).mean()) if u.size else nan,
+                biased_min=float(b.min()) if b.size else nan,
+                biased_negative_share=float((b < 0).mean()) if b.size else nan, undefined=undefined)
 
 
 def _library_value(X: np.ndarray, Y: np.ndarray, kernel: str, target: str) -> float:
@@ -308,17 +281,9 @@ def _library_value(X: np.ndarray, Y: np.ndarray, kernel: str, target: str) -> fl
         return math.nan
 
 
-def cka_range_search(
-    kernel: str = "max",
-    target: str = "unbiased",
-    n_samples: int = 8,
-    channels: int = 3,
-    *,
-    restarts: int = 4,
-    steps: int = 300,
-    nonnegative: bool = False,
-    seed: int = 0,
-) -> dict:
+def cka_range_search(kernel: str = "max", target: str = "unbiased", n_samples: int = 8,
+                     channels: int = 3, *, restarts: int = 4, steps: int = 300,
+                     nonnegative: bool = False, seed: int = 0) -> dict:
     """Inputs optimised by gradient descent (Adam) to minimise a CKA or to make it undefined.
 
     ``target="unbiased"`` or ``"biased"``: minimise the CKA of ``X`` and ``Y`` with that HSIC
@@ -373,9 +338,5 @@ def cka_range_search(
     value, X, Y = best
     if X is None:
         return dict(value=math.nan, library_value=math.nan, X=None, Y=None)
-    return dict(
-        value=value,
-        library_value=_library_value(X, Y, kernel, target),
-        X=X,
-        Y=None if target == "degenerate" else Y,
-    )
+    return dict(value=value, library_value=_library_value(X, Y, kernel, target), X=X,
+                Y=None if target == "degenerate" else Y)

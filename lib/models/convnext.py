@@ -3,27 +3,17 @@
 No activation follows its residual additions; :func:`lib.models.residual_outputs` names the block
 outputs. It has no symmetry spec.
 """
-
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..activations import Activation
 from ..config import check_choice
+from ..activations import Activation
 from .spec import check_memory, check_width
 
-__all__ = [
-    "convnext_cifar",
-    "convnext20",
-    "ConvNeXtBlock",
-    "ConvNeXtCIFAR",
-    "ConvNeXt20",
-    "LayerNorm2d",
-    "ConvNeXtFront",
-    "ConvNeXtBack",
-    "split_convnext",
-]
+__all__ = ["convnext_cifar", "convnext20", "ConvNeXtBlock", "ConvNeXtCIFAR", "ConvNeXt20", "LayerNorm2d",
+           "ConvNeXtFront", "ConvNeXtBack", "split_convnext"]
 
 
 class LayerNorm2d(nn.Module):
@@ -67,33 +57,22 @@ class ConvNeXtBlock(nn.Module):
 
     Notes
     -----
-    ``dw``: depthwise conv; ``pw1``/``pw2``: 1x1 convs to 4x the channels and back; ``act``: GELU
-    (an :class:`lib.activations.Activation`, so the expanded layer is a hidden layer). ``out`` is an
-    identity on the residual-stream output, so that ``features(model, x, ["<block>.out"])`` captures
-    it. :meth:`inner` and :meth:`outer` are the two halves of ``forward`` around ``act``.
+    ``dw``: depthwise conv; ``pw1``/``pw2``: 1x1 convs to 4x the channels and back; ``act``: GELU (an
+    :class:`lib.activations.Activation`, so the expanded layer is a hidden layer). ``out`` is an identity on the
+    residual-stream output, so that ``features(model, x, ["<block>.out"])`` captures it.
+    :meth:`inner` and :meth:`outer` are the two halves of ``forward`` around ``act``.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        layer_scale: float | None = 1e-6,
-        kernel_size: int = 7,
-        norm: str = "layer",
-        dw_bias: bool = True,
-    ):
+    def __init__(self, dim: int, layer_scale: float | None = 1e-6, kernel_size: int = 7, norm: str = "layer",
+                 dw_bias: bool = True):
         super().__init__()
-        self.dw = nn.Conv2d(
-            dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=dw_bias
-        )
+        self.dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=dw_bias)
         self.norm = _norm(norm, dim)
         self.pw1 = nn.Conv2d(dim, 4 * dim, 1)
         self.act = Activation("gelu")
         self.pw2 = nn.Conv2d(4 * dim, dim, 1)
-        self.gamma = (
-            nn.Parameter(torch.full((dim, 1, 1), float(layer_scale)))
-            if layer_scale is not None
-            else None
-        )
+        self.gamma = (nn.Parameter(torch.full((dim, 1, 1), float(layer_scale)))
+                      if layer_scale is not None else None)
         self.out = nn.Identity()
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +91,8 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXtCIFAR(nn.Module):
-    """The network of :func:`convnext_cifar`: stem, stages of :class:`ConvNeXtBlock` with
-    downsampling between them, global average pool, LayerNorm, linear head.
+    """The network of :func:`convnext_cifar`: stem, stages of :class:`ConvNeXtBlock` with downsampling
+    between them, global average pool, LayerNorm, linear head.
 
     Parameters
     ----------
@@ -131,33 +110,16 @@ class ConvNeXtCIFAR(nn.Module):
         ``"layer"`` or ``"batch"``.
     """
 
-    def __init__(
-        self,
-        dims,
-        depths,
-        num_classes: int,
-        layer_scale: float | None,
-        kernel_size: int = 7,
-        norm: str = "layer",
-    ):
+    def __init__(self, dims, depths, num_classes: int, layer_scale: float | None, kernel_size: int = 7,
+                 norm: str = "layer"):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 3, padding=1), _norm(norm, dims[0]))
         for s, (dim, depth) in enumerate(zip(dims, depths), start=1):
             if s > 1:
-                setattr(
-                    self,
-                    f"down{s}",
-                    nn.Sequential(
-                        _norm(norm, dims[s - 2]), nn.Conv2d(dims[s - 2], dim, 2, stride=2)
-                    ),
-                )
-            setattr(
-                self,
-                f"stage{s}",
-                nn.Sequential(
-                    *[ConvNeXtBlock(dim, layer_scale, kernel_size, norm) for _ in range(depth)]
-                ),
-            )
+                setattr(self, f"down{s}", nn.Sequential(_norm(norm, dims[s - 2]),
+                                                       nn.Conv2d(dims[s - 2], dim, 2, stride=2)))
+            setattr(self, f"stage{s}", nn.Sequential(*[ConvNeXtBlock(dim, layer_scale, kernel_size, norm)
+                                                       for _ in range(depth)]))
         self.n_stages = len(dims)
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
@@ -177,7 +139,7 @@ class ConvNeXtCIFAR(nn.Module):
 
     def classify(self, h: torch.Tensor) -> torch.Tensor:
         """Outputs ``(N, num_classes)`` from the last block's output ``h`` ``(N, C, h, w)``."""
-        return self.head(self.norm(h.mean((2, 3))))  # (N, C, h, w) -> (N, C)
+        return self.head(self.norm(h.mean((2, 3))))      # (N, C, h, w) -> (N, C)
 
     def forward(self, x):
         x = self.stage1(self.stem(x))
@@ -186,24 +148,16 @@ class ConvNeXtCIFAR(nn.Module):
         return self.classify(x)
 
 
-def convnext_cifar(
-    width: float = 1.0,
-    depths=(2, 2, 2),
-    num_classes: int = 10,
-    layer_scale: float | None = 1e-6,
-    kernel_size: int = 7,
-    norm: str = "layer",
-) -> ConvNeXtCIFAR:
-    """A small ConvNeXt (Liu et al. 2022) for 32x32 inputs: the paper's ConvNeXt analogue at CIFAR
-    scale.
+def convnext_cifar(width: float = 1.0, depths=(2, 2, 2), num_classes: int = 10,
+                   layer_scale: float | None = 1e-6, kernel_size: int = 7, norm: str = "layer") -> ConvNeXtCIFAR:
+    """A small ConvNeXt (Liu et al. 2022) for 32x32 inputs: the paper's ConvNeXt analogue at CIFAR scale.
 
-    Stem: 3x3 conv (stride 1) + LayerNorm; stage ``s`` (``stage1``, ``stage2``, ...) has
-    ``depths[s-1]`` :class:`ConvNeXtBlock` of ``round(32 * width * 2**(s-1))`` channels; between
-    stages a LayerNorm and a 2x2 stride-2 conv halve the resolution (32, 16, 8 for three stages);
-    head: global average pool, LayerNorm, linear. No stochastic depth. Like ConvNeXt, no activation
-    follows the residual additions. For Section 6 dissect the last block output,
-    ``f"stage{len(depths)}.{depths[-1]-1}.out"`` (``"stage3.1.out"`` by default, 8x8), the analogue
-    of the paper's final residual output.
+    Stem: 3x3 conv (stride 1) + LayerNorm; stage ``s`` (``stage1``, ``stage2``, ...) has ``depths[s-1]``
+    :class:`ConvNeXtBlock` of ``round(32 * width * 2**(s-1))`` channels; between stages a LayerNorm and a
+    2x2 stride-2 conv halve the resolution (32, 16, 8 for three stages); head: global average pool,
+    LayerNorm, linear. No stochastic depth. Like ConvNeXt, no activation follows the residual
+    additions. For Section 6 dissect the last block output, ``f"stage{len(depths)}.{depths[-1]-1}.out"``
+    (``"stage3.1.out"`` by default, 8x8), the analogue of the paper's final residual output.
 
     Parameters
     ----------
@@ -218,8 +172,8 @@ def convnext_cifar(
     kernel_size : int
         The depthwise kernel, odd (ConvNeXt: 7).
     norm : str
-        ``"layer"`` (ConvNeXt's LayerNorm over channels, everywhere) or ``"batch"`` (BatchNorm in
-        its place, which trains faster on a CPU and in few epochs; the residual additions still have
+        ``"layer"`` (ConvNeXt's LayerNorm over channels, everywhere) or ``"batch"`` (BatchNorm in its
+        place, which trains faster on a CPU and in few epochs; the residual additions still have
         nothing after them).
 
     Returns
@@ -242,21 +196,10 @@ def convnext_cifar(
         raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
     check_choice("norm", norm, ("layer", "batch"))
     dims = [max(1, round(32 * width * 2**k)) for k in range(len(depths))]
-    arch = dict(
-        arch="convnext_cifar",
-        width=width,
-        depths=depths,
-        num_classes=num_classes,
-        layer_scale=layer_scale,
-        kernel_size=kernel_size,
-        norm=norm,
-    )
-    check_memory(
-        lambda: ConvNeXtCIFAR(dims, depths, num_classes, layer_scale, kernel_size, norm),
-        "width",
-        width,
-        arch,
-    )
+    arch = dict(arch="convnext_cifar", width=width, depths=depths, num_classes=num_classes,
+                layer_scale=layer_scale, kernel_size=kernel_size, norm=norm)
+    check_memory(lambda: ConvNeXtCIFAR(dims, depths, num_classes, layer_scale, kernel_size, norm),
+                 "width", width, arch)
     model = ConvNeXtCIFAR(dims, depths, num_classes, layer_scale, kernel_size, norm)
     model.arch = arch
     return model
@@ -277,25 +220,13 @@ class ConvNeXt20(ConvNeXtCIFAR):
 
     def __init__(self, dims, depth: int, num_classes: int):
         nn.Module.__init__(self)
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, dims[0], 3, padding=1, bias=False), nn.BatchNorm2d(dims[0])
-        )
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 3, padding=1, bias=False), nn.BatchNorm2d(dims[0]))
         for s, dim in enumerate(dims, start=1):
             if s > 1:
-                setattr(
-                    self,
-                    f"down{s}",
-                    nn.Sequential(
-                        nn.BatchNorm2d(dims[s - 2]), nn.Conv2d(dims[s - 2], dim, 2, stride=2)
-                    ),
-                )
-            setattr(
-                self,
-                f"stage{s}",
-                nn.Sequential(
-                    *[ConvNeXtBlock(dim, None, 3, "batch", dw_bias=False) for _ in range(depth)]
-                ),
-            )
+                setattr(self, f"down{s}", nn.Sequential(nn.BatchNorm2d(dims[s - 2]),
+                                                       nn.Conv2d(dims[s - 2], dim, 2, stride=2)))
+            setattr(self, f"stage{s}", nn.Sequential(*[ConvNeXtBlock(dim, None, 3, "batch", dw_bias=False)
+                                                       for _ in range(depth)]))
         self.n_stages = len(dims)
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes)
@@ -305,19 +236,18 @@ class ConvNeXt20(ConvNeXtCIFAR):
 
     def classify(self, h: torch.Tensor) -> torch.Tensor:
         """Outputs ``(N, num_classes)`` from the last block's output ``h`` ``(N, C, h, w)``."""
-        return self.head(self.norm(h).mean((2, 3)))  # BatchNorm, then (N, C, h, w) -> (N, C)
+        return self.head(self.norm(h).mean((2, 3)))      # BatchNorm, then (N, C, h, w) -> (N, C)
 
 
 def convnext20(width: float = 1.0, depth: int = 3, num_classes: int = 10) -> ConvNeXt20:
-    """A ConvNeXt-style network laid out like ResNet20: Section 6's ConvNeXt analogue at CIFAR
-    scale.
+    """A ConvNeXt-style network laid out like ResNet20: Section 6's ConvNeXt analogue at CIFAR scale.
 
     Stem: 3x3 conv (no bias) + BatchNorm, no activation; three stages of ``depth``
     :class:`ConvNeXtBlock` with ``round(16 * width * 2**(s-1))`` channels (ResNet20's 16/32/64 at
     width 1), each block ``x + pw2(GELU(pw1(BN(dw3x3(x)))))`` with nothing after the addition and no
     layer scale; between stages BatchNorm + 2x2 stride-2 conv (32, 16, 8 pixels); head: BatchNorm,
-    global average pool, linear. Kaiming-normal convolutions. Same channels, depth and resolutions
-    as ResNet20, so the two differ in the block and in the activation on the residual stream, and it
+    global average pool, linear. Kaiming-normal convolutions. Same channels, depth and resolutions as
+    ResNet20, so the two differ in the block and in the activation on the residual stream, and it
     trains with the ResNets' SGD recipe (measured at ``cpu`` scale, width 0.25, 8 epochs: 64.2 %
     against the ReLU ResNet's 66.9 %). The last residual output is ``f"stage3.{depth - 1}.out"``.
 
@@ -382,14 +312,13 @@ class ConvNeXtFront(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple:
         steps = [m for _, m in self.model.steps()]
         h = self.model.stem(x)
-        for m in steps[: self.k]:
+        for m in steps[:self.k]:
             h = m(h)
         return steps[self.k].inner(h), h
 
 
 class ConvNeXtBack(nn.Module):
-    """``(h, block_input) -> outputs``: the rest of a :class:`ConvNeXtCIFAR` after a block's
-    ``act``.
+    """``(h, block_input) -> outputs``: the rest of a :class:`ConvNeXtCIFAR` after a block's ``act``.
 
     Attributes
     ----------
@@ -406,7 +335,7 @@ class ConvNeXtBack(nn.Module):
     def forward(self, state: tuple) -> torch.Tensor:
         steps = [m for _, m in self.model.steps()]
         h = steps[self.k].outer(state[0], state[1])
-        for m in steps[self.k + 1 :]:
+        for m in steps[self.k + 1:]:
             h = m(h)
         return self.model.classify(h)
 

@@ -1,5 +1,4 @@
 """The Myrtle CNN (Page 2018), the paper's main convolutional model, and its symmetry spec."""
-
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,17 +6,8 @@ from collections import OrderedDict
 from torch import nn
 
 from ..activations import Activation
-from .spec import (
-    Site,
-    SymmetrySpec,
-    activation_params,
-    bias_axes,
-    check_memory,
-    check_width,
-    conv_axes,
-    dense_axes,
-    norm_axes,
-)
+from .spec import (SymmetrySpec, Site, activation_params, bias_axes, check_memory, check_width,
+                   conv_axes, dense_axes, norm_axes)
 
 __all__ = ["myrtle_cnn", "myrtle_spec"]
 
@@ -40,13 +30,12 @@ def myrtle_spec(channels, activation: str, params: dict, batchnorm: bool) -> Sym
     Returns
     -------
     SymmetrySpec
-        Sites ``act1`` .. ``act4`` (the last three followed by a max-pool, so phi(A) must be
-        positive).
+        Sites ``act1`` .. ``act4`` (the last three followed by a max-pool, so phi(A) must be positive).
     """
     p = tuple(sorted(params.items()))
     sites, axes, layers = {}, {}, {}
     for i, c in enumerate(channels, start=1):
-        site, prev = f"act{i}", (f"act{i - 1}" if i > 1 else None)
+        site, prev = f"act{i}", (f"act{i-1}" if i > 1 else None)
         if batchnorm:
             axes[f"conv{i}.weight"] = conv_axes(site, prev, "perm")
             axes.update(norm_axes(f"bn{i}", site))
@@ -59,11 +48,8 @@ def myrtle_spec(channels, activation: str, params: dict, batchnorm: bool) -> Sym
     return SymmetrySpec(sites, axes, layers)
 
 
-def _conv_stage(
-    i: int, c_in: int, c_out: int, batchnorm: bool, activation: str, params: dict
-) -> OrderedDict:
-    # conv (with a bias only without BatchNorm), BatchNorm, activation, then a 2x2 max-pool after
-    # stage 1.
+def _conv_stage(i: int, c_in: int, c_out: int, batchnorm: bool, activation: str, params: dict) -> OrderedDict:
+    # conv (with a bias only without BatchNorm), BatchNorm, activation, then a 2x2 max-pool after stage 1.
     mods: OrderedDict = OrderedDict()
     mods[f"conv{i}"] = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm)
     if batchnorm:
@@ -74,14 +60,8 @@ def _conv_stage(
     return mods
 
 
-def myrtle_cnn(
-    width: float = 1.0,
-    batchnorm: bool = True,
-    activation: str = "relu",
-    num_classes: int = 10,
-    in_channels: int = 3,
-    negative_slope: float = 0.01,
-) -> nn.Sequential:
+def myrtle_cnn(width: float = 1.0, batchnorm: bool = True, activation: str = "relu",
+               num_classes: int = 10, in_channels: int = 3, negative_slope: float = 0.01) -> nn.Sequential:
     """The Myrtle CNN of the paper (Page 2018), as a ``Sequential`` laid out as the authors' code.
 
     With BatchNorm the modules are conv/bn/act (indices 0-2), then conv/bn/act/pool three times
@@ -108,8 +88,7 @@ def myrtle_cnn(
     -------
     nn.Sequential
         Inputs ``(N, in_channels, 32, 32)``, outputs ``(N, num_classes)``; with ``symmetry_spec``
-        (:func:`myrtle_spec`) and ``arch`` (the dict that :func:`lib.models.build` rebuilds it
-        from).
+        (:func:`myrtle_spec`) and ``arch`` (the dict that :func:`lib.models.build` rebuilds it from).
 
     Raises
     ------
@@ -127,19 +106,11 @@ def myrtle_cnn(
         for i in range(1, 5):
             mods.update(_conv_stage(i, chans[i - 1], chans[i], batchnorm, activation, params))
         mods["pool"] = nn.MaxPool2d(4)
-        mods["flatten"] = nn.Flatten()  # (N, 8c, 1, 1) -> (N, 8c)
+        mods["flatten"] = nn.Flatten()          # (N, 8c, 1, 1) -> (N, 8c)
         mods["fc"] = nn.Linear(8 * c, num_classes)
         return nn.Sequential(mods)
-
-    arch = dict(
-        arch="myrtle_cnn",
-        width=width,
-        batchnorm=batchnorm,
-        activation=activation,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        **params,
-    )
+    arch = dict(arch="myrtle_cnn", width=width, batchnorm=batchnorm, activation=activation,
+                num_classes=num_classes, in_channels=in_channels, **params)
     check_memory(make, "width", width, arch)
     model = make()
     model.symmetry_spec = myrtle_spec(chans[1:], activation, params, batchnorm)

@@ -4,10 +4,9 @@ memoised on disk.
 Every layer can start where the optimum of a closed-form problem is (``init="closed_form"``, the
 default): the full layer at the least-squares map of B's features on A's, a rank-r layer at the
 reduced-rank regression, and the G_ReLU layer at activation matching, all from one streaming pass
-(``lib.stitching.feature_moments``). ``init="random"`` is the paper's start (Kaiming-uniform full
-and rank layers without bias, Sinkhorn noise for G_ReLU).
+(``lib.stitching.feature_moments``). ``init="random"`` is the paper's start (Kaiming-uniform full and
+rank layers without bias, Sinkhorn noise for G_ReLU).
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -25,20 +24,12 @@ from .matching import least_squares, matching_from_moments, matching_matrix
 from .surgery import channels_at, feature_moments, front_features, stitch
 from .training import INITS, check_settings, train_stitch
 
-__all__ = [
-    "VARIANT_HELP",
-    "parse_variant",
-    "StitchData",
-    "stitch_experiment",
-    "experiment_config",
-    "cached_experiment",
-]
+__all__ = ["VARIANT_HELP", "parse_variant", "StitchData", "stitch_experiment", "experiment_config",
+           "cached_experiment"]
 
 
-VARIANT_HELP = (
-    "'full', 'rank<r>' (r in 1..C, e.g. 'rank1'), 'grelu', each optionally with the suffix "
-    "'_random' (the paper's random start), and 'matching' (activation matching, not trained)"
-)
+VARIANT_HELP = ("'full', 'rank<r>' (r in 1..C, e.g. 'rank1'), 'grelu', each optionally with the suffix "
+                "'_random' (the paper's random start), and 'matching' (activation matching, not trained)")
 """str: the accepted variant names, as error messages state them."""
 
 
@@ -72,10 +63,8 @@ def parse_variant(name: str, channels: int, init: str = "closed_form") -> tuple:
     if base.startswith("rank") and base[4:].isdigit():
         r = int(base[4:])
         if not 1 <= r <= channels:
-            raise ValueError(
-                f"variant {name!r}: rank must be in 1..{channels} (the layer's channels); "
-                f"accepted: {VARIANT_HELP}"
-            )
+            raise ValueError(f"variant {name!r}: rank must be in 1..{channels} (the layer's channels); "
+                             f"accepted: {VARIANT_HELP}")
         return "rank", r, start
     raise ValueError(f"unknown variant {name!r}; accepted: {VARIANT_HELP}")
 
@@ -112,16 +101,8 @@ def _variant_settings(settings: StitchSettings, init: str) -> StitchSettings:
 class _Experiment:
     """One :func:`stitch_experiment`: its images, A's shared fronts and the closed-form sums."""
 
-    def __init__(
-        self,
-        model_a,
-        model_b,
-        layer: str,
-        data: StitchData,
-        settings: StitchSettings,
-        seed: int,
-        device,
-    ):
+    def __init__(self, model_a, model_b, layer: str, data: StitchData, settings: StitchSettings,
+                 seed: int, device):
         self.a, self.b, self.layer = model_a, model_b, layer
         self.settings, self.seed = settings, seed
         self.device, self.dtype = device, data.feature_dtype
@@ -133,10 +114,8 @@ class _Experiment:
 
     def clean(self) -> list:
         """A's and B's test accuracies (fractions)."""
-        return [
-            evaluate(m, self.x_te, self.y_te, self.device, precision=self.settings.precision)
-            for m in (self.a, self.b)
-        ]
+        return [evaluate(m, self.x_te, self.y_te, self.device, precision=self.settings.precision)
+                for m in (self.a, self.b)]
 
     def prepare(self, *, moments: bool) -> None:
         """A's fronts (the training one only when cached) and, with ``moments``, the feature sums
@@ -144,14 +123,12 @@ class _Experiment:
         train = None
         if moments:
             dtype = self.dtype if self.cached else None
-            sums = feature_moments(
-                self.a, self.b, self.layer, self.x_tr, device=self.device, front_dtype=dtype
-            )
+            sums = feature_moments(self.a, self.b, self.layer, self.x_tr, device=self.device,
+                                   front_dtype=dtype)
             self.moments, train = sums if self.cached else (sums, None)
         elif self.cached:
-            train = front_features(
-                self.a, self.layer, self.x_tr, dtype=self.dtype, device=self.device
-            )
+            train = front_features(self.a, self.layer, self.x_tr, dtype=self.dtype,
+                                   device=self.device)
         test = front_features(self.a, self.layer, self.x_te, dtype=self.dtype, device=self.device)
         self.fronts = dict(train=train, test=test)
 
@@ -173,29 +150,14 @@ class _Experiment:
         kind, rank, init = parsed
         t0 = time.perf_counter()
         closed = init != "random"
-        model = stitch(
-            self.a,
-            self.b,
-            self.layer,
-            kind,
-            rank,
-            generator=torch.Generator().manual_seed(self.seed + i),
-            bias=(closed or self.settings.random_bias) and kind != "grelu",
-        )
+        model = stitch(self.a, self.b, self.layer, kind, rank,
+                       generator=torch.Generator().manual_seed(self.seed + i),
+                       bias=(closed or self.settings.random_bias) and kind != "grelu")
         row = self.start(model, kind, rank) if closed else {}
         fronts = self.fronts
-        row.update(
-            train_stitch(
-                model,
-                fronts["train"],
-                self.y_tr,
-                fronts["test"],
-                self.y_te,
-                _variant_settings(self.settings, init),
-                self.seed,
-                train_images=None if self.cached else self.x_tr,
-            )
-        )
+        row.update(train_stitch(model, fronts["train"], self.y_tr, fronts["test"], self.y_te,
+                                _variant_settings(self.settings, init), self.seed,
+                                train_images=None if self.cached else self.x_tr))
         row["seconds"] = time.perf_counter() - t0
         for h in row["history"]:
             h["penalty"] = mean_clean - h["test_acc"]
@@ -205,17 +167,9 @@ class _Experiment:
         return row
 
 
-def stitch_experiment(
-    model_a,
-    model_b,
-    layer: str,
-    variants,
-    data: StitchData,
-    settings: StitchSettings,
-    *,
-    seed: int = 0,
-    device=None,
-) -> dict:
+def stitch_experiment(model_a, model_b, layer: str, variants, data: StitchData,
+                      settings: StitchSettings, *, seed: int = 0,
+                      device=None) -> dict:
     """Stitch A into B at ``layer`` with each of ``variants``, sharing A's front.
 
     With ``settings.fronts == "cached"`` A's training front is computed once (as
@@ -250,8 +204,8 @@ def stitch_experiment(
         ``clean`` (A's and B's test accuracies, fractions), ``layer``, ``n_train``, ``n_test``,
         ``moments_seconds`` (A's fronts and the feature sums, one pass) and ``variants[name]``:
         ``best_acc``, ``final_acc`` (fractions), ``penalty`` (eq. 4.3 with the best accuracy, a
-        fraction), ``final_penalty``, ``history`` (per evaluation, the start as epoch 0, each row
-        with its ``penalty``), ``matrix``, ``seconds``, ``kind``, ``rank``, ``init``, and for
+        fraction), ``final_penalty``, ``history`` (per evaluation, the start as epoch 0, each row with its
+        ``penalty``), ``matrix``, ``seconds``, ``kind``, ``rank``, ``init``, and for
         ``grelu``/``matching`` closed-form starts ``perm``/``scales``.
     """
     variants = [variants] if isinstance(variants, str) else list(variants)
@@ -269,16 +223,8 @@ def stitch_experiment(
     return out
 
 
-def experiment_config(
-    model_a,
-    model_b,
-    layer: str,
-    variants,
-    data: StitchData,
-    settings: StitchSettings,
-    *,
-    seed: int = 0,
-) -> dict:
+def experiment_config(model_a, model_b, layer: str, variants, data: StitchData,
+                      settings: StitchSettings, *, seed: int = 0) -> dict:
     """What :func:`cached_experiment`'s memo key is a hash of (``lib.cache.memo_key``).
 
     Both models' weight fingerprints (``lib.cache.fingerprint``), the data, the layer, the variants,
@@ -296,32 +242,15 @@ def experiment_config(
         JSON-serialisable.
     """
     variants = [variants] if isinstance(variants, str) else list(variants)
-    return dict(
-        a=fingerprint(model_a),
-        b=fingerprint(model_b),
-        data=data.dataset.identity,
-        layer=layer,
-        variants=variants,
-        n_train=data.n_train,
-        n_test=data.n_test,
-        settings=dataclasses.asdict(settings),
-        seed=seed,
-        feature_dtype=str(data.feature_dtype),
-    )
+    return dict(a=fingerprint(model_a), b=fingerprint(model_b), data=data.dataset.identity,
+                layer=layer, variants=variants, n_train=data.n_train, n_test=data.n_test,
+                settings=dataclasses.asdict(settings), seed=seed,
+                feature_dtype=str(data.feature_dtype))
 
 
-def cached_experiment(
-    model_a,
-    model_b,
-    layer: str,
-    variants,
-    data: StitchData,
-    settings: StitchSettings,
-    *,
-    seed: int = 0,
-) -> dict:
-    """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes
-    nothing.
+def cached_experiment(model_a, model_b, layer: str, variants, data: StitchData,
+                      settings: StitchSettings, *, seed: int = 0) -> dict:
+    """:func:`stitch_experiment`, memoised on disk (``lib.cache.memo``) so a warm rebuild recomputes nothing.
 
     The memo key is a hash of :func:`experiment_config`.
 
@@ -337,8 +266,5 @@ def cached_experiment(
     """
     variants = [variants] if isinstance(variants, str) else list(variants)
     config = experiment_config(model_a, model_b, layer, variants, data, settings, seed=seed)
-    return memo(
-        "stitching",
-        config,
-        lambda: stitch_experiment(model_a, model_b, layer, variants, data, settings, seed=seed),
-    )
+    return memo("stitching", config, lambda: stitch_experiment(
+        model_a, model_b, layer, variants, data, settings, seed=seed))

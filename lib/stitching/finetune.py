@@ -1,11 +1,10 @@
 """Fine-tuning the layers after a transformed pre-activation (the sanity test of Fig. 4).
 
-The tail trains on cached pre-activations with Adam, under one of :data:`SCHEDULES`: a linear decay
-to 0 for the few epochs of small scales, or the authors' StepLR(12, 0.5) at ``paper`` scale (the
-fields of ``lib.settings.Scale.finetune``, a ``lib.settings.FinetuneSettings``, which holds the
-whole protocol).
+The tail trains on cached pre-activations with Adam, under one of :data:`SCHEDULES`: a linear decay to
+0 for the few epochs of small scales, or the authors' StepLR(12, 0.5) at ``paper`` scale (the fields
+of ``lib.settings.Scale.finetune``, a ``lib.settings.FinetuneSettings``, which holds the whole
+protocol).
 """
-
 from __future__ import annotations
 
 import torch
@@ -16,18 +15,12 @@ from ..config import PRECISIONS, autocast, check_choice
 from ..settings import FinetuneSettings
 from .curves import check_evals_per_epoch, eval_steps
 
-__all__ = [
-    "SCHEDULES",
-    "ROTATION_STARTS",
-    "check_finetune",
-    "lr_schedule",
-    "tail_accuracy",
-    "finetune_tail",
-]
+__all__ = ["SCHEDULES", "ROTATION_STARTS", "check_finetune", "lr_schedule", "tail_accuracy",
+           "finetune_tail"]
 
 SCHEDULES = ("linear", "constant", "step")
-"""tuple of str: learning-rate schedules of the fine-tuning: linear decay to 0 over all steps,
-constant, or the authors' StepLR (times ``gamma`` every ``step_size`` epochs)."""
+"""tuple of str: learning-rate schedules of the fine-tuning: linear decay to 0 over all steps, constant, or
+the authors' StepLR (times ``gamma`` every ``step_size`` epochs)."""
 ROTATION_STARTS = ("refit", "transformed")
 """tuple of str: the starts of the fine-tuning: after a least-squares refit of the next conv, or the
 paper's (the trained weights)."""
@@ -48,9 +41,8 @@ def check_finetune(settings: FinetuneSettings) -> None:
         step size, evaluations per epoch).
     """
     if not _is_int(settings.epochs) or settings.epochs < 0:
-        raise ValueError(
-            f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}"
-        )
+        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), "
+                         f"got {settings.epochs!r}")
     if not _is_int(settings.batch_size) or settings.batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
     check_choice("start", settings.start, ROTATION_STARTS)
@@ -66,43 +58,26 @@ def _is_int(value) -> bool:
 def _check_schedule(schedule: str, step_size) -> None:
     check_choice("schedule", schedule, SCHEDULES)
     if schedule == "step" and not (isinstance(step_size, int) and step_size >= 1):
-        raise ValueError(
-            f"step_size must be an integer >= 1 (epochs) for schedule 'step', got {step_size!r}"
-        )
+        raise ValueError(f"step_size must be an integer >= 1 (epochs) for schedule 'step', "
+                         f"got {step_size!r}")
 
 
 @torch.no_grad()
-def tail_accuracy(
-    net: nn.Module, z: torch.Tensor, y: torch.Tensor, precision: str, batch_size: int = 1000
-) -> float:
-    """Accuracy (a fraction) of ``net`` in eval mode on cached pre-activations ``z`` ``(n, C, h,
-    w)``."""
+def tail_accuracy(net: nn.Module, z: torch.Tensor, y: torch.Tensor, precision: str, batch_size: int = 1000) -> float:
+    """Accuracy (a fraction) of ``net`` in eval mode on cached pre-activations ``z`` ``(n, C, h, w)``."""
     dev = next(net.parameters()).device
     was = net.training
     net.eval()
     correct = 0
     with autocast(dev, precision):
         for s in range(0, len(y), batch_size):
-            correct += (
-                (
-                    net(z[s : s + batch_size].to(dev).float()).argmax(1).cpu()
-                    == y[s : s + batch_size]
-                )
-                .sum()
-                .item()
-            )
+            correct += (net(z[s:s + batch_size].to(dev).float()).argmax(1).cpu() == y[s:s + batch_size]).sum().item()
     net.train(was)
     return correct / max(1, len(y))
 
 
-def lr_schedule(
-    opt: torch.optim.Optimizer,
-    schedule: str,
-    epochs: int,
-    steps_per_epoch: int,
-    step_size: int = 12,
-    gamma: float = 0.5,
-) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_schedule(opt: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int, step_size: int = 12,
+                gamma: float = 0.5) -> torch.optim.lr_scheduler.LambdaLR:
     """The fine-tuning's learning-rate schedule, stepped once per optimiser step.
 
     Parameters
@@ -110,8 +85,7 @@ def lr_schedule(
     opt : torch.optim.Optimizer
     schedule : str
         ``"linear"`` (from the rate to 0 over ``epochs * steps_per_epoch`` steps), ``"constant"`` or
-        ``"step"`` (the authors' ``StepLR(step_size, gamma)``: times ``gamma`` every ``step_size``
-        epochs).
+        ``"step"`` (the authors' ``StepLR(step_size, gamma)``: times ``gamma`` every ``step_size`` epochs).
     epochs, steps_per_epoch : int
         The length of the fine-tuning.
     step_size : int
@@ -125,34 +99,23 @@ def lr_schedule(
     """
     _check_schedule(schedule, step_size)
     total = max(1, epochs * steps_per_epoch)
-    factor = {
-        "linear": lambda step: 1 - step / total,
-        "constant": lambda step: 1.0,
-        "step": lambda step: gamma ** ((step // steps_per_epoch) // step_size),
-    }[schedule]
+    factor = {"linear": lambda step: 1 - step / total, "constant": lambda step: 1.0,
+              "step": lambda step: gamma ** ((step // steps_per_epoch) // step_size)}[schedule]
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _adam(net: nn.Module, settings: FinetuneSettings) -> torch.optim.Adam:
     # Weight decay on weights only: biases are not pulled towards 0.
     params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    decayed = dict(
-        params=[p for n, p in params if n.endswith("weight")], weight_decay=settings.weight_decay
-    )
+    decayed = dict(params=[p for n, p in params if n.endswith("weight")],
+                   weight_decay=settings.weight_decay)
     plain = dict(params=[p for n, p in params if not n.endswith("weight")], weight_decay=0.0)
     return torch.optim.Adam([decayed, plain], lr=settings.lr)
 
 
-def finetune_tail(
-    net: nn.Module,
-    train_z: torch.Tensor,
-    y_train: torch.Tensor,
-    test_z: torch.Tensor,
-    y_test: torch.Tensor,
-    settings: FinetuneSettings,
-    *,
-    seed: int = 0,
-) -> list[dict]:
+def finetune_tail(net: nn.Module, train_z: torch.Tensor, y_train: torch.Tensor,
+                  test_z: torch.Tensor, y_test: torch.Tensor, settings: FinetuneSettings, *,
+                  seed: int = 0) -> list[dict]:
     """Train ``net`` (the transform and the layers after it) in place on cached pre-activations.
 
     Adam with ``settings.weight_decay`` on parameters named ``weight``; no augmentation.
@@ -180,10 +143,8 @@ def finetune_tail(
     """
     check_finetune(settings)
     if len(train_z) != len(y_train) or len(test_z) != len(y_test):
-        raise ValueError(
-            f"pre-activations and labels must have equal counts, got {len(train_z)} "
-            f"and {len(y_train)} (train), {len(test_z)} and {len(y_test)} (test)"
-        )
+        raise ValueError(f"pre-activations and labels must have equal counts, got {len(train_z)} "
+                         f"and {len(y_train)} (train), {len(test_z)} and {len(y_test)} (test)")
     s = settings
     dev = next(net.parameters()).device
     opt = _adam(net, s)
@@ -207,13 +168,8 @@ def finetune_tail(
             sched.step()
             tot, seen = tot + loss.item() * len(idx), seen + len(idx)
             if step in checkpoints:
-                history.append(
-                    dict(
-                        epoch=epoch + checkpoints[step],
-                        loss=tot / seen,
-                        test_acc=tail_accuracy(net, test_z, y_test, s.precision),
-                    )
-                )
+                history.append(dict(epoch=epoch + checkpoints[step], loss=tot / seen,
+                                    test_acc=tail_accuracy(net, test_z, y_test, s.precision)))
                 tot, seen = 0.0, 0
     net.eval()
     return history

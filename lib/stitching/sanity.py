@@ -16,7 +16,6 @@ input, the same algorithm for both kinds. For ``A`` in G_ReLU the fit is exact (
 commute with ``A``, so ``W A⁻¹`` is linear in the new input): Proposition 3.4 in closed form. For an
 orthogonal ``A`` it is the best linear compensation, and fine-tuning continues from there.
 """
-
 from __future__ import annotations
 
 import copy
@@ -36,21 +35,13 @@ from ..settings import FinetuneSettings
 from .finetune import check_finetune, finetune_tail, tail_accuracy
 from .matching import add_moments, least_squares, moments_of
 
-__all__ = [
-    "ROTATION_KINDS",
-    "FixedChannelMap",
-    "random_channel_map",
-    "rotated_model",
-    "pre_activations",
-    "refit_next_conv",
-    "rotation_penalty",
-    "rotation_config",
-    "cached_rotation_penalty",
-]
+__all__ = ["ROTATION_KINDS", "FixedChannelMap", "random_channel_map", "rotated_model",
+           "pre_activations", "refit_next_conv", "rotation_penalty", "rotation_config",
+           "cached_rotation_penalty"]
 
 ROTATION_KINDS = ("grelu", "orthogonal")
-"""tuple of str: the transforms of the sanity test: a random G_ReLU element or a random orthogonal
-matrix."""
+"""tuple of str: the transforms of the sanity test: a random G_ReLU element or a random orthogonal matrix."""
+
 
 
 class FixedChannelMap(nn.Module):
@@ -70,9 +61,7 @@ class FixedChannelMap(nn.Module):
         return nn.functional.conv2d(x, self.A.to(x.dtype))
 
 
-def random_channel_map(
-    kind: str, channels: int, generator: torch.Generator, sigma: float = 1.0
-) -> torch.Tensor:
+def random_channel_map(kind: str, channels: int, generator: torch.Generator, sigma: float = 1.0) -> torch.Tensor:
     """A random transform of the sanity test.
 
     Parameters
@@ -104,16 +93,13 @@ def _cut_after_conv(model: nn.Sequential, layer: str) -> int:
     if not isinstance(model, nn.Sequential) or layer not in names:
         raise ValueError(f"unknown layer {layer!r}; this model's modules: {', '.join(names)}")
     if not isinstance(getattr(model, layer), nn.Conv2d):
-        raise ValueError(
-            f"layer {layer!r} must be a Conv2d (the transform acts on the pre-activation), "
-            f"got {type(getattr(model, layer)).__name__}"
-        )
+        raise ValueError(f"layer {layer!r} must be a Conv2d (the transform acts on the pre-activation), "
+                         f"got {type(getattr(model, layer)).__name__}")
     return names.index(layer) + 1
 
 
 def rotated_model(model: nn.Sequential, layer: str, A: torch.Tensor) -> nn.Sequential:
-    """A copy of ``model`` with ``A`` applied after its conv ``layer`` and everything up to there
-    frozen.
+    """A copy of ``model`` with ``A`` applied after its conv ``layer`` and everything up to there frozen.
 
     Parameters
     ----------
@@ -133,9 +119,7 @@ def rotated_model(model: nn.Sequential, layer: str, A: torch.Tensor) -> nn.Seque
     idx = _cut_after_conv(model, layer)
     conv = getattr(model, layer)
     if tuple(A.shape) != (conv.out_channels, conv.out_channels):
-        raise ValueError(
-            f"A must be {conv.out_channels}x{conv.out_channels} for {layer!r}, got {tuple(A.shape)}"
-        )
+        raise ValueError(f"A must be {conv.out_channels}x{conv.out_channels} for {layer!r}, got {tuple(A.shape)}")
     new = copy.deepcopy(model)
     dev = conv.weight.device
     setattr(new, layer, nn.Sequential(getattr(new, layer), FixedChannelMap(A.to(dev))))
@@ -146,14 +130,8 @@ def rotated_model(model: nn.Sequential, layer: str, A: torch.Tensor) -> nn.Seque
 
 
 @torch.no_grad()
-def pre_activations(
-    model: nn.Sequential,
-    layer: str,
-    x: torch.Tensor,
-    batch_size: int = 500,
-    dtype=torch.float16,
-    device=None,
-) -> torch.Tensor:
+def pre_activations(model: nn.Sequential, layer: str, x: torch.Tensor, batch_size: int = 500,
+                    dtype=torch.float16, device=None) -> torch.Tensor:
     """The output of conv ``layer`` (the pre-activation), computed in float32 in eval mode.
 
     Parameters
@@ -180,15 +158,15 @@ def pre_activations(
     if len(x) == 0:
         raise ValueError("x holds no images")
     device = get_device(device)
-    front = model[: _cut_after_conv(model, layer)].to(device).eval()
+    front = model[:_cut_after_conv(model, layer)].to(device).eval()
     out = None
     with exact_mode():
         # Filled batch by batch: a list of batches joined by torch.cat would hold the result twice.
         for s in range(0, len(x), batch_size):
-            h = front(to_input(x[s : s + batch_size], device))
+            h = front(to_input(x[s:s + batch_size], device))
             if out is None:
                 out = empty_rows(h, len(x), dtype)
-            out[s : s + len(h)] = h
+            out[s:s + len(h)] = h
     return out
 
 
@@ -200,9 +178,7 @@ def _first_conv(tail: nn.Sequential) -> int:
 
 
 @torch.no_grad()
-def refit_next_conv(
-    tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch_size: int = 250
-) -> None:
+def refit_next_conv(tail: nn.Sequential, A: torch.Tensor, z: torch.Tensor, batch_size: int = 250) -> None:
     """Refit, in place, the first convolution of ``tail`` by least squares (with its bias).
 
     The refitted conv, fed ``g(A z)`` (``g``: the modules before it, e.g. ReLU and max-pool), best
@@ -227,26 +203,21 @@ def refit_next_conv(
     moments = None
     with exact_mode():
         for s in range(0, len(z), batch_size):
-            zb = z[s : s + batch_size].to(dev).float()
-            target = conv(g(zb))  # (b, C_out, h', w')
-            x = F.unfold(
-                g(F.conv2d(zb, M)), conv.kernel_size, conv.dilation, conv.padding, conv.stride
-            )
-            x = x.movedim(1, -1).reshape(-1, x.shape[1]).double()  # (b·L, C·k·k)
+            zb = z[s:s + batch_size].to(dev).float()
+            target = conv(g(zb))                                            # (b, C_out, h', w')
+            x = F.unfold(g(F.conv2d(zb, M)), conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+            x = x.movedim(1, -1).reshape(-1, x.shape[1]).double()          # (b·L, C·k·k)
             y = target.movedim(1, -1).reshape(-1, target.shape[1]).double()
             moments = add_moments(moments, moments_of(x, y))
     W, b = least_squares(moments)
     conv.weight.copy_(W.reshape(conv.weight.shape).to(conv.weight))
     if conv.bias is None:
-        raise ValueError(
-            "the conv to refit needs a bias (the Myrtle CNN without BatchNorm has one)"
-        )
+        raise ValueError("the conv to refit needs a bias (the Myrtle CNN without BatchNorm has one)")
     conv.bias.copy_(b.to(conv.bias))
 
 
-def _trial_fronts(
-    model: nn.Sequential, layer: str, data, finetune: FinetuneSettings, fronts
-) -> tuple:
+def _trial_fronts(model: nn.Sequential, layer: str, data, finetune: FinetuneSettings,
+                  fronts) -> tuple:
     # The labels of the subsets and their pre-activations, computed here unless given.
     x_tr, y_tr = subset(data.x_train, data.y_train, finetune.images)
     x_te, y_te = subset(data.x_test, data.y_test, finetune.eval_images)
@@ -255,11 +226,9 @@ def _trial_fronts(
         fronts = tuple(pre_activations(model, layer, x, device=device) for x in (x_tr, x_te))
     train_z, test_z = fronts
     if len(train_z) != len(y_tr) or len(test_z) != len(y_te):
-        raise ValueError(
-            f"fronts hold {len(train_z)} and {len(test_z)} images but the settings' "
-            f"images and eval_images select {len(y_tr)} and {len(y_te)}; accepted: "
-            f"fronts of the same subsets"
-        )
+        raise ValueError(f"fronts hold {len(train_z)} and {len(test_z)} images but the settings' "
+                         f"images and eval_images select {len(y_tr)} and {len(y_te)}; accepted: "
+                         f"fronts of the same subsets")
     return (train_z, y_tr), (test_z, y_te)
 
 
@@ -271,19 +240,10 @@ def _trainable_copy(layers: nn.Sequential) -> nn.Sequential:
     return tail
 
 
-def rotation_penalty(
-    model: nn.Sequential,
-    layer: str,
-    kind: str,
-    generator: torch.Generator,
-    data,
-    finetune: FinetuneSettings,
-    *,
-    seed: int = 0,
-    fronts: tuple | None = None,
-) -> dict:
-    """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front,
-    fine-tune.
+def rotation_penalty(model: nn.Sequential, layer: str, kind: str, generator: torch.Generator, data,
+                     finetune: FinetuneSettings, *, seed: int = 0,
+                     fronts: tuple | None = None) -> dict:
+    """Transform the pre-activation of ``layer`` by a random ``kind`` matrix, freeze the front, fine-tune.
 
     Everything runs on the model's device.
 
@@ -316,8 +276,8 @@ def rotation_penalty(
         Accuracies as fractions: ``clean`` (the model on the cached test fronts), ``start`` (right
         after the transform), ``refit`` (after the refit; equal to ``start`` for ``"transformed"``),
         ``finetuned`` (best over the epochs, the start included), ``final`` (last epoch),
-        ``penalty = clean - finetuned`` and ``final_penalty`` (fractions); ``history`` (per
-        evaluation, with ``penalty``) and ``seconds``.
+        ``penalty = clean - finetuned`` and ``final_penalty`` (fractions); ``history`` (per evaluation,
+        with ``penalty``) and ``seconds``.
     """
     check_choice("kind", kind, ROTATION_KINDS)
     check_finetune(finetune)
@@ -335,32 +295,14 @@ def rotation_penalty(
     for h in history:
         h["penalty"] = clean - h["test_acc"]
     finetuned, final = max(h["test_acc"] for h in history), history[-1]["test_acc"]
-    return dict(
-        layer=layer,
-        kind=kind,
-        start_kind=finetune.start,
-        clean=clean,
-        start=start_acc,
-        refit=history[0]["test_acc"],
-        finetuned=finetuned,
-        final=final,
-        penalty=clean - finetuned,
-        final_penalty=clean - final,
-        history=history,
-        seconds=time.perf_counter() - t0,
-    )
+    return dict(layer=layer, kind=kind, start_kind=finetune.start, clean=clean, start=start_acc,
+                refit=history[0]["test_acc"], finetuned=finetuned, final=final,
+                penalty=clean - finetuned, final_penalty=clean - final, history=history,
+                seconds=time.perf_counter() - t0)
 
 
-def rotation_config(
-    model: nn.Sequential,
-    layer: str,
-    kind: str,
-    trial: int,
-    data,
-    finetune: FinetuneSettings,
-    *,
-    seed: int = 0,
-) -> dict:
+def rotation_config(model: nn.Sequential, layer: str, kind: str, trial: int, data,
+                    finetune: FinetuneSettings, *, seed: int = 0) -> dict:
     """What :func:`cached_rotation_penalty`'s memo key is a hash of (``lib.cache.memo_key``).
 
     The model's weight fingerprint (``lib.cache.fingerprint``), the data, the layer, the kind, the
@@ -376,28 +318,12 @@ def rotation_config(
     dict
         JSON-serialisable.
     """
-    return dict(
-        model=fingerprint(model),
-        data=data.identity,
-        layer=layer,
-        kind=kind,
-        trial=trial,
-        seed=seed,
-        finetune=dataclasses.asdict(finetune),
-    )
+    return dict(model=fingerprint(model), data=data.identity, layer=layer, kind=kind, trial=trial,
+                seed=seed, finetune=dataclasses.asdict(finetune))
 
 
-def cached_rotation_penalty(
-    model: nn.Sequential,
-    layer: str,
-    kind: str,
-    trial: int,
-    data,
-    finetune: FinetuneSettings,
-    *,
-    seed: int = 0,
-    fronts=None,
-) -> dict:
+def cached_rotation_penalty(model: nn.Sequential, layer: str, kind: str, trial: int, data,
+                            finetune: FinetuneSettings, *, seed: int = 0, fronts=None) -> dict:
     """:func:`rotation_penalty` of trial ``trial``, memoised on disk (``lib.cache.memo``).
 
     The transform comes from ``torch.Generator().manual_seed(1000 * seed + trial)`` and the batch
@@ -423,17 +349,6 @@ def cached_rotation_penalty(
         :func:`rotation_penalty`'s result.
     """
     config = rotation_config(model, layer, kind, trial, data, finetune, seed=seed)
-    return memo(
-        "rotation_penalty",
-        config,
-        lambda: rotation_penalty(
-            model,
-            layer,
-            kind,
-            torch.Generator().manual_seed(1000 * seed + trial),
-            data,
-            finetune,
-            seed=seed + trial,
-            fronts=fronts() if callable(fronts) else fronts,
-        ),
-    )
+    return memo("rotation_penalty", config, lambda: rotation_penalty(
+        model, layer, kind, torch.Generator().manual_seed(1000 * seed + trial), data, finetune,
+        seed=seed + trial, fronts=fronts() if callable(fronts) else fronts))

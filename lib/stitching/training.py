@@ -1,10 +1,9 @@
 """Training a stitching layer on A's state under a protocol (``lib.settings.StitchSettings``).
 
 A's state is either cached (computed once on clean images) or computed per batch from augmented
-images (the authors' data loader); before each evaluation B's BatchNorm statistics may be
-re-estimated with the evaluated layer (the authors' ``--bn_epoch``, :func:`bn_epoch_stats`).
+images (the authors' data loader); before each evaluation B's BatchNorm statistics may be re-estimated
+with the evaluated layer (the authors' ``--bn_epoch``, :func:`bn_epoch_stats`).
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -20,31 +19,17 @@ from ..settings import RECIPES, StitchSettings, scale_settings
 from .curves import check_evals_per_epoch, eval_steps
 from .surgery import Stitched
 
-__all__ = [
-    "INITS",
-    "GRELU_P",
-    "FRONTS",
-    "BN_EPOCH",
-    "settings_for_scale",
-    "check_settings",
-    "augmented_front",
-    "hard_rounding",
-    "bn_epoch_stats",
-    "train_stitch",
-]
+__all__ = ["INITS", "GRELU_P", "FRONTS", "BN_EPOCH", "settings_for_scale", "check_settings",
+           "augmented_front", "hard_rounding", "bn_epoch_stats", "train_stitch"]
 
 INITS = ("closed_form", "random")
-"""tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random
-one."""
+"""tuple of str: the starts of a stitching layer: at a closed-form optimum, or the paper's random one."""
 GRELU_P = ("birkhoff", "fixed")
-"""tuple of str: how G_ReLU's permutation trains: on the Birkhoff polytope, or fixed at its start.
-"""
+"""tuple of str: how G_ReLU's permutation trains: on the Birkhoff polytope, or fixed at its start."""
 FRONTS = ("cached", "augmented")
-"""tuple of str: A's front computed once on clean images, or per batch from augmented ones (the
-authors')."""
+"""tuple of str: A's front computed once on clean images, or per batch from augmented ones (the authors')."""
 BN_EPOCH = ("none", "grelu", "all")
-"""tuple of str: the layer kinds that get the BatchNorm pass before each evaluation
-(:func:`bn_epoch_stats`)."""
+"""tuple of str: the layer kinds that get the BatchNorm pass before each evaluation (:func:`bn_epoch_stats`)."""
 
 
 def settings_for_scale(scale: str, **overrides) -> StitchSettings:
@@ -85,9 +70,7 @@ def check_settings(settings: StitchSettings) -> None:
     check_choice("fronts", settings.fronts, FRONTS)
     check_choice("bn_epoch", settings.bn_epoch, BN_EPOCH)
     if not isinstance(settings.epochs, int) or settings.epochs < 0:
-        raise ValueError(
-            f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}"
-        )
+        raise ValueError(f"epochs must be an integer >= 0 (0 evaluates the start only), got {settings.epochs!r}")
     if settings.batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {settings.batch_size!r}")
     check_evals_per_epoch(settings.evals_per_epoch)
@@ -95,8 +78,7 @@ def check_settings(settings: StitchSettings) -> None:
 
 @torch.no_grad()
 def augmented_front(model: Stitched, x: torch.Tensor, generator: torch.Generator) -> tuple:
-    """A's state for uint8 images after the paper recipe's augmentation (random flip, translate by
-    2).
+    """A's state for uint8 images after the paper recipe's augmentation (random flip, translate by 2).
 
     Parameters
     ----------
@@ -110,8 +92,7 @@ def augmented_front(model: Stitched, x: torch.Tensor, generator: torch.Generator
     Returns
     -------
     tuple of torch.Tensor
-        As :func:`lib.stitching.front_features`: ``(h,)`` or ``(h, block_input)``, each ``(n, C, h,
-        w)``.
+        As :func:`lib.stitching.front_features`: ``(h,)`` or ``(h, block_input)``, each ``(n, C, h, w)``.
     """
     dev = next(model.stitch.parameters()).device
     recipe = RECIPES["paper"]
@@ -146,11 +127,11 @@ def hard_rounding(layer):
 def bn_epoch_stats(model: Stitched, states):
     """The authors' ``--bn_epoch`` pass: B's BatchNorm statistics re-estimated for one evaluation.
 
-    Inside the ``with`` block B's running statistics are those left by a no-grad pass over
-    ``states`` with B in train mode and the stitching layer as evaluated (a G_ReLU layer's P rounded
-    to a permutation, :func:`hard_rounding`); on leaving it they are restored, so training goes on
-    from the statistics it had. (The authors run this pass, over a whole augmented epoch, before
-    each test of their G_ReLU runs.)
+    Inside the ``with`` block B's running statistics are those left by a no-grad pass over ``states``
+    with B in train mode and the stitching layer as evaluated (a G_ReLU layer's P rounded to a
+    permutation, :func:`hard_rounding`); on leaving it they are restored, so training goes on from
+    the statistics it had. (The authors run this pass, over a whole augmented epoch, before each
+    test of their G_ReLU runs.)
 
     Parameters
     ----------
@@ -176,9 +157,8 @@ def bn_epoch_stats(model: Stitched, states):
 
 
 @torch.no_grad()
-def _accuracy(
-    model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 1000, precision: str = "bulk"
-) -> float:
+def _accuracy(model: Stitched, state: tuple, y: torch.Tensor, batch_size: int = 1000,
+              precision: str = "bulk") -> float:
     dev = next(model.stitch.parameters()).device
     was = model.training
     model.eval()
@@ -186,8 +166,8 @@ def _accuracy(
     try:
         with hard_rounding(model.stitch), autocast(dev, precision):
             for s in range(0, len(y), batch_size):
-                out = model.tail(tuple(t[s : s + batch_size].to(dev) for t in state))
-                correct += (out.argmax(1).cpu() == y[s : s + batch_size].cpu()).sum().item()
+                out = model.tail(tuple(t[s:s + batch_size].to(dev) for t in state))
+                correct += (out.argmax(1).cpu() == y[s:s + batch_size].cpu()).sum().item()
     finally:
         model.train(was)
     return correct / max(1, len(y))
@@ -196,10 +176,8 @@ def _accuracy(
 def _check_state(name: str, state: tuple, y: torch.Tensor) -> None:
     counts = sorted({len(t) for t in state})
     if counts != [len(y)]:
-        raise ValueError(
-            f"{name} holds fronts of {', '.join(map(str, counts))} images but {len(y)} labels; "
-            f"accepted: one label per front (equal counts)"
-        )
+        raise ValueError(f"{name} holds fronts of {', '.join(map(str, counts))} images but {len(y)} labels; "
+                         f"accepted: one label per front (equal counts)")
 
 
 # BatchNorm running statistics (momentum 0.1) forget all but the last ~20 batches, so adapting them
@@ -207,36 +185,26 @@ def _check_state(name: str, state: tuple, y: torch.Tensor) -> None:
 _ADAPT_BATCHES = 30
 
 
-def _train_source(
-    model: Stitched,
-    train_state,
-    y_train: torch.Tensor,
-    settings: StitchSettings,
-    seed: int,
-    train_images,
-):
+def _train_source(model: Stitched, train_state, y_train: torch.Tensor, settings: StitchSettings,
+                  seed: int, train_images):
     # The function from a batch's indices to A's state on it: cached fronts, or augmented images
     # run through A's front (their flips and shifts drawn from seed + 1).
     dev = next(model.stitch.parameters()).device
     if settings.fronts == "augmented":
         if train_images is None:
-            raise ValueError(
-                "fronts='augmented' needs train_images (uint8 (n, H, W, 3)); "
-                "accepted: train_images with one image per label, or fronts='cached' "
-                "with train_state"
-            )
+            raise ValueError("fronts='augmented' needs train_images (uint8 (n, H, W, 3)); "
+                             "accepted: train_images with one image per label, or fronts='cached' "
+                             "with train_state")
         _check_state("train_images", (train_images,), y_train)
         images, aug_gen = train_images.to(dev), torch.Generator().manual_seed(seed + 1)
 
         def augmented_state(idx):
             return augmented_front(model, images[idx.to(dev)], aug_gen)
-
         return augmented_state
     _check_state("train_state", train_state, y_train)
 
     def cached_state(idx):
         return tuple(t[idx].to(dev) for t in train_state)
-
     return cached_state
 
 
@@ -244,29 +212,23 @@ def _optimizer(layer, settings: StitchSettings, *, birkhoff: bool, total_steps: 
     # (optimiser, schedule) of the stitching layer's parameters; a fixed P is not among them.
     if layer.kind == "grelu":
         lr = settings.lr if settings.grelu_lr is None else settings.grelu_lr
-        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + [
-            dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)
-        ]
+        groups = ([dict(params=[layer.p], weight_decay=0.0, lr=lr)] if birkhoff else []) + \
+                 [dict(params=[layer.d], weight_decay=settings.weight_decay, lr=lr)]
     else:
         groups = [dict(params=list(layer.parameters()), weight_decay=settings.weight_decay)]
-    opt = (
-        torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
-        if settings.optimizer == "sgd"
-        else torch.optim.Adam(groups, lr=settings.lr)
-    )
+    opt = (torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum)
+           if settings.optimizer == "sgd" else torch.optim.Adam(groups, lr=settings.lr))
 
     def factor(step):
         return 1 - step / total_steps if settings.lr_decay else 1.0
-
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class _StitchRun:
     """One run of :func:`train_stitch`: its optimiser, batch orders, steps and evaluations."""
 
-    def __init__(
-        self, model: Stitched, settings: StitchSettings, state_of, y_train, test: tuple, seed: int
-    ):
+    def __init__(self, model: Stitched, settings: StitchSettings, state_of, y_train, test: tuple,
+                 seed: int):
         layer = model.stitch
         self.model, self.layer, self.settings = model, layer, settings
         self.state_of, self.y_train, self.test = state_of, y_train, test
@@ -276,12 +238,8 @@ class _StitchRun:
         self.birkhoff = layer.kind == "grelu" and settings.grelu_p == "birkhoff"
         self.p_only = round(settings.epochs * settings.p_only_fraction) if self.birkhoff else 0
         self.n_batches = -(-len(y_train) // settings.batch_size)
-        self.opt, self.sched = _optimizer(
-            layer,
-            settings,
-            birkhoff=self.birkhoff,
-            total_steps=max(1, settings.epochs * self.n_batches),
-        )
+        self.opt, self.sched = _optimizer(layer, settings, birkhoff=self.birkhoff,
+                                          total_steps=max(1, settings.epochs * self.n_batches))
         self.checkpoints = eval_steps(self.n_batches, settings.evals_per_epoch)
         self.bn_pass = settings.bn_epoch in ("all", layer.kind)
         self.gen = torch.Generator().manual_seed(seed)
@@ -341,16 +299,9 @@ class _StitchRun:
         return rows
 
 
-def train_stitch(
-    model: Stitched,
-    train_state: tuple | None,
-    y_train: torch.Tensor,
-    test_state: tuple,
-    y_test: torch.Tensor,
-    settings: StitchSettings,
-    seed: int = 0,
-    train_images: torch.Tensor | None = None,
-) -> dict:
+def train_stitch(model: Stitched, train_state: tuple | None, y_train: torch.Tensor, test_state: tuple,
+                 y_test: torch.Tensor, settings: StitchSettings, seed: int = 0,
+                 train_images: torch.Tensor | None = None) -> dict:
     """Train ``model.stitch`` alone on A's state; evaluate on the test state every epoch.
 
     grelu: the first ``p_only_fraction`` of the epochs leave D fixed; after every step P is clipped
@@ -364,8 +315,8 @@ def train_stitch(
     model : Stitched
         The stitched model, its stitching layer already at its start.
     train_state : tuple of torch.Tensor or None
-        A's training fronts (``lib.stitching.front_features``), each ``(n, C, h, w)``; unused (may
-        be None) with ``settings.fronts == "augmented"``.
+        A's training fronts (``lib.stitching.front_features``), each ``(n, C, h, w)``; unused (may be
+        None) with ``settings.fronts == "augmented"``.
     y_train, y_test : torch.Tensor
         Labels ``(n,)``, one per training image and per test front.
     test_state : tuple of torch.Tensor
@@ -375,19 +326,19 @@ def train_stitch(
         start only. With ``lr_decay`` the
         learning rate falls linearly from ``lr`` to 0 over all steps.
     seed : int
-        Seed of the batch order (and, ``seed + 1``, of the augmentation; ``seed + 2``, of the
-        batches of the BatchNorm pass).
+        Seed of the batch order (and, ``seed + 1``, of the augmentation; ``seed + 2``, of the batches
+        of the BatchNorm pass).
     train_images : torch.Tensor, optional
         uint8 training images ``(n, H, W, 3)``, needed with ``settings.fronts == "augmented"``.
 
     Returns
     -------
     dict
-        ``history`` (one row per evaluation, ``evals_per_epoch`` per epoch, the start as epoch 0:
-        ``epoch`` (fractional between epochs' ends), ``loss`` (mean training cross-entropy, nats),
-        ``test_acc`` (fraction)), ``best_acc`` (best test accuracy over the rows, the authors'
-        choice, a fraction), ``final_acc`` (last row), ``matrix`` (final ``(C, C)`` map, rounded for
-        grelu) and ``seconds``.
+        ``history`` (one row per evaluation, ``evals_per_epoch`` per epoch, the start as epoch 0: ``epoch``
+        (fractional between epochs' ends), ``loss`` (mean training
+        cross-entropy, nats), ``test_acc`` (fraction)), ``best_acc`` (best test accuracy over the
+        rows, the authors' choice, a fraction), ``final_acc`` (last row), ``matrix`` (final ``(C, C)``
+        map, rounded for grelu) and ``seconds``.
     """
     check_settings(settings)
     state_of = _train_source(model, train_state, y_train, settings, seed, train_images)
@@ -402,10 +353,5 @@ def train_stitch(
     model.eval()
     with hard_rounding(model.stitch):
         final = model.stitch.matrix().detach().cpu()
-    return dict(
-        best_acc=max(h["test_acc"] for h in history),
-        final_acc=history[-1]["test_acc"],
-        history=history,
-        matrix=final,
-        seconds=time.perf_counter() - t0,
-    )
+    return dict(best_acc=max(h["test_acc"] for h in history), final_acc=history[-1]["test_acc"],
+                history=history, matrix=final, seconds=time.perf_counter() - t0)
