@@ -65,7 +65,7 @@ def cell_lines(body: str) -> int:
     return sum(1 for line in body.splitlines() if line.strip() and not line.startswith(":"))
 
 
-def lint_chapter(path: Path, *, fix: bool, format_check: bool) -> list[str]:
+def lint_chapter(path: Path, *, fix: bool, format_check: bool, ignore: str = "") -> list[str]:
     """Findings for one chapter (``path:line: message``).
 
     With ``fix``, cells are formatted first, except those that formatting would take over
@@ -89,19 +89,28 @@ def lint_chapter(path: Path, *, fix: bool, format_check: bool) -> list[str]:
                 code = formatted
             elif format_check:
                 findings.append(f"{path}:{line0}: cell not formatted (run {__file__} --fix)")
-        findings += check_cell(path, line0, code)
+        findings += check_cell(path, line0, code, ignore)
     if fix and pieces:
         path.write_text("".join(pieces) + text[last:], encoding="utf-8")
     return findings
 
 
-def check_cell(path: Path, line0: int, code: str) -> list[str]:
+def check_cell(path: Path, line0: int, code: str, ignore: str = "") -> list[str]:
     """``ruff check`` findings of one cell whose code starts at line ``line0`` of ``path``."""
     with tempfile.TemporaryDirectory() as tmp:
         cell = Path(tmp) / "cell.py"
         cell.write_text(to_python(code), encoding="utf-8")
         out = subprocess.run(
-            [*RUFF, "check", *COMMON, *CHECK, "--output-format", "concise", str(cell)],
+            [
+                *RUFF,
+                "check",
+                *COMMON,
+                *CHECK,
+                *(["--extend-ignore", ignore] if ignore else []),
+                "--output-format",
+                "concise",
+                str(cell),
+            ],
             capture_output=True,
             text=True,
         )
@@ -118,11 +127,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fix", action="store_true", help="write the formatted cells back")
     parser.add_argument("--format", action="store_true", help="also require formatted cells")
+    parser.add_argument("--ignore", default="", help="more rule codes to leave out, e.g. E501")
     parser.add_argument("chapters", nargs="*", type=Path)
     args = parser.parse_args(argv)
     chapters = args.chapters or sorted((ROOT / "book").glob("*.md"))
     findings = [
-        f for c in chapters for f in lint_chapter(c, fix=args.fix, format_check=args.format)
+        f
+        for c in chapters
+        for f in lint_chapter(c, fix=args.fix, format_check=args.format, ignore=args.ignore)
     ]
     print("\n".join(findings) or f"{len(chapters)} chapters: all checks passed")
     return 1 if findings else 0
