@@ -7,6 +7,7 @@ the kernel in ``book/``, as the book build does. Test ids stay the chapter's
 (``book/05_stitching.md::Cell 3``). So ``pytest`` alone checks that the whole book runs and that
 every claim a chapter asserts still holds.
 """
+
 import os
 import shutil
 import tempfile
@@ -27,7 +28,8 @@ SMOKE = {"scale": "smoke"}
 # Tests never read or write the user's own caches (trained models, results): unless the caller
 # chose a cache, they use one inside the checkout, which chapter kernels inherit.
 os.environ.setdefault("SYMMETRIES_CACHE", str(ROOT / ".cache" / "tests"))
-# Chapter kernels run in book/, so a relative data path given on the command line must be made absolute.
+# Chapter kernels run in book/, so a relative data path given on the command line must be made
+# absolute.
 for _var in ("SYMMETRIES_DATA", "SYMMETRIES_CACHE"):
     if os.environ.get(_var):
         os.environ[_var] = str(Path(os.environ[_var]).resolve())
@@ -54,18 +56,20 @@ def pytest_unconfigure(config):
 
 
 class ChapterNotebook(plugin.IPyNbFile):
-    """nbval's collector for one chapter: the node is the chapter (its id, its folder for the kernel),
-    the notebook nbval reads is the parameterised copy in the session's temporary folder."""
+    """nbval's collector for one chapter: the node is the chapter (its id, its folder for the
+    kernel), the notebook nbval reads is the parameterised copy in the session's temporary folder.
+    """
 
     def collect(self):
         notebook = self.config.notebook_dir / f"{self.path.stem}.ipynb"
         nbformat.write(smoke_notebook(self.path), notebook)
-        # An nbval collector of the copy parses its cells (options, comment markers); they are adopted
-        # here, so that they run in this node's kernel and report under the chapter's name.
+        # An nbval collector of the copy parses its cells (options, comment markers); they are
+        # adopted here, so that they run in this node's kernel and report under the chapter's name.
         reader = plugin.IPyNbFile.from_parent(self, path=notebook, nodeid=f"{self.nodeid}::copy")
         for cell in reader.collect():
-            yield plugin.IPyNbCell.from_parent(self, name=cell.name, cell_num=cell.cell_num, cell=cell.cell,
-                                               options=cell.options)
+            yield plugin.IPyNbCell.from_parent(
+                self, name=cell.name, cell_num=cell.cell_num, cell=cell.cell, options=cell.options
+            )
         self.nb = reader.nb
 
 

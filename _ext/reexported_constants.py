@@ -7,6 +7,7 @@ skip them (or, asked for one by name, show the docstring of its type, ``dict``).
 reads the comment in the defining module instead: the loaded ``lib`` module whose attribute of that
 name is the same object and whose source documents it.
 """
+
 import sys
 
 from sphinx.errors import PycodeError
@@ -23,7 +24,7 @@ def defining_comment(name: str, obj: object) -> list[str] | None:
             continue
         try:
             docs = ModuleAnalyzer.for_module(modname).find_attr_docs()
-        except PycodeError:     # no source to read
+        except PycodeError:  # no source to read
             continue
         if ("", name) in docs:
             return list(docs["", name])
@@ -38,8 +39,10 @@ class ConstantDocumenter(DataDocumenter):
     @classmethod
     def can_document_member(cls, member, membername, isattr, parent):
         return super().can_document_member(member, membername, isattr, parent) or (
-            isinstance(parent, ModuleDocumenter) and membername.isupper()
-            and defining_comment(membername, member) is not None)
+            isinstance(parent, ModuleDocumenter)
+            and membername.isupper()
+            and defining_comment(membername, member) is not None
+        )
 
     def get_module_comment(self, attrname):
         return super().get_module_comment(attrname) or defining_comment(attrname, self.object)

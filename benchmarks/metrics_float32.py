@@ -20,6 +20,7 @@ depend on the machine and on other processes (the load average is printed).
     SYMMETRIES_DATA=... SYMMETRIES_CACHE=... .venv/bin/python benchmarks/metrics_float32.py
     ... benchmarks/metrics_float32.py --n 500 --family resnet20 --device cuda
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,12 +64,17 @@ def direct_rows(fa: dict, fb: dict, args) -> list[tuple]:
     rows = []
     for m, spec in M.MEASURES.items():
         f, kw = spec.function, spec.pick(zero_channels="keep")
-        pairs = [(a, b) for a, b in zip(fa, fb) if spec.kind != "procrustes"
-                 or fa[a].shape[2:] == fb[b].shape[2:]]
+        pairs = [
+            (a, b)
+            for a, b in zip(fa, fb)
+            if spec.kind != "procrustes" or fa[a].shape[2:] == fb[b].shape[2:]
+        ]
         values, seconds = {}, {}
         for dt in DTYPES:
+
             def run(f=f, kw=kw, pairs=pairs, dt=dt):
                 return [f(fa[a], fb[b], dtype=dt, device=args.device, **kw) for a, b in pairs]
+
             values[dt], seconds[dt] = best_time(run, args.repeat)
         errors = np.abs(np.array(values[torch.float32]) - np.array(values[torch.float64]))
         rows.append((m, "direct", len(pairs), errors, seconds))
@@ -81,8 +87,10 @@ def matrix_rows(fa: dict, fb: dict, args) -> list[tuple]:
     for m in M.MATRIX_MEASURES:
         values, seconds = {}, {}
         for dt in DTYPES:
+
             def run(m=m, dt=dt):
                 return M.similarity_matrices(fa, fb, (m,), dtype=dt, device=args.device)[m]
+
             values[dt], seconds[dt] = best_time(run, args.repeat)
         diff = np.abs(values[torch.float32] - values[torch.float64])
         errors = diff[~np.isnan(diff)]
@@ -91,22 +99,30 @@ def matrix_rows(fa: dict, fb: dict, args) -> list[tuple]:
 
 
 def print_table(rows: list[tuple]) -> None:
-    head = (f"| {'measure':21s} | {'path':8s} | pairs | max abs err f32 | median err | "
-            f"f64 s  | f32 s  | speed-up |")
+    head = (
+        f"| {'measure':21s} | {'path':8s} | pairs | max abs err f32 | median err | "
+        f"f64 s  | f32 s  | speed-up |"
+    )
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for m, path, n_pairs, errors, s in rows:
         t64, t32 = s[torch.float64], s[torch.float32]
-        print(f"| {m:21s} | {path:8s} | {n_pairs:5d} | {errors.max():15.1e} | "
-              f"{statistics.median(errors.tolist()):10.1e} | {t64:6.2f} | {t32:6.2f} | "
-              f"{t64 / t32:7.2f}x |")
+        print(
+            f"| {m:21s} | {path:8s} | {n_pairs:5d} | {errors.max():15.1e} | "
+            f"{statistics.median(errors.tolist()):10.1e} | {t64:6.2f} | {t32:6.2f} | "
+            f"{t64 / t32:7.2f}x |"
+        )
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000, help="test images (default 1000)")
-    p.add_argument("--family", default="myrtle", choices=["myrtle", "resnet20"],
-                   help="the zoo family whose smoke-scale pair gives the activations")
+    p.add_argument(
+        "--family",
+        default="myrtle",
+        choices=["myrtle", "resnet20"],
+        help="the zoo family whose smoke-scale pair gives the activations",
+    )
     p.add_argument("--repeat", type=int, default=3, help="runs per timing; the best is kept")
     p.add_argument("--device", default="cpu", help="where the measures run (e.g. cuda)")
     args = p.parse_args(argv)
@@ -114,9 +130,11 @@ def main(argv=None) -> None:
         p.error("--n must be at least 4 and --repeat at least 1")
     fa, fb = activations(args.family, args.n, args.device)
     shapes = ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in fa.items())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"load average {os.getloadavg()[0]:.1f}; smoke {args.family} pair, {args.n} test images; "
-          f"layers {shapes}\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+        f"load average {os.getloadavg()[0]:.1f}; smoke {args.family} pair, {args.n} test images; "
+        f"layers {shapes}\n"
+    )
     print_table(direct_rows(fa, fb, args) + matrix_rows(fa, fb, args))
     print(f"\nfinal load average {os.getloadavg()[0]:.1f}")
 

@@ -7,6 +7,7 @@ pipeline (channels_last, whole-batch augmentation; bfloat16 autocast on CUDA).
 
     python benchmarks/train_throughput.py --arch myrtle_cnn --width 0.25 --images 4096
 """
+
 import argparse
 import time
 
@@ -15,7 +16,8 @@ import torchvision.transforms as T
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lib import data as D, models, train
+from lib import data as D
+from lib import models, train
 from lib.config import get_device
 
 
@@ -24,14 +26,21 @@ class PILDataset(Dataset):
 
     def __init__(self, x, y):
         self.x, self.y = x.numpy(), y
-        self.tf = T.Compose([T.RandomCrop(32, padding=2), T.RandomHorizontalFlip(), T.ToTensor(),
-                             T.Normalize([m / 255 for m in D.MEAN], [s / 255 for s in D.STD])])
+        self.tf = T.Compose(
+            [
+                T.RandomCrop(32, padding=2),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize([m / 255 for m in D.MEAN], [s / 255 for s in D.STD]),
+            ]
+        )
 
     def __len__(self):
         return len(self.x)
 
     def __getitem__(self, i):
         from PIL import Image
+
         return self.tf(Image.fromarray(self.x[i])), self.y[i]
 
 
@@ -75,8 +84,10 @@ def main():
     library(models.build(arch, seed=0), data, args.batch_size * 2, args.batch_size, device)
     base = baseline(models.build(arch, seed=0), x, y, args.batch_size, device, args.workers)
     lib_ips = library(models.build(arch, seed=0), data, args.images, args.batch_size, device)
-    print(f"{args.arch} width {args.width}, {args.images} images, batch {args.batch_size}, device {device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.arch} width {args.width}, {args.images} images, batch {args.batch_size}, "
+        f"device {device}, {torch.get_num_threads()} threads"
+    )
     print(f"baseline (DataLoader + PIL transforms, {args.workers} workers): {base:8.0f} images/s")
     print(f"lib.train (on-device batches, channels_last):        {lib_ips:8.0f} images/s")
     print(f"ratio lib / baseline: {lib_ips / base:.2f}x")

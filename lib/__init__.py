@@ -33,4 +33,5 @@ One module or subpackage per concept; callers import from where the code lives::
       sweep.py         a chapter run per parameter combination (papermill, Dask)
       devicecheck.py   the project's own check on a GPU machine
 """
+
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 Models build their nonlinear layers from :class:`Activation`, so that the symmetry machinery
 (:mod:`lib.groups`, :mod:`lib.symmetry`) can read each hidden layer's activation and parameters.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,8 @@ _PARAMS = {"leaky_relu": {"negative_slope"}, "polynomial": {"degree"}}
 
 
 def canonical_name(name: str) -> str:
-    """The key of :data:`ACTIVATIONS` for ``name``: ``"swish"`` becomes ``"silu"``, others are unchanged.
+    """The key of :data:`ACTIVATIONS` for ``name``: ``"swish"`` becomes ``"silu"``, others are
+    unchanged.
 
     Parameters
     ----------
@@ -74,8 +76,10 @@ def activation_fn(name: str, **params):
     check_choice("activation", name, ACTIVATIONS)
     unknown = set(params) - _PARAMS.get(name, set())
     if unknown:
-        raise ValueError(f"activation {name!r} takes no parameter {sorted(unknown)}; "
-                         f"accepted: {sorted(_PARAMS.get(name, set())) or 'none'}")
+        raise ValueError(
+            f"activation {name!r} takes no parameter {sorted(unknown)}; "
+            f"accepted: {sorted(_PARAMS.get(name, set())) or 'none'}"
+        )
     fn = ACTIVATIONS[name]
     return (lambda x: fn(x, **params)) if params else fn
 

@@ -9,6 +9,7 @@ their other fields in a ``"sha256"`` field instead (:func:`checked_json`,
 :func:`read_checked_json`). Every file is written atomically with the user's umask
 (:func:`lib.config.atomic_path`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +23,22 @@ import torch
 
 from .config import atomic_path, cache_dir
 
-__all__ = ["CorruptedError", "write_checked", "read_checked", "JSON_CHECKSUM", "json_digest",
-           "checked_json", "read_checked_json", "unreadable_error", "torch_bytes", "fingerprint",
-           "tensor_digest", "MEMO_VERSION", "memo_key", "memo"]
+__all__ = [
+    "CorruptedError",
+    "write_checked",
+    "read_checked",
+    "JSON_CHECKSUM",
+    "json_digest",
+    "checked_json",
+    "read_checked_json",
+    "unreadable_error",
+    "torch_bytes",
+    "fingerprint",
+    "tensor_digest",
+    "MEMO_VERSION",
+    "memo_key",
+    "memo",
+]
 
 # Checked files (zoo checkpoints, memo entries) start with this line and the sha256 of the payload.
 _MAGIC = b"symmetries-checked-v1\n"
@@ -72,9 +86,11 @@ def read_checked(path: Path) -> bytes:
     """
     raw = path.read_bytes()
     head, digest = len(_MAGIC), len(_MAGIC) + 64
-    if not raw.startswith(_MAGIC) or raw[digest:digest + 1] != b"\n":
-        raise CorruptedError(f"{path} lacks its checksum header (damaged, or written by an older version)")
-    payload = raw[digest + 1:]
+    if not raw.startswith(_MAGIC) or raw[digest : digest + 1] != b"\n":
+        raise CorruptedError(
+            f"{path} lacks its checksum header (damaged, or written by an older version)"
+        )
+    payload = raw[digest + 1 :]
     if hashlib.sha256(payload).hexdigest().encode() != raw[head:digest]:
         raise CorruptedError(f"{path} does not match its sha256 checksum")
     return payload
@@ -161,8 +177,10 @@ def read_checked_json(path: Path, legacy_fields=None) -> tuple[dict, bool]:
         return obj, True
     if legacy_fields is not None and set(obj) == set(legacy_fields):
         return obj, False
-    raise CorruptedError(f"{path} lacks its {JSON_CHECKSUM!r} checksum field (damaged, or written "
-                         f"by an older version)")
+    raise CorruptedError(
+        f"{path} lacks its {JSON_CHECKSUM!r} checksum field (damaged, or written "
+        f"by an older version)"
+    )
 
 
 def unreadable_error(path: Path, exc: OSError) -> OSError:
@@ -182,9 +200,12 @@ def unreadable_error(path: Path, exc: OSError) -> OSError:
     OSError
         With ``exc``'s ``errno`` and a message that names ``path`` and says what to do.
     """
-    return OSError(exc.errno, f"cannot read the cache file {path} ({exc.strerror or exc}); it was left "
-                              f"untouched. Make it readable (a shared cache needs group read permission) "
-                              f"or use your own cache (root=, SYMMETRIES_ZOO or SYMMETRIES_CACHE)")
+    return OSError(
+        exc.errno,
+        f"cannot read the cache file {path} ({exc.strerror or exc}); it was left "
+        f"untouched. Make it readable (a shared cache needs group read permission) "
+        f"or use your own cache (root=, SYMMETRIES_ZOO or SYMMETRIES_CACHE)",
+    )
 
 
 def torch_bytes(obj) -> bytes:
@@ -248,8 +269,8 @@ def tensor_digest(t: torch.Tensor) -> str:
 
 
 #: The version of every memo key. Keys are derived from everything a result depends on (its settings
-#: as ``dataclasses.asdict``, model and image digests), never curated; bump this when the code changes
-#: what a result means, so that every cached result is computed again.
+#: as ``dataclasses.asdict``, model and image digests), never curated; bump this when the code
+#: changes what a result means, so that every cached result is computed again.
 MEMO_VERSION = 3
 
 
@@ -297,7 +318,9 @@ def memo(kind: str, config: dict, compute, root=None):
         The cached or computed value.
     """
     key = memo_key(config)
-    path = (Path(root) if root is not None else cache_dir("memo", create=False)) / kind / f"{key}.pkl"
+    path = (
+        (Path(root) if root is not None else cache_dir("memo", create=False)) / kind / f"{key}.pkl"
+    )
     try:
         return pickle.loads(read_checked(path))
     except (FileNotFoundError, NotADirectoryError):  # no entry (NotADirectory: nor a cache folder)
@@ -312,6 +335,8 @@ def memo(kind: str, config: dict, compute, root=None):
     try:
         write_checked(path, pickle.dumps(value))
     except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
-        warnings.warn(f"the result {kind}/{key} was computed but could not be cached ({exc}); it is returned, "
-                      f"and will be computed again next time")
+        warnings.warn(
+            f"the result {kind}/{key} was computed but could not be cached ({exc}); "
+            f"it is returned, and will be computed again next time"
+        )
     return value

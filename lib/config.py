@@ -4,6 +4,7 @@ Every other module asks this one which device to use, in which precision, and wh
 that one environment variable (or one argument) changes the behaviour of the whole library. The
 settings of the experiments (scales, recipes, model families) live in :mod:`lib.settings`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,12 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["check_choice", "check_seed", "available_memory", "get_device", "PRECISIONS", "autocast",
-           "exact_mode", "cache_dir", "atomic_path", "file_sha256", "check_chunk_size"]
+__all__ = [
+    "check_choice",
+    "check_seed",
+    "available_memory",
+    "get_device",
+    "PRECISIONS",
+    "autocast",
+    "exact_mode",
+    "cache_dir",
+    "atomic_path",
+    "file_sha256",
+    "check_chunk_size",
+]
 
 
 def check_choice(param: str, value, accepted) -> None:
-    """Raise ``ValueError`` naming ``param`` and the accepted values unless ``value`` is one of them.
+    """Raise ``ValueError`` naming ``param`` and the accepted values unless ``value`` is one of
+    them.
 
     Parameters
     ----------
@@ -41,7 +54,9 @@ def check_choice(param: str, value, accepted) -> None:
     """
     accepted = list(accepted)
     if value not in accepted:
-        raise ValueError(f"unknown {param} {value!r}; accepted values: {', '.join(map(repr, accepted))}")
+        raise ValueError(
+            f"unknown {param} {value!r}; accepted values: {', '.join(map(repr, accepted))}"
+        )
 
 
 def check_seed(seed, param: str = "seed") -> int:
@@ -69,8 +84,10 @@ def check_seed(seed, param: str = "seed") -> int:
     """
     integer = isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
     if not (integer and 0 <= int(seed) < 2**63):
-        raise ValueError(f"{param} must be an integer in 0 .. 2**63 - 1 (a Python or numpy "
-                         f"integer, not bool, float or str); got {seed!r}")
+        raise ValueError(
+            f"{param} must be an integer in 0 .. 2**63 - 1 (a Python or numpy "
+            f"integer, not bool, float or str); got {seed!r}"
+        )
     return int(seed)
 
 
@@ -133,8 +150,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     Parameters
     ----------
     device : str, torch.device or None
-        ``"cpu"``, ``"cuda"`` (or ``"cuda:<i>"``), or ``None``: ``$SYMMETRIES_DEVICE`` if set, else CUDA
-        when available, else the CPU.
+        ``"cpu"``, ``"cuda"`` (or ``"cuda:<i>"``), or ``None``: ``$SYMMETRIES_DEVICE`` if set, else
+        CUDA when available, else the CPU.
 
     Returns
     -------
@@ -152,9 +169,13 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available; use device='cpu' or None")
+        raise ValueError(
+            "device 'cuda' was requested but CUDA is not available; use device='cpu' or None"
+        )
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {str(device)!r}; accepted values: 'cpu', 'cuda', None")
+        raise ValueError(
+            f"unsupported device {str(device)!r}; accepted values: 'cpu', 'cuda', None"
+        )
     return device
 
 
@@ -162,7 +183,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 #: may run in bfloat16 autocast: on CUDA, and on CPUs with AMX or AVX512-BF16, where it measured
 #: 1.4-2.4x faster per training step for the Myrtle CNN and ResNet20 (it is slower for the
 #: LayerNorm/depthwise ConvNeXt, whose recipe asks for "float32"). Everything whose result is
-#: asserted to be exact runs under :func:`lib.config.exact_mode`: float32 with autocast and TF32 off.
+#: asserted to be exact runs under :func:`lib.config.exact_mode`: float32 with autocast and TF32
+#: off.
 PRECISIONS = ("bulk", "float32")
 
 
@@ -225,8 +247,13 @@ def exact_mode():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def cache_dir(kind: str = "", root: str | os.PathLike | None = None, create: bool = True, *,
-              advice: str | None = None) -> Path:
+def cache_dir(
+    kind: str = "",
+    root: str | os.PathLike | None = None,
+    create: bool = True,
+    *,
+    advice: str | None = None,
+) -> Path:
     """A per-user cache folder, created on demand.
 
     Parameters
@@ -274,8 +301,10 @@ def _write_error(exc: OSError, path: Path, advice: str | None = None) -> OSError
         return exc
     # OSError(errno, ...) builds the matching subclass (PermissionError for EACCES), keeping errno.
     advice = advice or "set SYMMETRIES_CACHE (or pass root=) to a writable folder with space"
-    return OSError(exc.errno, f"cannot write {path}: {what} ({exc.strerror or exc}); free disk space or "
-                              f"{advice}")
+    return OSError(
+        exc.errno,
+        f"cannot write {path}: {what} ({exc.strerror or exc}); free disk space or {advice}",
+    )
 
 
 @contextlib.contextmanager
@@ -309,9 +338,9 @@ def atomic_path(path: str | os.PathLike, *, advice: str | None = None):
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # os.open with mode 0o666 lets the kernel apply the umask; mkstemp would force 0o600 and hide
-        # the entries of a shared cache from its other users. The temporary name keeps the final
-        # suffix so that writers which append one (np.savez) do not.
+        # os.open with mode 0o666 lets the kernel apply the umask; mkstemp would force 0o600 and
+        # hide the entries of a shared cache from its other users. The temporary name keeps the
+        # final suffix so that writers which append one (np.savez) do not.
         while tmp is None:
             candidate = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}"
             try:

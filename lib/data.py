@@ -1,10 +1,11 @@
 """CIFAR-10 as tensors, on-device batch augmentation, and a tiny synthetic dataset for unit tests.
 
-Images are kept as ``uint8`` tensors in HWC layout ``(n, 32, 32, 3)`` exactly as stored; ``to_input``
-turns them into normalised float ``(n, 3, 32, 32)`` tensors (channels_last memory) on the training
-device. Augmentation (random flips and translations) acts on whole batches on that device, so the
-training loop never touches PIL or per-image Python code.
+Images are kept as ``uint8`` tensors in HWC layout ``(n, 32, 32, 3)`` exactly as stored;
+``to_input`` turns them into normalised float ``(n, 3, 32, 32)`` tensors (channels_last memory) on
+the training device. Augmentation (random flips and translations) acts on whole batches on that
+device, so the training loop never touches PIL or per-image Python code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,9 +21,23 @@ from .datafile import check_known, damaged, download_cifar10, read_npz, writable
 from .models import check_image_size
 from .settings import SUBSET_SEED
 
-__all__ = ["Dataset", "check_training_data", "load_cifar10", "load_data", "synthetic_dataset",
-           "subset", "to_input", "augment", "batches", "MEAN", "STD", "FILENAME", "DATASETS",
-           "DOWNLOAD_TIMEOUT", "DOWNLOAD_DEADLINE"]
+__all__ = [
+    "Dataset",
+    "check_training_data",
+    "load_cifar10",
+    "load_data",
+    "synthetic_dataset",
+    "subset",
+    "to_input",
+    "augment",
+    "batches",
+    "MEAN",
+    "STD",
+    "FILENAME",
+    "DATASETS",
+    "DOWNLOAD_TIMEOUT",
+    "DOWNLOAD_DEADLINE",
+]
 
 #: The file :func:`load_cifar10` reads (keys x_train, y_train, x_test, y_test, classes).
 FILENAME = "cifar10.npz"
@@ -31,7 +46,8 @@ DATASETS = ("cifar10", "synthetic")
 #: Per-channel (R, G, B) mean of the normalisation on the 0-255 scale, as the authors' code
 #: (implementation notes).
 MEAN = (125.307, 122.961, 113.8575)
-#: Per-channel (R, G, B) standard deviation of the normalisation on the 0-255 scale, as :data:`MEAN`.
+#: Per-channel (R, G, B) standard deviation of the normalisation on the 0-255 scale, as
+#: :data:`MEAN`.
 STD = (51.5865, 50.847, 51.255)
 
 
@@ -40,10 +56,10 @@ class Dataset:
     """Train and test splits as tensors.
 
     ``x_train``/``x_test``: uint8 ``(n, H, W, 3)``; ``y_train``/``y_test``: int64 ``(n,)``.
-    ``identity`` names the data for cache keys (e.g. ``"cifar10:<sha256 prefix>"``). Any other layout
-    (float images, channels first, grayscale, labels outside ``0 .. len(classes) - 1``, a label count
-    that differs from the image count) is a ``ValueError`` saying what was expected; numpy arrays are
-    converted to tensors.
+    ``identity`` names the data for cache keys (e.g. ``"cifar10:<sha256 prefix>"``). Any other
+    layout (float images, channels first, grayscale, labels outside ``0 .. len(classes) - 1``, a
+    label count that differs from the image count) is a ``ValueError`` saying what was expected;
+    numpy arrays are converted to tensors.
 
     Attributes
     ----------
@@ -75,9 +91,11 @@ class Dataset:
             setattr(self, f"y_{split}", y)
 
     def describe(self) -> str:
-        """One line naming the data, where they came from and the split sizes (for chapter output)."""
-        return (f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
-                f"{len(self.x_test)} test images")
+        """One line naming the data, where they came from and the split sizes (chapter output)."""
+        return (
+            f"{self.identity} from {self.source or 'memory'}: {len(self.x_train)} train / "
+            f"{len(self.x_test)} test images"
+        )
 
 
 def check_training_data(data: Dataset, arch: dict | None = None) -> None:
@@ -101,37 +119,51 @@ def check_training_data(data: Dataset, arch: dict | None = None) -> None:
     for split, word in (("train", "training"), ("test", "test")):
         x = getattr(data, f"x_{split}")
         if len(x) == 0:
-            raise ValueError(f"data must hold at least 1 {word} image; {data.identity} has none "
-                             f"(x_{split} of shape {tuple(x.shape)})")
+            raise ValueError(
+                f"data must hold at least 1 {word} image; {data.identity} has none "
+                f"(x_{split} of shape {tuple(x.shape)})"
+            )
     if arch is not None:
         check_image_size(arch, *data.x_train.shape[1:3])
 
 
 def _check_images(x: torch.Tensor, name: str) -> None:
-    """``ValueError`` unless ``x`` holds uint8 images ``(n, H, W, 3)``, saying what it looks like instead."""
+    """``ValueError`` unless ``x`` holds uint8 images ``(n, H, W, 3)``, saying what it looks like
+    instead."""
     hint = ""
     if x.ndim == 4 and x.shape[-1] != 3 and x.shape[1] == 3:
         hint = " It looks channels-first: pass x.permute(0, 2, 3, 1)."
     elif x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1):
-        hint = " It looks grayscale: repeat the channel, e.g. x.reshape(*x.shape[:3], 1).expand(-1, -1, -1, 3)."
+        hint = (
+            " It looks grayscale: repeat the channel, "
+            "e.g. x.reshape(*x.shape[:3], 1).expand(-1, -1, -1, 3)."
+        )
     if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"{name} must be images of shape (n, height, width, 3) (channels last, RGB); got shape "
-                         f"{tuple(x.shape)}.{hint}")
+        raise ValueError(
+            f"{name} must be images of shape (n, height, width, 3) (channels last, RGB); got shape "
+            f"{tuple(x.shape)}.{hint}"
+        )
     if x.dtype != torch.uint8:
-        raise ValueError(f"{name} must have dtype torch.uint8 (pixel values 0..255, as stored in CIFAR-10); got "
-                         f"{x.dtype}. Images in [0, 1] convert with (x * 255).round().to(torch.uint8).")
+        raise ValueError(
+            f"{name} must have dtype torch.uint8 (pixel values 0..255, as stored in CIFAR-10); got "
+            f"{x.dtype}. Images in [0, 1] convert with (x * 255).round().to(torch.uint8)."
+        )
 
 
 def _check_labels(y: torch.Tensor, name: str, n: int, num_classes: int) -> None:
     """``ValueError`` unless ``y`` holds ``n`` integer labels in ``0 .. num_classes - 1``."""
     if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-d tensor of integer class labels; got dtype {y.dtype}, shape "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-d tensor of integer class labels; got dtype {y.dtype}, shape "
+            f"{tuple(y.shape)}"
+        )
     if len(y) != n:
         raise ValueError(f"{name} must hold one label per image: {n} images but {len(y)} labels")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"{name} must hold labels 0..{num_classes - 1} (one per class name); got labels "
-                         f"{int(y.min())}..{int(y.max())}. Labels 1..{num_classes} convert with y - 1.")
+        raise ValueError(
+            f"{name} must hold labels 0..{num_classes - 1} (one per class name); got labels "
+            f"{int(y.min())}..{int(y.max())}. Labels 1..{num_classes} convert with y - 1."
+        )
 
 
 def _candidates(data_dir) -> list[Path]:
@@ -151,16 +183,25 @@ DOWNLOAD_DEADLINE = 1800.0
 def _load(path: str) -> Dataset:
     try:
         sha = file_sha256(path)
-    except OSError as exc:                 # not damage (permissions): nothing is deleted
-        raise OSError(exc.errno, f"cannot read the data file {path} ({exc.strerror or exc}); "
-                                 f"it was left untouched. Make it readable, or set SYMMETRIES_DATA "
-                                 f"to a folder holding a readable {FILENAME}") from exc
+    except OSError as exc:  # not damage (permissions): nothing is deleted
+        raise OSError(
+            exc.errno,
+            f"cannot read the data file {path} ({exc.strerror or exc}); "
+            f"it was left untouched. Make it readable, or set SYMMETRIES_DATA "
+            f"to a folder holding a readable {FILENAME}",
+        ) from exc
     check_known(path, sha)
     try:
         arrays = read_npz(path)
-        return Dataset(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"]).long(),
-                       torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"]).long(),
-                       [str(c) for c in arrays["classes"]], identity=f"cifar10:{sha[:16]}", source=path)
+        return Dataset(
+            torch.from_numpy(arrays["x_train"]),
+            torch.from_numpy(arrays["y_train"]).long(),
+            torch.from_numpy(arrays["x_test"]),
+            torch.from_numpy(arrays["y_test"]).long(),
+            [str(c) for c in arrays["classes"]],
+            identity=f"cifar10:{sha[:16]}",
+            source=path,
+        )
     except MemoryError:
         raise
     except Exception as exc:  # every kind of damage: zip, npy header, CRC, layout, labels
@@ -233,9 +274,11 @@ def load_data(dataset: str = "cifar10") -> Dataset:
     return load_cifar10() if dataset == "cifar10" else synthetic_dataset(n_train=512, n_test=256)
 
 
-def synthetic_dataset(n_train: int = 256, n_test: int = 128, num_classes: int = 10, size: int = 32,
-                      seed: int = 0) -> Dataset:
-    """A learnable stand-in for CIFAR-10 for unit tests: each class is a coloured blob at its own place.
+def synthetic_dataset(
+    n_train: int = 256, n_test: int = 128, num_classes: int = 10, size: int = 32, seed: int = 0
+) -> Dataset:
+    """A learnable stand-in for CIFAR-10 for unit tests: each class is a coloured blob at its own
+    place.
 
     Shapes and dtypes match :func:`load_cifar10`, so every code path can be tested without the data.
 
@@ -262,14 +305,24 @@ def synthetic_dataset(n_train: int = 256, n_test: int = 128, num_classes: int = 
         y = torch.randint(num_classes, (n,), generator=g)
         c = centres[y] + torch.randn(n, 2, generator=g)
         d2 = (yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2
-        blob = torch.exp(-d2 / 18.0)[..., None]                       # (n, H, W, 1)
-        img = 60 + blob * colours[y][:, None, None, :] + 20 * torch.randn(n, size, size, 3, generator=g)
+        blob = torch.exp(-d2 / 18.0)[..., None]  # (n, H, W, 1)
+        img = (
+            60
+            + blob * colours[y][:, None, None, :]
+            + 20 * torch.randn(n, size, size, 3, generator=g)
+        )
         return img.clamp(0, 255).to(torch.uint8), y
 
     xtr, ytr = make(n_train)
     xte, yte = make(n_test)
-    return Dataset(xtr, ytr, xte, yte, [f"class{i}" for i in range(num_classes)],
-                   identity=f"synthetic:{n_train}:{n_test}:{num_classes}:{size}:{seed}")
+    return Dataset(
+        xtr,
+        ytr,
+        xte,
+        yte,
+        [f"class{i}" for i in range(num_classes)],
+        identity=f"synthetic:{n_train}:{n_test}:{num_classes}:{size}:{seed}",
+    )
 
 
 def subset(x: torch.Tensor, y: torch.Tensor, n: int | None):
@@ -317,12 +370,15 @@ def to_input(x: torch.Tensor, device=None) -> torch.Tensor:
     device = get_device(device)
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    x = x.to(device).permute(0, 3, 1, 2).float()                   # (n, H, W, 3) -> (n, 3, H, W)
+    x = x.to(device).permute(0, 3, 1, 2).float()  # (n, H, W, 3) -> (n, 3, H, W)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 2) -> torch.Tensor:
-    """Random horizontal flips and translations (zero fill), per image, on a whole batch on its device.
+def augment(
+    x: torch.Tensor, generator: torch.Generator, flip: bool = True, translate: int = 2
+) -> torch.Tensor:
+    """Random horizontal flips and translations (zero fill), per image, on a whole batch on its
+    device.
 
     Parameters
     ----------
@@ -359,13 +415,19 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = True, tran
         for k, idx in groups.items():
             dy, dx = divmod(k, 2 * t + 1)
             idx_t = torch.tensor(idx, device=x.device)
-            out[idx_t] = padded[idx_t, :, dy:dy + h, dx:dx + w]
+            out[idx_t] = padded[idx_t, :, dy : dy + h, dx : dx + w]
         x = out
     return x
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None,
-            shuffle: bool = True, drop_last: bool = False):
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    shuffle: bool = True,
+    drop_last: bool = False,
+):
     """Minibatches of tensors already on the device.
 
     Parameters
@@ -392,5 +454,5 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
     order = order.to(x.device)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield x[idx], y[idx]

@@ -12,6 +12,7 @@ damaged file is never served, whatever the damage.
 :func:`download_cifar10` writes the npz from torchvision's archive, fetched by :func:`fetch`, which
 gives up at an overall deadline as well as after a silent wait.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,18 @@ import numpy.lib.format as npy_format
 
 from .config import atomic_path
 
-__all__ = ["KEYS", "KNOWN_FILES", "DamagedDataError", "damaged", "check_known", "check_layout",
-           "read_npz", "writable_folder", "fetch", "download_cifar10"]
+__all__ = [
+    "KEYS",
+    "KNOWN_FILES",
+    "DamagedDataError",
+    "damaged",
+    "check_known",
+    "check_layout",
+    "read_npz",
+    "writable_folder",
+    "fetch",
+    "download_cifar10",
+]
 
 #: The arrays of a CIFAR-10 npz.
 KEYS = ("x_train", "y_train", "x_test", "y_test", "classes")
@@ -38,8 +49,10 @@ KEYS = ("x_train", "y_train", "x_test", "y_test", "classes")
 #: any other size (the npz the download writes, a user's own copy) is checked by content only, so
 #: that any good copy of CIFAR-10 loads.
 KNOWN_FILES = {
-    ("cifar10.npz", 170_462_232):
-        "b93ecaf99859869b3fa64698411136fd2ebb848ff0c44e200a29b31316eda162",
+    (
+        "cifar10.npz",
+        170_462_232,
+    ): "b93ecaf99859869b3fa64698411136fd2ebb848ff0c44e200a29b31316eda162",
 }
 
 
@@ -66,7 +79,8 @@ def damaged(path: str | Path, reason: str) -> DamagedDataError:
     return DamagedDataError(
         f"the data file {path} is damaged ({reason}); replace it with a good copy: delete it "
         f"(CIFAR-10 is then downloaded again into the cache) or set SYMMETRIES_DATA to a folder "
-        f"holding a good {Path(path).name}")
+        f"holding a good {Path(path).name}"
+    )
 
 
 def check_known(path: str | Path, sha256: str) -> None:
@@ -82,8 +96,9 @@ def check_known(path: str | Path, sha256: str) -> None:
     path = Path(path)
     known = KNOWN_FILES.get((path.name, path.stat().st_size))
     if known is not None and sha256 != known:
-        raise damaged(path, f"its sha256 {sha256} is not that of the copy this project ships, "
-                            f"{known}")
+        raise damaged(
+            path, f"its sha256 {sha256} is not that of the copy this project ships, {known}"
+        )
 
 
 def check_layout(key: str, shape: tuple, dtype: np.dtype) -> None:
@@ -122,15 +137,17 @@ def _read_member(z: zipfile.ZipFile, key: str) -> np.ndarray:
         check_layout(key, shape, dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         if f.tell() + nbytes != info.file_size:
-            raise ValueError(f"{key}.npy holds {info.file_size - f.tell()} bytes of data, but its "
-                             f"header says shape {shape} of {dtype} ({nbytes} bytes)")
+            raise ValueError(
+                f"{key}.npy holds {info.file_size - f.tell()} bytes of data, but its "
+                f"header says shape {shape} of {dtype} ({nbytes} bytes)"
+            )
         out = np.empty(nbytes, np.uint8)
         view, pos = memoryview(out), 0
         while pos < nbytes:
             chunk = f.read(min(1 << 22, nbytes - pos))
             if not chunk:
                 raise EOFError(f"{key}.npy ends after {pos} of {nbytes} bytes")
-            view[pos:pos + len(chunk)] = chunk
+            view[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
         if f.read(1):
             raise ValueError(f"{key}.npy holds more bytes than its header says")
@@ -223,8 +240,11 @@ def fetch(url: str, target: Path, timeout: float, deadline: float) -> None:
     """
     end = time.monotonic() + deadline
     request = urllib.request.Request(url, headers={"User-Agent": "symmetries-lib"})
-    with (atomic_path(target) as tmp, open(tmp, "wb") as out,
-          urllib.request.urlopen(request, timeout=timeout) as response):
+    with (
+        atomic_path(target) as tmp,
+        open(tmp, "wb") as out,
+        urllib.request.urlopen(request, timeout=timeout) as response,
+    ):
         while True:
             if time.monotonic() > end:
                 raise TimeoutError(f"timed out: {url} was not downloaded within {deadline:g} s")
@@ -275,7 +295,11 @@ def download_cifar10(target: Path, timeout: float, deadline: float) -> None:
             f"holding {target.name} (keys {', '.join(KEYS)})."
         ) from exc
     with atomic_path(target) as tmp:
-        np.savez_compressed(tmp, x_train=train.data,
-                            y_train=np.array(train.targets, dtype=np.int64), x_test=test.data,
-                            y_test=np.array(test.targets, dtype=np.int64),
-                            classes=np.array(train.classes))
+        np.savez_compressed(
+            tmp,
+            x_train=train.data,
+            y_train=np.array(train.targets, dtype=np.int64),
+            x_test=test.data,
+            y_test=np.array(test.targets, dtype=np.int64),
+            classes=np.array(train.classes),
+        )

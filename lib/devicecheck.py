@@ -8,9 +8,11 @@ CUDA it says so in one line and exits 0, unless ``--device cpu`` asks for the sa
 (how the check itself is tested).
 
 Chapters are Jupytext MyST files; :func:`chapter_script` turns one into a script: the code cells in
-order, cell options and ``%matplotlib`` lines dropped, other IPython magics refused, and a stand-in for ``IPython.display`` when
-IPython is missing (a displayed table or figure is then simply not shown).
+order, cell options and ``%matplotlib`` lines dropped, other IPython magics refused, and a stand-in
+for ``IPython.display`` when IPython is missing (a displayed table or figure is then simply not
+shown).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 
 # Executed before a chapter when IPython is missing: ``Markdown`` and ``display`` become no-ops.
-_IPYTHON_STANDIN = '''
+_IPYTHON_STANDIN = """
 import sys, types
 try:
     import IPython.display  # noqa: F401
@@ -49,11 +51,11 @@ except ImportError:
     sys.modules["IPython"], sys.modules["IPython.display"] = _i, _d
 import matplotlib
 matplotlib.use("Agg")
-'''
+"""
 
 
 def _split_cell(cell: str) -> tuple[str, str]:
-    """A code cell's option header (``:tags: [...]`` lines or a ``---`` YAML block) and its source."""
+    """A code cell's option header (``:tags: [...]`` lines or a ``---`` YAML block), its source."""
     lines = cell.splitlines()
     head = 0
     if lines and lines[0].strip() == "---":
@@ -108,21 +110,34 @@ def chapter_script(chapter: str | os.PathLike, parameters: dict | None = None) -
     injected = False
     for i, cell in enumerate(cells):
         header, body = _split_cell(cell)
-        # The backend magic has no meaning in a script (the stand-in selects Agg); others are refused.
+        # The backend magic has no meaning in a script (the stand-in selects Agg); others are
+        # refused.
         body = re.sub(r"^%matplotlib.*$", "", body, flags=re.M)
         if re.search(r"^\s*[%!]", body, re.M):
-            raise ValueError(f"{chapter}: cell {i} uses an IPython magic or shell escape, which a script cannot run")
+            raise ValueError(
+                f"{chapter}: cell {i} uses an IPython magic or shell escape, "
+                "which a script cannot run"
+            )
         parts.append(f"# -- cell {i}\n{body}")
         if not injected and re.search(r"tags:.*\bparameters\b", header):
-            parts.append("# -- injected parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in (parameters or {}).items()))
+            parts.append(
+                "# -- injected parameters\n"
+                + "\n".join(f"{k} = {v!r}" for k, v in (parameters or {}).items())
+            )
             injected = True
     if parameters and not injected:
-        raise ValueError(f"{chapter} has no cell tagged 'parameters' to inject {sorted(parameters)} after")
+        raise ValueError(
+            f"{chapter} has no cell tagged 'parameters' to inject {sorted(parameters)} after"
+        )
     return "\n\n".join(parts) + "\n"
 
 
-def run_chapter(chapter: str | os.PathLike, parameters: dict | None = None, env: dict | None = None,
-                timeout: float = 900) -> dict:
+def run_chapter(
+    chapter: str | os.PathLike,
+    parameters: dict | None = None,
+    env: dict | None = None,
+    timeout: float = 900,
+) -> dict:
     """Run :func:`chapter_script` of ``chapter`` in a subprocess in ``book/``.
 
     Parameters
@@ -145,14 +160,22 @@ def run_chapter(chapter: str | os.PathLike, parameters: dict | None = None, env:
         f.write(script)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, f.name], cwd=Path(chapter).resolve().parent, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, f.name],
+            cwd=Path(chapter).resolve().parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         ok, err = proc.returncode == 0, "\n".join(proc.stderr.strip().splitlines()[-8:])
     except subprocess.TimeoutExpired:
         ok, err = False, f"timed out after {timeout} s"
     finally:
         os.unlink(f.name)
-    return dict(chapter=Path(chapter).stem, ok=ok, seconds=time.perf_counter() - t0, error="" if ok else err)
+    return dict(
+        chapter=Path(chapter).stem, ok=ok, seconds=time.perf_counter() - t0, error="" if ok else err
+    )
 
 
 def recipe_timings(device, epochs: int = 1, n_train: int | None = None) -> list[dict]:
@@ -180,14 +203,80 @@ def recipe_timings(device, epochs: int = 1, n_train: int | None = None) -> list[
             t0 = time.perf_counter()
             hist = train(model, data, r, seed=0, device=device, progress=False)
             seconds = time.perf_counter() - t0
-            rows.append(dict(arch=arch["arch"], recipe=name, epochs=epochs, seconds=seconds,
-                             images_per_second=epochs * (r.n_train or len(data.x_train)) / seconds,
-                             test_acc=hist[-1]["test_acc"]))
+            rows.append(
+                dict(
+                    arch=arch["arch"],
+                    recipe=name,
+                    epochs=epochs,
+                    seconds=seconds,
+                    images_per_second=epochs * (r.n_train or len(data.x_train)) / seconds,
+                    test_acc=hist[-1]["test_acc"],
+                )
+            )
     return rows
 
 
+def _parser() -> argparse.ArgumentParser:
+    """The argument parser of :func:`main`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.devicecheck", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="device to check (cpu: the same run on the CPU, to test the check itself)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=("tests", "chapters", "timings"),
+        help="parts to leave out",
+    )
+    parser.add_argument(
+        "--chapters", nargs="*", default=None, help="chapter files (default: book/*.md)"
+    )
+    return parser
+
+
+def _unit_tests(device: str, env: dict, summary: list) -> int:
+    """Run the unit tests but the browser test on ``device``; a line to ``summary``; 1 if failed."""
+    t0 = time.perf_counter()
+    flags = ["-q", "-p", "no:nbval", "-p", "no:cacheprovider"]
+    browser = str(ROOT / "tests" / "test_browser.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *flags, str(ROOT / "tests"), "--ignore", browser],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    summary.append(f"unit tests on {device}: {tail} ({time.perf_counter() - t0:.0f} s)")
+    if proc.returncode:
+        print("\n".join(proc.stdout.splitlines()[-40:]))
+    return int(proc.returncode != 0)
+
+
+def _chapters(chapters: list, device: str, env: dict, summary: list) -> int:
+    """Run ``chapters`` at smoke on ``device``; a line each to ``summary``; the number failed."""
+    failed = 0
+    for ch in chapters:
+        res = run_chapter(ch, {"scale": "smoke"}, env)
+        summary.append(
+            f"chapter {res['chapter']} at smoke on {device}: "
+            f"{'ok' if res['ok'] else 'FAILED'} ({res['seconds']:.0f} s)"
+        )
+        if not res["ok"]:
+            failed += 1
+            summary.append("    " + res["error"].replace("\n", "\n    "))
+        print(summary[-1], flush=True)
+    return failed
+
+
 def main(argv=None) -> int:
-    """The command line ``python -m lib.devicecheck [--device cuda|cpu] [--skip ...] [--chapters ...]``.
+    """The command line ``python -m lib.devicecheck [--device cuda|cpu] [--skip ...] [--chapters]``.
 
     Parameters
     ----------
@@ -199,38 +288,20 @@ def main(argv=None) -> int:
     int
         The exit status: 0 when every part passed (or there is no CUDA to check), else 1.
     """
-    parser = argparse.ArgumentParser(prog="python -m lib.devicecheck", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                        help="device to check (cpu: the same run on the CPU, to test the check itself)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("tests", "chapters", "timings"),
-                        help="parts to leave out")
-    parser.add_argument("--chapters", nargs="*", default=None, help="chapter files (default: book/*.md)")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("devicecheck: no CUDA device on this machine; nothing to check (use --device cpu to run it on the CPU)")
+        print(
+            "devicecheck: no CUDA device on this machine; nothing to check "
+            "(use --device cpu to run it on the CPU)"
+        )
         return 0
     env = dict(os.environ, SYMMETRIES_DEVICE=args.device, SYMMETRIES_SCALE="smoke")
     summary, failed = [], 0
     if "tests" not in args.skip:
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:nbval", "-p", "no:cacheprovider",
-                               str(ROOT / "tests"), "--ignore", str(ROOT / "tests" / "test_browser.py")],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
-        tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
-        summary.append(f"unit tests on {args.device}: {tail} ({time.perf_counter() - t0:.0f} s)")
-        failed += proc.returncode != 0
-        if proc.returncode:
-            print("\n".join(proc.stdout.splitlines()[-40:]))
+        failed += _unit_tests(args.device, env, summary)
     if "chapters" not in args.skip:
         chapters = args.chapters or [str(p) for p in chapter_files(ROOT / "book")]
-        for ch in chapters:
-            res = run_chapter(ch, {"scale": "smoke"}, env)
-            summary.append(f"chapter {res['chapter']} at smoke on {args.device}: "
-                           f"{'ok' if res['ok'] else 'FAILED'} ({res['seconds']:.0f} s)")
-            if not res["ok"]:
-                failed += 1
-                summary.append("    " + res["error"].replace("\n", "\n    "))
-            print(summary[-1], flush=True)
+        failed += _chapters(chapters, args.device, env, summary)
     if "timings" not in args.skip:
         for row in recipe_timings(torch.device(args.device)):
             summary.append(json.dumps(row))

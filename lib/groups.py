@@ -1,9 +1,12 @@
-"""Matrix groups and the intertwiner groups of elementwise activations (Section 3.1, Table 1, Lemma 3.1).
+"""Matrix groups and the intertwiner groups of elementwise activations (Section 3.1, Table 1, Lemma
+3.1).
 
-The candidate matrix groups (:class:`MatrixGroup`) and Table 1's closed forms (:func:`intertwiner_group`:
-``G_sigma`` with its homomorphism ``phi_sigma``). Finding a group numerically and Theorem 3.3 are
-:mod:`lib.intertwining`; the action on a model's weights (Proposition 3.4) is :mod:`lib.symmetry`.
+The candidate matrix groups (:class:`MatrixGroup`) and Table 1's closed forms
+(:func:`intertwiner_group`: ``G_sigma`` with its homomorphism ``phi_sigma``). Finding a group
+numerically and Theorem 3.3 are :mod:`lib.intertwining`; the action on a model's weights
+(Proposition 3.4) is :mod:`lib.symmetry`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,15 +17,29 @@ from .activations import ACTIVATIONS, activation_fn, canonical_name
 from .config import check_choice, get_device
 
 __all__ = [
-    "GROUP_KINDS", "GROUP_DESCRIPTIONS", "meet", "check_square", "check_invertible", "monomial_pattern",
-    "MatrixGroup", "IntertwinerGroup", "intertwiner_group",
+    "GROUP_KINDS",
+    "GROUP_DESCRIPTIONS",
+    "meet",
+    "check_square",
+    "check_invertible",
+    "monomial_pattern",
+    "MatrixGroup",
+    "IntertwinerGroup",
+    "intertwiner_group",
 ]
 
 
 # Matrix groups: the candidates of Table 1 (plus O(n) for symmetry-breaking transforms).
 # Each kind lists the kinds contained in it; meets (intersections) are read off these sets.
 _SUBKINDS = {
-    "gl": {"gl", "orthogonal", "monomial", "positive_monomial", "signed_permutation", "permutation"},
+    "gl": {
+        "gl",
+        "orthogonal",
+        "monomial",
+        "positive_monomial",
+        "signed_permutation",
+        "permutation",
+    },
     "orthogonal": {"orthogonal", "signed_permutation", "permutation"},
     "monomial": {"monomial", "positive_monomial", "signed_permutation", "permutation"},
     "positive_monomial": {"positive_monomial", "permutation"},
@@ -33,9 +50,14 @@ GROUP_KINDS = tuple(_SUBKINDS)
 """tuple of str: the matrix group kinds, largest first: ``gl`` (GL_n), ``orthogonal`` (O(n)),
 ``monomial`` (P·D, D non-zero), ``positive_monomial`` (D > 0), ``signed_permutation`` (D = ±1),
 ``permutation``."""
-GROUP_DESCRIPTIONS = {"gl": "GL_n", "orthogonal": "O(n)", "monomial": "PD, D non-zero",
-                      "positive_monomial": "PD, D > 0", "signed_permutation": "PD, D in {±1}",
-                      "permutation": "Σ_n (permutations)"}
+GROUP_DESCRIPTIONS = {
+    "gl": "GL_n",
+    "orthogonal": "O(n)",
+    "monomial": "PD, D non-zero",
+    "positive_monomial": "PD, D > 0",
+    "signed_permutation": "PD, D in {±1}",
+    "permutation": "Σ_n (permutations)",
+}
 """dict: group kind -> its name as the book's tables print it."""
 
 
@@ -50,7 +72,8 @@ def meet(a: str, b: str) -> str:
     Returns
     -------
     str
-        A kind of :data:`GROUP_KINDS`, e.g. ``meet("orthogonal", "monomial") == "signed_permutation"``.
+        A kind of :data:`GROUP_KINDS`, e.g. ``meet("orthogonal", "monomial") ==
+        "signed_permutation"``.
     """
     check_choice("group kind", a, GROUP_KINDS)
     check_choice("group kind", b, GROUP_KINDS)
@@ -59,7 +82,8 @@ def meet(a: str, b: str) -> str:
 
 
 def check_square(A, n: int | None = None, name: str = "A") -> torch.Tensor:
-    """``A`` as a tensor, or a ``ValueError`` naming ``name`` unless it is a square (``n x n``) matrix.
+    """``A`` as a tensor, or a ``ValueError`` naming ``name`` unless it is a square (``n x n``)
+    matrix.
 
     Parameters
     ----------
@@ -98,8 +122,10 @@ def check_invertible(A: torch.Tensor, name: str = "A") -> None:
     """
     s = torch.linalg.svdvals(A.double())
     if s.numel() and s.min() <= 1e-12 * max(s.max().item(), 1.0):
-        raise ValueError(f"{name} is singular (smallest singular value {s.min().item():.3g}); "
-                         "group elements must be invertible")
+        raise ValueError(
+            f"{name} is singular (smallest singular value {s.min().item():.3g}); "
+            "group elements must be invertible"
+        )
 
 
 def monomial_pattern(A: torch.Tensor, atol: float = 1e-6) -> torch.Tensor | None:
@@ -147,8 +173,9 @@ class MatrixGroup:
         """str: the group's name, as in :data:`GROUP_DESCRIPTIONS`."""
         return GROUP_DESCRIPTIONS[self.kind]
 
-    def sample(self, generator: torch.Generator, sigma: float = 1.0, dtype=torch.float64,
-               device=None) -> torch.Tensor:
+    def sample(
+        self, generator: torch.Generator, sigma: float = 1.0, dtype=torch.float64, device=None
+    ) -> torch.Tensor:
         """A random element.
 
         Monomial kinds are ``P @ D`` with a uniform permutation ``P`` and diagonal entries drawn
@@ -177,7 +204,11 @@ class MatrixGroup:
             for _ in range(2 if self.kind == "gl" else 1):
                 q, r = torch.linalg.qr(torch.randn(n, n, **kw))
                 qs.append(q * torch.sign(torch.diagonal(r)))
-            A = qs[0] if self.kind == "orthogonal" else qs[0] @ torch.diag(self._scales(g, sigma)) @ qs[1]
+            A = (
+                qs[0]
+                if self.kind == "orthogonal"
+                else qs[0] @ torch.diag(self._scales(g, sigma)) @ qs[1]
+            )
         else:
             d = torch.ones(n, dtype=torch.float64)
             if self.kind in ("monomial", "positive_monomial"):
@@ -188,7 +219,9 @@ class MatrixGroup:
         return A.to(device=get_device(device), dtype=dtype)
 
     def _scales(self, g, sigma):
-        return torch.exp(sigma * torch.randn(self.n, generator=g, dtype=torch.float64) - sigma**2 / 2)
+        return torch.exp(
+            sigma * torch.randn(self.n, generator=g, dtype=torch.float64) - sigma**2 / 2
+        )
 
     def contains(self, A, atol: float = 1e-6) -> bool:
         """Whether ``A`` (shape ``(n, n)``) belongs to the group, up to ``atol`` per entry.
@@ -207,7 +240,9 @@ class MatrixGroup:
         if self.kind == "gl":
             return bool(torch.linalg.svdvals(A).min() > atol)
         if self.kind == "orthogonal":
-            return bool((A.T @ A - torch.eye(self.n, dtype=A.dtype, device=A.device)).abs().max() <= atol)
+            return bool(
+                (A.T @ A - torch.eye(self.n, dtype=A.dtype, device=A.device)).abs().max() <= atol
+            )
         pattern = monomial_pattern(A, atol)
         if pattern is None:
             return False
@@ -325,8 +360,9 @@ class IntertwinerGroup(MatrixGroup):
             raise ValueError(f"Lemma 3.1 needs sigma(I) invertible for {self.activation!r}: {err}")
         return torch.linalg.solve(s_id.T, self.sigma(A).T).T
 
-    def restrict(self, monomial: bool = False, positive_phi: bool = False,
-                 phi_fixed: bool = False) -> "IntertwinerGroup":
+    def restrict(
+        self, monomial: bool = False, positive_phi: bool = False, phi_fixed: bool = False
+    ) -> "IntertwinerGroup":
         """The subgroup whose elements survive the layers around a site (see ``lib.models.Site``).
 
         Parameters
@@ -346,7 +382,9 @@ class IntertwinerGroup(MatrixGroup):
         kind = self.kind
         if monomial:
             kind = meet(kind, "monomial")
-        if positive_phi and (self.phi_rule == "A" or (self.phi_rule == "power" and self.degree % 2)):
+        if positive_phi and (
+            self.phi_rule == "A" or (self.phi_rule == "power" and self.degree % 2)
+        ):
             kind = meet(kind, "positive_monomial")
         if phi_fixed and self.phi_rule == "abs":
             kind = meet(kind, "positive_monomial")
@@ -360,10 +398,10 @@ def intertwiner_group(name: str, n: int, **params) -> IntertwinerGroup:
 
     identity and LeakyReLU of slope 1: GL_n, phi = A. ReLU and LeakyReLU (slope not ±1): P·D with
     D > 0, phi = A. LeakyReLU of slope -1 is abs: P·D with D non-zero, phi = abs(A). RBF: P·D with
-    D in {±1}, phi = abs(A). x^d: P·D with D non-zero, phi = A^⊙d (d = 1: GL_n). tanh (odd): P·D with
-    D in {±1}, phi = A. sigmoid, GELU, SiLU, softplus, ELU: permutations, phi = A (sigma(-x) and
-    sigma(cx) are not linear in sigma(x) for them; :func:`lib.intertwining.identify_group` checks
-    this numerically).
+    D in {±1}, phi = abs(A). x^d: P·D with D non-zero, phi = A^⊙d (d = 1: GL_n). tanh (odd): P·D
+    with D in {±1}, phi = A. sigmoid, GELU, SiLU, softplus, ELU: permutations, phi = A (sigma(-x)
+    and sigma(cx) are not linear in sigma(x) for them; :func:`lib.intertwining.identify_group`
+    checks this numerically).
 
     Parameters
     ----------
@@ -383,12 +421,16 @@ def intertwiner_group(name: str, n: int, **params) -> IntertwinerGroup:
     check_choice("activation", name, ACTIVATIONS)
     activation_fn(name, **params)
     kind, rule, degree = {
-        "identity": ("gl", "A", None), "relu": ("positive_monomial", "A", None),
-        "rbf": ("signed_permutation", "abs", None), "tanh": ("signed_permutation", "A", None),
+        "identity": ("gl", "A", None),
+        "relu": ("positive_monomial", "A", None),
+        "rbf": ("signed_permutation", "abs", None),
+        "tanh": ("signed_permutation", "A", None),
     }.get(name, ("permutation", "A", None))
     if name == "leaky_relu":
         slope = params.get("negative_slope", 0.01)
-        kind, rule = {1: ("gl", "A"), -1: ("monomial", "abs")}.get(slope, ("positive_monomial", "A"))
+        kind, rule = {1: ("gl", "A"), -1: ("monomial", "abs")}.get(
+            slope, ("positive_monomial", "A")
+        )
     if name == "polynomial":
         degree = params.get("degree", 2)
         if int(degree) != degree or degree < 1:

@@ -4,6 +4,7 @@ Figures are built with the object API (no pyplot state), so a chapter cell that 
 figure shows it exactly once (as a PNG); captions live in the chapter's MyST figure metadata, not in
 titles. Every function takes ``figsize``, ``(width, height)`` in inches.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,15 +28,22 @@ def _register_png_display() -> None:
 
 _register_png_display()
 
-__all__ = ["HEATMAP_CMAP", "bars_with_errors", "heatmap", "curves", "curve_panels",
-           "concept_samples"]
+__all__ = [
+    "HEATMAP_CMAP",
+    "bars_with_errors",
+    "heatmap",
+    "curves",
+    "curve_panels",
+    "concept_samples",
+]
 
 HEATMAP_CMAP = "magma"
 """str: the colour map of every heatmap (perceptually uniform, dark at 0)."""
 
 
-def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None = None,
-                     figsize=(7, 3.5)) -> Figure:
+def bars_with_errors(
+    labels, groups: dict, ylabel: str = "", paper: dict | None = None, figsize=(7, 3.5)
+) -> Figure:
     """Grouped bars with error bars, and the paper's values as black ticks.
 
     Parameters
@@ -61,16 +69,31 @@ def bars_with_errors(labels, groups: dict, ylabel: str = "", paper: dict | None 
         pos = x - 0.4 + w * (k + 0.5)
         ax.bar(pos, mean, w, yerr=std, capsize=2, label=name)
         if paper and name in paper and paper[name] is not None:
-            ax.scatter(pos, paper[name], marker="_", s=200, color="k", zorder=3,
-                       label="paper" if k == 0 else None)
-    ax.set_xticks(x, [str(l) for l in labels])
+            ax.scatter(
+                pos,
+                paper[name],
+                marker="_",
+                s=200,
+                color="k",
+                zorder=3,
+                label="paper" if k == 0 else None,
+            )
+    ax.set_xticks(x, [str(label) for label in labels])
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     return fig
 
 
-def heatmap(matrices: dict, row_labels, col_labels=None, vmin=0.0, vmax=1.0,
-            xlabel: str = "", ylabel: str = "", figsize=None) -> Figure:
+def heatmap(
+    matrices: dict,
+    row_labels,
+    col_labels=None,
+    vmin=0.0,
+    vmax=1.0,
+    xlabel: str = "",
+    ylabel: str = "",
+    figsize=None,
+) -> Figure:
     """Side-by-side heatmaps with one colour bar (colour map :data:`HEATMAP_CMAP`).
 
     Parameters
@@ -105,8 +128,15 @@ def heatmap(matrices: dict, row_labels, col_labels=None, vmin=0.0, vmax=1.0,
     return fig
 
 
-def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = None,
-           figsize=(5, 3.5), logy: bool = False) -> Figure:
+def curves(
+    x,
+    ys: dict,
+    xlabel: str = "",
+    ylabel: str = "",
+    stds: dict | None = None,
+    figsize=(5, 3.5),
+    logy: bool = False,
+) -> Figure:
     """Curves against a common x axis, with shaded ± std.
 
     Parameters
@@ -141,7 +171,9 @@ def curves(x, ys: dict, xlabel: str = "", ylabel: str = "", stds: dict | None = 
     return fig
 
 
-def curve_panels(panels: dict, xlabel: str = "", ylabel: str = "", figsize=None, sharey: bool = True) -> Figure:
+def curve_panels(
+    panels: dict, xlabel: str = "", ylabel: str = "", figsize=None, sharey: bool = True
+) -> Figure:
     """Line plots side by side, the legend on the first.
 
     Parameters
@@ -173,9 +205,9 @@ def concept_samples(images, rows: dict, figsize=None) -> Figure:
 
     ``images``: ``(n, H, W, 3)`` or ``(n, 3, H, W)``, uint8 or floats in [0, 1];
     ``rows[name] = (masks, concept_names)`` or ``(masks, concept_names, colours)`` with boolean
-    ``masks`` of shape ``(n, k, h, w)`` and optional RGB ``colours`` ``(k, 3)`` in [0, 255] (default:
-    the tab20 palette). Each overlay shows the image in grey with every present concept painted in
-    its colour, the names of the present concepts beneath.
+    ``masks`` of shape ``(n, k, h, w)`` and optional RGB ``colours`` ``(k, 3)`` in [0, 255]
+    (default: the tab20 palette). Each overlay shows the image in grey with every present concept
+    painted in its colour, the names of the present concepts beneath.
 
     Parameters
     ----------
@@ -200,8 +232,11 @@ def concept_samples(images, rows: dict, figsize=None) -> Figure:
         axes[0, j].imshow(images[j], interpolation="nearest")
         for r, (name, row) in enumerate(rows.items(), start=1):
             masks, names = np.asarray(row[0], dtype=bool)[j], row[1]
-            colours = (np.asarray(row[2], dtype=float) / 255.0 if len(row) > 2
-                       else np.array([colormaps["tab20"](k % 20)[:3] for k in range(len(names))]))
+            colours = (
+                np.asarray(row[2], dtype=float) / 255.0
+                if len(row) > 2
+                else np.array([colormaps["tab20"](k % 20)[:3] for k in range(len(names))])
+            )
             grey = 0.25 + 0.5 * images[j].mean(-1, keepdims=True) * np.ones(3)
             over = grey.copy()
             present = [k for k in range(len(names)) if masks[k].any()]
@@ -224,8 +259,14 @@ def concept_samples(images, rows: dict, figsize=None) -> Figure:
 # --------------------------------------------------------------------------------------------
 # Intertwiner groups and weight-space symmetries (Sections 3.1-3.2)
 # --------------------------------------------------------------------------------------------
-def log_bars(labels, groups: dict, ylabel: str = "", hline: float | None = None,
-             floor: float = 1e-17, figsize=(7, 3.5)) -> Figure:
+def log_bars(
+    labels,
+    groups: dict,
+    ylabel: str = "",
+    hline: float | None = None,
+    floor: float = 1e-17,
+    figsize=(7, 3.5),
+) -> Figure:
     """Grouped bars on a log axis.
 
     Parameters
@@ -250,13 +291,18 @@ def log_bars(labels, groups: dict, ylabel: str = "", hline: float | None = None,
     w = 0.8 / max(len(groups), 1)
     for k, (name, values) in enumerate(groups.items()):
         v = np.asarray(values, dtype=float)
-        ax.bar(x - 0.4 + w * (k + 0.5), np.where(np.isnan(v), np.nan, np.maximum(v, floor)), w,
-               bottom=floor / 10, label=name)
+        ax.bar(
+            x - 0.4 + w * (k + 0.5),
+            np.where(np.isnan(v), np.nan, np.maximum(v, floor)),
+            w,
+            bottom=floor / 10,
+            label=name,
+        )
     if hline is not None:
         ax.axhline(hline, color="k", ls="--", lw=0.8)
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor / 10)
-    ax.set_xticks(x, [str(l) for l in labels], rotation=30, ha="right")
+    ax.set_xticks(x, [str(label) for label in labels], rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     return fig
@@ -293,9 +339,11 @@ def ray_images(points: dict, figsize=None) -> Figure:
     return fig
 
 
-def channel_scatter(panels: dict, xlabel: str = "", ylabel: str = "", c=None,
-                    figsize=None) -> Figure:
-    """Scatter plots side by side, e.g. two hidden channels before and after a weight-space transform.
+def channel_scatter(
+    panels: dict, xlabel: str = "", ylabel: str = "", c=None, figsize=None
+) -> Figure:
+    """Scatter plots side by side, e.g. two hidden channels before and after a weight-space
+    transform.
 
     Parameters
     ----------
@@ -313,7 +361,9 @@ def channel_scatter(panels: dict, xlabel: str = "", ylabel: str = "", c=None,
     fig = Figure(figsize=figsize or (3.6 * n, 3.4), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, (name, (x, y)) in zip(axes, panels.items()):
-        ax.scatter(np.asarray(x), np.asarray(y), s=8, c=c, cmap="viridis" if c is not None else None)
+        ax.scatter(
+            np.asarray(x), np.asarray(y), s=8, c=c, cmap="viridis" if c is not None else None
+        )
         ax.set_title(name, fontsize="medium")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -326,8 +376,9 @@ __all__ += ["log_bars", "ray_images", "channel_scatter"]
 # --------------------------------------------------------------------------------------------
 # Network dissection under rotations (Section 6)
 # --------------------------------------------------------------------------------------------
-def rotation_curves(alphas, panels: dict, xlabel: str = r"rotation $\alpha$ ($Q^\alpha$)",
-                    figsize=None) -> Figure:
+def rotation_curves(
+    alphas, panels: dict, xlabel: str = r"rotation $\alpha$ ($Q^\alpha$)", figsize=None
+) -> Figure:
     """Side-by-side panels of curves against ``alphas`` ``(n_alphas,)`` with shaded ± std.
 
     A name keeps its colour across panels and the legend is drawn once, in the first panel.
@@ -368,8 +419,9 @@ __all__ += ["rotation_curves"]
 # --------------------------------------------------------------------------------------------
 # Similarity measures (Section 5)
 # --------------------------------------------------------------------------------------------
-def labeled_scatter(x, y, labels, xlabel: str = "", ylabel: str = "", xerr=None, yerr=None,
-                    figsize=(4.5, 3.6)) -> Figure:
+def labeled_scatter(
+    x, y, labels, xlabel: str = "", ylabel: str = "", xerr=None, yerr=None, figsize=(4.5, 3.6)
+) -> Figure:
     """A scatter plot with each point annotated (e.g. with a layer name).
 
     Parameters
@@ -391,7 +443,9 @@ def labeled_scatter(x, y, labels, xlabel: str = "", ylabel: str = "", xerr=None,
     ax = fig.add_subplot()
     ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=2)
     for xi, yi, label in zip(x, y, labels):
-        ax.annotate(str(label), (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize="small")
+        ax.annotate(
+            str(label), (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize="small"
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return fig

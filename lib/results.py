@@ -12,6 +12,7 @@ A chapter records every number it compares with the paper::
 :func:`compare_results` lists every recorded number that differs between two results folders
 (``python -m lib.results compare A B``), e.g. before and after a change that must not change any.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,17 @@ from .cache import checked_json, read_checked_json
 from .config import atomic_path, cache_dir, check_choice
 from .settings import SCALES
 
-__all__ = ["Recorder", "results_dir", "read_results_file", "load_results", "table",
-           "markdown_table", "VALUE_FIELDS", "compare_results", "main"]
+__all__ = [
+    "Recorder",
+    "results_dir",
+    "read_results_file",
+    "load_results",
+    "table",
+    "markdown_table",
+    "VALUE_FIELDS",
+    "compare_results",
+    "main",
+]
 
 # The fields of a results file written before it carried its own checksum ("sha256").
 _LEGACY_FIELDS = ("chapter", "scale", "seed", "rows")
@@ -74,7 +84,9 @@ class Recorder:
         self.chapter, self.scale, self.seed = chapter, scale, int(seed)
         self.rows: list[dict] = []
 
-    def add(self, key: str, ours, paper=None, unit: str = "", note: str = "", std=None, paper_std=None):
+    def add(
+        self, key: str, ours, paper=None, unit: str = "", note: str = "", std=None, paper_std=None
+    ):
         """Record one number; a key recorded again keeps the last value.
 
         Parameters
@@ -98,8 +110,17 @@ class Recorder:
             ``ours``, unchanged (so a chapter can record and use a number in one expression).
         """
         self.rows = [r for r in self.rows if r["key"] != key]
-        self.rows.append(dict(key=key, ours=_plain(ours), std=_plain(std), paper=_plain(paper),
-                              paper_std=_plain(paper_std), unit=unit, note=note))
+        self.rows.append(
+            dict(
+                key=key,
+                ours=_plain(ours),
+                std=_plain(std),
+                paper=_plain(paper),
+                paper_std=_plain(paper_std),
+                unit=unit,
+                note=note,
+            )
+        )
         return ours
 
     def path(self) -> Path:
@@ -140,16 +161,21 @@ def read_results_file(path: str | os.PathLike) -> dict:
     try:
         payload, _ = read_checked_json(path, _LEGACY_FIELDS)
         rows = payload.get("rows")
-        if not (isinstance(payload.get("chapter"), str) and isinstance(payload.get("seed"), int)
-                and isinstance(rows, list)):
+        if not (
+            isinstance(payload.get("chapter"), str)
+            and isinstance(payload.get("seed"), int)
+            and isinstance(rows, list)
+        ):
             raise ValueError("it lacks a 'chapter', a 'seed' or a list of 'rows'")
         for i, r in enumerate(rows):
             if not (isinstance(r, dict) and isinstance(r.get("key"), str) and "ours" in r):
                 raise ValueError(f"row {i} is not a recorded number (a 'key' and 'ours')")
     except ValueError as exc:
         chapter = path.stem.split("-seed")[0]
-        raise ValueError(f"the results file {path} is damaged ({type(exc).__name__}: {exc}); "
-                         f"delete it and re-run the chapter that wrote it ({chapter})") from exc
+        raise ValueError(
+            f"the results file {path} is damaged ({type(exc).__name__}: {exc}); "
+            f"delete it and re-run the chapter that wrote it ({chapter})"
+        ) from exc
     return payload
 
 
@@ -178,8 +204,9 @@ def load_results(scale: str, directory: str | os.PathLike | None = None) -> list
     rows = []
     for f in sorted(folder.glob("*.json")):
         payload = read_results_file(f)
-        rows.extend(dict(chapter=payload["chapter"], seed=payload["seed"], **r)
-                    for r in payload["rows"])
+        rows.extend(
+            dict(chapter=payload["chapter"], seed=payload["seed"], **r) for r in payload["rows"]
+        )
     return rows
 
 
@@ -192,8 +219,8 @@ def _fmt(value, std=None, unit="") -> str:
     return text + (f" {unit}" if unit and unit != "%" else unit)
 
 
-# A cell "is a number" when it starts like one: "12.3", "-0.5 ± 0.1", "87.1 % (CIFAR-10)", "1.0e-12",
-# "nan". Such columns are right-aligned so that digits line up.
+# A cell "is a number" when it starts like one: "12.3", "-0.5 ± 0.1", "87.1 % (CIFAR-10)",
+# "1.0e-12", "nan". Such columns are right-aligned so that digits line up.
 _NUMBER = re.compile(r"^[-+\u2212]?(\d|\.\d|nan\b|inf\b)", re.IGNORECASE)
 _BLANKS = ("", "-", "\u2013", "\u2014")
 
@@ -207,7 +234,8 @@ def table(header, rows, align: str | None = None) -> str:
     """A Markdown (pipe) table whose numeric columns are right-aligned.
 
     Every table the book shows goes through here; the book renders chapter outputs as MyST
-    (``nb_render_markdown_format``), so the result becomes an HTML ``<table>`` and keeps inline math.
+    (``nb_render_markdown_format``), so the result becomes an HTML ``<table>`` and keeps inline
+    math.
 
     Parameters
     ----------
@@ -216,8 +244,8 @@ def table(header, rows, align: str | None = None) -> str:
     rows : iterable of sequences
         One sequence of cells per row, as long as ``header``; cells are formatted with ``str``.
     align : str, optional
-        One letter per column, ``"l"``, ``"c"`` or ``"r"``. By default a column is right-aligned when
-        every non-empty cell in it starts with a number, and left-aligned otherwise.
+        One letter per column, ``"l"``, ``"c"`` or ``"r"``. By default a column is right-aligned
+        when every non-empty cell in it starts with a number, and left-aligned otherwise.
 
     Returns
     -------
@@ -236,10 +264,16 @@ def table(header, rows, align: str | None = None) -> str:
             raise ValueError(f"row {i} has {len(row)} cells but header has {len(header)}: {row!r}")
     if align is None:
         # Empty cells and dashes ("no value") do not decide a column's alignment.
-        filled = [[c for c in col if c not in _BLANKS] for col in zip(*body)] or [[] for _ in header]
-        align = "".join("r" if col and all(_NUMBER.match(c) for c in col) else "l" for col in filled)
+        filled = [[c for c in col if c not in _BLANKS] for col in zip(*body)] or [
+            [] for _ in header
+        ]
+        align = "".join(
+            "r" if col and all(_NUMBER.match(c) for c in col) else "l" for col in filled
+        )
     if len(align) != len(header) or set(align) - set("lcr"):
-        raise ValueError(f"align must have one of 'l', 'c', 'r' per column ({len(header)}), got {align!r}")
+        raise ValueError(
+            f"align must have one of 'l', 'c', 'r' per column ({len(header)}), got {align!r}"
+        )
     rule = {"l": "---", "c": ":---:", "r": "---:"}
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -251,7 +285,8 @@ _ROW_FIELDS = ("chapter", "seed", "key", "ours", "std", "paper", "paper_std", "u
 
 
 def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
-    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via :func:`table`).
+    """The rows of :func:`load_results` as a Markdown table, ours beside the paper's (via
+    :func:`table`).
 
     Parameters
     ----------
@@ -276,19 +311,33 @@ def markdown_table(rows: list[dict], order: list[str] | None = None) -> str:
             r = r if isinstance(r, dict) else {}
             stem, seed = r.get("chapter", "?"), r.get("seed")
             file = f"{stem}-seed{seed}.json" if seed else f"{stem}.json"
-            raise ValueError(f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
-                             f"{missing}: its results file {file} (in the results folder of its "
-                             f"scale) is damaged or was not written by lib.results.Recorder; delete "
-                             f"it and re-run its chapter")
+            raise ValueError(
+                f"results row {i} (key {r.get('key', '?')!r}) lacks the fields "
+                f"{missing}: its results file {file} (in the results folder of its "
+                f"scale) is damaged or was not written by lib.results.Recorder; delete "
+                f"it and re-run its chapter"
+            )
     order = order or []
 
     def rank(r):
         position = order.index(r["chapter"]) if r["chapter"] in order else len(order)
         return position, r["chapter"], r["seed"]
-    return table(["chapter", "seed", "quantity", "ours", "paper", "note"],
-                 [[r["chapter"], r["seed"], f"`{r['key']}`", _fmt(r["ours"], r["std"], r["unit"]),
-                   _fmt(r["paper"], r["paper_std"], r["unit"]), r["note"]] for r in sorted(rows, key=rank)],
-                 align="lrlrrl")
+
+    return table(
+        ["chapter", "seed", "quantity", "ours", "paper", "note"],
+        [
+            [
+                r["chapter"],
+                r["seed"],
+                f"`{r['key']}`",
+                _fmt(r["ours"], r["std"], r["unit"]),
+                _fmt(r["paper"], r["paper_std"], r["unit"]),
+                r["note"],
+            ]
+            for r in sorted(rows, key=rank)
+        ],
+        align="lrlrrl",
+    )
 
 
 #: The fields of a recorded row that :func:`compare_results` compares (notes hold wall times).
@@ -311,9 +360,11 @@ def _same(a, b, rtol: float, atol: float) -> bool:
     return a == b
 
 
-def compare_results(dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=("*_seconds",),
-                    fields=VALUE_FIELDS) -> list[dict]:
-    """Every recorded value that differs between two results folders, and every key recorded in one only.
+def compare_results(
+    dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=("*_seconds",), fields=VALUE_FIELDS
+) -> list[dict]:
+    """Every recorded value that differs between two results folders, and every key recorded in one
+    only.
 
     Parameters
     ----------
@@ -333,8 +384,8 @@ def compare_results(dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=
     -------
     list of dict
         One per difference, sorted by file and key: ``file``, ``key``, ``field`` (``None`` for a key
-        recorded in one folder only), ``a`` and ``b`` (the values; ``None`` where absent). Empty when
-        the folders agree.
+        recorded in one folder only), ``a`` and ``b`` (the values; ``None`` where absent). Empty
+        when the folders agree.
 
     Raises
     ------
@@ -354,15 +405,23 @@ def compare_results(dir_a, dir_b, rtol: float = 1e-9, atol: float = 0.0, ignore=
             continue
         ra, rb = a.get((file, key)), b.get((file, key))
         if ra is None or rb is None:
-            out.append(dict(file=file, key=key, field=None, a=ra and ra.get("ours"), b=rb and rb.get("ours")))
+            out.append(
+                dict(
+                    file=file, key=key, field=None, a=ra and ra.get("ours"), b=rb and rb.get("ours")
+                )
+            )
             continue
-        out += [dict(file=file, key=key, field=f, a=ra.get(f), b=rb.get(f)) for f in fields
-                if not _same(ra.get(f), rb.get(f), rtol, atol)]
+        out += [
+            dict(file=file, key=key, field=f, a=ra.get(f), b=rb.get(f))
+            for f in fields
+            if not _same(ra.get(f), rb.get(f), rtol, atol)
+        ]
     return out
 
 
 def main(argv=None) -> int:
-    """The command line ``python -m lib.results compare A B [--rtol R] [--atol T] [--ignore GLOB ...]``.
+    """The command line ``python -m lib.results compare A B [--rtol R] [--atol T] [--ignore GLOB
+    ...]``.
 
     Prints one line per difference of :func:`compare_results` and a summary.
 
@@ -376,23 +435,42 @@ def main(argv=None) -> int:
     int
         0 when the folders agree, 1 when they differ.
     """
-    parser = argparse.ArgumentParser(prog="python -m lib.results", description="Compare recorded results.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lib.results", description="Compare recorded results."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="list every recorded value that differs between two results folders")
-    c.add_argument("a", help="a results folder ($SYMMETRIES_RESULTS of one run, or one of its scale folders)")
+    c = sub.add_parser(
+        "compare", help="list every recorded value that differs between two results folders"
+    )
+    c.add_argument(
+        "a", help="a results folder ($SYMMETRIES_RESULTS of one run, or one of its scale folders)"
+    )
     c.add_argument("b", help="the results folder to compare it with")
-    c.add_argument("--rtol", type=float, default=1e-9, help="relative tolerance of numbers (default 1e-9)")
-    c.add_argument("--atol", type=float, default=0.0, help="absolute tolerance of numbers (default 0)")
-    c.add_argument("--ignore", nargs="*", default=["*_seconds"], help="glob patterns of keys to skip "
-                   "(default: *_seconds)")
+    c.add_argument(
+        "--rtol", type=float, default=1e-9, help="relative tolerance of numbers (default 1e-9)"
+    )
+    c.add_argument(
+        "--atol", type=float, default=0.0, help="absolute tolerance of numbers (default 0)"
+    )
+    c.add_argument(
+        "--ignore",
+        nargs="*",
+        default=["*_seconds"],
+        help="glob patterns of keys to skip (default: *_seconds)",
+    )
     args = parser.parse_args(argv)
     diffs = compare_results(args.a, args.b, args.rtol, args.atol, tuple(args.ignore))
     for d in diffs:
         what = "recorded in one folder only" if d["field"] is None else d["field"]
         print(f"{d['file']}  {d['key']}  {what}: {d['a']!r} != {d['b']!r}")
     n = len({(d["file"], d["key"]) for d in diffs})
-    print(f"{n} key(s) differ between {args.a} and {args.b}" if diffs else f"no differences between {args.a} and "
-          f"{args.b} (rtol {args.rtol:g}, atol {args.atol:g}, ignoring {', '.join(args.ignore) or 'nothing'})")
+    print(
+        f"{n} key(s) differ between {args.a} and {args.b}"
+        if diffs
+        else f"no differences between {args.a} and "
+        f"{args.b} (rtol {args.rtol:g}, atol {args.atol:g}, "
+        f"ignoring {', '.join(args.ignore) or 'nothing'})"
+    )
     return 1 if diffs else 0
 
 

@@ -6,6 +6,7 @@ The model-aware layer above :mod:`lib.metrics` (whose measures take arrays only)
 :func:`lib.metrics.similarity_matrices`, and :func:`cached_pair_similarities` caches that on disk
 (``lib.cache.memo``), keyed on the weights and the images.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,8 +22,14 @@ __all__ = ["layer_features", "model_pair_similarities", "cached_pair_similaritie
 
 
 @torch.no_grad()
-def layer_features(model: torch.nn.Module, x: torch.Tensor, layers=None, *, dtype=torch.float32,
-                   batch_size: int = 250) -> dict:
+def layer_features(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    layers=None,
+    *,
+    dtype=torch.float32,
+    batch_size: int = 250,
+) -> dict:
     """Hidden features of ``model`` on inputs ``x``, as CPU tensors in ``dtype``.
 
     Parameters
@@ -56,13 +63,21 @@ def layer_features(model: torch.nn.Module, x: torch.Tensor, layers=None, *, dtyp
         for name, f in chunk.items():
             if name not in out:
                 out[name] = torch.empty((len(x),) + tuple(f.shape[1:]), dtype=dtype)
-            out[name][start:start + len(f)] = f.to("cpu", dtype)
+            out[name][start : start + len(f)] = f.to("cpu", dtype)
     return out
 
 
-def model_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor,
-                            layers=None, measures=PAPER_MEASURES, *, feature_dtype=torch.float32,
-                            batch_size: int = 250, **kwargs) -> dict:
+def model_pair_similarities(
+    model_a: torch.nn.Module,
+    model_b: torch.nn.Module,
+    x: torch.Tensor,
+    layers=None,
+    measures=PAPER_MEASURES,
+    *,
+    feature_dtype=torch.float32,
+    batch_size: int = 250,
+    **kwargs,
+) -> dict:
     """All-layer-pairs similarities of two models on the inputs ``x``, each model's features taken
     once.
 
@@ -102,12 +117,20 @@ def model_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, 
         matrices[m] = similarity_matrices(fa, fb, (m,), **kwargs)[m]
         seconds[m] = time.perf_counter() - t0
     mib = sum(f.numel() * f.element_size() for f in fa.values()) / 2**20
-    return dict(layers=list(fa), matrices=matrices, seconds=seconds, feature_mib=mib,
-                n_samples=len(x))
+    return dict(
+        layers=list(fa), matrices=matrices, seconds=seconds, feature_mib=mib, n_samples=len(x)
+    )
 
 
-def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module, x: torch.Tensor,
-                             layers, measures=PAPER_MEASURES, *, device=None) -> dict:
+def cached_pair_similarities(
+    model_a: torch.nn.Module,
+    model_b: torch.nn.Module,
+    x: torch.Tensor,
+    layers,
+    measures=PAPER_MEASURES,
+    *,
+    device=None,
+) -> dict:
     """:func:`model_pair_similarities` of two models, cached on disk (``lib.cache.memo``, kind
     ``"similarity"``).
 
@@ -136,11 +159,24 @@ def cached_pair_similarities(model_a: torch.nn.Module, model_b: torch.nn.Module,
     dict
         As :func:`model_pair_similarities`; ``seconds`` are those of the run that filled the cache.
     """
-    config = dict(a=_model_identity(model_a), b=_model_identity(model_b), images=tensor_digest(x),
-                  layers=list(layers), n_images=len(x), measures=list(measures),
-                  feature_dtype="float32", dtype="float32", zero_channels="keep")
-    return memo("similarity", config, lambda: model_pair_similarities(
-        model_a, model_b, x, layers, measures, feature_dtype=torch.float32, device=device))
+    config = dict(
+        a=_model_identity(model_a),
+        b=_model_identity(model_b),
+        images=tensor_digest(x),
+        layers=list(layers),
+        n_images=len(x),
+        measures=list(measures),
+        feature_dtype="float32",
+        dtype="float32",
+        zero_channels="keep",
+    )
+    return memo(
+        "similarity",
+        config,
+        lambda: model_pair_similarities(
+            model_a, model_b, x, layers, measures, feature_dtype=torch.float32, device=device
+        ),
+    )
 
 
 def _model_identity(model: torch.nn.Module) -> dict:

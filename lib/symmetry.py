@@ -1,11 +1,12 @@
 """Weight-space symmetries (Section 3.2: Proposition 3.4, eq. 3.5, Remark 3.6): how the groups of
 :mod:`lib.groups` act on a model's weights, read from its ``lib.models.SymmetrySpec`` only.
 
-:func:`sample_elements` draws one element per site, :func:`apply_elements` moves the weights by them,
-:func:`random_transform` does both; :func:`feature_transform` is how a hidden layer's features move
-(eq. 3.5). :func:`transform_errors` and :func:`second_half_errors` measure how well a transform keeps
-the function.
+:func:`sample_elements` draws one element per site, :func:`apply_elements` moves the weights by
+them, :func:`random_transform` does both; :func:`feature_transform` is how a hidden layer's features
+move (eq. 3.5). :func:`transform_errors` and :func:`second_half_errors` measure how well a transform
+keeps the function.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,19 +14,35 @@ import copy
 import torch
 
 from .config import check_choice, get_device
-from .groups import (GROUP_KINDS, IntertwinerGroup, MatrixGroup, check_invertible, check_square, intertwiner_group,
-                     meet, monomial_pattern)
+from .groups import (
+    GROUP_KINDS,
+    IntertwinerGroup,
+    MatrixGroup,
+    check_invertible,
+    check_square,
+    intertwiner_group,
+    meet,
+    monomial_pattern,
+)
 from .models import features, forward_from, hidden_layers, symmetry_spec
 
 __all__ = [
-    "TRANSFORM_GROUPS", "site_group", "sample_elements", "apply_elements", "random_transform",
-    "feature_transform", "transform_features", "site_groups",
-    "relative_change", "transform_errors", "second_half_errors",
+    "TRANSFORM_GROUPS",
+    "site_group",
+    "sample_elements",
+    "apply_elements",
+    "random_transform",
+    "feature_transform",
+    "transform_features",
+    "site_groups",
+    "relative_change",
+    "transform_errors",
+    "second_half_errors",
 ]
 
 TRANSFORM_GROUPS = ("intertwiner",) + GROUP_KINDS
-"""tuple of str: the ``group`` values of :func:`random_transform`: ``"intertwiner"`` (each site's own
-group, so the function is kept) or any of :data:`lib.groups.GROUP_KINDS`."""
+"""tuple of str: the ``group`` values of :func:`random_transform`: ``"intertwiner"`` (each site's
+own group, so the function is kept) or any of :data:`lib.groups.GROUP_KINDS`."""
 
 
 def site_group(site, restricted: bool = True) -> IntertwinerGroup:
@@ -57,6 +74,7 @@ def _parents_first(sites: dict) -> list:
         if sites[name].parent is not None:
             visit(sites[name].parent)
         order.append(name)
+
     for name in sites:
         visit(name)
     return order
@@ -65,23 +83,27 @@ def _parents_first(sites: dict) -> list:
 def _embedded(site, elements: dict, A: torch.Tensor):
     # (embed indices, the other indices, the parent's element) of a zero-padded shortcut.
     emb = torch.tensor(site.embed, device=A.device)
-    rest = torch.tensor([i for i in range(site.channels) if i not in set(site.embed)],
-                        dtype=torch.long, device=A.device)
+    rest = torch.tensor(
+        [i for i in range(site.channels) if i not in set(site.embed)],
+        dtype=torch.long,
+        device=A.device,
+    )
     parent = elements.get(site.parent)
     if parent is None:
         parent = torch.eye(len(site.embed), dtype=A.dtype, device=A.device)
     return emb, rest, parent.to(A)
 
 
-def sample_elements(model, generator: torch.Generator, group: str = "intertwiner",
-                    sigma: float = 1.0, device=None) -> dict:
+def sample_elements(
+    model, generator: torch.Generator, group: str = "intertwiner", sigma: float = 1.0, device=None
+) -> dict:
     """One random element per site of the model's spec.
 
-    ``group="intertwiner"`` draws from each site's :func:`site_group`, so :func:`apply_elements` keeps
-    the function. Another kind (``"gl"``, ``"orthogonal"``, ...) is drawn instead, met with the
-    monomial matrices at BatchNorm sites (all their parameters can absorb); kinds outside a site's
-    group break the function (Section 3.3). A zero-padded shortcut's ``embed`` channels always carry
-    the parent site's element.
+    ``group="intertwiner"`` draws from each site's :func:`site_group`, so :func:`apply_elements`
+    keeps the function. Another kind (``"gl"``, ``"orthogonal"``, ...) is drawn instead, met with
+    the monomial matrices at BatchNorm sites (all their parameters can absorb); kinds outside a
+    site's group break the function (Section 3.3). A zero-padded shortcut's ``embed`` channels
+    always carry the parent site's element.
 
     Parameters
     ----------
@@ -116,7 +138,9 @@ def sample_elements(model, generator: torch.Generator, group: str = "intertwiner
             emb, rest, parent = _embedded(site, elements, A)
             A[emb[:, None], emb] = parent
             if len(rest):
-                A[rest[:, None], rest] = MatrixGroup(kind, len(rest)).sample(generator, sigma, device="cpu")
+                A[rest[:, None], rest] = MatrixGroup(kind, len(rest)).sample(
+                    generator, sigma, device="cpu"
+                )
         elements[name] = A
     device = get_device(device)
     return {k: v.to(device) for k, v in elements.items()}
@@ -130,13 +154,20 @@ def _phi_at(site, A: torch.Tensor, elements: dict, strict: bool) -> torch.Tensor
     if member and site.parent is not None:
         emb, rest, parent = _embedded(site, elements, A)
         tied = A[emb[:, None], emb] - parent
-        cross = torch.cat([A[emb[:, None], rest].flatten(), A[rest[:, None], emb].flatten(), tied.flatten()])
+        cross = torch.cat(
+            [A[emb[:, None], rest].flatten(), A[rest[:, None], emb].flatten(), tied.flatten()]
+        )
         member = bool(cross.abs().max() <= 1e-6) if cross.numel() else True
     if strict and not member:
-        tie = f" with channels {site.embed[0]}..{site.embed[-1]} equal to {site.parent!r}'s element" \
-            if site.parent else ""
-        raise ValueError(f"elements[{site.name!r}] is not in the group acting at this site "
-                         f"({group.description}{tie}); pass strict=False to apply it anyway")
+        tie = (
+            f" with channels {site.embed[0]}..{site.embed[-1]} equal to {site.parent!r}'s element"
+            if site.parent
+            else ""
+        )
+        raise ValueError(
+            f"elements[{site.name!r}] is not in the group acting at this site "
+            f"({group.description}{tie}); pass strict=False to apply it anyway"
+        )
     return group.phi(A) if member else A
 
 
@@ -173,7 +204,9 @@ def apply_elements(model, elements: dict, strict: bool = True):
     spec = symmetry_spec(model)
     unknown = set(elements) - set(spec.sites)
     if unknown:
-        raise ValueError(f"unknown sites {sorted(unknown)}; this model's sites: {', '.join(spec.sites)}")
+        raise ValueError(
+            f"unknown sites {sorted(unknown)}; this model's sites: {', '.join(spec.sites)}"
+        )
     mats = {}
     for name, A in elements.items():
         site = spec.sites[name]
@@ -187,7 +220,9 @@ def apply_elements(model, elements: dict, strict: bool = True):
     with torch.no_grad():
         for pname, axes in spec.axes.items():
             if pname not in tensors or tensors[pname].ndim != len(axes):
-                raise ValueError(f"symmetry spec entry {pname!r} does not match the model's tensors")
+                raise ValueError(
+                    f"symmetry spec entry {pname!r} does not match the model's tensors"
+                )
             t = tensors[pname]
             x = t.detach().double()
             for axis, entry in enumerate(axes):
@@ -195,15 +230,18 @@ def apply_elements(model, elements: dict, strict: bool = True):
                     continue
                 L = mats[entry[0]][entry[1]]
                 if L is None:
-                    raise ValueError(f"elements[{entry[0]!r}] is not monomial, but {pname!r} can only "
-                                     "absorb a permutation (it feeds a per-channel layer)")
+                    raise ValueError(
+                        f"elements[{entry[0]!r}] is not monomial, but {pname!r} can only "
+                        "absorb a permutation (it feeds a per-channel layer)"
+                    )
                 x = _along(x, L.to(x.device), axis)
             t.copy_(x.to(t.dtype))
     return new
 
 
-def random_transform(model, generator: torch.Generator, group: str = "intertwiner",
-                     sigma: float = 1.0):
+def random_transform(
+    model, generator: torch.Generator, group: str = "intertwiner", sigma: float = 1.0
+):
     """A random weight-space transform of ``model``.
 
     :func:`sample_elements` then :func:`apply_elements`. With ``group="intertwiner"`` the new model
@@ -254,7 +292,9 @@ def feature_transform(model, layer: str, elements: dict) -> torch.Tensor:
     """
     spec = symmetry_spec(model)
     if layer not in spec.layers:
-        raise ValueError(f"unknown layer {layer!r}; layers with a symmetry site: {', '.join(spec.layers)}")
+        raise ValueError(
+            f"unknown layer {layer!r}; layers with a symmetry site: {', '.join(spec.layers)}"
+        )
     site = spec.sites[spec.layers[layer]]
     A = elements.get(site.name)
     if A is None:
@@ -280,8 +320,11 @@ def transform_features(h: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 
 # Each restriction flag of a Site, and why it restricts the group (Remark 3.6).
-_REASONS = {"monomial": "BatchNorm before σ: monomial only", "positive_phi": "max-pool after σ: φ(A) ≥ 0",
-            "phi_fixed": "residual stream: φ(A) = A, shared by the stream"}
+_REASONS = {
+    "monomial": "BatchNorm before σ: monomial only",
+    "positive_phi": "max-pool after σ: φ(A) ≥ 0",
+    "phi_fixed": "residual stream: φ(A) = A, shared by the stream",
+}
 
 
 def site_groups(model) -> list[dict]:
@@ -304,13 +347,23 @@ def site_groups(model) -> list[dict]:
         free, group = site_group(site, restricted=False), site_group(site)
         reasons = [why for flag, why in _REASONS.items() if getattr(site, flag)]
         if site.parent:
-            reasons.append(f"zero-padded shortcut: channels {site.embed[0]}–{site.embed[-1]} "
-                           f"carry {site.parent}'s element")
+            reasons.append(
+                f"zero-padded shortcut: channels {site.embed[0]}–{site.embed[-1]} "
+                f"carry {site.parent}'s element"
+            )
         act = site.activation + "".join(f" {k}={v}" for k, v in site.params)
-        rows.append(dict(site=name, channels=site.channels, activation=act, free=free.description,
-                         group=group.description, phi=group.phi_description,
-                         reasons="; ".join(reasons) or "none",
-                         layers=", ".join(l for l, s in spec.layers.items() if s == name)))
+        rows.append(
+            dict(
+                site=name,
+                channels=site.channels,
+                activation=act,
+                free=free.description,
+                group=group.description,
+                phi=group.phi_description,
+                reasons="; ".join(reasons) or "none",
+                layers=", ".join(layer for layer, s in spec.layers.items() if s == name),
+            )
+        )
     return rows
 
 
@@ -331,7 +384,9 @@ def relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
     return ((new - old).abs().max() / old.abs().max()).item()
 
 
-def transform_errors(model, x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0) -> dict:
+def transform_errors(
+    model, x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0
+) -> dict:
     """Proposition 3.4 and eq. (3.5) measured on one model, with one random transform per group.
 
     Draws, in this order, a :func:`random_transform` in the intertwiner group, one in ``"gl"`` and
@@ -357,12 +412,20 @@ def transform_errors(model, x: torch.Tensor, generator: torch.Generator, sigma: 
     y = model(x)
     new, elements = random_transform(model, generator, sigma=sigma)
     f, f_new = features(model, x), features(new, x)
-    eq35 = max(relative_change(f_new[l], transform_features(f[l], feature_transform(model, l, elements)))
-               for l in hidden_layers(model))
+    eq35 = max(
+        relative_change(
+            f_new[layer], transform_features(f[layer], feature_transform(model, layer, elements))
+        )
+        for layer in hidden_layers(model)
+    )
     moved = max(relative_change(p_new, p) for p_new, p in zip(new.parameters(), model.parameters()))
-    return dict(moved=moved, out=relative_change(new(x), y), eq35=eq35,
-                gl=relative_change(random_transform(model, generator, group="gl", sigma=sigma)[0](x), y),
-                orth=relative_change(random_transform(model, generator, group="orthogonal")[0](x), y))
+    return dict(
+        moved=moved,
+        out=relative_change(new(x), y),
+        eq35=eq35,
+        gl=relative_change(random_transform(model, generator, group="gl", sigma=sigma)[0](x), y),
+        orth=relative_change(random_transform(model, generator, group="orthogonal")[0](x), y),
+    )
 
 
 def second_half_errors(model, x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0):
@@ -384,7 +447,8 @@ def second_half_errors(model, x: torch.Tensor, generator: torch.Generator, sigma
     Returns
     -------
     worst : float
-        The largest :func:`relative_change` of the outputs over the layers where ``f_>m`` is defined.
+        The largest :func:`relative_change` of the outputs over the layers where ``f_>m`` is
+        defined.
     undefined : int
         The layers inside a residual block, where ``forward_from`` refuses.
     """

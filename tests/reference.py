@@ -1,14 +1,16 @@
 """Slow, obvious implementations that the tests compare the library's fast ones with.
 
-- the max-kernel Gram matrix of G_ReLU-CKA filled one row at a time as in the authors' ``wreath_cka``
-  (:func:`max_kernel_rows`, also timed by ``benchmarks/metrics_speed.py``), and through the full
-  ``(n, n, channels)`` tensor of per-channel inner products (:func:`max_kernel_naive`);
+- the max-kernel Gram matrix of G_ReLU-CKA filled one row at a time as in the authors'
+  ``wreath_cka`` (:func:`max_kernel_rows`, also timed by ``benchmarks/metrics_speed.py``), and
+  through the full ``(n, n, channels)`` tensor of per-channel inner products
+  (:func:`max_kernel_naive`);
 - Kornblith et al.'s (2019) ``center_gram(unbiased=True)`` and ``gram_rbf``, re-typed in numpy;
 - G_ReLU-CKA and the authors' orthogonal CKA written out in numpy float64
   (:func:`channel_normalized`, :func:`max_kernel_np`, :func:`unbiased_cka_np`);
 
 and the synthetic features the tests of ``lib.metrics`` feed them (:func:`conv_features`, ...).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +23,8 @@ def max_kernel_row(f: torch.Tensor, i: int, kind: str = "authors") -> torch.Tens
     """Row ``i`` of the max kernel against rows ``< i`` of ``f`` ``(n, c, p)``: ``(i,)``.
 
     ``"authors"``: elementwise product and sum as in the authors' ``wreath_cka`` (an ``(i, c, p)``
-    temporary); ``"matvec"``: the same with matrix-vector products (no temporary; a stronger baseline).
+    temporary); ``"matvec"``: the same with matrix-vector products (no temporary; a stronger
+    baseline).
     """
     if kind == "authors":
         return (f[:i] * f[i]).sum(dim=-1).amax(dim=1)
@@ -29,7 +32,8 @@ def max_kernel_row(f: torch.Tensor, i: int, kind: str = "authors") -> torch.Tens
 
 
 def max_kernel_rows(X, kind: str = "authors") -> torch.Tensor:
-    """Max-kernel Gram matrix ``(n, n)`` filled one row at a time in a Python loop (the authors' way)."""
+    """Max-kernel Gram matrix ``(n, n)`` filled one row at a time in a Python loop (the authors'
+    way)."""
     f = to_channels(X)
     n = f.shape[0]
     K = torch.zeros((n, n), dtype=f.dtype, device=f.device)
@@ -41,13 +45,14 @@ def max_kernel_rows(X, kind: str = "authors") -> torch.Tensor:
 
 
 def max_kernel_naive(X) -> torch.Tensor:
-    """Max-kernel Gram matrix ``(n, n)`` through the full ``(n, n, channels)`` tensor of inner products."""
+    """Max-kernel Gram matrix ``(n, n)`` through the full ``(n, n, channels)`` tensor of inner
+    products."""
     f = to_channels(X)
     return torch.einsum("icp,jcp->ijc", f, f).amax(dim=-1)
 
 
 def kornblith_unbiased_center(K: np.ndarray) -> np.ndarray:
-    """Kornblith et al.'s ``center_gram(unbiased=True)`` of a Gram matrix ``(n, n)``, written out."""
+    """Kornblith et al.'s ``center_gram(unbiased=True)`` of a Gram matrix ``(n, n)``, by hand."""
     n = len(K)
     K = K.copy()
     np.fill_diagonal(K, 0)
@@ -71,7 +76,7 @@ def channel_normalized(x: np.ndarray, center: bool = True) -> np.ndarray:
     f = np.asarray(x, dtype=np.float64).reshape(len(x), x.shape[1], -1)
     if center:
         f = f - f.mean(axis=(0, 2), keepdims=True)
-    return f / np.sqrt((f ** 2).sum(axis=(0, 2), keepdims=True))
+    return f / np.sqrt((f**2).sum(axis=(0, 2), keepdims=True))
 
 
 def max_kernel_np(f: np.ndarray) -> np.ndarray:
@@ -90,16 +95,19 @@ def unbiased_cka_np(K: np.ndarray, L: np.ndarray) -> float:
 
 # -- synthetic features ----------------------------------------------------------------------------
 
+
 def conv_features(seed, n=48, c=6, h=3, w=3, relu=True):
     """Random conv features with channel-dependent scales (post-ReLU unless ``relu=False``)."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)) * rng.uniform(0.5, 2.0, (1, c, 1, 1)) + rng.uniform(-0.5, 1.0, (1, c, 1, 1))
+    x = rng.standard_normal((n, c, h, w)) * rng.uniform(0.5, 2.0, (1, c, 1, 1)) + rng.uniform(
+        -0.5, 1.0, (1, c, 1, 1)
+    )
     return np.maximum(x, 0) if relu else x
 
 
 def grelu_act(x, seed, translate):
-    """``x`` acted on by a random element of G_ReLU on channels (permutation x positive diagonal), plus a
-    per-channel translation if ``translate``."""
+    """``x`` acted on by a random element of G_ReLU on channels (permutation x positive diagonal),
+    plus a per-channel translation if ``translate``."""
     rng = np.random.default_rng(1000 + seed)
     c = x.shape[1]
     shape = (1, c) + (1,) * (x.ndim - 2)

@@ -33,8 +33,10 @@ def test_every_builder_refuses_bad_widths(builder, width):
         builder(width=width)
 
 
-NEEDS = ("needs about [0-9.e+]+ GiB for the model's parameters and buffers alone, more than the "
-         "[0-9.]+ GiB of memory")
+NEEDS = (
+    "needs about [0-9.e+]+ GiB for the model's parameters and buffers alone, more than the "
+    "[0-9.]+ GiB of memory"
+)
 TOO_LARGE = "gives layers too large to represent \\(.*\\); use a smaller width"
 
 

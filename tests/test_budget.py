@@ -5,6 +5,7 @@ architecture's training throughput on this machine (``lib.zoo.throughput``), tim
 and epochs of every model the book trains at ``cpu`` scale. Adding models or epochs that cannot fit
 makes this test fail.
 """
+
 import os
 
 import pytest
@@ -19,18 +20,24 @@ ZOO_SHARE = 0.65
 
 def test_cpu_zoo_training_fits_the_book_budget():
     # The calibration reads the machine's speed at this moment. With other work on the cores (a
-    # helper's training run measured 173 min instead of 56) it reads the load, not the machine, so the
-    # test is skipped rather than failed; CI runs it on an otherwise idle machine.
+    # helper's training run measured 173 min instead of 56) it reads the load, not the machine, so
+    # the test is skipped rather than failed; CI runs it on an otherwise idle machine.
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > 1.5 * cores:
-        pytest.skip(f"load average {load:.1f} on {cores} cores: a throughput calibration would measure the load")
+        pytest.skip(
+            f"load average {load:.1f} on {cores} cores: "
+            "a throughput calibration would measure the load"
+        )
     est = zoo.estimate_book_seconds("cpu", steps=2)
     total = sum(e["seconds"] for e in est.values())
-    detail = ", ".join(f"{k}: {e['models']} x {e['seconds'] / max(1, e['models']) / 60:.1f} min"
-                       for k, e in est.items())
+    detail = ", ".join(
+        f"{k}: {e['models']} x {e['seconds'] / max(1, e['models']) / 60:.1f} min"
+        for k, e in est.items()
+    )
     assert total <= ZOO_SHARE * BUDGET_SECONDS["cpu"], (
         f"the cpu-scale zoo needs about {total / 60:.0f} min of training ({detail}), more than "
-        f"{ZOO_SHARE:.0%} of the book's {BUDGET_SECONDS['cpu'] / 60:.0f}-min budget")
+        f"{ZOO_SHARE:.0%} of the book's {BUDGET_SECONDS['cpu'] / 60:.0f}-min budget"
+    )
 
 
 def test_estimate_counts_epochs_and_images():
@@ -57,7 +64,9 @@ def test_an_interrupted_zoo_step_resumes_without_retraining_finished_models(tmp_
 
     env = dict(os.environ, SYMMETRIES_CACHE=str(tmp_path), SYMMETRIES_SCALE="smoke")
     cmd = [sys.executable, "-m", "lib.zoo", "train", "--families", "myrtle", "myrtle_nobn"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     zoo_root = tmp_path / "zoo"
     deadline = time.time() + 300
     while not list(zoo_root.glob("*/meta.json")) and time.time() < deadline:

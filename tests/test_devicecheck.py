@@ -1,4 +1,5 @@
 """lib.devicecheck: chapters as plain scripts (no Jupyter, no IPython), and its no-CUDA exit."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import torch
 
 from lib import devicecheck
 
-CHAPTER = '''# A chapter
+CHAPTER = """# A chapter
 
 ```{code-cell} ipython3
 :tags: [parameters]
@@ -30,7 +31,7 @@ text = f"{scale} {n * 21}"
 Markdown(text)
 print(text)
 ```
-'''
+"""
 
 
 def test_chapter_script_injects_parameters_after_the_parameters_cell(tmp_path):
@@ -41,7 +42,9 @@ def test_chapter_script_injects_parameters_after_the_parameters_cell(tmp_path):
     assert script.index("n = 2") < script.index("scale = 'smoke'") < script.index("Markdown(text)")
     res = devicecheck.run_chapter(ch, {"scale": "smoke"})
     assert res["ok"], res["error"]
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
     assert out.stdout.strip() == "smoke 42"
 
 
@@ -65,7 +68,9 @@ def test_failing_chapter_is_reported(tmp_path):
     assert not res["ok"] and "planted failure" in res["error"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message of a machine without CUDA"
+)
 def test_without_cuda_it_says_so_and_exits_0(capsys):
     assert devicecheck.main([]) == 0
     out = capsys.readouterr().out.strip().splitlines()

@@ -1,5 +1,6 @@
 """Tests of lib.dissection: thresholds and IoU by hand, the Broden reader, the concept dataset,
 rotations, planted detectors and the dissection loop."""
+
 from __future__ import annotations
 
 import csv
@@ -42,10 +43,10 @@ def test_thresholds_match_numpy(seed):
 
 
 def test_iou_hand_example_with_annotation():
-    acts = torch.arange(8.0).reshape(2, 1, 2, 2)       # threshold 5.25 at q=0.25: pixels 6, 7 on
+    acts = torch.arange(8.0).reshape(2, 1, 2, 2)  # threshold 5.25 at q=0.25: pixels 6, 7 on
     masks = torch.zeros(2, 3, 2, 2, dtype=torch.bool)
-    masks[1, 0, 0, 0] = masks[1, 0, 1, 0] = True           # A: one of two on-pixels, 2 mask pixels
-    masks[0, 1, 1, 1] = masks[1, 1, 1, 1] = True           # B: one on-pixel hit, 2 mask pixels
+    masks[1, 0, 0, 0] = masks[1, 0, 1, 0] = True  # A: one of two on-pixels, 2 mask pixels
+    masks[0, 1, 1, 1] = masks[1, 1, 1, 1] = True  # B: one on-pixel hit, 2 mask pixels
     iou = D.iou_scores(acts, masks, quantile=0.25)
     assert iou.shape == (1, 3)
     # A: 1 / (2 + 2 - 1); B: 1 / (2 + 2 - 1); C: empty mask, nothing in common -> 0.
@@ -64,7 +65,9 @@ def test_iou_bilinear_upsampling_hand_example():
     # [0, 1] upsampled to width 4 (align_corners=False) is [0, .25, .75, 1]; the 0.5 quantile of
     # {0, 1} is 0.5, so the last two pixels are on.
     acts = torch.tensor([0.0, 1.0]).reshape(1, 1, 1, 2)
-    masks = torch.tensor([[0, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool).reshape(1, 3, 1, 4)
+    masks = torch.tensor([[0, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool).reshape(
+        1, 3, 1, 4
+    )
     iou = D.iou_scores(acts, masks, quantile=0.5)
     np.testing.assert_allclose(iou[0].numpy(), [1 / 2, 2 / 3, 0.0])
 
@@ -95,14 +98,14 @@ def test_planted_detectors():
     masks = torch.zeros(10, 3, 8, 8, dtype=torch.bool)
     for i in range(10):
         y, x = torch.randint(0, 5, (2,), generator=g)
-        masks[i, 0, y:y + 3, x:x + 3] = True               # concept 0: a 3x3 square somewhere
-        masks[i, 1, :, i % 8] = True                       # concept 1: one column
+        masks[i, 0, y : y + 3, x : x + 3] = True  # concept 0: a 3x3 square somewhere
+        masks[i, 1, :, i % 8] = True  # concept 1: one column
     masks[:, 2] = torch.rand(10, 8, 8, generator=g) < 0.2
     acts = torch.randn(10, 4, 8, 8, generator=g) * 0.1 - 1.0
-    acts[:, 1] = masks[:, 0].float()                       # unit 1 is concept 0's mask
+    acts[:, 1] = masks[:, 0].float()  # unit 1 is concept 0's mask
     left = masks[:, 1].clone()
     left[:, 4:] = False
-    acts[:, 3] = left.float()                              # unit 3: concept 1's mask on rows 0-3 only
+    acts[:, 3] = left.float()  # unit 3: concept 1's mask on rows 0-3 only
     # With quantile above both masks' coverage the threshold of units 1, 3 is 0: on-pixels = mask.
     iou = D.iou_scores(acts, masks, quantile=0.2)
     assert iou[1].argmax() == 0 and iou[1, 0] == pytest.approx(1.0)
@@ -132,15 +135,21 @@ def test_rotation_power_properties(n, seed):
 
 def test_rotation_power_plane_rotation_and_minus_one_eigenvalues():
     theta = 2.5
-    q = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
-                     dtype=torch.float64)
+    q = torch.tensor(
+        [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
+        dtype=torch.float64,
+    )
     half = D.rotation_power(q, 0.5)
-    ref = torch.tensor([[math.cos(theta / 2), -math.sin(theta / 2)], [math.sin(theta / 2), math.cos(theta / 2)]],
-                       dtype=torch.float64)
+    ref = torch.tensor(
+        [[math.cos(theta / 2), -math.sin(theta / 2)], [math.sin(theta / 2), math.cos(theta / 2)]],
+        dtype=torch.float64,
+    )
     assert torch.allclose(half, ref, atol=1e-12)
     # Rotations by pi: eigenvalue -1 pairs, in a 3-d rotation and in -I_4.
-    for q in (torch.diag(torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64)),
-              -torch.eye(4, dtype=torch.float64)):
+    for q in (
+        torch.diag(torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64)),
+        -torch.eye(4, dtype=torch.float64),
+    ):
         h = D.rotation_power(q, 0.5)
         n = len(q)
         assert torch.allclose(h @ h, q, atol=1e-10)
@@ -185,34 +194,61 @@ def broden(tmp_path):
     root = tmp_path / "broden"
     (root / "images").mkdir(parents=True)
     for i in range(3):
-        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(root / "images" / f"im{i}.jpg")
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(
+            root / "images" / f"im{i}.jpg"
+        )
     # Label 300 exercises the green channel (300 = 44 + 256); "wood" is in material and object,
     # primary category material (larger count).
     obj0 = np.zeros((4, 4), int)
     obj0[:2] = 1
     obj0[3, 3] = 300
     obj0b = np.zeros((4, 4), int)
-    obj0b[:, 0] = 2                                       # a second object layer of image 0
+    obj0b[:, 0] = 2  # a second object layer of image 0
     mat1 = np.zeros((4, 4), int)
     mat1[1:3, 1:3] = 2
     _png_labels(root / "images" / "o0.png", obj0)
     _png_labels(root / "images" / "o0b.png", obj0b)
     _png_labels(root / "images" / "m1.png", mat1)
-    _write(root / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", "object", "material", "scene"],
-           [["im0.jpg", "train", 8, 8, 4, 4, "o0.png;o0b.png", "", "3"],
+    _write(
+        root / "index.csv",
+        ["image", "split", "ih", "iw", "sh", "sw", "object", "material", "scene"],
+        [
+            ["im0.jpg", "train", 8, 8, 4, 4, "o0.png;o0b.png", "", "3"],
             ["im1.jpg", "val", 8, 8, 4, 4, "", "m1.png", ""],
-            ["im2.jpg", "train", 8, 8, 4, 4, "", "", "3;4"]])
-    _write(root / "category.csv", ["name", "first", "last", "count", "frequency"],
-           [["object", 1, 300, 2, 1], ["material", 2, 2, 1, 1], ["scene", 3, 4, 2, 2]])
-    _write(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
-           [[1, "car", "object(1)", 1, 0.5, ""], [2, "wood", "object(1);material(5)", 2, 0.5, "timber"],
-            [3, "kitchen", "scene(2)", 2, 2.0, ""], [4, "street", "scene(1)", 1, 1.0, ""],
-            [300, "tyre", "object(1)", 1, 0.1, ""]])
-    _write(root / "c_object.csv", ["code", "number", "name", "frequency", "coverage"],
-           [[1, 1, "car", 1, 0.5], [2, 2, "wood", 1, 0.2], [3, 300, "tyre", 1, 0.1]])
-    _write(root / "c_material.csv", ["code", "number", "name", "frequency", "coverage"], [[1, 2, "wood", 1, 0.3]])
-    _write(root / "c_scene.csv", ["code", "number", "name", "frequency", "coverage"],
-           [[1, 3, "kitchen", 2, 2.0], [2, 4, "street", 1, 1.0]])
+            ["im2.jpg", "train", 8, 8, 4, 4, "", "", "3;4"],
+        ],
+    )
+    _write(
+        root / "category.csv",
+        ["name", "first", "last", "count", "frequency"],
+        [["object", 1, 300, 2, 1], ["material", 2, 2, 1, 1], ["scene", 3, 4, 2, 2]],
+    )
+    _write(
+        root / "label.csv",
+        ["number", "name", "category", "frequency", "coverage", "syns"],
+        [
+            [1, "car", "object(1)", 1, 0.5, ""],
+            [2, "wood", "object(1);material(5)", 2, 0.5, "timber"],
+            [3, "kitchen", "scene(2)", 2, 2.0, ""],
+            [4, "street", "scene(1)", 1, 1.0, ""],
+            [300, "tyre", "object(1)", 1, 0.1, ""],
+        ],
+    )
+    _write(
+        root / "c_object.csv",
+        ["code", "number", "name", "frequency", "coverage"],
+        [[1, 1, "car", 1, 0.5], [2, 2, "wood", 1, 0.2], [3, 300, "tyre", 1, 0.1]],
+    )
+    _write(
+        root / "c_material.csv",
+        ["code", "number", "name", "frequency", "coverage"],
+        [[1, 2, "wood", 1, 0.3]],
+    )
+    _write(
+        root / "c_scene.csv",
+        ["code", "number", "name", "frequency", "coverage"],
+        [[1, 3, "kitchen", 2, 2.0], [2, 4, "street", 1, 1.0]],
+    )
     return root
 
 
@@ -221,7 +257,7 @@ def test_broden_reader(broden):
     assert len(ds) == 3 and ds.mask_size == (4, 4) and ds.image_size == (8, 8)
     assert ds.concepts == ["car", "wood", "kitchen", "street", "tyre"]
     assert ds.concept_categories == ["object", "material", "scene", "scene", "object"]
-    (x, masks, annotated), = list(ds.batches(8))
+    ((x, masks, annotated),) = list(ds.batches(8))
     assert x.shape == (3, 3, 8, 8) and x.dtype == torch.float32
     mean, std = torch.tensor(D.CIFAR10_MEAN), torch.tensor(D.CIFAR10_STD)
     assert torch.allclose(x[1, :, 0, 0], (40 / 255 - mean) / std, atol=1e-6)
@@ -234,9 +270,13 @@ def test_broden_reader(broden):
     assert masks[1, wood].sum() == 4 and masks[1, wood, 1:3, 1:3].all()
     assert masks[0, kitchen].all() and not masks[0, street].any()
     assert masks[2, kitchen].all() and masks[2, street].all() and not masks[1, kitchen].any()
-    expected = torch.tensor([[True, False, True, True, True],     # object and scene, no material
-                             [False, True, False, False, False],  # material only
-                             [False, False, True, True, False]])  # scene only
+    expected = torch.tensor(
+        [
+            [True, False, True, True, True],  # object and scene, no material
+            [False, True, False, False, False],  # material only
+            [False, False, True, True, False],
+        ]
+    )  # scene only
     assert torch.equal(annotated, expected)
 
     only = D.BrodenDataset(broden, categories=["object"], resolution=6, split="train")
@@ -290,7 +330,9 @@ def test_make_concept_dataset(tmp_path):
     color = ds.category_concepts("color")
     # Every pixel carries exactly one colour, the nearest reference colour of its value.
     assert (masks[:, color].sum(1) == 1).all()
-    np.testing.assert_array_equal(masks[:, color].int().argmax(1).numpy(), D.quantize_colors(pixels))
+    np.testing.assert_array_equal(
+        masks[:, color].int().argmax(1).numpy(), D.quantize_colors(pixels)
+    )
     # Textures and shapes: at most one concept per pixel, disjoint, annotated iff present.
     tex, shp = ds.category_concepts("texture"), ds.category_concepts("shape")
     assert (masks[:, tex].sum(1) <= 1).all() and (masks[:, shp].sum(1) <= 1).all()
@@ -354,8 +396,8 @@ class ColourUnits(nn.Module):
         self.register_buffer("std", torch.tensor(D.CIFAR10_STD).view(1, 3, 1, 1))
 
     def forward(self, x):
-        pix = torch.round((x * self.std + self.mean) * 255).permute(0, 2, 3, 1)      # (B, H, W, 3)
-        k = ((pix[..., None, :] - self.ref) ** 2).sum(-1).argmin(-1)                # (B, H, W)
+        pix = torch.round((x * self.std + self.mean) * 255).permute(0, 2, 3, 1)  # (B, H, W, 3)
+        k = ((pix[..., None, :] - self.ref) ** 2).sum(-1).argmin(-1)  # (B, H, W)
         return self.units(nn.functional.one_hot(k, len(D.COLOR_NAMES)).permute(0, 3, 1, 2).float())
 
 
@@ -367,8 +409,16 @@ def concept_ds(tmp_path_factory):
 
 def test_dissect_planted_colour_detectors(concept_ds):
     loose = D.NetDissectSettings(quantile=0.6)
-    res = D.dissect(ColourUnits(), "units", concept_ds, D.Rotations((0.0, 1.0), 2, seed=0), loose,
-                    device="cpu", batch_size=10, progress=False)
+    res = D.dissect(
+        ColourUnits(),
+        "units",
+        concept_ds,
+        D.Rotations((0.0, 1.0), 2, seed=0),
+        loose,
+        device="cpu",
+        batch_size=10,
+        progress=False,
+    )
     present = set()
     for _, masks, _ in concept_ds.batches(32):
         present |= {D.COLOR_NAMES[k] for k in range(11) if masks[:, k].any()}
@@ -382,24 +432,45 @@ def test_dissect_planted_colour_detectors(concept_ds):
     assert res.unique[0].tolist() == [len(present)] * 2
     assert res.by_category[0, 0].tolist() == [len(present), 0, 0]
     # A full random rotation mixes the one-hot colour units: no longer all perfect detectors.
-    rotated = D.dissect(ColourUnits(), "units", concept_ds, D.Rotations((1.0,), 2, seed=0), loose,
-                        device="cpu", batch_size=10, progress=False)
+    rotated = D.dissect(
+        ColourUnits(),
+        "units",
+        concept_ds,
+        D.Rotations((1.0,), 2, seed=0),
+        loose,
+        device="cpu",
+        batch_size=10,
+        progress=False,
+    )
     assert (rotated.interpretable <= len(present)).all()
     assert np.array_equal(rotated.interpretable[0], res.interpretable[1])
 
 
 def _tiny_convnet():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 5, 3, padding=1), nn.Flatten(), nn.Linear(5 * 16 * 16, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(5 * 16 * 16, 10),
+    )
 
 
 def test_dissect_random_model_shapes_and_consistency(concept_ds):
     model = _tiny_convnet()
     alphas = (0.0, 0.5, 1.0)
-    res = D.dissect(model, "3", concept_ds, D.Rotations(alphas, 3, seed=1),
-                    D.NetDissectSettings(quantile=0.01), device="cpu", batch_size=12,
-                    progress=False)
+    res = D.dissect(
+        model,
+        "3",
+        concept_ds,
+        D.Rotations(alphas, 3, seed=1),
+        D.NetDissectSettings(quantile=0.01),
+        device="cpu",
+        batch_size=12,
+        progress=False,
+    )
     n_c = len(concept_ds.concepts)
     assert res.interpretable.shape == res.unique.shape == (3, 3)
     assert res.by_category.shape == (3, 3, 3)
@@ -411,8 +482,12 @@ def test_dissect_random_model_shapes_and_consistency(concept_ds):
     # alpha = 0 is the plain NetDissect IoU of the layer's activations.
     x, masks, annotated = next(concept_ds.batches(len(concept_ds)))
     acts = models.features(model, x, ["3"])["3"]
-    np.testing.assert_allclose(res.iou, D.iou_scores(acts, masks, 0.01, annotated).numpy(), atol=1e-12)
-    np.testing.assert_allclose(res.iou, D.layer_iou(model, "3", concept_ds, 0.01, device="cpu"), atol=1e-12)
+    np.testing.assert_allclose(
+        res.iou, D.iou_scores(acts, masks, 0.01, annotated).numpy(), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        res.iou, D.layer_iou(model, "3", concept_ds, 0.01, device="cpu"), atol=1e-12
+    )
     back = D.DissectionResult.from_dict(json.loads(json.dumps(res.to_dict())))
     assert np.array_equal(back.interpretable, res.interpretable) and back.labels == res.labels
     mean, std = res.interpretable_fraction()
@@ -422,22 +497,44 @@ def test_dissect_random_model_shapes_and_consistency(concept_ds):
 
 
 def test_invariants_catch_broken_results(concept_ds):
-    res = D.dissect(_tiny_convnet(), "3", concept_ds, D.Rotations((0.0, 1.0), 2),
-                    D.NetDissectSettings(quantile=0.01), device="cpu", progress=False)
+    res = D.dissect(
+        _tiny_convnet(),
+        "3",
+        concept_ds,
+        D.Rotations((0.0, 1.0), 2),
+        D.NetDissectSettings(quantile=0.01),
+        device="cpu",
+        progress=False,
+    )
     more_concepts = res.unique.copy()
     more_concepts[1, 0] = res.interpretable[1, 0] + 1
-    assert not dataclasses.replace(res, unique=more_concepts).invariants()["0 <= concepts <= detectors"]
+    assert not dataclasses.replace(res, unique=more_concepts).invariants()[
+        "0 <= concepts <= detectors"
+    ]
     rotated_alpha0 = res.interpretable.copy()
     rotated_alpha0[0, 1] += 1
     broken = dataclasses.replace(res, interpretable=rotated_alpha0).invariants()
-    assert not broken["alpha 0 equal for every rotation"] and not broken["categories add up to detectors"]
+    assert (
+        not broken["alpha 0 equal for every rotation"]
+        and not broken["categories add up to detectors"]
+    )
 
 
 def test_dissect_residual_outputs_of_builders(concept_ds):
-    for model in (models.resnet20(width=0.25, residual_activation=False), models.convnext_cifar(width=0.25)):
+    for model in (
+        models.resnet20(width=0.25, residual_activation=False),
+        models.convnext_cifar(width=0.25),
+    ):
         layer = models.residual_outputs(model)[-1]
-        res = D.dissect(model, layer, concept_ds, D.Rotations((0.0, 1.0), 1), device="cpu",
-                        batch_size=32, progress=False)
+        res = D.dissect(
+            model,
+            layer,
+            concept_ds,
+            D.Rotations((0.0, 1.0), 1),
+            device="cpu",
+            batch_size=32,
+            progress=False,
+        )
         assert res.iou.shape[0] == res.n_units == (16 if "layer" in layer else 32)
 
 
@@ -460,7 +557,8 @@ def test_convnext_cifar_builder():
         models.residual_outputs(models.mlp())
     with pytest.raises(ValueError, match="depths"):
         models.convnext_cifar(depths=())
-    # The CPU variant of Section 6: BatchNorm and 3x3 depthwise kernels, still no residual activation.
+    # The CPU variant of Section 6: BatchNorm and 3x3 depthwise kernels, still no residual
+    # activation.
     bn = models.convnext_cifar(width=0.25, depths=(1, 1), kernel_size=3, norm="batch")
     assert bn.stage1[0].dw.kernel_size == (3, 3) and isinstance(bn.stage1[0].norm, nn.BatchNorm2d)
     assert models.build(bn.arch).arch == bn.arch and bn(x).shape == (2, 10)
@@ -473,13 +571,21 @@ def test_convnext_cifar_builder():
 def test_convnext20_mirrors_resnet20():
     model = models.build(dict(arch="convnext20", width=0.25), seed=0).eval()
     resnet = models.resnet20(width=0.25)
-    assert models.residual_outputs(model) == [f"stage{s}.{b}.out" for s in (1, 2, 3) for b in range(3)]
+    assert models.residual_outputs(model) == [
+        f"stage{s}.{b}.out" for s in (1, 2, 3) for b in range(3)
+    ]
     assert models.hidden_layers(model) == [f"stage{s}.{b}.act" for s in (1, 2, 3) for b in range(3)]
     x = torch.randn(3, 3, 32, 32)
     ours = models.features(model, x, D.stage_outputs(model))
     theirs = models.features(resnet, x, D.stage_outputs(resnet))
-    assert [f.shape for f in ours.values()] == [f.shape for f in theirs.values()]   # 4/8/16 ch at 32/16/8 px
-    assert model(x).shape == (3, 10) and model.stage1[0].gamma is None and model.stage1[0].dw.bias is None
+    assert [f.shape for f in ours.values()] == [
+        f.shape for f in theirs.values()
+    ]  # 4/8/16 ch at 32/16/8 px
+    assert (
+        model(x).shape == (3, 10)
+        and model.stage1[0].gamma is None
+        and model.stage1[0].dw.bias is None
+    )
     # The cut after every hidden layer reproduces the model.
     for layer in ("stage1.0.act", "stage2.1.act", "stage3.2.act"):
         front, back = models.split(model, layer)
@@ -499,7 +605,9 @@ def test_convnext20_mirrors_resnet20():
 def test_dissection_layer_is_the_last_residual_output_with_enough_units():
     assert D.dissection_layer(models.resnet20(width=0.25)) == ("layer3.2", 16)
     assert D.dissection_layer(models.convnext20(width=0.25)) == ("stage3.2.out", 16)
-    with pytest.raises(ValueError, match="'stage3.2.out' has 8 units; dissection needs at least 16"):
+    with pytest.raises(
+        ValueError, match="'stage3.2.out' has 8 units; dissection needs at least 16"
+    ):
         D.dissection_layer(models.convnext20(width=0.125))
 
 
@@ -522,22 +630,38 @@ def test_head_absorbs_any_invertible_map_at_the_last_residual_output():
 def test_object_concept_is_the_class_in_a_central_disc(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6) % 3
-    ds = D.BrodenDataset(D.make_concept_dataset(tmp_path / "o", 6, seed=0, images=images, labels=labels,
-                                                concepts=D.ConceptSpec(object_radius=10),
-                                                class_names=("cat", "dog", "ship")))
+    ds = D.BrodenDataset(
+        D.make_concept_dataset(
+            tmp_path / "o",
+            6,
+            seed=0,
+            images=images,
+            labels=labels,
+            concepts=D.ConceptSpec(object_radius=10),
+            class_names=("cat", "dog", "ship"),
+        )
+    )
     assert "object" in ds.categories and "dog-object" in ds.concepts and "dog" in ds.concepts
     x, masks, annotated = next(ds.batches(6))
     obj = np.array(ds.concept_categories) == "object"
     m = masks[:, obj].numpy()
-    assert (m.sum(1) <= 1).all() and m.any(1).sum((1, 2)).tolist() == [316] * 6   # pi 10^2 on the pixel grid
+    assert (m.sum(1) <= 1).all() and m.any(1).sum((1, 2)).tolist() == [
+        316
+    ] * 6  # pi 10^2 on the pixel grid
     assert m[:, :, 16, 16].any(1).all() and not m[:, :, 0, 0].any()
     with pytest.raises(ValueError, match="object_radius needs labels"):
-        D.make_concept_dataset(tmp_path / "p", 2, images=images,
-                               concepts=D.ConceptSpec(object_radius=10))
+        D.make_concept_dataset(
+            tmp_path / "p", 2, images=images, concepts=D.ConceptSpec(object_radius=10)
+        )
     with pytest.raises(ValueError, match=r"object_radius must be a radius in pixels in \(0, 16\]"):
-        D.make_concept_dataset(tmp_path / "q", 2, images=images, labels=labels,
-                               concepts=D.ConceptSpec(object_radius=20),
-                               class_names=("a", "b", "c"))
+        D.make_concept_dataset(
+            tmp_path / "q",
+            2,
+            images=images,
+            labels=labels,
+            concepts=D.ConceptSpec(object_radius=20),
+            class_names=("a", "b", "c"),
+        )
 
 
 def test_bad_inputs(concept_ds):
@@ -595,17 +719,23 @@ def test_empty_and_mismatched_inputs_name_what_was_expected():
     masks = torch.zeros(2, 2, 4, 4, dtype=torch.bool)
     for empty in (torch.zeros(0, 3, 4, 4), torch.zeros(2, 0, 4, 4), torch.zeros(2, 3, 0, 4)):
         with pytest.raises(ValueError, match=r"activations must be non-empty \(n, units, h, w"):
-            D.iou_scores(empty, masks[:len(empty)])
+            D.iou_scores(empty, masks[: len(empty)])
     acts = torch.randn(2, 3, 4, 4)
     with pytest.raises(ValueError, match=r"at least one concept.*\(n, concepts >= 1"):
         D.iou_scores(acts, torch.zeros(2, 0, 4, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"masks has 3 images, activations 2; masks must have shape"):
+    with pytest.raises(
+        ValueError, match=r"masks has 3 images, activations 2; masks must have shape"
+    ):
         D.iou_scores(acts, torch.zeros(3, 2, 4, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"masks must be a boolean tensor of shape \(n, concepts, H, W\)"):
+    with pytest.raises(
+        ValueError, match=r"masks must be a boolean tensor of shape \(n, concepts, H, W\)"
+    ):
         D.iou_scores(acts, torch.zeros(2, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"masks must be a boolean tensor .* got ndarray"):
         D.iou_scores(acts, np.zeros((2, 2, 4, 4), dtype=bool))
-    with pytest.raises(ValueError, match=r"activations must have shape \(n, units, h, w\), got ndarray"):
+    with pytest.raises(
+        ValueError, match=r"activations must have shape \(n, units, h, w\), got ndarray"
+    ):
         D.iou_scores(np.zeros((2, 3, 4, 4)), masks)
 
 
@@ -627,21 +757,33 @@ def test_rotation_power_accepts_numpy_alphas():
 def test_natural_concept_dataset_keeps_the_photographs(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-    root = D.make_concept_dataset(tmp_path / "n", 3, seed=1, images=images, labels=np.arange(5) % 2,
-                                  concepts=D.ConceptSpec(p_texture=0.0, p_shape=0.0),
-                                  class_names=("cat", "dog"))
+    root = D.make_concept_dataset(
+        tmp_path / "n",
+        3,
+        seed=1,
+        images=images,
+        labels=np.arange(5) % 2,
+        concepts=D.ConceptSpec(p_texture=0.0, p_shape=0.0),
+        class_names=("cat", "dog"),
+    )
     ds = D.BrodenDataset(root)
     assert ds.categories == ["color", "class"]
     x, masks, annotated = next(ds.batches(3, normalize=False))
     picks = np.random.default_rng(1).choice(5, 3, replace=False)
-    np.testing.assert_array_equal((x.permute(0, 2, 3, 1) * 255).round().byte().numpy(), images[picks])
+    np.testing.assert_array_equal(
+        (x.permute(0, 2, 3, 1) * 255).round().byte().numpy(), images[picks]
+    )
     colour = masks[:, ds.category_concepts("color")].numpy()
-    assert (colour.sum(1) == 1).all() and annotated.all()     # every pixel has exactly one colour name
+    assert (colour.sum(1) == 1).all() and annotated.all()  # every pixel has exactly one colour name
 
 
 def test_stage_outputs():
     assert D.stage_outputs(models.resnet20(width=0.25)) == ["layer1.2", "layer2.2", "layer3.2"]
-    assert D.stage_outputs(models.convnext_cifar(width=0.25)) == ["stage1.1.out", "stage2.1.out", "stage3.1.out"]
+    assert D.stage_outputs(models.convnext_cifar(width=0.25)) == [
+        "stage1.1.out",
+        "stage2.1.out",
+        "stage3.1.out",
+    ]
 
 
 def test_stage_scan_and_choice(concept_ds, tmp_path, monkeypatch):
@@ -650,12 +792,21 @@ def test_stage_scan_and_choice(concept_ds, tmp_path, monkeypatch):
     nets = {"relu": dict(model=models.resnet20(width=0.25), key="tiny-relu")}
     scan = D.stage_scan(nets, concept_ds, {"data": "test"}, seed=0, quantile=0.01)
     assert [r.layer for r in scan["relu"]] == ["layer1.2", "layer2.2", "layer3.2"]
-    direct = D.dissect(nets["relu"]["model"], "layer2.2", concept_ds, D.Rotations((0.0,), 1),
-                       D.NetDissectSettings(quantile=0.01), device="cpu", progress=False)
+    direct = D.dissect(
+        nets["relu"]["model"],
+        "layer2.2",
+        concept_ds,
+        D.Rotations((0.0,), 1),
+        D.NetDissectSettings(quantile=0.01),
+        device="cpu",
+        progress=False,
+    )
     np.testing.assert_array_equal(scan["relu"][1].iou, direct.iou)
     # The stage with the largest fraction of detectors (not the largest count); the first on ties.
-    fake = [dataclasses.replace(scan["relu"][0], interpretable=np.array([[k]]), n_units=n)
-            for k, n in ((2, 16), (6, 32), (1, 64))]
+    fake = [
+        dataclasses.replace(scan["relu"][0], interpretable=np.array([[k]]), n_units=n)
+        for k, n in ((2, 16), (6, 32), (1, 64))
+    ]
     assert D.most_interpretable_stage(fake) == 2
     assert D.most_interpretable_stage(fake[:1] * 2) == 1
     assert D.most_interpretable_stage(list(reversed(fake))) == 2
@@ -667,7 +818,9 @@ def test_layers_agree(concept_ds):
     assert D.layers_agree(model, concept_ds, ["layer3.2", "layer3.2.act2"], device="cpu")
     assert not D.layers_agree(model, concept_ds, ["layer3.2", "layer3.2.act1"], device="cpu")
     nores = models.resnet20(width=0.25, residual_activation=False)
-    assert not D.layers_agree(nores, concept_ds, ["layer3.2", "layer3.2.act1"], n_images=4, device="cpu")
+    assert not D.layers_agree(
+        nores, concept_ds, ["layer3.2", "layer3.2.act1"], n_images=4, device="cpu"
+    )
 
 
 @pytest.mark.parametrize("n", [2, 5, 16])
@@ -756,18 +909,24 @@ def test_concept_dataset_errors(tmp_path):
         D.concept_dataset("paper")
     with pytest.raises(ValueError, match="broden_dir"):
         D.concept_dataset("paper", broden_dir=tmp_path / "missing")
-    with pytest.raises(ValueError, match="scale.*gpu"):       # every scale of lib.config is accepted
+    with pytest.raises(ValueError, match="scale.*gpu"):  # every scale of lib.config is accepted
         D.concept_dataset("huge")
 
 
 def test_unit_examples(concept_ds):
     model = _tiny_convnet()
-    ex = D.unit_examples(model, "3", concept_ds, unit=2, concept="red", k=5, quantile=0.05, device="cpu")
+    ex = D.unit_examples(
+        model, "3", concept_ds, unit=2, concept="red", k=5, quantile=0.05, device="cpu"
+    )
     assert ex["images"].shape == (5, 32, 32, 3) and ex["images"].dtype == np.uint8
     assert ex["unit_masks"].shape == ex["concept_masks"].shape == (5, 1, 32, 32)
     x, masks, _ = next(concept_ds.batches(len(concept_ds), normalize=False))
-    np.testing.assert_array_equal(ex["images"][0], (x[ex["indices"][0]].permute(1, 2, 0) * 255).round().byte().numpy())
-    np.testing.assert_array_equal(ex["concept_masks"][:, 0], masks[ex["indices"], concept_ds.concepts.index("red")].numpy())
+    np.testing.assert_array_equal(
+        ex["images"][0], (x[ex["indices"][0]].permute(1, 2, 0) * 255).round().byte().numpy()
+    )
+    np.testing.assert_array_equal(
+        ex["concept_masks"][:, 0], masks[ex["indices"], concept_ds.concepts.index("red")].numpy()
+    )
     # The images come in decreasing order of the unit's peak activation.
     xs, _, _ = next(concept_ds.batches(len(concept_ds)))
     peak = models.features(model, xs, ["3"])["3"][:, 2].amax((1, 2))
@@ -783,9 +942,18 @@ def test_dissect_memo_caches(concept_ds, tmp_path, monkeypatch):
     net = dict(model=_tiny_convnet(), key="tiny")
     kwargs = dict(alphas=(0.0, 1.0), n_rotations=2, seed=3, quantile=0.01, device="cpu")
     first = D.dissect_memo(net, "3", concept_ds, {"data": "test"}, **kwargs)
-    direct = D.dissect(net["model"], "3", concept_ds, D.Rotations((0.0, 1.0), 2, seed=3),
-                       D.NetDissectSettings(quantile=0.01), device="cpu", progress=False)
-    assert np.array_equal(first.interpretable, direct.interpretable) and first.labels == direct.labels
+    direct = D.dissect(
+        net["model"],
+        "3",
+        concept_ds,
+        D.Rotations((0.0, 1.0), 2, seed=3),
+        D.NetDissectSettings(quantile=0.01),
+        device="cpu",
+        progress=False,
+    )
+    assert (
+        np.array_equal(first.interpretable, direct.interpretable) and first.labels == direct.labels
+    )
     # A cached result runs no forward pass; other data is another key, computed anew.
     calls = []
     net["model"].register_forward_hook(lambda *a: calls.append(1))
@@ -797,16 +965,30 @@ def test_dissect_memo_caches(concept_ds, tmp_path, monkeypatch):
 
 def test_trio_families_at_cpu_share_and_compare():
     book = zoo.book_models("cpu")
-    key = lambda name, i=0: zoo.model_key(book[name]["arch"], book[name]["recipe"], book[name]["seeds"][i], "data")
+
+    def key(name, i=0):
+        return zoo.model_key(
+            book[name]["arch"], book[name]["recipe"], book[name]["seeds"][i], "data"
+        )
+
     # The ReLU ResNet of Section 6 is the slope sweep's first model: trained once by the zoo step.
     assert key("resnet20_dissection") == key("resnet20_slope0")
-    assert book["resnet20_noresrelu"]["arch"] == dict(book["resnet20_dissection"]["arch"], residual_activation=False)
+    assert book["resnet20_noresrelu"]["arch"] == dict(
+        book["resnet20_dissection"]["arch"], residual_activation=False
+    )
     assert book["resnet20_noresrelu"]["recipe"] == book["resnet20_dissection"]["recipe"]
-    # The ConvNeXt-style network mirrors ResNet20 and trains with the ResNets' recipe, bfloat16 included.
-    assert book["convnext"]["arch"] == dict(arch="convnext20", width=book["resnet20_dissection"]["arch"]["width"])
+    # The ConvNeXt-style network mirrors ResNet20 and trains with the ResNets' recipe, bfloat16
+    # included.
+    assert book["convnext"]["arch"] == dict(
+        arch="convnext20", width=book["resnet20_dissection"]["arch"]["width"]
+    )
     assert book["convnext"]["recipe"] == book["resnet20_dissection"]["recipe"]
     assert book["convnext"]["recipe"].precision == "bulk"
     assert zoo.book_models("paper")["convnext"]["arch"]["arch"] == "convnext_cifar"
-    assert [name for name, *_ in D.ZOO_TRIO] == ["resnet20_dissection", "resnet20_noresrelu", "convnext"]
+    assert [name for name, *_ in D.ZOO_TRIO] == [
+        "resnet20_dissection",
+        "resnet20_noresrelu",
+        "convnext",
+    ]
     # Sections 4-5's ResNet20 is untouched.
     assert book["resnet20"]["arch"] == dict(arch="resnet20", width=0.5)

@@ -1,16 +1,17 @@
 """Tests of lib.grounding (the tests of Ding et al. 2021): the rank correlation and its interval,
 the PCA probe against a direct ridge solve, component deletion, the three tests' bookkeeping, and
 errors."""
+
 import numpy as np
 import pytest
 import torch
+from reference import conv_features, related
 from scipy.stats import spearmanr
 
 import lib.grounding as G
 import lib.metrics as M
 from lib import data
 from lib.models import build, layer_info
-from reference import conv_features, related
 
 
 def labelled_features(seed, n=200, c=4, h=3, w=3, classes=3):
@@ -23,6 +24,7 @@ def labelled_features(seed, n=200, c=4, h=3, w=3, classes=3):
 
 
 # -- Spearman with a bootstrap interval ------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_spearman_matches_scipy_and_interval_contains_it(seed):
@@ -37,7 +39,7 @@ def test_spearman_matches_scipy_and_interval_contains_it(seed):
 
 def test_spearman_known_values_and_missing_points():
     x = np.arange(10.0)
-    assert G.spearman_interval(x, x ** 3, n_boot=50) == dict(rho=1.0, low=1.0, high=1.0, n=10)
+    assert G.spearman_interval(x, x**3, n_boot=50) == dict(rho=1.0, low=1.0, high=1.0, n=10)
     assert G.spearman_interval(x, -x, n_boot=50)["rho"] == -1.0
     y = x.copy()
     y[[2, 5]] = np.nan
@@ -57,6 +59,7 @@ def test_spearman_bad_inputs():
 
 
 # -- the probe -------------------------------------------------------------------------------------
+
 
 def test_probe_equals_a_direct_ridge_solve_and_separates_classes():
     x, y = labelled_features(0)
@@ -96,8 +99,9 @@ def test_deleting_components_removes_exactly_their_coordinates():
 def test_deletion_counts():
     assert G.deletion_counts(1000, 4) == [1, 10, 100, 999]
     assert G.deletion_counts(3, 5) == [1, 2]
-    with pytest.raises(ValueError, match="rank must be an integer >= 2 and steps >= 1; "
-                                         "got 1 and 3"):
+    with pytest.raises(
+        ValueError, match="rank must be an integer >= 2 and steps >= 1; got 1 and 3"
+    ):
         G.deletion_counts(1, 3)
     with pytest.raises(ValueError, match="ridge must be a positive number; got 0"):
         G.fit_probe(*labelled_features(0), ridge=0)
@@ -105,12 +109,19 @@ def test_deletion_counts():
 
 # -- the tests -------------------------------------------------------------------------------------
 
+
 def test_similarities_to_matches_the_measures():
     x, y = conv_features(0), related(conv_features(0), 0)
     other = y[:, :4, :2, :2]
     got = G.similarities_to(x, [y, other], dtype=torch.float64)
-    direct = [M.grelu_cka(x, y), M.psd_grelu_cka(x, y), M.orthogonal_cka(x, y), M.linear_cka(x, y),
-              M.grelu_procrustes(x, y), M.orthogonal_procrustes(x, y)]
+    direct = [
+        M.grelu_cka(x, y),
+        M.psd_grelu_cka(x, y),
+        M.orthogonal_cka(x, y),
+        M.linear_cka(x, y),
+        M.grelu_procrustes(x, y),
+        M.orthogonal_procrustes(x, y),
+    ]
     assert got.shape == (2, 6) and np.allclose(got[0], direct, atol=1e-10)
     # Procrustes compares same-shaped layers only.
     assert np.isnan(got[1, 4:]).all() and np.isfinite(got[1, :4]).all()
@@ -155,8 +166,9 @@ def test_specificity_points():
     func, dis = G.specificity_points(S, [0.9, 0.5], [0.8, 0.6])
     assert np.allclose(func, [0.1, 0.3, 0.3, 0.1])
     assert np.allclose(dis["grelu_cka"], [0.0, 0.5, 0.75, 1.0])
-    with pytest.raises(ValueError, match="matrix of grelu_cka has shape \\(2, 2\\); "
-                                         "expected \\(3, 2\\)"):
+    with pytest.raises(
+        ValueError, match="matrix of grelu_cka has shape \\(2, 2\\); expected \\(3, 2\\)"
+    ):
         G.specificity_points(S, [0.9, 0.5, 0.1], [0.8, 0.6])
 
 
@@ -179,6 +191,7 @@ def test_corrupt_and_shift_rows():
 
 
 # -- the studies on models ------------------------------------------------------------------
+
 
 def test_ding_study_on_two_tiny_models():
     d = data.synthetic_dataset(n_train=60, n_test=40)

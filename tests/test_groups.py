@@ -1,5 +1,6 @@
 """Intertwiner groups: Table 1, Lemma 3.1, Theorem 3.3 and the numerical group finder
 (lib.activations, lib.groups, lib.intertwining)."""
+
 import pytest
 import torch
 
@@ -7,7 +8,8 @@ from lib import activations
 from lib import groups as G
 from lib import intertwining as I
 
-# (activation, params, expected kind, expected phi) -- the closed forms of Table 1 and their extension.
+# (activation, params, expected kind, expected phi) -- the closed forms of Table 1 and their
+# extension.
 CASES = [
     ("identity", {}, "gl", "A"),
     ("sigmoid", {}, "permutation", "A"),
@@ -30,7 +32,9 @@ SEEDS = [0, 1, 2]
 
 
 def _x(n, seed, m=200):
-    return 2.0 * torch.randn(m, n, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
+    return 2.0 * torch.randn(
+        m, n, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("name,params,kind,phi", CASES, ids=IDS)
@@ -48,7 +52,8 @@ def test_members_intertwine_and_non_members_do_not(name, params, kind, phi, seed
     x = _x(n, seed)
     A = g.sample(gen, device="cpu")
     assert g.contains(A)
-    # sigma(A x) = phi(A) sigma(x) to float precision, and phi matches Lemma 3.1's sigma(A)sigma(I)^-1.
+    # sigma(A x) = phi(A) sigma(x) to float precision, and phi matches Lemma 3.1's
+    # sigma(A)sigma(I)^-1.
     assert I.intertwining_error(g.sigma, A, g.phi(A), x) < 1e-12
     torch.testing.assert_close(g.phi_lemma(A), g.phi(A), rtol=1e-10, atol=1e-10)
     if kind != "gl":
@@ -67,8 +72,9 @@ def test_phi_is_a_homomorphism_on_the_group(name, params, kind, phi):
         A, B = g.sample(gen, device="cpu"), g.sample(gen, device="cpu")
         assert g.contains(A @ B) and g.contains(torch.linalg.inv(A))
         torch.testing.assert_close(g.phi(A @ B), g.phi(A) @ g.phi(B), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(g.phi(torch.linalg.inv(A)), torch.linalg.inv(g.phi(A)),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            g.phi(torch.linalg.inv(A)), torch.linalg.inv(g.phi(A)), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_phi_is_not_a_homomorphism_off_the_group():
@@ -113,7 +119,10 @@ def test_meet_and_restrictions():
     assert G.meet("orthogonal", "monomial") == "signed_permutation"
     assert G.meet("positive_monomial", "signed_permutation") == "permutation"
     assert G.meet("gl", "monomial") == "monomial"
-    r = lambda name, **kw: G.intertwiner_group(name, 4).restrict(**kw).kind
+
+    def r(name, **kw):
+        return G.intertwiner_group(name, 4).restrict(**kw).kind
+
     assert r("identity", monomial=True) == "monomial"
     assert r("identity", positive_phi=True) == "positive_monomial"
     assert r("relu", monomial=True, positive_phi=True, phi_fixed=True) == "positive_monomial"
@@ -121,10 +130,22 @@ def test_meet_and_restrictions():
     assert r("tanh", phi_fixed=True) == "signed_permutation"
     assert r("rbf", positive_phi=True) == "signed_permutation"
     assert r("rbf", phi_fixed=True) == "permutation"
-    assert G.intertwiner_group("polynomial", 4, degree=2).restrict(positive_phi=True).kind == "monomial"
-    assert G.intertwiner_group("polynomial", 4, degree=3).restrict(positive_phi=True).kind == "positive_monomial"
-    assert G.intertwiner_group("polynomial", 4, degree=2).restrict(phi_fixed=True).kind == "permutation"
-    assert G.intertwiner_group("polynomial", 4, degree=3).restrict(phi_fixed=True).kind == "signed_permutation"
+    assert (
+        G.intertwiner_group("polynomial", 4, degree=2).restrict(positive_phi=True).kind
+        == "monomial"
+    )
+    assert (
+        G.intertwiner_group("polynomial", 4, degree=3).restrict(positive_phi=True).kind
+        == "positive_monomial"
+    )
+    assert (
+        G.intertwiner_group("polynomial", 4, degree=2).restrict(phi_fixed=True).kind
+        == "permutation"
+    )
+    assert (
+        G.intertwiner_group("polynomial", 4, degree=3).restrict(phi_fixed=True).kind
+        == "signed_permutation"
+    )
 
 
 @pytest.mark.parametrize("name,params,kind,phi", CASES, ids=IDS)
@@ -134,8 +155,9 @@ def test_identify_group_recovers_every_activation(name, params, kind, phi):
     assert res.residuals[kind] < 1e-12 and res.phi_residual < 1e-10
     # Every strictly larger candidate was rejected by a wide margin.
     assert all(r > 1e-3 for r in res.larger_residuals.values())
-    assert set(res.larger_residuals) == {k for k in res.residuals
-                                         if G.MatrixGroup(kind, 4).subgroup_of(k) and k != kind}
+    assert set(res.larger_residuals) == {
+        k for k in res.residuals if G.MatrixGroup(kind, 4).subgroup_of(k) and k != kind
+    }
     A = G.MatrixGroup(kind, 4).sample(torch.Generator().manual_seed(1), device="cpu")
     torch.testing.assert_close(res.phi(A), G.intertwiner_group(name, 4, **params).phi(A))
 
@@ -151,9 +173,14 @@ def test_identify_group_on_a_callable_not_in_the_table():
 
 
 def test_paper_table_1_rows():
-    paper = {"identity": ("gl", "A"), "sigmoid": ("permutation", "A"), "relu": ("positive_monomial", "A"),
-             "leaky_relu": ("positive_monomial", "A"), "rbf": ("signed_permutation", "abs(A)"),
-             "polynomial": ("monomial", "A^⊙2")}
+    paper = {
+        "identity": ("gl", "A"),
+        "sigmoid": ("permutation", "A"),
+        "relu": ("positive_monomial", "A"),
+        "leaky_relu": ("positive_monomial", "A"),
+        "rbf": ("signed_permutation", "abs(A)"),
+        "polynomial": ("monomial", "A^⊙2"),
+    }
     for name, expected in paper.items():
         res = I.identify_group(name, n=4)
         assert (res.kind, res.phi_name) == expected
@@ -199,8 +226,10 @@ def test_bad_input_errors():
 def test_activation_module_still_works():
     x = torch.linspace(-3, 3, 13)
     torch.testing.assert_close(activations.Activation("swish")(x), torch.nn.functional.silu(x))
-    torch.testing.assert_close(activations.Activation("leaky_relu", negative_slope=0.2)(x),
-                               torch.nn.functional.leaky_relu(x, 0.2))
+    torch.testing.assert_close(
+        activations.Activation("leaky_relu", negative_slope=0.2)(x),
+        torch.nn.functional.leaky_relu(x, 0.2),
+    )
     assert G.intertwiner_group("swish", 3).kind == "permutation"
 
 
@@ -217,4 +246,7 @@ def test_matrix_helpers():
     with pytest.raises(ValueError, match="B is singular"):
         G.check_invertible(torch.tensor([[1.0, 2.0], [2.0, 4.0]]), "B")
     G.check_invertible(A)
-    assert activations.canonical_name("swish") == "silu" and activations.canonical_name("relu") == "relu"
+    assert (
+        activations.canonical_name("swish") == "silu"
+        and activations.canonical_name("relu") == "relu"
+    )

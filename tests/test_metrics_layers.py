@@ -1,18 +1,20 @@
 """Tests of lib.metrics.layers: all layer pairs of two models' features, the U-centred Gram matrices
 they are built on and the summaries the similarity chapter reads off the matrices (the features of
 models and the cached comparison: test_similarity.py)."""
+
 import numpy as np
 import pytest
 import torch
+from reference import conv_features, grelu_act, related
 
 import lib.metrics as M
-from reference import conv_features, grelu_act, related
 
 SEEDS = [0, 1, 2]
 
 
 def layered(seed, n=40):
-    """Features of three 'layers' of different shapes; the third is a noisy G_ReLU image of the first."""
+    """Features of three 'layers' of different shapes; the third is a noisy G_ReLU image of the
+    first."""
     a = conv_features(seed, n=n, c=5, h=4, w=4)
     b = conv_features(seed + 20, n=n, c=7, h=2, w=2)
     return {"a": a, "b": b, "c": related(grelu_act(a, seed, translate=False), seed, 0.3)}
@@ -34,9 +36,14 @@ def test_u_centered_grams_give_the_unbiased_hsic(seed):
 
 # Each measure's function, named here rather than read from the registry, so that a registry entry
 # pointing at another function fails.
-PAIRWISE = dict(grelu_cka=M.grelu_cka, psd_grelu_cka=M.psd_grelu_cka,
-                orthogonal_cka=M.orthogonal_cka, linear_cka=M.linear_cka,
-                grelu_procrustes=M.grelu_procrustes, orthogonal_procrustes=M.orthogonal_procrustes)
+PAIRWISE = dict(
+    grelu_cka=M.grelu_cka,
+    psd_grelu_cka=M.psd_grelu_cka,
+    orthogonal_cka=M.orthogonal_cka,
+    linear_cka=M.linear_cka,
+    grelu_procrustes=M.grelu_procrustes,
+    orthogonal_procrustes=M.orthogonal_procrustes,
+)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -63,8 +70,9 @@ def test_a_measure_without_a_matrix_form_is_refused_not_computed_as_another():
     fa = layered(0)
     accepted = ", ".join(map(repr, M.MATRIX_MEASURES))
     for name in ("rbf_cka", "cca"):
-        with pytest.raises(ValueError, match=f"^unknown measure '{name}'; accepted values: "
-                                             f"{accepted}$"):
+        with pytest.raises(
+            ValueError, match=f"^unknown measure '{name}'; accepted values: {accepted}$"
+        ):
             one_measure(fa, fa, name)
         with pytest.raises(ValueError, match=f"^unknown measure '{name}'; accepted values: "):
             M.normalized_gram(fa["a"], name)
@@ -77,7 +85,9 @@ def test_similarity_matrices_float32_and_diagonal():
     for m in M.MATRIX_MEASURES:
         assert np.isnan(diag[m][~np.eye(3, dtype=bool)]).all()
         np.testing.assert_allclose(np.diag(diag[m]), np.diag(full[m]), atol=1e-5)
-    assert one_measure(fa, fb, "grelu_cka")[0, 2] == pytest.approx(full["grelu_cka"][0, 2], abs=1e-5)
+    assert one_measure(fa, fb, "grelu_cka")[0, 2] == pytest.approx(
+        full["grelu_cka"][0, 2], abs=1e-5
+    )
 
 
 def test_normalized_gram_inner_product_is_cka():
@@ -114,7 +124,8 @@ def test_best_matches():
 
 
 def test_same_layer_rate_and_diagonal_summary():
-    # Row 2 has a single compared entry (as a Procrustes row with one same-shaped layer): not counted.
+    # Row 2 has a single compared entry (as a Procrustes row with one same-shaped layer): not
+    # counted.
     assert M.same_layer_rate([[0.9, 0.2, np.nan], [0.3, 0.8, np.nan], [np.nan, np.nan, 0.5]]) == 1.0
     S = np.array([[0.9, 0.95, 0.1], [0.3, 0.8, 0.2], [0.1, 0.2, 0.7]])
     summary = M.diagonal_summary(S, in_block=[False, True, False])

@@ -8,6 +8,7 @@ The reproducers use the issue's numbers: its data are drawn in order from one nu
 ``default_rng(0)`` (:func:`issue_draws`). Expected values are float64 computations of the same
 formula in numpy (``tests/reference.py``), not typed literals.
 """
+
 import math
 import re
 
@@ -16,11 +17,19 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import (
+    channel_normalized,
+    conv_features,
+    haar,
+    kornblith_gram_rbf,
+    kornblith_unbiased_center,
+    max_kernel_np,
+    rotate_channels,
+    unbiased_cka_np,
+)
 
 import lib.metrics as M
 from lib.metrics.preprocessing import DegenerateInputError
-from reference import (channel_normalized, conv_features, haar, kornblith_gram_rbf,
-                       kornblith_unbiased_center, max_kernel_np, rotate_channels, unbiased_cka_np)
 
 F32, F64 = torch.float32, torch.float64
 DTYPES = [pytest.param(F64, id="float64"), pytest.param(F32, id="float32")]
@@ -61,6 +70,7 @@ def rbf_cka_np(x, y) -> float:
 
 
 # -- the issue's reproducers ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_issue1_grelu_cka_with_a_large_kernel_mean(issue_draws, dtype):
@@ -130,8 +140,9 @@ def test_issue4_input_u_centres_to_zero():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("a, b", [(1.2992016348717734, 87.01448475755365),
-                                  (6.6533555722302085, -99.45229996597038)])
+@pytest.mark.parametrize(
+    "a, b", [(1.2992016348717734, 87.01448475755365), (6.6533555722302085, -99.45229996597038)]
+)
 def test_issue4_zero_debiased_hsic_is_degenerate(dtype, a, b):
     """Returned 0.5774 and 0.0; the documented behaviour is DegenerateInputError, in both dtypes."""
     pattern = "X gives a degenerate Gram matrix: its U-centred part vanishes to torch.float"
@@ -167,6 +178,7 @@ def test_issue4_ten_by_four_is_always_degenerate(dtype):
 
 # -- one rule for degenerate inputs --------------------------------------------------------------
 
+
 def degenerate_cases():
     """(label, call(dtype), message pattern) for each kind of degenerate input of each measure."""
     x = conv_features(0, relu=False)
@@ -176,32 +188,60 @@ def degenerate_cases():
     dead = x.copy()
     dead[:, 3] = 0.0
     return [
-        ("grelu_cka, all samples equal", lambda dt: M.grelu_cka(same, x, dtype=dt),
-         "X gives a degenerate Gram matrix"),
-        ("grelu_cka, all channels constant",
-         lambda dt: M.grelu_cka(x, np.full_like(x, 3.0), dtype=dt),
-         "every channel of Y is constant"),
-        ("orthogonal_cka, constant channel", lambda dt: M.orthogonal_cka(x, const, dtype=dt),
-         r"Y has 1 channel\(s\) with zero norm after centring \(e.g. channel 2\)"),
-        ("grelu_procrustes, zero channel", lambda dt: M.grelu_procrustes(dead, x, dtype=dt),
-         r"X has 1 channel\(s\) with zero norm \(e.g. channel 3\)"),
-        ("linear_cka, constant",
-         lambda dt: M.linear_cka(x.reshape(48, -1)[:, :3], same[:, 0, 0, :2], dtype=dt),
-         "Y is constant across samples"),
-        ("linear_cka debiased, constant", lambda dt: M.linear_cka(x, same, debiased=True, dtype=dt),
-         "Y gives a degenerate Gram matrix"),
-        ("rbf_cka, half the pairs coincide",
-         lambda dt: M.rbf_cka(np.concatenate([same[:36], x[:12]]), x, dtype=dt),
-         "median squared distance between samples is zero"),
-        ("orthogonal_procrustes, zero", lambda dt: M.orthogonal_procrustes(x, 0 * x, dtype=dt),
-         "Y is identically zero"),
-        ("cka_from_grams, constant Gram", lambda dt: M.cka_from_grams(torch.ones(8, 8, dtype=dt),
-                                                                      torch.eye(8, dtype=dt) + 1),
-         "K gives a degenerate Gram matrix"),
-        ("similarity_matrices, one outlier",
-         lambda dt: M.similarity_matrices({"a": ONE_OUTLIER[:, :, None, None]},
-                                          {"b": ONE_OUTLIER[:, :, None, None] * 3}, dtype=dt),
-         "feats_a\\['a'\\] gives a degenerate Gram matrix"),
+        (
+            "grelu_cka, all samples equal",
+            lambda dt: M.grelu_cka(same, x, dtype=dt),
+            "X gives a degenerate Gram matrix",
+        ),
+        (
+            "grelu_cka, all channels constant",
+            lambda dt: M.grelu_cka(x, np.full_like(x, 3.0), dtype=dt),
+            "every channel of Y is constant",
+        ),
+        (
+            "orthogonal_cka, constant channel",
+            lambda dt: M.orthogonal_cka(x, const, dtype=dt),
+            r"Y has 1 channel\(s\) with zero norm after centring \(e.g. channel 2\)",
+        ),
+        (
+            "grelu_procrustes, zero channel",
+            lambda dt: M.grelu_procrustes(dead, x, dtype=dt),
+            r"X has 1 channel\(s\) with zero norm \(e.g. channel 3\)",
+        ),
+        (
+            "linear_cka, constant",
+            lambda dt: M.linear_cka(x.reshape(48, -1)[:, :3], same[:, 0, 0, :2], dtype=dt),
+            "Y is constant across samples",
+        ),
+        (
+            "linear_cka debiased, constant",
+            lambda dt: M.linear_cka(x, same, debiased=True, dtype=dt),
+            "Y gives a degenerate Gram matrix",
+        ),
+        (
+            "rbf_cka, half the pairs coincide",
+            lambda dt: M.rbf_cka(np.concatenate([same[:36], x[:12]]), x, dtype=dt),
+            "median squared distance between samples is zero",
+        ),
+        (
+            "orthogonal_procrustes, zero",
+            lambda dt: M.orthogonal_procrustes(x, 0 * x, dtype=dt),
+            "Y is identically zero",
+        ),
+        (
+            "cka_from_grams, constant Gram",
+            lambda dt: M.cka_from_grams(torch.ones(8, 8, dtype=dt), torch.eye(8, dtype=dt) + 1),
+            "K gives a degenerate Gram matrix",
+        ),
+        (
+            "similarity_matrices, one outlier",
+            lambda dt: M.similarity_matrices(
+                {"a": ONE_OUTLIER[:, :, None, None]},
+                {"b": ONE_OUTLIER[:, :, None, None] * 3},
+                dtype=dt,
+            ),
+            "feats_a\\['a'\\] gives a degenerate Gram matrix",
+        ),
     ]
 
 
@@ -229,24 +269,33 @@ def test_keep_sets_exactly_the_constant_channels_to_zero_in_both_dtypes():
     linear = unbiased_cka_np(*(f.reshape(48, -1) @ f.reshape(48, -1).T for f in (rest, fy)))
     grelu = unbiased_cka_np(np.maximum(max_kernel_np(rest), 0.0), max_kernel_np(fy))
     for dtype in (F64, F32):
-        got = (M.orthogonal_cka(const, y, "keep", dtype=dtype),
-               M.grelu_cka(const, y, "keep", dtype=dtype))
+        got = (
+            M.orthogonal_cka(const, y, "keep", dtype=dtype),
+            M.grelu_cka(const, y, "keep", dtype=dtype),
+        )
         assert got == pytest.approx((linear, grelu), abs=PROP_TOL[dtype])
 
 
 # -- property tests of the claimed invariances ---------------------------------------------------
 
-PROPERTY = settings(derandomize=True, max_examples=25, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 #: Feature shapes: plain features, conv features with 4 positions and with 3.
 SHAPES = [(24, 5), (20, 4, 2, 2), (28, 3, 3, 1)]
-inputs = st.fixed_dictionaries({
-    "seed": st.integers(0, 2**20),
-    "shape": st.sampled_from(SHAPES),
-    "scale": st.sampled_from([1e-6, 1.0, 1e6]),
-    "offset": st.sampled_from([0.0, 1.0, 1e4]),
-})
+inputs = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**20),
+        "shape": st.sampled_from(SHAPES),
+        "scale": st.sampled_from([1e-6, 1.0, 1e6]),
+        "offset": st.sampled_from([0.0, 1.0, 1e4]),
+    }
+)
 
 
 def features_pair(seed, shape):
@@ -320,8 +369,10 @@ def test_orthogonal_procrustes_is_invariant_to_rotations_and_scale(dtype, case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("measure, debiased", [("linear_cka", False), ("linear_cka", True),
-                                               ("rbf_cka", False), ("rbf_cka", True)])
+@pytest.mark.parametrize(
+    "measure, debiased",
+    [("linear_cka", False), ("linear_cka", True), ("rbf_cka", False), ("rbf_cka", True)],
+)
 @PROPERTY
 @given(case=inputs)
 def test_linear_and_rbf_cka_are_invariant_to_isometries_and_scale(dtype, measure, debiased, case):
@@ -380,7 +431,13 @@ def test_float32_agrees_with_float64_on_float32_inputs(case):
     x, y, _ = features_pair(case["seed"], case["shape"])
     x32 = torch.from_numpy(case["scale"] * (x + case["offset"])).float()
     y32 = torch.from_numpy(y).float()
-    for name in ("grelu_cka", "orthogonal_cka", "linear_cka", "rbf_cka", "grelu_procrustes",
-                 "orthogonal_procrustes"):
+    for name in (
+        "grelu_cka",
+        "orthogonal_cka",
+        "linear_cka",
+        "rbf_cka",
+        "grelu_procrustes",
+        "orthogonal_procrustes",
+    ):
         f = getattr(M, name)
         assert close(f(x32, y32, dtype=F32), f(x32, y32, dtype=F64), F32), name

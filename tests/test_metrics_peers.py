@@ -21,6 +21,7 @@ linear CKA = ``cos`` of the ``LinearCKA`` angle; debiased CKAs = the U-statistic
 netrep's angles are metrics, so the angles recovered from our measures satisfy the triangle
 inequality.
 """
+
 import itertools
 import math
 
@@ -29,10 +30,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import channel_normalized, conv_features, max_kernel_np, related
 from scipy.optimize import linear_sum_assignment
 
 import lib.metrics as M
-from reference import channel_normalized, conv_features, max_kernel_np, related
 
 F32, F64 = torch.float32, torch.float64
 DTYPES = [pytest.param(F64, id="float64"), pytest.param(F32, id="float32")]
@@ -41,6 +42,7 @@ SEEDS = range(4)
 
 
 # -- the peers' definitions, in numpy float64 ---------------------------------------------------
+
 
 def as_matrix(x) -> np.ndarray:
     """``x`` ``(n, c[, h, w])`` as netrep's ``(observations, neurons)``: ``(n * positions, c)``."""
@@ -96,6 +98,7 @@ def song_cka(K, L) -> float:
 
 # -- netrep ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("conv", [True, False], ids=["conv", "flat"])
@@ -105,8 +108,9 @@ def test_orthogonal_procrustes_is_one_minus_sin_half_the_angular_shape_distance(
     # Related, noisier, and with fewer channels (zero-padded by netrep, by us too).
     for y in (related(x, seed, 0.5), related(x, seed, 3.0), related(x, seed + 9, 1.0)[:, :4]):
         theta = angular_shape_distance(x, y)
-        assert M.orthogonal_procrustes(x, y, dtype=dtype) == pytest.approx(1 - math.sin(theta / 2),
-                                                                           abs=TOL[dtype])
+        assert M.orthogonal_procrustes(x, y, dtype=dtype) == pytest.approx(
+            1 - math.sin(theta / 2), abs=TOL[dtype]
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -137,6 +141,7 @@ def test_linear_cka_is_the_cosine_of_netreps_linear_cka_angle(seed, dtype):
 
 # -- Song et al.'s unbiased HSIC ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_hsic_is_songs_u_statistic(seed):
     """For any symmetric K and L (not PSD, with a diagonal, which the U-statistic never reads)."""
@@ -146,7 +151,8 @@ def test_hsic_is_songs_u_statistic(seed):
     K, L = K + K.T, L + L.T
     assert M.hsic(K, L) == pytest.approx(song_unbiased_hsic(K, L), rel=1e-10, abs=1e-12)
     assert M.hsic(torch.from_numpy(K).float(), torch.from_numpy(L).float()) == pytest.approx(
-        song_unbiased_hsic(K, L), rel=1e-5, abs=1e-5)
+        song_unbiased_hsic(K, L), rel=1e-5, abs=1e-5
+    )
     assert M.cka_from_grams(K, L) == pytest.approx(song_cka(K, L), abs=1e-10)
 
 
@@ -163,24 +169,36 @@ def test_debiased_ckas_are_songs_cosines(seed, dtype):
         "orthogonal_cka": song_cka(*(f.reshape(9, -1) @ f.reshape(9, -1).T for f in (nx, ny))),
         "linear_cka": song_cka(*(f.reshape(9, -1) @ f.reshape(9, -1).T for f in (x, y))),
     }
-    got = {"grelu_cka": M.grelu_cka(x, y, dtype=dtype),
-           "orthogonal_cka": M.orthogonal_cka(x, y, dtype=dtype),
-           "linear_cka": M.linear_cka(x, y, debiased=True, dtype=dtype)}
+    got = {
+        "grelu_cka": M.grelu_cka(x, y, dtype=dtype),
+        "orthogonal_cka": M.orthogonal_cka(x, y, dtype=dtype),
+        "linear_cka": M.linear_cka(x, y, debiased=True, dtype=dtype),
+    }
     assert got == pytest.approx(expected, abs=TOL[dtype])
 
 
 # -- netrep's angles are metrics -------------------------------------------------------------------
 
+
 def angles(x, y):
     """The three angles recovered from our measures: orthogonal and G_ReLU-Procrustes (2 arcsin(1 -
     s)) and linear CKA (arccos)."""
-    return np.array([2 * math.asin(1 - M.orthogonal_procrustes(x, y)),
-                     2 * math.asin(1 - M.grelu_procrustes(x, y)),
-                     math.acos(M.linear_cka(x, y))])
+    return np.array(
+        [
+            2 * math.asin(1 - M.orthogonal_procrustes(x, y)),
+            2 * math.asin(1 - M.grelu_procrustes(x, y)),
+            math.acos(M.linear_cka(x, y)),
+        ]
+    )
 
 
-@settings(derandomize=True, max_examples=20, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    derandomize=True,
+    max_examples=20,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(seed=st.integers(0, 2**20), noise=st.sampled_from([0.1, 1.0, 10.0]))
 def test_recovered_angles_satisfy_the_triangle_inequality(seed, noise):
     rng = np.random.default_rng(seed)

@@ -1,15 +1,16 @@
 """Tests of lib.metrics.registry: every measure by name, what each entry promises, and the dispatch
 that reads it (similarity_matrices, normalized_gram, lib.grounding)."""
+
 import inspect
 
 import numpy as np
 import pytest
 import torch
+from reference import conv_features, related
 
 import lib.metrics as M
 from lib import grounding
 from lib.metrics import layers, registry
-from reference import conv_features, related
 
 NAMES = list(M.MEASURES)
 
@@ -50,11 +51,25 @@ def test_gram_form_inner_product_is_the_measure(name, seed):
 def test_derived_name_lists_keep_their_order():
     # Chapter 7's memo keys hold the paper's measures and chapter 12's the matrix measures, in
     # order: these tuples must not change with the registry's layout.
-    assert M.PAPER_MEASURES == ("grelu_cka", "orthogonal_cka", "linear_cka", "grelu_procrustes",
-                                "orthogonal_procrustes")
-    assert M.MATRIX_MEASURES == grounding.MEASURES == (
-        "grelu_cka", "psd_grelu_cka", "orthogonal_cka", "linear_cka", "grelu_procrustes",
-        "orthogonal_procrustes")
+    assert M.PAPER_MEASURES == (
+        "grelu_cka",
+        "orthogonal_cka",
+        "linear_cka",
+        "grelu_procrustes",
+        "orthogonal_procrustes",
+    )
+    assert (
+        M.MATRIX_MEASURES
+        == grounding.MEASURES
+        == (
+            "grelu_cka",
+            "psd_grelu_cka",
+            "orthogonal_cka",
+            "linear_cka",
+            "grelu_procrustes",
+            "orthogonal_procrustes",
+        )
+    )
     assert set(M.MATRIX_MEASURES) == {n for n, m in M.MEASURES.items() if m.matrix}
     assert len({m.label for m in M.MEASURES.values()}) == len(M.MEASURES)
 
@@ -63,8 +78,10 @@ def test_unknown_names_are_value_errors_listing_the_names():
     every = ", ".join(map(repr, M.MEASURES))
     with pytest.raises(ValueError, match=f"^unknown measure 'cca'; accepted values: {every}$"):
         M.get_measure("cca")
-    matrix = ("'grelu_cka', 'psd_grelu_cka', 'orthogonal_cka', 'linear_cka', 'grelu_procrustes', "
-              "'orthogonal_procrustes'")
+    matrix = (
+        "'grelu_cka', 'psd_grelu_cka', 'orthogonal_cka', 'linear_cka', 'grelu_procrustes', "
+        "'orthogonal_procrustes'"
+    )
     with pytest.raises(ValueError, match=f"^unknown measure 'rbf_cka'; accepted values: {matrix}$"):
         M.get_measure("rbf_cka", M.MATRIX_MEASURES)
     assert M.get_measure("rbf_cka") is M.MEASURES["rbf_cka"]
@@ -73,17 +90,25 @@ def test_unknown_names_are_value_errors_listing_the_names():
 
 
 def test_entries_are_checked():
-    with pytest.raises(ValueError, match="^unknown kind 'cca'; accepted values: 'cka', "
-                                         "'procrustes'$"):
+    with pytest.raises(
+        ValueError, match="^unknown kind 'cca'; accepted values: 'cka', 'procrustes'$"
+    ):
         M.Measure(function=M.grelu_cka, kind="cca", invariance="-", preprocessing="-", label="-")
     with pytest.raises(ValueError, match="^unknown option 'beta'"):
-        M.Measure(function=M.grelu_cka, kind="cka", invariance="-", preprocessing="-", label="-",
-                  options=("beta",))
+        M.Measure(
+            function=M.grelu_cka,
+            kind="cka",
+            invariance="-",
+            preprocessing="-",
+            label="-",
+            options=("beta",),
+        )
     with pytest.raises(ValueError, match="^unknown option 'zero_channel'"):
         M.MEASURES["grelu_cka"].pick(zero_channel="keep")
     assert M.MEASURES["orthogonal_procrustes"].pick(zero_channels="keep", block_size=4) == {}
     assert M.MEASURES["grelu_procrustes"].pick(zero_channels="keep", block_size=4) == {
-        "zero_channels": "keep"}
+        "zero_channels": "keep"
+    }
 
 
 def test_a_new_entry_is_all_a_new_measure_needs(monkeypatch):
@@ -96,10 +121,23 @@ def test_a_new_entry_is_all_a_new_measure_needs(monkeypatch):
         K = torch.eye(len(X), dtype=dtype)
         return K / torch.linalg.matrix_norm(K)
 
-    toys = {"half": registry.Measure(function=half, kind="procrustes", invariance="everything",
-                                     preprocessing="none", label="half"),
-            "unit": registry.Measure(function=half, kind="cka", invariance="everything",
-                                     preprocessing="none", label="unit", gram=unit)}
+    toys = {
+        "half": registry.Measure(
+            function=half,
+            kind="procrustes",
+            invariance="everything",
+            preprocessing="none",
+            label="half",
+        ),
+        "unit": registry.Measure(
+            function=half,
+            kind="cka",
+            invariance="everything",
+            preprocessing="none",
+            label="unit",
+            gram=unit,
+        ),
+    }
     monkeypatch.setattr(registry, "MEASURES", {**registry.MEASURES, **toys})
     monkeypatch.setattr(layers, "MATRIX_MEASURES", (*registry.MATRIX_MEASURES, *toys))
     feats = {"a": conv_features(0, n=8, c=2, h=2, w=2), "b": conv_features(1, n=8, c=2, h=1, w=1)}

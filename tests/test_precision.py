@@ -4,6 +4,7 @@ A GPU runs bulk work under bfloat16 autocast and TF32. The CPU's bfloat16 autoca
 reduced precision here, so these tests show on any machine that an exact check made through the
 policy (``exact_mode``) holds under it, and that the same check made past the policy fails.
 """
+
 import pytest
 import torch
 

@@ -2,17 +2,18 @@
 much the max kernel's indefiniteness matters): positive semi-definiteness on random and trained
 features where the max kernel is indefinite, invariances, the limits, the "if and only if", the
 signs of HSIC, the searches, and every error."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
+from reference import conv_features, grelu_act, haar, related, rotate_channels
 
 import lib.metrics as M
 from lib import data, train
 from lib.models import build
 from lib.similarity import layer_features
-from reference import conv_features, grelu_act, haar, related, rotate_channels
 
 SEEDS = [0, 1, 2]
 BETAS = [0.1, 1.0, 10.0]
@@ -45,6 +46,7 @@ def trained_features():
 
 # -- positive semi-definite where the max kernel is not ----------------------------------------
 
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("beta", BETAS)
 def test_gram_is_psd_on_random_features_where_the_max_kernel_is_not(seed, beta):
@@ -57,8 +59,12 @@ def test_gram_is_psd_on_random_features_where_the_max_kernel_is_not(seed, beta):
 def test_gram_is_psd_on_trained_features_where_the_max_kernel_is_not(trained_features):
     for name in ("act3", "act4"):
         f = trained_features[name]
-        assert M.spectrum_summary(M.max_kernel_gram(M.normalize_channels(f, zero_channels="keep")))[
-            "min_rel"] < -1e-3, name
+        assert (
+            M.spectrum_summary(M.max_kernel_gram(M.normalize_channels(f, zero_channels="keep")))[
+                "min_rel"
+            ]
+            < -1e-3
+        ), name
         for beta in BETAS:
             s = M.spectrum_summary(M.psd_grelu_gram(f, beta, zero_channels="keep"))
             assert s["min_rel"] >= -1e-9 and s["centred_min_rel"] >= -1e-9, (name, beta, s)
@@ -86,6 +92,7 @@ def test_gram_matches_naive_formula_and_chunking(seed, beta):
 
 
 # -- invariance --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("conv", [True, False])
@@ -118,6 +125,7 @@ def test_drops_under_channel_rotation(seed):
 
 
 # -- limits, bound, "if and only if" -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_log_kernel_over_beta_is_within_log_c_over_beta_of_the_max_kernel(seed):
@@ -176,6 +184,7 @@ def test_entries_are_bounded_and_large_beta_stays_finite():
 
 # -- input handling and errors -----------------------------------------------------------------
 
+
 def test_torch_numpy_and_dtypes_agree_and_inputs_are_untouched():
     x, y = conv_features(1), related(conv_features(1), 1)
     ref = M.psd_grelu_cka(x, y)
@@ -193,8 +202,11 @@ def test_torch_numpy_and_dtypes_agree_and_inputs_are_untouched():
 def test_beta_out_of_range_is_an_error_naming_it(beta):
     x = conv_features(0)
     msg = f"beta must be a positive finite number; got {beta!r}"
-    for call in (lambda: M.psd_grelu_gram(x, beta), lambda: M.psd_grelu_cka(x, x, beta),
-                 lambda: M.psd_normalized_gram(x, beta)):
+    for call in (
+        lambda: M.psd_grelu_gram(x, beta),
+        lambda: M.psd_grelu_cka(x, x, beta),
+        lambda: M.psd_normalized_gram(x, beta),
+    ):
         with pytest.raises(ValueError, match=f"^{msg.replace('(', '.').replace(')', '.')}$"):
             call()
 
@@ -207,8 +219,9 @@ def test_bad_inputs_raise_as_for_grelu_cka():
         M.psd_grelu_cka(x[:3], x[:3])
     z = x.copy()
     z[:, 2] = 0
-    with pytest.raises(ValueError, match="1 channel\\(s\\) with zero norm after centring "
-                                         "\\(e.g. channel 2\\)"):
+    with pytest.raises(
+        ValueError, match="1 channel\\(s\\) with zero norm after centring \\(e.g. channel 2\\)"
+    ):
         M.psd_grelu_cka(z, x)
     # A kept zero channel adds a constant to the kernel, which CKA ignores.
     without = M.psd_grelu_cka(x[:, [0, 1, 3, 4, 5]], x)
@@ -223,8 +236,9 @@ def test_bad_inputs_raise_as_for_grelu_cka():
         M.psd_grelu_cka(x, x, dtype=torch.int64)
     with pytest.raises(ValueError, match="unknown zero_channels 'drop'"):
         M.psd_grelu_cka(x, x, zero_channels="drop")
-    with pytest.raises(ValueError, match="memory_budget must be a positive number of bytes or "
-                                         "None; got 0"):
+    with pytest.raises(
+        ValueError, match="memory_budget must be a positive number of bytes or None; got 0"
+    ):
         M.psd_grelu_gram(x, memory_budget=0)
 
 
@@ -239,6 +253,7 @@ def test_degenerate_gram_is_an_error():
 
 
 # -- lib.metrics.indefinite: spectra, HSIC signs, searches -------------------------------------
+
 
 def test_spectrum_summary_known_values():
     pts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
@@ -305,8 +320,10 @@ def test_random_range_biased_cka_is_non_negative_for_psd_kernels(kernel):
 
 
 def test_search_finds_negative_biased_cka_for_the_max_kernel_only():
-    found = {k: M.cka_range_search(k, "biased", n_samples=6, channels=2, restarts=2, steps=150,
-                                   seed=0) for k in M.SEARCH_KERNELS}
+    found = {
+        k: M.cka_range_search(k, "biased", n_samples=6, channels=2, restarts=2, steps=150, seed=0)
+        for k in M.SEARCH_KERNELS
+    }
     assert found["max"]["library_value"] < -0.3
     # For PSD kernels tr(HKH HLH) >= 0: the search cannot cross 0.
     assert found["linear"]["library_value"] >= -1e-12 and found["psd"]["library_value"] >= -1e-12
@@ -319,19 +336,22 @@ def test_search_finds_negative_biased_cka_for_the_max_kernel_only():
 
 
 def test_search_reaches_minus_one_with_the_unbiased_estimator_and_nonnegative_inputs():
-    r = M.cka_range_search("max", "unbiased", n_samples=6, channels=2, restarts=1, steps=200,
-                           nonnegative=True, seed=0)
+    r = M.cka_range_search(
+        "max", "unbiased", n_samples=6, channels=2, restarts=1, steps=200, nonnegative=True, seed=0
+    )
     assert r["library_value"] < -0.9 and (r["X"] >= 0).all() and (r["Y"] >= 0).all()
     again = M.grelu_cka(r["X"], r["Y"], zero_channels="keep")
     assert again == pytest.approx(r["library_value"], abs=1e-8)
-    d = M.cka_range_search("max", "degenerate", n_samples=6, channels=2, restarts=1, steps=200,
-                           seed=0)
+    d = M.cka_range_search(
+        "max", "degenerate", n_samples=6, channels=2, restarts=1, steps=200, seed=0
+    )
     assert d["Y"] is None and 0 <= d["library_value"] < 0.1
 
 
 def test_search_bad_inputs():
-    with pytest.raises(ValueError, match="unknown kernel 'rbf'; accepted values: 'max', 'linear', "
-                                         "'psd'"):
+    with pytest.raises(
+        ValueError, match="unknown kernel 'rbf'; accepted values: 'max', 'linear', 'psd'"
+    ):
         M.cka_range_search("rbf")
     with pytest.raises(ValueError, match="unknown target 'cka'"):
         M.cka_range_search("max", "cka")

@@ -1,5 +1,6 @@
 """Tests of lib.similarity: the features of models and the all-layer comparison of two models,
 cached on disk (the measures themselves take arrays: test_metrics_layers.py)."""
+
 import copy
 
 import numpy as np
@@ -30,8 +31,9 @@ def test_model_pair_similarities_takes_features_once_and_matches_similarity_matr
     a, b = myrtle_cnn(width=0.0625), myrtle_cnn(width=0.0625)
     x = random_images(12, seed=1)
     layers = ["act2", "act3"]
-    out = similarity.model_pair_similarities(a, b, x, layers, ("grelu_cka", "grelu_procrustes"),
-                                             dtype=torch.float64)
+    out = similarity.model_pair_similarities(
+        a, b, x, layers, ("grelu_cka", "grelu_procrustes"), dtype=torch.float64
+    )
     assert out["layers"] == layers and out["n_samples"] == 12
     assert set(out["seconds"]) == {"features", "grelu_cka", "grelu_procrustes"}
     fa, fb = (similarity.layer_features(m, x, layers) for m in (a, b))
@@ -73,12 +75,16 @@ def test_cached_pair_similarities_keys_on_weights_and_images(tmp_path, monkeypat
     truth = truth["matrices"]["grelu_cka"]
     assert not np.allclose(truth, second["matrices"]["grelu_cka"])
     np.testing.assert_allclose(other["matrices"]["grelu_cka"], truth, atol=1e-6)
+
     # The key is the content: a copy with the same weights reads the entry back, computing nothing;
     # the same model changed in place does not.
-    fail = lambda *args, **kwargs: pytest.fail("recomputed")
+    def fail(*args, **kwargs):
+        pytest.fail("recomputed")
+
     monkeypatch.setattr(similarity, "model_pair_similarities", fail)
-    again = similarity.cached_pair_similarities(copy.deepcopy(base), rotated, x, layers,
-                                                ("grelu_cka",))
+    again = similarity.cached_pair_similarities(
+        copy.deepcopy(base), rotated, x, layers, ("grelu_cka",)
+    )
     np.testing.assert_array_equal(again["matrices"]["grelu_cka"], second["matrices"]["grelu_cka"])
     with torch.no_grad():
         next(rotated.parameters()).mul_(2.0)

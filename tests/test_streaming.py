@@ -7,6 +7,7 @@ inside the measured call (inputs allocated before it do not count). Each flatnes
 with the same measurement of the one-shot computation, which must grow about 4x from N to 4N
 images, so that a check that could not fail (e.g. a measurement that sees nothing) fails instead.
 """
+
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -31,8 +32,11 @@ def peak_bytes(fn) -> int:
         fn()
     # Each "[memory]" event is one allocation (nbytes > 0) or free (nbytes < 0) of the CPU
     # allocator.
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -49,8 +53,9 @@ def growth(measure) -> tuple:
 
 def images(n, seed):
     """``n`` random uint8 images ``(n, 32, 32, 3)``."""
-    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +75,7 @@ def one_shot_matching(fa, fb):
 
 def one_shot_cat(front, x, batch_size):
     # Feature extraction before streaming: a list of every batch's outputs, then torch.cat.
-    return torch.cat([front(x[s:s + batch_size])[0] for s in range(0, len(x), batch_size)])
+    return torch.cat([front(x[s : s + batch_size])[0] for s in range(0, len(x), batch_size)])
 
 
 def test_activation_matching_memory_is_flat_in_the_number_of_images(pair):
@@ -78,8 +83,11 @@ def test_activation_matching_memory_is_flat_in_the_number_of_images(pair):
     old = growth(lambda n: peak_bytes(lambda: one_shot_matching(fa[:n], fb[:n])))
     assert old[2] >= GROWS, old
     for kwargs in ({}, {"chunk_size": 64}, {"chunk_size": 100}):
-        new = growth(lambda n, kw=kwargs: peak_bytes(
-            lambda: stitching.activation_matching(fa[:n], fb[:n], **kw)))
+        new = growth(
+            lambda n, kw=kwargs: peak_bytes(
+                lambda: stitching.activation_matching(fa[:n], fb[:n], **kw)
+            )
+        )
         assert new[2] <= FLAT, (kwargs, new)
         # At 4N the default chunk (256 images) holds as much as the one-shot copy of N images.
         assert new[1] < old[1] / 3, (kwargs, new, old)
@@ -96,8 +104,11 @@ def test_closed_form_sums_from_models_are_flat_in_the_number_of_images(pair):
 
     old = growth(lambda n: peak_bytes(lambda: one_shot(n)))
     assert old[2] >= GROWS, old
-    new = growth(lambda n: peak_bytes(
-        lambda: stitching.feature_moments(a, b, "act1", x[:n], batch_size=64, device="cpu")))
+    new = growth(
+        lambda n: peak_bytes(
+            lambda: stitching.feature_moments(a, b, "act1", x[:n], batch_size=64, device="cpu")
+        )
+    )
     assert new[2] <= FLAT, new
 
 
@@ -114,9 +125,11 @@ def test_feature_extraction_needs_the_result_plus_one_chunk(pair):
     assert old[2] >= GROWS, old
     calls = dict(
         features=lambda n: models.features(a, xin[:n], ["act1"], batch_size=64),
-        front_features=lambda n: stitching.front_features(a, "act1", x[:n], batch_size=64,
-                                                          device="cpu"),
-        layer_features=lambda n: layer_features(a, xin[:n], ["act1"], batch_size=64))
+        front_features=lambda n: stitching.front_features(
+            a, "act1", x[:n], batch_size=64, device="cpu"
+        ),
+        layer_features=lambda n: layer_features(a, xin[:n], ["act1"], batch_size=64),
+    )
     for name, call in calls.items():
         extra = growth(lambda n, call=call: peak_bytes(lambda: call(n)) - result(n))
         assert extra[2] <= FLAT, (name, extra)
@@ -128,8 +141,12 @@ def test_sanity_pre_activations_need_the_result_plus_one_chunk():
 
     def overhead(n):
         # The result is (n, 16, 32, 32) float16.
-        return peak_bytes(lambda: sanity.pre_activations(model, "conv1", x[:n], batch_size=64,
-                                                         device="cpu")) - n * 16 * 32 * 32 * 2
+        return (
+            peak_bytes(
+                lambda: sanity.pre_activations(model, "conv1", x[:n], batch_size=64, device="cpu")
+            )
+            - n * 16 * 32 * 32 * 2
+        )
 
     extra = growth(overhead)
     assert extra[2] <= FLAT, extra
@@ -164,8 +181,13 @@ def test_streamed_sums_equal_the_one_shot_sums(double_features, chunk_size):
     one = stitching.moments_of(stitching.channels_last_2d(fa), stitching.channels_last_2d(fb))
     for a_, b_ in ((fa, fb), (fa.mean((2, 3)), fb.mean((2, 3))), (fa.float(), fb.float())):
         streamed = stitching.streamed_moments(a_, b_, chunk_size)
-        want = one if a_ is fa else stitching.moments_of(stitching.channels_last_2d(a_),
-                                                         stitching.channels_last_2d(b_))
+        want = (
+            one
+            if a_ is fa
+            else stitching.moments_of(
+                stitching.channels_last_2d(a_), stitching.channels_last_2d(b_)
+            )
+        )
         assert streamed["n"] == want["n"] == a_.numel() // a_.shape[1]
         for k in ("sa", "sb", "aa", "ab", "bb"):
             assert streamed[k].dtype == torch.float64
@@ -225,10 +247,13 @@ def test_feature_extraction_equals_the_one_shot_copy(pair):
         # Equal values and equal layout (channels_last, as the inputs): later kernels round the
         # same.
         assert want.is_contiguous(memory_format=torch.channels_last) and not want.is_contiguous()
-        got = [models.features(a, xin, ["act1"], batch_size=bs)["act1"],
-               stitching.front_features(a, "act1", x, batch_size=bs, device="cpu")[0],
-               stitching.feature_moments(a, b, "act1", x, batch_size=bs, device="cpu",
-                                         front_dtype=torch.float16)[1][0]]
+        got = [
+            models.features(a, xin, ["act1"], batch_size=bs)["act1"],
+            stitching.front_features(a, "act1", x, batch_size=bs, device="cpu")[0],
+            stitching.feature_moments(
+                a, b, "act1", x, batch_size=bs, device="cpu", front_dtype=torch.float16
+            )[1][0],
+        ]
         for g, w in zip(got, (want, want, want.half())):
             assert torch.equal(g, w) and g.stride() == w.stride()
         starts = [s for s, _ in models.feature_chunks(a, xin, ["act1"], chunk_size=bs)]
@@ -259,8 +284,10 @@ def test_bad_chunk_size_is_a_value_error_naming_it(pair, bad):
 
 def test_mismatched_or_empty_inputs_name_the_problem(pair):
     a, _, x, fa, fb = pair
-    with pytest.raises(ValueError, match="same images and positions, got shapes "
-                                         "\\(4, 16, 32, 32\\) and \\(5, 16, 32, 32\\)"):
+    with pytest.raises(
+        ValueError,
+        match="same images and positions, got shapes \\(4, 16, 32, 32\\) and \\(5, 16, 32, 32\\)",
+    ):
         stitching.streamed_moments(fa[:4], fb[:5])
     with pytest.raises(ValueError, match="hold no images"):
         stitching.streamed_moments(fa[:0], fb[:0])
@@ -276,7 +303,9 @@ def test_sanity_pre_activations_equal_the_one_shot_copy():
     front = model[:1].eval()
     for bs in (7, 50, 64):
         with torch.no_grad():
-            want = torch.cat([front(to_input(x[s:s + bs], "cpu")) for s in range(0, 50, bs)]).half()
+            want = torch.cat(
+                [front(to_input(x[s : s + bs], "cpu")) for s in range(0, 50, bs)]
+            ).half()
         got = sanity.pre_activations(model, "conv1", x, batch_size=bs, device="cpu")
         assert torch.equal(got, want) and got.stride() == want.stride()
     msg = "batch_size must be a positive integer \\(images per chunk\\); got 0"

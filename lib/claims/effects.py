@@ -1,15 +1,22 @@
 """The per-replicate effects of each claim of :data:`lib.claims.CLAIMS`, from a chapter's arrays.
 
-Each function turns what a chapter measured (penalties, similarities, detector fractions, one row per
-replicate) into the signed effects that :func:`lib.claims.decide` reads: positive is the paper's
+Each function turns what a chapter measured (penalties, similarities, detector fractions, one row
+per replicate) into the signed effects that :func:`lib.claims.decide` reads: positive is the paper's
 direction, as each claim's ``effect`` field says in words.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fig1_effects", "similarity_effects", "block_structure_effect", "fig6_effect",
-           "leaky_slope_effect", "fig3_effects"]
+__all__ = [
+    "fig1_effects",
+    "similarity_effects",
+    "block_structure_effect",
+    "fig6_effect",
+    "leaky_slope_effect",
+    "fig3_effects",
+]
 
 
 def fig1_effects(final: dict) -> dict:
@@ -24,17 +31,21 @@ def fig1_effects(final: dict) -> dict:
     Returns
     -------
     dict
-        ``{claim key: effects of shape (pairs,)}`` for the four ``claim_fig1_*`` claims; the depth trend
-        only when at least 3 layers were stitched.
+        ``{claim key: effects of shape (pairs,)}`` for the four ``claim_fig1_*`` claims; the depth
+        trend only when at least 3 layers were stitched.
     """
-    full, rank1, grelu = (np.asarray(final[v], dtype=np.float64) for v in ("full", "rank1", "grelu"))
+    full, rank1, grelu = (
+        np.asarray(final[v], dtype=np.float64) for v in ("full", "rank1", "grelu")
+    )
     out = {
         "claim_fig1_full_near_zero": 2.0 - full.mean(axis=1),
         "claim_fig1_grelu_below_rank1": (rank1 - grelu).mean(axis=1),
         "claim_fig1_grelu_below_10pp": 10.0 - np.median(grelu, axis=1),
     }
     if grelu.shape[1] >= 3:
-        out["claim_fig1_depth_trend"] = np.minimum(grelu[:, -2] - grelu[:, 0], grelu[:, -2] - grelu[:, -1])
+        out["claim_fig1_depth_trend"] = np.minimum(
+            grelu[:, -2] - grelu[:, 0], grelu[:, -2] - grelu[:, -1]
+        )
     return out
 
 
@@ -51,21 +62,25 @@ def similarity_effects(table2: dict, cka: list) -> dict:
     Parameters
     ----------
     table2 : dict
-        ``{"grelu_procrustes": P, "orthogonal_procrustes": P}``, each ``P`` of shape (pairs, layers): the
-        similarity of the same layer in the two networks of a pair.
+        ``{"grelu_procrustes": P, "orthogonal_procrustes": P}``, each ``P`` of shape (pairs,
+        layers): the similarity of the same layer in the two networks of a pair.
     cka : list of numpy.ndarray
         One G_ReLU-CKA matrix per pair, shape (layers, layers) (rows: network A's layers).
 
     Returns
     -------
     dict
-        ``claim_table2_grelu_below_orthogonal`` and ``claim_fig5_same_depth_most_similar``, each of shape
-        (pairs,).
+        ``claim_table2_grelu_below_orthogonal`` and ``claim_fig5_same_depth_most_similar``, each of
+        shape (pairs,).
     """
-    g, o = (np.asarray(table2[m], dtype=np.float64)
-            for m in ("grelu_procrustes", "orthogonal_procrustes"))
-    return {"claim_table2_grelu_below_orthogonal": (o - g).mean(axis=1),
-            "claim_fig5_same_depth_most_similar": np.array([_diagonal_margin(S) for S in cka])}
+    g, o = (
+        np.asarray(table2[m], dtype=np.float64)
+        for m in ("grelu_procrustes", "orthogonal_procrustes")
+    )
+    return {
+        "claim_table2_grelu_below_orthogonal": (o - g).mean(axis=1),
+        "claim_fig5_same_depth_most_similar": np.array([_diagonal_margin(S) for S in cka]),
+    }
 
 
 def block_structure_effect(cka: list, in_block) -> np.ndarray:
@@ -81,7 +96,8 @@ def block_structure_effect(cka: list, in_block) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        Shape (pairs,): mean diagonal over block-output layers minus mean diagonal over in-block layers.
+        Shape (pairs,): mean diagonal over block-output layers minus mean diagonal over in-block
+        layers.
     """
     inside = np.asarray(in_block, dtype=bool)
     diag = np.array([np.diag(np.asarray(S, dtype=np.float64)) for S in cka])
@@ -127,8 +143,9 @@ def leaky_slope_effect(penalties: dict) -> np.ndarray:
     """
     below = [np.asarray(v, dtype=np.float64) for s, v in penalties.items() if s < 1]
     if 1.0 not in penalties or not below:
-        raise ValueError(f"penalties must hold slope 1.0 and a slope below 1; got slopes "
-                         f"{sorted(penalties)}")
+        raise ValueError(
+            f"penalties must hold slope 1.0 and a slope below 1; got slopes {sorted(penalties)}"
+        )
     return np.asarray(penalties[1.0], dtype=np.float64) - np.mean(below, axis=0)
 
 
@@ -139,18 +156,22 @@ def fig3_effects(relu: np.ndarray, noresrelu: np.ndarray) -> dict:
     ----------
     relu, noresrelu : numpy.ndarray
         Shape (networks, alphas): the fraction of units that detect a concept at each rotation
-        ``alpha`` (the first column alpha = 0, the last alpha = 1), for the networks with and without
-        an activation on the residual output.
+        ``alpha`` (the first column alpha = 0, the last alpha = 1), for the networks with and
+        without an activation on the residual output.
 
     Returns
     -------
     dict
         ``claim_fig3_relu_falls`` (the fall from alpha = 0 to 1) and
-        ``claim_fig3_no_residual_relu_does_not_fall`` (0.05 minus that fall), each of shape (networks,).
+        ``claim_fig3_no_residual_relu_does_not_fall`` (0.05 minus that fall), each of shape
+        (networks,).
     """
+
     def fall(f):
         f = np.asarray(f, dtype=np.float64)
         return f[:, 0] - f[:, -1]
 
-    return {"claim_fig3_relu_falls": fall(relu),
-            "claim_fig3_no_residual_relu_does_not_fall": 0.05 - fall(noresrelu)}
+    return {
+        "claim_fig3_relu_falls": fall(relu),
+        "claim_fig3_no_residual_relu_does_not_fall": 0.05 - fall(noresrelu),
+    }

@@ -6,6 +6,7 @@ loader does, and streams batches of images, boolean concept masks and annotation
 the real Broden dataset and the small offline one written by
 :func:`lib.dissection.make_concept_dataset` alike.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,11 +20,29 @@ from torch.nn import functional as F
 from ..config import check_choice
 from ..data import MEAN, STD
 
-__all__ = ["BrodenDataset", "INDEX_COLUMNS", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "IMAGENET_MEAN",
-           "IMAGENET_STD"]
+__all__ = [
+    "BrodenDataset",
+    "INDEX_COLUMNS",
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 #: CIFAR-10's class names, in label order (label ``k`` is ``CIFAR10_CLASSES[k]``).
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 #: Per-channel (R, G, B) mean of the normalisation the zoo's models are trained with
 #: (:data:`lib.data.MEAN`, on the 0-255 scale), for images scaled to [0, 1].
 CIFAR10_MEAN = tuple(m / 255.0 for m in MEAN)
@@ -38,7 +57,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 
 
-
 # --------------------------------------------------------------------------------------------
 # Reading a Broden-layout dataset
 # --------------------------------------------------------------------------------------------
@@ -49,8 +67,10 @@ def _read_csv(path: Path, required: tuple) -> list[dict]:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"malformed Broden file {str(path)!r}: missing column(s) {missing}; "
-                             f"found {reader.fieldnames}")
+            raise ValueError(
+                f"malformed Broden file {str(path)!r}: missing column(s) {missing}; "
+                f"found {reader.fieldnames}"
+            )
         return list(reader)
 
 
@@ -60,8 +80,10 @@ def _category_counts(field: str, path: Path) -> dict:
     for item in filter(None, field.split(";")):
         name, _, count = item.partition("(")
         if not count.endswith(")"):
-            raise ValueError(f"malformed Broden file {str(path)!r}: category field {field!r} is not "
-                             f"of the form 'name(count);...'")
+            raise ValueError(
+                f"malformed Broden file {str(path)!r}: category field {field!r} is not "
+                f"of the form 'name(count);...'"
+            )
         out[name] = int(count[:-1] or 0)
     return out
 
@@ -94,7 +116,8 @@ class BrodenDataset:
     concept_categories : list of str
         Each concept's category: the one in which ``label.csv`` counts it most often (NetDissect's
         "primary category"). A pixel counts for a concept whatever selected category's mask it
-        appears in; an image counts for the concept's IoU only if it has annotation in that category.
+        appears in; an image counts for the concept's IoU only if it has annotation in that
+        category.
     label_numbers : numpy.ndarray
         ``(n_concepts,)`` int, each concept's label number in ``label.csv``.
     mask_size : tuple of int
@@ -109,8 +132,15 @@ class BrodenDataset:
         positive int, a category is unknown, or no concept or image is selected.
     """
 
-    def __init__(self, root, resolution: int | None = None, categories=None, split: str | None = None,
-                 mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    def __init__(
+        self,
+        root,
+        resolution: int | None = None,
+        categories=None,
+        split: str | None = None,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"Broden dataset directory {str(self.root)!r} does not exist")
@@ -130,8 +160,8 @@ class BrodenDataset:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def _read_concepts(self) -> None:
-        # Only labels listed in a selected category's c_<category>.csv are concepts; each one goes to
-        # its primary category (the selected category counting it most often in label.csv).
+        # Only labels listed in a selected category's c_<category>.csv are concepts; each one goes
+        # to its primary category (the selected category counting it most often in label.csv).
         categories = self.categories
         label_path = self.root / "label.csv"
         labels = _read_csv(label_path, ("number", "name", "category"))
@@ -165,21 +195,29 @@ class BrodenDataset:
         if split is not None:
             rows = [r for r in rows if r["split"] == split]
         if not rows:
-            raise ValueError(f"{str(index_path)!r} lists no images" + (f" of split {split!r}" if split else ""))
+            raise ValueError(
+                f"{str(index_path)!r} lists no images" + (f" of split {split!r}" if split else "")
+            )
         for c in self.categories:
             if c not in rows[0]:
-                raise ValueError(f"malformed Broden file {str(index_path)!r}: no column for category {c!r}")
+                raise ValueError(
+                    f"malformed Broden file {str(index_path)!r}: no column for category {c!r}"
+                )
         self._rows = rows
         sizes = {(int(r["sh"]), int(r["sw"])) for r in rows}
         if len(sizes) != 1:
-            raise ValueError(f"{str(index_path)!r}: masks of different sizes {sorted(sizes)}; "
-                             f"this reader needs one mask size")
+            raise ValueError(
+                f"{str(index_path)!r}: masks of different sizes {sorted(sizes)}; "
+                f"this reader needs one mask size"
+            )
         self.mask_size = sizes.pop()
         if resolution is None:
             isizes = {(int(r["ih"]), int(r["iw"])) for r in rows}
             if len(isizes) != 1:
-                raise ValueError(f"{str(index_path)!r}: images of different sizes {sorted(isizes)}; "
-                                 f"pass resolution=<int> to resize them")
+                raise ValueError(
+                    f"{str(index_path)!r}: images of different sizes {sorted(isizes)}; "
+                    f"pass resolution=<int> to resize them"
+                )
             self.image_size = isizes.pop()
         else:
             self.image_size = (resolution, resolution)
@@ -230,7 +268,9 @@ class BrodenDataset:
                 with Image.open(path) as im:
                     png = np.asarray(im.convert("RGB")).astype(np.int64)
                 if png.shape[:2] != (sh, sw):
-                    raise ValueError(f"mask {str(path)!r} has size {png.shape[:2]}, index.csv says {(sh, sw)}")
+                    raise ValueError(
+                        f"mask {str(path)!r} has size {png.shape[:2]}, index.csv says {(sh, sw)}"
+                    )
                 number = png[..., 0] + 256 * png[..., 1]
                 k = self._lookup[np.minimum(number, len(self._lookup) - 1)]
                 k[number >= len(self._lookup)] = -1
@@ -266,10 +306,12 @@ class BrodenDataset:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         indices = range(len(self)) if indices is None else list(indices)
         for start in range(0, len(indices), batch_size):
-            loaded = [self._load(i) for i in indices[start:start + batch_size]]
+            loaded = [self._load(i) for i in indices[start : start + batch_size]]
             imgs = [torch.from_numpy(np.array(im)).permute(2, 0, 1) for im, _, _ in loaded]
             if len({tuple(t.shape) for t in imgs}) > 1 and self.resolution is None:
-                raise ValueError(f"images of {str(self.root)!r} differ in size; pass resolution=<int>")
+                raise ValueError(
+                    f"images of {str(self.root)!r} differ in size; pass resolution=<int>"
+                )
             x = torch.stack([self._resize(t.float() / 255.0) for t in imgs])
             if normalize:
                 x = (x - self.mean) / self.std
@@ -280,6 +322,6 @@ class BrodenDataset:
     def _resize(self, img: torch.Tensor) -> torch.Tensor:
         if tuple(img.shape[-2:]) == self.image_size:
             return img
-        return F.interpolate(img[None], size=self.image_size, mode="bilinear", align_corners=False,
-                             antialias=True)[0]
-
+        return F.interpolate(
+            img[None], size=self.image_size, mode="bilinear", align_corners=False, antialias=True
+        )[0]

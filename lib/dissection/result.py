@@ -1,5 +1,6 @@
 """The result of a dissection under rotations (:func:`lib.dissection.dissect`), and the
 invariants every such result satisfies."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,11 +35,13 @@ class DissectionResult:
     unique : numpy.ndarray
         int ``(n_alphas, n_rotations)``: distinct concepts the detectors detect.
     by_category : numpy.ndarray
-        int ``(n_alphas, n_rotations, n_categories)``: detectors whose concept is in ``categories[k]``.
+        int ``(n_alphas, n_rotations, n_categories)``: detectors whose concept is in
+        ``categories[k]``.
     iou : numpy.ndarray
         float64 ``(n_units, n_concepts)``: the IoU matrix (a fraction) of the unrotated basis.
     labels : list of dict
-        One per unit of the unrotated basis: ``unit``, ``concept``, ``category``, ``iou``, ``detector``.
+        One per unit of the unrotated basis: ``unit``, ``concept``, ``category``, ``iou``,
+        ``detector``.
     """
 
     layer: str
@@ -64,7 +67,7 @@ class DissectionResult:
 
     @property
     def interpretable_std(self) -> np.ndarray:
-        """float ``(n_alphas,)``: detector units per alpha, standard deviation over the rotations."""
+        """float ``(n_alphas,)``: detector units per alpha, standard deviation over rotations."""
         return self.interpretable.std(1)
 
     @property
@@ -74,7 +77,8 @@ class DissectionResult:
 
     @property
     def unique_std(self) -> np.ndarray:
-        """float ``(n_alphas,)``: distinct detected concepts per alpha, standard deviation over the rotations."""
+        """float ``(n_alphas,)``: distinct detected concepts per alpha, standard deviation over the
+        rotations."""
         return self.unique.std(1)
 
     def interpretable_fraction(self) -> tuple:
@@ -101,9 +105,12 @@ class DissectionResult:
         """
         inter, unique = self.interpretable, self.unique
         return {
-            "alpha 0 equal for every rotation": bool((inter[0] == inter[0, 0]).all()
-                                                     and (unique[0] == unique[0, 0]).all()),
-            "alpha 0 detectors = labelled detectors": bool(inter[0, 0] == sum(lab["detector"] for lab in self.labels)),
+            "alpha 0 equal for every rotation": bool(
+                (inter[0] == inter[0, 0]).all() and (unique[0] == unique[0, 0]).all()
+            ),
+            "alpha 0 detectors = labelled detectors": bool(
+                inter[0, 0] == sum(lab["detector"] for lab in self.labels)
+            ),
             "0 <= detectors <= units": bool(((0 <= inter) & (inter <= self.n_units)).all()),
             "0 <= concepts <= detectors": bool(((0 <= unique) & (unique <= inter)).all()),
             "categories add up to detectors": bool(np.array_equal(self.by_category.sum(2), inter)),

@@ -20,19 +20,58 @@ one-hot labels in the training features' principal-component basis, so that dele
 dropping coordinates), ``protocol`` (the tests, on arrays) and ``study`` (the max kernel's spectra
 and HSIC signs per layer, and the three tests on two seeds of the zoo's models, cached).
 """
-from .probe import (delete_components, deletion_counts, feature_shape, fit_probe, probe_accuracy,
-                    probe_scores)
-from .protocol import (DELETION_ORDERS, MEASURES, corrupt, pair_matrices, sensitivity_rows,
-                       shift_rows, similarities_to, specificity_points)
+
+from .probe import (
+    delete_components,
+    deletion_counts,
+    feature_shape,
+    fit_probe,
+    probe_accuracy,
+    probe_scores,
+)
+from .protocol import (
+    DELETION_ORDERS,
+    MEASURES,
+    corrupt,
+    pair_matrices,
+    sensitivity_rows,
+    shift_rows,
+    similarities_to,
+    specificity_points,
+)
 from .stats import spearman_interval
-from .study import (KERNELS, cached_ding_study, ding_study, fit_probes, hsic_signs, layer_grams,
-                    layer_spectra)
+from .study import (
+    KERNELS,
+    cached_ding_study,
+    ding_study,
+    fit_probes,
+    hsic_signs,
+    layer_grams,
+    layer_spectra,
+)
 
 __all__ = [
-    "MEASURES", "DELETION_ORDERS", "spearman_interval", "fit_probe", "probe_scores",
-    "probe_accuracy", "delete_components", "deletion_counts", "feature_shape", "similarities_to",
-    "pair_matrices", "sensitivity_rows", "specificity_points", "corrupt", "shift_rows",
+    "MEASURES",
+    "DELETION_ORDERS",
+    "spearman_interval",
+    "fit_probe",
+    "probe_scores",
+    "probe_accuracy",
+    "delete_components",
+    "deletion_counts",
+    "feature_shape",
+    "similarities_to",
+    "pair_matrices",
+    "sensitivity_rows",
+    "specificity_points",
+    "corrupt",
+    "shift_rows",
     # the chapter's studies on the zoo's models
-    "KERNELS", "layer_grams", "layer_spectra", "hsic_signs", "fit_probes", "ding_study",
+    "KERNELS",
+    "layer_grams",
+    "layer_spectra",
+    "hsic_signs",
+    "fit_probes",
+    "ding_study",
     "cached_ding_study",
 ]

@@ -4,6 +4,7 @@ The probe (:func:`fit_probe`) is ridge regression on one-hot labels in the PCA b
 features, so deleting principal components is dropping coordinates, and each component's weights
 are fitted independently (the PCA scores are orthogonal on the training set).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,14 @@ import torch
 
 from ..metrics import to_channels
 
-__all__ = ["fit_probe", "probe_scores", "probe_accuracy", "delete_components", "deletion_counts",
-           "feature_shape"]
+__all__ = [
+    "fit_probe",
+    "probe_scores",
+    "probe_accuracy",
+    "delete_components",
+    "deletion_counts",
+    "feature_shape",
+]
 
 
 def _flat(X) -> torch.Tensor:
@@ -58,9 +65,14 @@ def fit_probe(X, y, ridge: float = 1e-2, num_classes: int = 10) -> dict:
     # Orthogonal scores decouple the ridge solution: one division per component.
     lam = ridge * float((s * s).mean())
     weights = scores.T @ (target - target.mean(dim=0)) / (s * s + lam)[:, None]
-    return dict(mean=mean.float(), components=components.float(), weights=weights.float(),
-                variances=(s * s / len(f)).float(), offset=target.mean(dim=0).float(),
-                shape=feature_shape(X))
+    return dict(
+        mean=mean.float(),
+        components=components.float(),
+        weights=weights.float(),
+        variances=(s * s / len(f)).float(),
+        offset=target.mean(dim=0).float(),
+        shape=feature_shape(X),
+    )
 
 
 def feature_shape(X) -> tuple:

@@ -1,4 +1,5 @@
 """Spearman's rank correlation with a bootstrap interval: the statistic of Ding et al.'s tests."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,10 @@ def spearman_interval(x, y, n_boot: int = 1000, level: float = 0.95, seed: int =
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     rhos = _rank_corr(np.vstack([x, x[idx]]), np.vstack([y, y[idx]]))
     tail = 100 * (1 - level) / 2
-    low, high = (np.nanpercentile(rhos[1:], q) if np.isfinite(rhos[1:]).any() else np.nan
-                 for q in (tail, 100 - tail))
+    low, high = (
+        np.nanpercentile(rhos[1:], q) if np.isfinite(rhos[1:]).any() else np.nan
+        for q in (tail, 100 - tail)
+    )
     return dict(rho=float(rhos[0]), low=float(low), high=float(high), n=n)
 
 

@@ -2,6 +2,7 @@
 Ding et al.'s three tests on two seeds of one architecture, cached (``lib.cache.memo``, kind
 ``"grounding"``) under the models' zoo keys and the study's settings.
 """
+
 from __future__ import annotations
 
 import time
@@ -10,14 +11,27 @@ import numpy as np
 import torch
 
 from ..cache import memo
-from ..metrics import (PSD_BETA, hsic_report, max_kernel_gram, normalize_channels, psd_grelu_gram,
-                       spectrum_summary)
+from ..metrics import (
+    PSD_BETA,
+    hsic_report,
+    max_kernel_gram,
+    normalize_channels,
+    psd_grelu_gram,
+    spectrum_summary,
+)
 from ..similarity import layer_features
 from .probe import deletion_counts, fit_probe, probe_accuracy
 from .protocol import MEASURES, corrupt, pair_matrices, sensitivity_rows, shift_rows
 
-__all__ = ["KERNELS", "layer_grams", "layer_spectra", "hsic_signs", "fit_probes", "ding_study",
-           "cached_ding_study"]
+__all__ = [
+    "KERNELS",
+    "layer_grams",
+    "layer_spectra",
+    "hsic_signs",
+    "fit_probes",
+    "ding_study",
+    "cached_ding_study",
+]
 
 #: The kernels whose Gram matrices the spectra and sign counts compare.
 KERNELS = ("max", "psd")
@@ -42,8 +56,10 @@ def layer_grams(feats: dict, kernel: str, beta: float = PSD_BETA) -> dict:
         ``{layer: (n_samples, n_samples) tensor}``.
     """
     if kernel == "max":
-        return {k: max_kernel_gram(normalize_channels(f, zero_channels="keep"))
-                for k, f in feats.items()}
+        return {
+            k: max_kernel_gram(normalize_channels(f, zero_channels="keep"))
+            for k, f in feats.items()
+        }
     if kernel == "psd":
         return {k: psd_grelu_gram(f, beta, zero_channels="keep") for k, f in feats.items()}
     raise ValueError(f"unknown kernel {kernel!r}; accepted values: {', '.join(map(repr, KERNELS))}")
@@ -132,8 +148,17 @@ def _shift(model, probes, feats, test, layers, levels, seed) -> list:
     return rows
 
 
-def ding_study(model_a: torch.nn.Module, model_b: torch.nn.Module, train: tuple, test: tuple,
-               layers, *, steps: int = 5, levels=(0.5, 1.0, 2.0), ridge: float = 1e-2) -> dict:
+def ding_study(
+    model_a: torch.nn.Module,
+    model_b: torch.nn.Module,
+    train: tuple,
+    test: tuple,
+    layers,
+    *,
+    steps: int = 5,
+    levels=(0.5, 1.0, 2.0),
+    ridge: float = 1e-2,
+) -> dict:
     """Ding et al.'s three tests on two models of one architecture trained from different seeds.
 
     Probes for every hidden layer of both models (:func:`fit_probes`); *specificity*: every layer of
@@ -184,8 +209,9 @@ def ding_study(model_a: torch.nn.Module, model_b: torch.nn.Module, train: tuple,
     return out
 
 
-def cached_ding_study(model_a: torch.nn.Module, model_b: torch.nn.Module, train: tuple, test: tuple,
-                      layers, **kw) -> dict:
+def cached_ding_study(
+    model_a: torch.nn.Module, model_b: torch.nn.Module, train: tuple, test: tuple, layers, **kw
+) -> dict:
     """:func:`ding_study` of two zoo models, cached (``lib.cache.memo``, kind ``"grounding"``).
 
     The key holds the models' zoo keys (``model.zoo_key``), the numbers of training and test images
@@ -203,9 +229,20 @@ def cached_ding_study(model_a: torch.nn.Module, model_b: torch.nn.Module, train:
     """
     for name, model in (("model_a", model_a), ("model_b", model_b)):
         if not hasattr(model, "zoo_key"):
-            raise ValueError(f"{name} has no zoo_key; cached_ding_study takes models from "
-                             f"lib.zoo.get")
-    config = dict(a=model_a.zoo_key, b=model_b.zoo_key, n_train=len(train[1]), n_test=len(test[1]),
-                  layers=list(layers), measures=MEASURES, beta=PSD_BETA, version=1, **kw)
-    return memo("grounding", config,
-                lambda: ding_study(model_a, model_b, train, test, layers, **kw))
+            raise ValueError(
+                f"{name} has no zoo_key; cached_ding_study takes models from lib.zoo.get"
+            )
+    config = dict(
+        a=model_a.zoo_key,
+        b=model_b.zoo_key,
+        n_train=len(train[1]),
+        n_test=len(test[1]),
+        layers=list(layers),
+        measures=MEASURES,
+        beta=PSD_BETA,
+        version=1,
+        **kw,
+    )
+    return memo(
+        "grounding", config, lambda: ding_study(model_a, model_b, train, test, layers, **kw)
+    )

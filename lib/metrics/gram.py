@@ -1,11 +1,12 @@
 """Gram matrices of features for the CKA measures (``lib.metrics.cka``).
 
-:func:`linear_gram`, :func:`rbf_gram` (with Kornblith et al.'s bandwidth) and :func:`max_kernel_gram`,
-the max kernel of G_ReLU-CKA. The max kernel is computed block by block within a memory budget
-(:func:`block_plan`, :func:`blocked_max_kernel`), so that its temporaries never reach the
-``(n_samples, n_samples, channels)`` of a broadcast. Slow reference implementations for comparison live
-in ``tests/reference.py``.
+:func:`linear_gram`, :func:`rbf_gram` (with Kornblith et al.'s bandwidth) and
+:func:`max_kernel_gram`, the max kernel of G_ReLU-CKA. The max kernel is computed block by block
+within a memory budget (:func:`block_plan`, :func:`blocked_max_kernel`), so that its temporaries
+never reach the ``(n_samples, n_samples, channels)`` of a broadcast. Slow reference implementations
+for comparison live in ``tests/reference.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,12 +17,19 @@ import torch
 from .normalization import center_features
 from .preprocessing import DegenerateInputError, channel_major, flatten_features
 
-__all__ = ["BLOCK_BYTES", "BLOCK_ROWS", "linear_gram", "rbf_gram", "block_plan", "blocked_max_kernel",
-           "max_kernel_gram"]
+__all__ = [
+    "BLOCK_BYTES",
+    "BLOCK_ROWS",
+    "linear_gram",
+    "rbf_gram",
+    "block_plan",
+    "blocked_max_kernel",
+    "max_kernel_gram",
+]
 
 #: Default bytes for the temporaries of one block of the max-kernel Gram matrix, per device kind. On
-#: the 2-core development CPU (32 MB L3 cache), blocks with temporaries above about 32 MB were measured
-#: to fall off a performance cliff.
+#: the 2-core development CPU (32 MB L3 cache), blocks with temporaries above about 32 MB were
+#: measured to fall off a performance cliff.
 BLOCK_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
 
 #: Largest number of rows of one block of the max-kernel Gram matrix, per device kind.
@@ -58,9 +66,9 @@ def _median(t: torch.Tensor) -> torch.Tensor:
 def rbf_gram(X, threshold: float = 1.0, **kw) -> torch.Tensor:
     """RBF Gram matrix ``exp(-||x_i - x_j||^2 / (2 sigma^2))`` of the flattened features.
 
-    As in Kornblith et al.'s ``gram_rbf``: ``sigma^2 = threshold^2 * median`` of the squared distances,
-    the median taken over all ``n_samples^2`` entries including the zero diagonal, so ``sigma`` is
-    ``threshold`` times the square root of that median.
+    As in Kornblith et al.'s ``gram_rbf``: ``sigma^2 = threshold^2 * median`` of the squared
+    distances, the median taken over all ``n_samples^2`` entries including the zero diagonal, so
+    ``sigma`` is ``threshold`` times the square root of that median.
 
     Parameters
     ----------
@@ -104,12 +112,19 @@ def rbf_gram(X, threshold: float = 1.0, **kw) -> torch.Tensor:
         raise DegenerateInputError(
             f"the median squared distance between samples is zero to {d.dtype} precision in "
             f"{kw.get('name', 'X')} (at least half the sample pairs coincide); the RBF bandwidth "
-            f"is undefined")
-    return d.mul_(-1.0 / (2 * threshold ** 2 * med)).exp_()
+            f"is undefined"
+        )
+    return d.mul_(-1.0 / (2 * threshold**2 * med)).exp_()
 
 
-def block_plan(n: int, c: int, itemsize: int, device: torch.device, block_size: int | None = None,
-               memory_budget: float | None = None) -> tuple[int, int]:
+def block_plan(
+    n: int,
+    c: int,
+    itemsize: int,
+    device: torch.device,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+) -> tuple[int, int]:
     """How :func:`blocked_max_kernel` splits its work: rows per block and channels per chunk.
 
     Parameters
@@ -132,7 +147,8 @@ def block_plan(n: int, c: int, itemsize: int, device: torch.device, block_size: 
     block : int
         Rows per block, at most ``n``.
     chunk : int
-        Channels per chunk, so that ``chunk * block^2 * itemsize`` fits ``memory_budget`` (at least 1).
+        Channels per chunk, so that ``chunk * block^2 * itemsize`` fits ``memory_budget`` (at least
+        1).
 
     Raises
     ------
@@ -143,11 +159,17 @@ def block_plan(n: int, c: int, itemsize: int, device: torch.device, block_size: 
     if memory_budget is None:
         memory_budget = BLOCK_BYTES[kind]
     if not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes or None; got {memory_budget!r}")
+        raise ValueError(
+            f"memory_budget must be a positive number of bytes or None; got {memory_budget!r}"
+        )
     if block_size is None:
         rows = min(BLOCK_ROWS[kind], max(1, math.isqrt(int(memory_budget // itemsize))))
         block = math.ceil(n / math.ceil(n / rows))
-    elif isinstance(block_size, (int, np.integer)) and not isinstance(block_size, bool) and block_size >= 1:
+    elif (
+        isinstance(block_size, (int, np.integer))
+        and not isinstance(block_size, bool)
+        and block_size >= 1
+    ):
         block = min(int(block_size), n)
     else:
         raise ValueError(f"block_size must be a positive integer or None; got {block_size!r}")
@@ -155,8 +177,9 @@ def block_plan(n: int, c: int, itemsize: int, device: torch.device, block_size: 
     return block, chunk
 
 
-def blocked_max_kernel(z: torch.Tensor, block_size: int | None = None,
-                       memory_budget: float | None = None) -> torch.Tensor:
+def blocked_max_kernel(
+    z: torch.Tensor, block_size: int | None = None, memory_budget: float | None = None
+) -> torch.Tensor:
     """Max-kernel Gram matrix of features already in the channel-major layout.
 
     Per channel the Gram matrix ``z_c z_c^T`` is a matrix product; the maximum over channels is kept
@@ -197,9 +220,16 @@ def blocked_max_kernel(z: torch.Tensor, block_size: int | None = None,
     return K
 
 
-def max_kernel_gram(X, block_size: int | None = None, memory_budget: float | None = None, *,
-                    dtype=torch.float64, device=None) -> torch.Tensor:
-    """Gram matrix of the max kernel ``K[i, j] = max_c sum_p X[i, c, p] X[j, c, p]`` (no preprocessing).
+def max_kernel_gram(
+    X,
+    block_size: int | None = None,
+    memory_budget: float | None = None,
+    *,
+    dtype=torch.float64,
+    device=None,
+) -> torch.Tensor:
+    """Gram matrix of the max kernel ``K[i, j] = max_c sum_p X[i, c, p] X[j, c, p]`` (no
+    preprocessing).
 
     Parameters
     ----------
@@ -209,16 +239,17 @@ def max_kernel_gram(X, block_size: int | None = None, memory_budget: float | Non
     block_size : int, optional
         Rows (and columns) of one block; None chooses it from ``memory_budget``.
     memory_budget : float, optional
-        Bytes for the per-channel products of one block (the channel chunk is sized to fit; at least one
-        channel per chunk); None: 32 MiB on CPU, 1 GiB on CUDA. The block itself and its running maximum
-        add ``2 * block_size^2`` numbers.
+        Bytes for the per-channel products of one block (the channel chunk is sized to fit; at least
+        one channel per chunk); None: 32 MiB on CPU, 1 GiB on CUDA. The block itself and its running
+        maximum add ``2 * block_size^2`` numbers.
     dtype, device
         As for :func:`lib.metrics.to_channels`.
 
     Returns
     -------
     torch.Tensor
-        ``(n_samples, n_samples)``, diagonal included (``max_c ||x_ic||^2``; the unbiased HSIC ignores it).
+        ``(n_samples, n_samples)``, diagonal included (``max_c ||x_ic||^2``; the unbiased HSIC
+        ignores it).
     """
     z = channel_major(X, dtype, device, "X")
     return blocked_max_kernel(z, block_size, memory_budget)

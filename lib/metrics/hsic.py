@@ -5,6 +5,7 @@ and Rizzo (:func:`u_center`) that both estimators and ``lib.metrics.layers`` use
 decides whether a Gram matrix is degenerate (:func:`centered_norm_`; the rule: "Degenerate inputs"
 in :mod:`lib.metrics.preprocessing`). The measures of :mod:`lib.metrics.cka` are built on these.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,15 @@ import torch
 
 from .preprocessing import DEGENERATE_RTOL, DTYPES, STAGE_BYTES, DegenerateInputError, check_finite
 
-__all__ = ["hsic", "cka_from_grams", "u_center", "centered_norm_", "sum_products", "cka_inplace",
-           "check_cka_samples"]
+__all__ = [
+    "hsic",
+    "cka_from_grams",
+    "u_center",
+    "centered_norm_",
+    "sum_products",
+    "cka_inplace",
+    "check_cka_samples",
+]
 
 
 # Every HSIC here is an inner product of centred Gram matrices: <HKH, HLH> / (n-1)^2 (biased) or
@@ -25,12 +33,15 @@ __all__ = ["hsic", "cka_from_grams", "u_center", "centered_norm_", "sum_products
 # place in their own type, from row sums accumulated in float64, and every sum of products is
 # accumulated in float64 a block of rows at a time (temporaries of at most STAGE_BYTES).
 
+
 def _gram(K, name) -> torch.Tensor:
     """A copy of the Gram matrix ``K`` as a tensor (float32 stays float32, others are float64)."""
     t = K.detach() if isinstance(K, torch.Tensor) else torch.as_tensor(np.asarray(K))
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
-        raise ValueError(f"{name} must be a square (n_samples, n_samples) Gram matrix; got shape "
-                         f"{tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be a square (n_samples, n_samples) Gram matrix; got shape "
+            f"{tuple(t.shape)}"
+        )
     t = t.clone(memory_format=torch.contiguous_format) if t.dtype in DTYPES else t.to(torch.float64)
     return check_finite(t, name)
 
@@ -56,8 +67,10 @@ def sum_products(A: torch.Tensor, B: torch.Tensor) -> float:
     float
         The inner product.
     """
-    return sum(float(torch.dot(A[i:j].double().reshape(-1), B[i:j].double().reshape(-1)))
-               for i, j in _row_blocks(A))
+    return sum(
+        float(torch.dot(A[i:j].double().reshape(-1), B[i:j].double().reshape(-1)))
+        for i, j in _row_blocks(A)
+    )
 
 
 def _center_(K: torch.Tensor, unbiased: bool) -> torch.Tensor:
@@ -137,7 +150,8 @@ def centered_norm_(K: torch.Tensor, unbiased: bool, name: str = "X") -> float:
             f"{name} gives a degenerate Gram matrix: its {'U-' if unbiased else ''}centred part "
             f"vanishes to {K.dtype} precision (squared norm {h:.3g}, against {ref:.3g} for the "
             f"Gram matrix), e.g. all its samples coincide after preprocessing, or all but one do; "
-            f"HSIC({name}, {name}) is zero and CKA is undefined")
+            f"HSIC({name}, {name}) is zero and CKA is undefined"
+        )
     return math.sqrt(h)
 
 
@@ -164,8 +178,9 @@ def hsic(K, L, unbiased: bool = True) -> float:
     """
     K, L = _gram(K, "K"), _gram(L, "L")
     if K.shape != L.shape:
-        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and "
-                         f"{tuple(L.shape)}")
+        raise ValueError(
+            f"K and L must have the same shape; got {tuple(K.shape)} and {tuple(L.shape)}"
+        )
     n = K.shape[0]
     if unbiased and n < 4:
         raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
@@ -195,9 +210,11 @@ def check_cka_samples(n: int, unbiased: bool) -> None:
     if unbiased and n < 4:
         raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples; got {n}")
     if n < 3:
-        raise ValueError(f"CKA needs at least 3 samples (4 for the unbiased estimator); got {n}: "
-                         f"with 2, every centred Gram matrix is a multiple of [[1, -1], [-1, 1]] "
-                         f"and CKA is 1 for any inputs")
+        raise ValueError(
+            f"CKA needs at least 3 samples (4 for the unbiased estimator); got {n}: "
+            f"with 2, every centred Gram matrix is a multiple of [[1, -1], [-1, 1]] "
+            f"and CKA is 1 for any inputs"
+        )
 
 
 def cka_inplace(K: torch.Tensor, L: torch.Tensor, unbiased: bool, names=("X", "Y")) -> float:
@@ -254,6 +271,7 @@ def cka_from_grams(K, L, unbiased: bool = True) -> float:
     """
     K, L = _gram(K, "K"), _gram(L, "L")
     if K.shape != L.shape:
-        raise ValueError(f"K and L must have the same shape; got {tuple(K.shape)} and "
-                         f"{tuple(L.shape)}")
+        raise ValueError(
+            f"K and L must have the same shape; got {tuple(K.shape)} and {tuple(L.shape)}"
+        )
     return cka_inplace(K, L.to(device=K.device, dtype=K.dtype), unbiased, names=("K", "L"))

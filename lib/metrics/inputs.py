@@ -3,6 +3,7 @@
 A 1-D input or a single sample is reported as such, not by a later step that it happens to break (a
 zero median distance for the RBF bandwidth, "every channel is constant", a spatial shape).
 """
+
 from __future__ import annotations
 
 from .preprocessing import check_same_samples, shape_of
@@ -32,8 +33,10 @@ def check_samples(X, Y, minimum: int, measure: str) -> None:
     """
     for A, name in ((X, "X"), (Y, "Y")):
         if len(shape_of(A)) not in (2, 3, 4):
-            raise ValueError(f"{name} must have shape (n_samples, n_features) or (n_samples, "
-                             f"channels, height, width); got shape {shape_of(A)}")
+            raise ValueError(
+                f"{name} must have shape (n_samples, n_features) or (n_samples, "
+                f"channels, height, width); got shape {shape_of(A)}"
+            )
     check_same_samples(X, Y)
     n = shape_of(X)[0]
     if n < 2:

@@ -19,6 +19,7 @@ matrix products are off (torch's default; a caller's ``torch.backends.cuda.matmu
 True`` would round the products of float32 Gram matrices to TF32's 10-bit mantissa).
 ``benchmarks/metrics_float32.py`` measures float32 against float64 on real activations.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,18 @@ import math
 import torch
 
 from ..config import check_choice
-from .preprocessing import (DTYPES, STAGE_BYTES, ZERO_CHANNELS, DegenerateInputError, channel_view,
-                            check_finite, compute_device, power_of_two_scale, rescaled, to_channels)
+from .preprocessing import (
+    DTYPES,
+    STAGE_BYTES,
+    ZERO_CHANNELS,
+    DegenerateInputError,
+    channel_view,
+    check_finite,
+    compute_device,
+    power_of_two_scale,
+    rescaled,
+    to_channels,
+)
 
 __all__ = ["center_features", "normalize_channel_major", "normalize_channels", "normalize_total"]
 
@@ -55,8 +66,9 @@ def _staging(out: torch.Tensor) -> torch.Tensor:
     return torch.empty(out.shape, dtype=torch.float64, device=out.device)
 
 
-def center_features(X, *, dtype=torch.float64, device=None, name: str = "X",
-                    rescale: bool = False) -> torch.Tensor:
+def center_features(
+    X, *, dtype=torch.float64, device=None, name: str = "X", rescale: bool = False
+) -> torch.Tensor:
     """Flattened features minus their mean over samples, centred in float64 before any cast.
 
     Parameters
@@ -119,7 +131,8 @@ def _zero_channels(hi, lo, center: bool, zero_channels: str, name: str) -> torch
         raise DegenerateInputError(
             f"{name} has {len(idx)} channel(s) with zero norm{' after centring' if center else ''} "
             f"(e.g. channel {idx[0]}), so per-channel normalisation is undefined; pass "
-            f"zero_channels='keep' to leave them at zero as the authors' code does")
+            f"zero_channels='keep' to leave them at zero as the authors' code does"
+        )
     return zero
 
 
@@ -139,8 +152,14 @@ def _unit_channels(w: torch.Tensor, center: bool, zero: torch.Tensor) -> None:
     w.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None, None])
 
 
-def normalize_channel_major(X, center: bool = True, zero_channels: str = "raise",
-                            dtype=torch.float64, device=None, name: str = "X") -> torch.Tensor:
+def normalize_channel_major(
+    X,
+    center: bool = True,
+    zero_channels: str = "raise",
+    dtype=torch.float64,
+    device=None,
+    name: str = "X",
+) -> torch.Tensor:
     """:func:`normalize_channels` in the layout of :func:`lib.metrics.preprocessing.channel_major`.
 
     The max kernel (``lib.metrics.gram.blocked_max_kernel``) and the linear kernel of the
@@ -183,8 +202,15 @@ def normalize_channel_major(X, center: bool = True, zero_channels: str = "raise"
     return z
 
 
-def normalize_channels(X, center: bool = True, zero_channels: str = "raise", *, dtype=torch.float64,
-                       device=None, name: str = "X") -> torch.Tensor:
+def normalize_channels(
+    X,
+    center: bool = True,
+    zero_channels: str = "raise",
+    *,
+    dtype=torch.float64,
+    device=None,
+    name: str = "X",
+) -> torch.Tensor:
     """Each channel (optionally centred, then) scaled to unit norm over (samples, positions).
 
     Parameters

@@ -1,11 +1,11 @@
 """Inputs of the similarity measures (:mod:`lib.metrics`): channel view, checks, degenerate inputs.
 
-Every measure takes feature arrays (numpy or torch, any device), either ``(n_samples, n_features)`` or
-conv features ``(n_samples, channels, height, width)`` (also ``(n_samples, channels, positions)``).
-:func:`to_channels` is the one place that maps inputs to the channel view ``(n_samples, channels,
-positions)``; flattened ``(n_samples, channels * positions)`` features are a reshape of it. Computation
-happens on the input's device (numpy: CPU; a CUDA tensor among the inputs: that device; or ``device=``,
-see :func:`compute_device`), in ``dtype`` (float64 by default).
+Every measure takes feature arrays (numpy or torch, any device), either ``(n_samples, n_features)``
+or conv features ``(n_samples, channels, height, width)`` (also ``(n_samples, channels,
+positions)``). :func:`to_channels` is the one place that maps inputs to the channel view
+``(n_samples, channels, positions)``; flattened ``(n_samples, channels * positions)`` features are a
+reshape of it. Computation happens on the input's device (numpy: CPU; a CUDA tensor among the
+inputs: that device; or ``device=``, see :func:`compute_device`), in ``dtype`` (float64 by default).
 
 The input checks (:func:`check_same_samples`, :func:`check_finite`), the exact power-of-two
 rescaling of extreme inputs (:func:`rescaled`, :func:`power_of_two_scale`) and the rule for
@@ -33,6 +33,7 @@ cases:
 - an identically zero input of orthogonal Procrustes;
 - fewer samples than the estimator needs (a plain ``ValueError``).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,15 +43,29 @@ import torch
 
 from ..config import check_choice, get_device
 
-__all__ = ["DTYPES", "ZERO_CHANNELS", "STAGE_BYTES", "DEGENERATE_RTOL", "DegenerateInputError",
-           "compute_device", "shape_of", "check_same_samples", "channel_view", "check_finite",
-           "power_of_two_scale", "rescaled", "to_channels", "flatten_features", "channel_major"]
+__all__ = [
+    "DTYPES",
+    "ZERO_CHANNELS",
+    "STAGE_BYTES",
+    "DEGENERATE_RTOL",
+    "DegenerateInputError",
+    "compute_device",
+    "shape_of",
+    "check_same_samples",
+    "channel_view",
+    "check_finite",
+    "power_of_two_scale",
+    "rescaled",
+    "to_channels",
+    "flatten_features",
+    "channel_major",
+]
 
 #: Computation types every measure accepts (``dtype=``); float64 is the default.
 DTYPES = (torch.float64, torch.float32)
 
-#: What per-channel normalisation does with a channel of zero norm, either ``"raise"`` a ``ValueError``
-#: or ``"keep"`` it at zero (the authors' behaviour, e.g. for dead ReLU channels).
+#: What per-channel normalisation does with a channel of zero norm, either ``"raise"`` a
+#: ``ValueError`` or ``"keep"`` it at zero (the authors' behaviour, e.g. for dead ReLU channels).
 ZERO_CHANNELS = ("raise", "keep")
 
 #: Bytes of float64 temporaries that centring and normalisation use at a time (one chunk of channels
@@ -148,8 +163,10 @@ def channel_view(X, name: str = "X") -> torch.Tensor:
     """
     t = X.detach() if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
     if t.ndim not in (2, 3, 4):
-        raise ValueError(f"{name} must have shape (n_samples, n_features) or (n_samples, channels, height, "
-                         f"width); got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape (n_samples, n_features) or (n_samples, channels, height, "
+            f"width); got shape {tuple(t.shape)}"
+        )
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if t.is_complex() or t.dtype == torch.bool:
@@ -187,7 +204,7 @@ def check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
 # whose squares overflow or underflow float32 and would read as "constant") are first scaled by a
 # power of two, which is exact, to a maximum in [0.5, 1). Inputs whose largest magnitude lies within
 # these bounds are left alone (the common case: no copy, bit-identical results).
-_SAFE_MAGNITUDE = (2.0 ** -10, 2.0 ** 10)
+_SAFE_MAGNITUDE = (2.0**-10, 2.0**10)
 
 
 def power_of_two_scale(t: torch.Tensor, dim=None) -> torch.Tensor:
@@ -211,7 +228,9 @@ def power_of_two_scale(t: torch.Tensor, dim=None) -> torch.Tensor:
     m = torch.maximum(hi.abs(), lo.abs())
     _, exponent = torch.frexp(m)
     # The clamp keeps the factor finite for subnormal inputs.
-    factor = torch.ldexp(torch.ones_like(m), (-exponent).clamp(max=math.frexp(torch.finfo(t.dtype).max)[1] - 2))
+    factor = torch.ldexp(
+        torch.ones_like(m), (-exponent).clamp(max=math.frexp(torch.finfo(t.dtype).max)[1] - 2)
+    )
     safe = (m == 0) | ((m >= _SAFE_MAGNITUDE[0]) & (m <= _SAFE_MAGNITUDE[1]))
     return torch.where(safe, torch.ones_like(m), factor)
 
@@ -307,8 +326,8 @@ def channel_major(X, dtype=torch.float64, device=None, name: str = "X") -> torch
     """
     check_choice("dtype", dtype, DTYPES)
     t = channel_view(X, name)
-    z = torch.empty((t.shape[1], t.shape[0], t.shape[2]), dtype=dtype, device=compute_device(X, device=device))
+    z = torch.empty(
+        (t.shape[1], t.shape[0], t.shape[2]), dtype=dtype, device=compute_device(X, device=device)
+    )
     z.copy_(t.permute(1, 0, 2))
     return check_finite(z, name)
-
-

@@ -33,6 +33,7 @@ dimensionless and the kernel's entries lie in ``[C e^-beta, C e^beta]`` for ``C`
   (equality in Cauchy-Schwarz for the U-centred inner product, whose null space is exactly these
   ``b_i + b_j``). In particular it is 1 whenever ``Y`` is ``X`` up to the invariances above.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,14 @@ from .hsic import cka_from_grams, u_center
 from .normalization import normalize_channel_major
 from .preprocessing import check_same_samples, compute_device
 
-__all__ = ["PSD_BETA", "channel_log_gram", "check_beta", "psd_grelu_cka", "psd_grelu_gram",
-           "psd_normalized_gram"]
+__all__ = [
+    "PSD_BETA",
+    "channel_log_gram",
+    "check_beta",
+    "psd_grelu_cka",
+    "psd_grelu_gram",
+    "psd_normalized_gram",
+]
 
 #: Default ``beta`` of :func:`psd_grelu_gram` (dimensionless: every exponent lies in
 #: ``[-beta, beta]``). At 10 the kernel sits between the linear kernel (``beta -> 0``, orthogonal
@@ -84,13 +91,15 @@ def _chunk(n: int, c: int, itemsize: int, device: torch.device, memory_budget) -
     if budget is None:
         budget = BLOCK_BYTES["cuda" if device.type == "cuda" else "cpu"]
     if not (isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > 0):
-        raise ValueError(f"memory_budget must be a positive number of bytes or None; "
-                         f"got {memory_budget!r}")
+        raise ValueError(
+            f"memory_budget must be a positive number of bytes or None; got {memory_budget!r}"
+        )
     return int(min(c, max(1, budget // (n * n * itemsize))))
 
 
-def channel_log_gram(z: torch.Tensor, beta: float,
-                     memory_budget: float | None = None) -> torch.Tensor:
+def channel_log_gram(
+    z: torch.Tensor, beta: float, memory_budget: float | None = None
+) -> torch.Tensor:
     """``log sum_c exp(beta z_c z_c^T / m)``, ``m = max_{c,i} ||z_ic||^2``, of normalised features.
 
     A running log-sum-exp over chunks of channels (the largest term is factored out), so no entry
@@ -121,7 +130,7 @@ def channel_log_gram(z: torch.Tensor, beta: float,
         raise ValueError("every channel is zero; the kernel is undefined")
     top = total = None
     for c0 in range(0, c, chunk):
-        g = torch.bmm(z[c0:c0 + chunk], z[c0:c0 + chunk].transpose(1, 2)).mul_(beta / m)
+        g = torch.bmm(z[c0 : c0 + chunk], z[c0 : c0 + chunk].transpose(1, 2)).mul_(beta / m)
         g_top = g.amax(dim=0)
         new_top = g_top if top is None else torch.maximum(top, g_top)
         part = g.sub_(new_top).exp_().sum(dim=0)
@@ -132,9 +141,16 @@ def channel_log_gram(z: torch.Tensor, beta: float,
     return torch.triu(log_k) + torch.triu(log_k, 1).T
 
 
-def psd_grelu_gram(X, beta: float = PSD_BETA, zero_channels: str = "raise", *, log: bool = False,
-                   memory_budget: float | None = None, dtype=torch.float64,
-                   device=None) -> torch.Tensor:
+def psd_grelu_gram(
+    X,
+    beta: float = PSD_BETA,
+    zero_channels: str = "raise",
+    *,
+    log: bool = False,
+    memory_budget: float | None = None,
+    dtype=torch.float64,
+    device=None,
+) -> torch.Tensor:
     """Gram matrix of the channel-exponential kernel on the paper's normalised features.
 
     ``K[i, j] = sum_c exp(beta <z_ic, z_jc> / m)`` with ``z`` the channels of ``X`` centred and
@@ -199,13 +215,23 @@ def _centred_gram(A, beta, zero_channels, memory_budget, dtype, device, name) ->
     K = u_center(K)
     norm = float(torch.linalg.vector_norm(K))
     if not norm > 0:
-        raise ValueError(f"{name} gives a degenerate Gram matrix (HSIC with itself = 0), e.g. all "
-                         f"its samples coincide after preprocessing; CKA is undefined")
+        raise ValueError(
+            f"{name} gives a degenerate Gram matrix (HSIC with itself = 0), e.g. all "
+            f"its samples coincide after preprocessing; CKA is undefined"
+        )
     return K.div_(norm)
 
 
-def psd_grelu_cka(X, Y, beta: float = PSD_BETA, zero_channels: str = "raise", *,
-                  memory_budget: float | None = None, dtype=torch.float64, device=None) -> float:
+def psd_grelu_cka(
+    X,
+    Y,
+    beta: float = PSD_BETA,
+    zero_channels: str = "raise",
+    *,
+    memory_budget: float | None = None,
+    dtype=torch.float64,
+    device=None,
+) -> float:
     """CKA with the channel-exponential kernel: a G_ReLU-invariant CKA whose kernel is PSD.
 
     :func:`lib.metrics.grelu_cka` with :func:`psd_grelu_gram` in place of the max kernel (same
@@ -243,14 +269,23 @@ def psd_grelu_cka(X, Y, beta: float = PSD_BETA, zero_channels: str = "raise", *,
     beta = check_beta(beta)
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
-    grams = [_centred_gram(A, beta, zero_channels, memory_budget, dtype, dev, name)
-             for A, name in ((X, "X"), (Y, "Y"))]
+    grams = [
+        _centred_gram(A, beta, zero_channels, memory_budget, dtype, dev, name)
+        for A, name in ((X, "X"), (Y, "Y"))
+    ]
     return cka_from_grams(*grams, unbiased=True)
 
 
-def psd_normalized_gram(X, beta: float = PSD_BETA, zero_channels: str = "keep", *,
-                        memory_budget: float | None = None, dtype=torch.float64, device=None,
-                        name: str = "X") -> torch.Tensor:
+def psd_normalized_gram(
+    X,
+    beta: float = PSD_BETA,
+    zero_channels: str = "keep",
+    *,
+    memory_budget: float | None = None,
+    dtype=torch.float64,
+    device=None,
+    name: str = "X",
+) -> torch.Tensor:
     """The U-centred :func:`psd_grelu_gram` of ``X``, scaled to unit Frobenius norm.
 
     As ``lib.metrics.normalized_gram`` for the CKA measures: the inner product of two such matrices

@@ -10,19 +10,34 @@ Every function takes the same keywords: ``function(X, Y, *, dtype, device, **opt
 ``gram(X, *, dtype, device, name, **options)``, ``options`` those the entry names
 (:meth:`Measure.pick` selects them from a common set).
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
 
 from ..config import check_choice
-from .cka import (grelu_cka, grelu_cka_gram, linear_cka, linear_cka_gram, orthogonal_cka,
-                  orthogonal_cka_gram, rbf_cka)
+from .cka import (
+    grelu_cka,
+    grelu_cka_gram,
+    linear_cka,
+    linear_cka_gram,
+    orthogonal_cka,
+    orthogonal_cka_gram,
+    rbf_cka,
+)
 from .procrustes import grelu_procrustes, orthogonal_procrustes
 from .psd import psd_grelu_cka, psd_normalized_gram
 
-__all__ = ["KINDS", "OPTIONS", "Measure", "MEASURES", "MATRIX_MEASURES", "PAPER_MEASURES",
-           "get_measure"]
+__all__ = [
+    "KINDS",
+    "OPTIONS",
+    "Measure",
+    "MEASURES",
+    "MATRIX_MEASURES",
+    "PAPER_MEASURES",
+    "get_measure",
+]
 
 #: The kinds of measure, a CKA (an inner product of centred Gram matrices) or a Procrustes
 #: similarity (``1 - distance`` after the best alignment of channels; same spatial shapes only).
@@ -98,48 +113,78 @@ class Measure:
 
 
 _NORMALISED = "each channel centred and scaled to unit norm over (samples, positions)"
-_G_RELU = ("G_ReLU on channels: permutations, positive scalings and translations of channels "
-           "(and negative scalings)")
+_G_RELU = (
+    "G_ReLU on channels: permutations, positive scalings and translations of channels "
+    "(and negative scalings)"
+)
 
 MEASURES = {
     "grelu_cka": Measure(
-        function=grelu_cka, kind="cka", label="G_ReLU-CKA", paper=True,
+        function=grelu_cka,
+        kind="cka",
+        label="G_ReLU-CKA",
+        paper=True,
         invariance=_G_RELU,
         preprocessing=_NORMALISED + "; max kernel; unbiased HSIC",
-        options=("zero_channels", "block_size", "memory_budget"), gram=grelu_cka_gram),
+        options=("zero_channels", "block_size", "memory_budget"),
+        gram=grelu_cka_gram,
+    ),
     "psd_grelu_cka": Measure(
-        function=psd_grelu_cka, kind="cka", label="PSD G_ReLU-CKA",
+        function=psd_grelu_cka,
+        kind="cka",
+        label="PSD G_ReLU-CKA",
         invariance=_G_RELU,
         preprocessing=_NORMALISED + "; channel-exponential kernel (PSD); unbiased HSIC",
-        options=("zero_channels", "memory_budget"), gram=psd_normalized_gram),
+        options=("zero_channels", "memory_budget"),
+        gram=psd_normalized_gram,
+    ),
     "orthogonal_cka": Measure(
-        function=orthogonal_cka, kind="cka", label="orthogonal CKA", paper=True,
+        function=orthogonal_cka,
+        kind="cka",
+        label="orthogonal CKA",
+        paper=True,
         invariance="permutations, scalings and translations of channels; not rotations of "
-                   "channels in general",
+        "channels in general",
         preprocessing=_NORMALISED + "; linear kernel; unbiased HSIC",
-        options=("zero_channels",), gram=orthogonal_cka_gram),
+        options=("zero_channels",),
+        gram=orthogonal_cka_gram,
+    ),
     "linear_cka": Measure(
-        function=linear_cka, kind="cka", label="linear CKA", paper=True,
+        function=linear_cka,
+        kind="cka",
+        label="linear CKA",
+        paper=True,
         invariance="orthogonal maps of the flattened features, isotropic scaling, translations",
         preprocessing="flattened features centred over samples; linear kernel; biased HSIC",
-        gram=linear_cka_gram),
+        gram=linear_cka_gram,
+    ),
     "rbf_cka": Measure(
-        function=rbf_cka, kind="cka", label="RBF CKA",
+        function=rbf_cka,
+        kind="cka",
+        label="RBF CKA",
         invariance="orthogonal maps of the flattened features, isotropic scaling, translations",
         preprocessing="flattened features; RBF kernel, bandwidth a multiple of the median "
-                      "distance; biased HSIC"),
+        "distance; biased HSIC",
+    ),
     "grelu_procrustes": Measure(
-        function=grelu_procrustes, kind="procrustes", label="G_ReLU-Procrustes", paper=True,
+        function=grelu_procrustes,
+        kind="procrustes",
+        label="G_ReLU-Procrustes",
+        paper=True,
         invariance="permutations and positive scalings of channels (not translations)",
         preprocessing="each channel scaled to unit norm over (samples, positions), no centring; "
-                      "channels matched by the Hungarian algorithm",
-        options=("zero_channels",)),
+        "channels matched by the Hungarian algorithm",
+        options=("zero_channels",),
+    ),
     "orthogonal_procrustes": Measure(
-        function=orthogonal_procrustes, kind="procrustes", label="orthogonal Procrustes",
+        function=orthogonal_procrustes,
+        kind="procrustes",
+        label="orthogonal Procrustes",
         paper=True,
         invariance="orthogonal maps of channels and isotropic scaling (not translations)",
         preprocessing="the whole tensor scaled to unit norm, no centring; channels matched by "
-                      "the best orthogonal map"),
+        "the best orthogonal map",
+    ),
 }
 """dict: ``{name: Measure}``, ``name`` the function's name in :mod:`lib.metrics`."""
 

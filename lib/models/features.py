@@ -4,6 +4,7 @@
 preallocated result (:func:`empty_rows`, in the chunk's memory layout), so the memory beyond the
 result does not grow with the number of images.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ def _resolve_layers(model: nn.Module, layers) -> list[str]:
     layers = known if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     for name in layers:
         if name not in modules or name == "":
-            raise ValueError(f"unknown layer {name!r}; this model's hidden layers: {', '.join(known)}")
+            raise ValueError(
+                f"unknown layer {name!r}; this model's hidden layers: {', '.join(known)}"
+            )
     return layers
 
 
@@ -47,11 +50,15 @@ def empty_rows(like: torch.Tensor, n: int, dtype: torch.dtype | None = None) -> 
         ``(n, *like.shape[1:])`` on ``like``'s device.
     """
     fmt = torch.contiguous_format
-    if (like.ndim == 4 and not like.is_contiguous()
-            and like.is_contiguous(memory_format=torch.channels_last)):
+    if (
+        like.ndim == 4
+        and not like.is_contiguous()
+        and like.is_contiguous(memory_format=torch.channels_last)
+    ):
         fmt = torch.channels_last
-    return torch.empty((n, *like.shape[1:]), dtype=dtype or like.dtype, device=like.device,
-                       memory_format=fmt)
+    return torch.empty(
+        (n, *like.shape[1:]), dtype=dtype or like.dtype, device=like.device, memory_format=fmt
+    )
 
 
 @torch.no_grad()
@@ -59,8 +66,10 @@ def _forward_features(model: nn.Module, x: torch.Tensor, layers: list[str]) -> d
     # Hooks live for one forward pass only, so that a caller may run the model between chunks.
     modules = dict(model.named_modules())
     store: dict = {name: [] for name in layers}
-    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: store[n].append(o.detach()))
-             for n in layers]
+    hooks = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: store[n].append(o.detach()))
+        for n in layers
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -71,8 +80,10 @@ def _forward_features(model: nn.Module, x: torch.Tensor, layers: list[str]) -> d
         model.train(was_training)
     for name, outs in store.items():
         if len(outs) != 1:
-            raise ValueError(f"layer {name!r} ran {len(outs)} times in one forward pass; features "
-                             f"need a module that runs once per input")
+            raise ValueError(
+                f"layer {name!r} ran {len(outs)} times in one forward pass; features "
+                f"need a module that runs once per input"
+            )
     return {name: outs[0] for name, outs in store.items()}
 
 
@@ -102,7 +113,7 @@ def feature_chunks(model: nn.Module, x: torch.Tensor, layers=None, chunk_size: i
     chunk_size = check_chunk_size(chunk_size)
     layers = _resolve_layers(model, layers)
     for start in range(0, len(x), chunk_size):
-        yield start, _forward_features(model, x[start:start + chunk_size], layers)
+        yield start, _forward_features(model, x[start : start + chunk_size], layers)
 
 
 @torch.no_grad()
@@ -126,8 +137,8 @@ def features(model: nn.Module, x: torch.Tensor, layers=None, batch_size: int = 5
     Returns
     -------
     dict
-        ``{name: tensor}`` on ``x``'s device, each ``(n, C, h, w)`` for conv layers or ``(n, C)`` for
-        dense ones.
+        ``{name: tensor}`` on ``x``'s device, each ``(n, C, h, w)`` for conv layers or ``(n, C)``
+        for dense ones.
     """
     batch_size = check_chunk_size(batch_size, "batch_size")
     if len(x) == 0:
@@ -137,5 +148,5 @@ def features(model: nn.Module, x: torch.Tensor, layers=None, batch_size: int = 5
         for name, f in part.items():
             if name not in out:
                 out[name] = empty_rows(f, len(x))
-            out[name][start:start + len(f)] = f
+            out[name][start : start + len(f)] = f
     return out

@@ -1,4 +1,5 @@
 """A fully connected network, Section 3's ``f = l_k o ... o l_1``, and its symmetry spec."""
+
 from __future__ import annotations
 
 import numbers
@@ -7,7 +8,7 @@ from collections import OrderedDict
 from torch import nn
 
 from ..activations import Activation
-from .spec import SymmetrySpec, Site, activation_params, bias_axes, check_memory, dense_axes
+from .spec import Site, SymmetrySpec, activation_params, bias_axes, check_memory, dense_axes
 
 __all__ = ["mlp", "mlp_spec"]
 
@@ -33,7 +34,7 @@ def mlp_spec(sizes, activation: str, params: dict) -> SymmetrySpec:
     sites, axes, layers = {}, {}, {}
     for i in range(1, len(sizes)):
         last = i == len(sizes) - 1
-        site, prev = (None if last else f"act{i}"), (f"act{i-1}" if i > 1 else None)
+        site, prev = (None if last else f"act{i}"), (f"act{i - 1}" if i > 1 else None)
         axes[f"fc{i}.weight"] = dense_axes(site, prev)
         if not last:
             axes[f"fc{i}.bias"] = bias_axes(site)
@@ -42,9 +43,14 @@ def mlp_spec(sizes, activation: str, params: dict) -> SymmetrySpec:
     return SymmetrySpec(sites, axes, layers)
 
 
-def mlp(sizes=(8, 16, 16, 4), activation: str = "relu", negative_slope: float = 0.01,
-        degree: int | None = None) -> nn.Sequential:
-    """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between layers.
+def mlp(
+    sizes=(8, 16, 16, 4),
+    activation: str = "relu",
+    negative_slope: float = 0.01,
+    degree: int | None = None,
+) -> nn.Sequential:
+    """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` with ``activation`` between
+    layers.
 
     Parameters
     ----------
@@ -71,8 +77,10 @@ def mlp(sizes=(8, 16, 16, 4), activation: str = "relu", negative_slope: float = 
     """
     ok = all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in sizes)
     if not (ok and len(sizes) >= 2):
-        raise ValueError(f"sizes must be a sequence of at least 2 integers >= 1 (units per layer, "
-                         f"input first, output last); got {sizes!r}")
+        raise ValueError(
+            f"sizes must be a sequence of at least 2 integers >= 1 (units per layer, "
+            f"input first, output last); got {sizes!r}"
+        )
     params = activation_params(activation, negative_slope)
     if activation == "polynomial":
         params = {"degree": degree or 2}
@@ -84,6 +92,7 @@ def mlp(sizes=(8, 16, 16, 4), activation: str = "relu", negative_slope: float = 
             if i < len(sizes) - 1:
                 mods[f"act{i}"] = Activation(activation, **params)
         return nn.Sequential(mods)
+
     arch = dict(arch="mlp", sizes=tuple(sizes), activation=activation, **params)
     check_memory(make, "sizes", tuple(sizes), arch)
     model = make()

@@ -5,6 +5,7 @@ Every entry of :data:`ARCHITECTURES` names its builder and its cut (``split``). 
 dict it was built from as ``model.arch``, so :func:`split` and :func:`layer_info` read the model's
 architecture from the model and never branch on its class.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,16 +16,27 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import check_choice, check_seed
 from ..activations import Activation
+from ..config import check_choice, check_seed
 from .convnext import ConvNeXtBlock, convnext20, convnext_cifar, split_convnext
 from .mlp import mlp
 from .myrtle import myrtle_cnn
 from .resnet import BasicBlock, authors_index, resnet20, split_resnet
 from .spec import SymmetrySpec, split_sequential
 
-__all__ = ["Architecture", "ARCHITECTURES", "SPEC_ARCHITECTURES", "build", "check_image_size",
-           "split", "symmetry_spec", "hidden_layers", "layer_info", "forward_from", "residual_outputs"]
+__all__ = [
+    "Architecture",
+    "ARCHITECTURES",
+    "SPEC_ARCHITECTURES",
+    "build",
+    "check_image_size",
+    "split",
+    "symmetry_spec",
+    "hidden_layers",
+    "layer_info",
+    "forward_from",
+    "residual_outputs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +69,8 @@ ARCHITECTURES = {
     "convnext_cifar": Architecture(convnext_cifar, split_convnext, symmetric=False),
     "convnext20": Architecture(convnext20, split_convnext, symmetric=False),
 }
-"""dict: ``{name: Architecture}``; ``name`` is the ``"arch"`` entry of a model's architecture dict."""
+"""dict: ``{name: Architecture}``; ``name`` is the ``"arch"`` entry of a model's architecture dict.
+"""
 
 SPEC_ARCHITECTURES = tuple(name for name, a in ARCHITECTURES.items() if a.symmetric)
 """tuple of str: the architectures whose builders attach a :class:`SymmetrySpec`."""
@@ -139,10 +152,16 @@ def check_image_size(arch: dict, height: int, width: int) -> None:
     # Not a bisection: the Myrtle CNN's head takes 32..39 pixels only (its 4x4 pool must leave 1x1).
     sizes = range(max(int(height), int(width)) + 1, 65)
     least = next((n for n in sizes if not _input_error(arch_json, n, n)), None)
-    why = (f"its pooling and strided layers need larger images: the smallest square images it "
-           f"takes are {least} x {least} pixels" if least else error)
-    raise ValueError(f"the images ({height} x {width} pixels, RGB) do not fit architecture "
-                     f"{arch.get('arch')!r} ({why}); use other images or another architecture")
+    why = (
+        f"its pooling and strided layers need larger images: the smallest square images it "
+        f"takes are {least} x {least} pixels"
+        if least
+        else error
+    )
+    raise ValueError(
+        f"the images ({height} x {width} pixels, RGB) do not fit architecture "
+        f"{arch.get('arch')!r} ({why}); use other images or another architecture"
+    )
 
 
 def _architecture(model: nn.Module) -> Architecture | None:
@@ -160,7 +179,8 @@ def hidden_layers(model: nn.Module) -> list[str]:
     Returns
     -------
     list of str
-        The names of its :class:`lib.activations.Activation` modules (e.g. ``["act1", "act2", "act3", "act4"]``).
+        The names of its :class:`lib.activations.Activation` modules (e.g. ``["act1", "act2",
+        "act3", "act4"]``).
     """
     return [name for name, m in model.named_modules() if isinstance(m, Activation)]
 
@@ -172,7 +192,8 @@ def _check_hidden(model: nn.Module, layer: str) -> None:
 
 
 def split(model: nn.Module, layer: str) -> tuple:
-    """Cut ``model`` after hidden layer ``layer``: ``(front, back)`` with ``back(front(x)) == model(x)``.
+    """Cut ``model`` after hidden layer ``layer``: ``(front, back)`` with ``back(front(x)) ==
+    model(x)``.
 
     Parameters
     ----------
@@ -185,11 +206,11 @@ def split(model: nn.Module, layer: str) -> tuple:
     -------
     tuple
         ``front``: an ``nn.Module`` mapping inputs ``(N, ...)`` to the *state* at the layer, a tuple
-        whose first entry is the layer's output ``(N, C[, h, w])``; inside a residual block the second
-        is the block's input, which the rest of the network reads through the shortcut.
-        ``back``: an ``nn.Module`` mapping the state to the outputs ``(N, classes)``; ``back.inputs``
-        names the state's entries. Both share the model's modules (nothing is copied), so they follow
-        its train/eval mode and device.
+        whose first entry is the layer's output ``(N, C[, h, w])``; inside a residual block the
+        second is the block's input, which the rest of the network reads through the shortcut.
+        ``back``: an ``nn.Module`` mapping the state to the outputs ``(N, classes)``;
+        ``back.inputs`` names the state's entries. Both share the model's modules (nothing is
+        copied), so they follow its train/eval mode and device.
     """
     _check_hidden(model, layer)
     a = _architecture(model)
@@ -197,8 +218,10 @@ def split(model: nn.Module, layer: str) -> tuple:
         return a.split(model, layer)
     if isinstance(model, nn.Sequential):
         return split_sequential(model, layer)
-    raise ValueError(f"split supports the architectures {', '.join(ARCHITECTURES)} (as built by lib.models) and "
-                     f"nn.Sequential models, not {type(model).__name__}")
+    raise ValueError(
+        f"split supports the architectures {', '.join(ARCHITECTURES)} (as built by lib.models) and "
+        f"nn.Sequential models, not {type(model).__name__}"
+    )
 
 
 def forward_from(model: nn.Module, layer: str, h: torch.Tensor) -> torch.Tensor:
@@ -221,14 +244,16 @@ def forward_from(model: nn.Module, layer: str, h: torch.Tensor) -> torch.Tensor:
     Raises
     ------
     ValueError
-        For an unknown layer, and for a layer inside a residual block: there the rest of the network also
-        reads the block's input through the shortcut, so it is not a function of the layer's output alone
-        (Remark 3.6), and eq. (3.5)'s ``f_{>m}`` is not defined.
+        For an unknown layer, and for a layer inside a residual block: there the rest of the network
+        also reads the block's input through the shortcut, so it is not a function of the layer's
+        output alone (Remark 3.6), and eq. (3.5)'s ``f_{>m}`` is not defined.
     """
     _, back = split(model, layer)
     if len(back.inputs) > 1:
-        raise ValueError(f"{layer!r} is inside a residual block: the rest of the network also needs the block's "
-                         "input, so f_>m is not a function of this layer's output (Remark 3.6)")
+        raise ValueError(
+            f"{layer!r} is inside a residual block: the rest of the network also needs the block's "
+            "input, so f_>m is not a function of this layer's output (Remark 3.6)"
+        )
     return back((h,))
 
 
@@ -251,8 +276,10 @@ def symmetry_spec(model: nn.Module) -> SymmetrySpec:
     """
     spec = getattr(model, "symmetry_spec", None)
     if spec is None:
-        raise ValueError(f"{type(model).__name__} has no symmetry spec; supported architectures are "
-                         f"{', '.join(SPEC_ARCHITECTURES)} (as built by lib.models)")
+        raise ValueError(
+            f"{type(model).__name__} has no symmetry spec; supported architectures are "
+            f"{', '.join(SPEC_ARCHITECTURES)} (as built by lib.models)"
+        )
     return spec
 
 
@@ -267,12 +294,12 @@ def layer_info(model: nn.Module) -> list[dict]:
     Returns
     -------
     list of dict
-        One dict per hidden layer, in forward order: ``name``; ``paper_index``, the layer's position in
-        ``enumerate(named_modules())`` of the *authors'* model (the numbering of the paper's figures:
-        Myrtle CNN 3, 6, 10, 14; ResNet20 stem 3, in-block ReLUs 8, 16, ..., 72, block outputs 11, 19,
-        ..., 75), which for a ``Sequential`` is its position in ours; ``in_block`` (inside a residual
-        block, marked ``*``); ``label`` (e.g. ``"10"`` or ``"8*"``); and ``channels`` (None without a
-        symmetry spec).
+        One dict per hidden layer, in forward order: ``name``; ``paper_index``, the layer's position
+        in ``enumerate(named_modules())`` of the *authors'* model (the numbering of the paper's
+        figures: Myrtle CNN 3, 6, 10, 14; ResNet20 stem 3, in-block ReLUs 8, 16, ..., 72, block
+        outputs 11, 19, ..., 75), which for a ``Sequential`` is its position in ours; ``in_block``
+        (inside a residual block, marked ``*``); ``label`` (e.g. ``"10"`` or ``"8*"``); and
+        ``channels`` (None without a symmetry spec).
     """
     spec = getattr(model, "symmetry_spec", None)
     a = _architecture(model)
@@ -284,13 +311,21 @@ def layer_info(model: nn.Module) -> list[dict]:
         if a is not None and a.paper_index is not None:
             pos = a.paper_index(model, name)
         ch = spec.sites[spec.layers[name]].channels if spec and name in spec.layers else None
-        info.append(dict(name=name, paper_index=pos, in_block=in_block,
-                         label=f"{pos}{'*' if in_block else ''}", channels=ch))
+        info.append(
+            dict(
+                name=name,
+                paper_index=pos,
+                in_block=in_block,
+                label=f"{pos}{'*' if in_block else ''}",
+                channels=ch,
+            )
+        )
     return info
 
 
 def residual_outputs(model: nn.Module) -> list[str]:
-    """Module names of the residual-stream outputs (block outputs after the addition), in forward order.
+    """Module names of the residual-stream outputs (block outputs after the addition), in forward
+    order.
 
     Parameters
     ----------
@@ -311,5 +346,7 @@ def residual_outputs(model: nn.Module) -> list[str]:
         elif isinstance(m, ConvNeXtBlock):
             names.append(f"{name}.out")
     if not names:
-        raise ValueError(f"{type(model).__name__} has no residual blocks; supported: resnet20, convnext_cifar")
+        raise ValueError(
+            f"{type(model).__name__} has no residual blocks; supported: resnet20, convnext_cifar"
+        )
     return names

@@ -5,6 +5,7 @@ torchvision style: small blocks (:class:`PadShortcut`, :class:`BasicBlock`), one
 the authors' layout so that trained weights and the paper's layer numbers (:func:`authors_index`)
 carry over.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,11 +13,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..activations import Activation
-from .spec import (SymmetrySpec, Site, activation_params, check_memory, check_width, conv_axes,
-                   dense_axes, norm_axes)
+from .spec import (
+    Site,
+    SymmetrySpec,
+    activation_params,
+    check_memory,
+    check_width,
+    conv_axes,
+    dense_axes,
+    norm_axes,
+)
 
-__all__ = ["PadShortcut", "BasicBlock", "ResNet", "ResNetFront", "ResNetBack", "resnet20", "resnet_spec", "stage_channels",
-           "split_resnet", "authors_index"]
+__all__ = [
+    "PadShortcut",
+    "BasicBlock",
+    "ResNet",
+    "ResNetFront",
+    "ResNetBack",
+    "resnet20",
+    "resnet_spec",
+    "stage_channels",
+    "split_resnet",
+    "authors_index",
+]
 
 
 class PadShortcut(nn.Module):
@@ -65,24 +84,33 @@ class BasicBlock(nn.Module):
     the block needs both ``act1``'s output and the block's input (Remark 3.6).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, activation: str, params: dict,
-                 residual_activation: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        activation: str,
+        params: dict,
+        residual_activation: bool = True,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.act1 = Activation(activation, **params)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.shortcut = (PadShortcut(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch
-                         else nn.Identity())
+        self.shortcut = (
+            PadShortcut(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else nn.Identity()
+        )
         self.act2 = Activation(activation, **params) if residual_activation else nn.Identity()
 
     def inner(self, x: torch.Tensor) -> torch.Tensor:
-        """``act1``'s output ``(N, out_ch, h, w)`` for the block input ``x`` ``(N, in_ch, H, W)``."""
+        """``act1``'s output ``(N, out_ch, h, w)`` for a block input ``x`` ``(N, in_ch, H, W)``."""
         return self.act1(self.bn1(self.conv1(x)))
 
     def outer(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The block's output from ``act1``'s output ``h`` and the block input ``x`` (for the shortcut)."""
+        """The block's output from ``act1``'s output ``h`` and the block input ``x`` (for the
+        shortcut)."""
         return self.act2(self.bn2(self.conv2(h)) + self.shortcut(x))
 
     def forward(self, x):
@@ -109,13 +137,20 @@ class ResNet(nn.Module):
 
     Notes
     -----
-    Modules: ``conv1``, ``bn1``, ``act1`` (the stem), ``layer1`` .. ``layer3`` (one ``Sequential`` of
-    blocks per stage), ``linear``. Convolutions and the head start Kaiming-normal. Inputs
-    ``(N, 3, 32, 32)``, outputs ``(N, num_classes)``.
+    Modules: ``conv1``, ``bn1``, ``act1`` (the stem), ``layer1`` .. ``layer3`` (one ``Sequential``
+    of blocks per stage), ``linear``. Convolutions and the head start Kaiming-normal. Inputs ``(N,
+    3, 32, 32)``, outputs ``(N, num_classes)``.
     """
 
-    def __init__(self, blocks_per_stage: int, width: float, activation: str, params: dict,
-                 num_classes: int, residual_activation: bool):
+    def __init__(
+        self,
+        blocks_per_stage: int,
+        width: float,
+        activation: str,
+        params: dict,
+        num_classes: int,
+        residual_activation: bool,
+    ):
         super().__init__()
         chans = stage_channels(width)
         self.conv1 = nn.Conv2d(3, chans[0], 3, padding=1, bias=False)
@@ -126,7 +161,9 @@ class ResNet(nn.Module):
             blocks = []
             for b in range(blocks_per_stage):
                 stride = 2 if (s > 1 and b == 0) else 1
-                blocks.append(BasicBlock(in_ch, ch, stride, activation, params, residual_activation))
+                blocks.append(
+                    BasicBlock(in_ch, ch, stride, activation, params, residual_activation)
+                )
                 in_ch = ch
             setattr(self, f"layer{s}", nn.Sequential(*blocks))
         self.linear = nn.Linear(chans[-1], num_classes)
@@ -140,11 +177,15 @@ class ResNet(nn.Module):
 
     def blocks(self) -> list:
         """The blocks in forward order, as ``(name, block)`` pairs (``"layer2.0"``, ...)."""
-        return [(f"layer{s}.{b}", block) for s in (1, 2, 3) for b, block in enumerate(getattr(self, f"layer{s}"))]
+        return [
+            (f"layer{s}.{b}", block)
+            for s in (1, 2, 3)
+            for b, block in enumerate(getattr(self, f"layer{s}"))
+        ]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Outputs ``(N, num_classes)`` from the last block's output ``h`` ``(N, C, h, w)``."""
-        return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))     # (N, C, h, w) -> (N, C)
+        return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))  # (N, C, h, w) -> (N, C)
 
     def forward(self, x):
         x = self.stem(x)
@@ -168,8 +209,9 @@ def stage_channels(width: float) -> list:
     return [max(1, round(16 * width * 2**k)) for k in range(3)]
 
 
-def resnet_spec(channels, blocks_per_stage: int, activation: str, params: dict,
-                residual_activation: bool) -> SymmetrySpec:
+def resnet_spec(
+    channels, blocks_per_stage: int, activation: str, params: dict, residual_activation: bool
+) -> SymmetrySpec:
     """The symmetry spec of a :class:`ResNet`: one shared element per residual stream (Remark 3.6)
     and a free element inside each block.
 
@@ -189,8 +231,8 @@ def resnet_spec(channels, blocks_per_stage: int, activation: str, params: dict,
     Returns
     -------
     SymmetrySpec
-        Sites ``stream1`` .. ``stream3`` (monomial, phi(A) = A; each later stream embeds the previous
-        one through the zero-padded shortcut) and ``layer{s}.{b}.act1`` (monomial).
+        Sites ``stream1`` .. ``stream3`` (monomial, phi(A) = A; each later stream embeds the
+        previous one through the zero-padded shortcut) and ``layer{s}.{b}.act1`` (monomial).
     """
     p = tuple(sorted(params.items()))
     stream = "stream1"
@@ -201,9 +243,17 @@ def resnet_spec(channels, blocks_per_stage: int, activation: str, params: dict,
     for s, ch in enumerate(channels, start=1):
         new_stream = f"stream{s}"
         if new_stream not in sites:
-            left = (ch - in_ch) // 2            # where PadShortcut puts the previous stream's channels
-            sites[new_stream] = Site(new_stream, ch, activation, p, monomial=True, phi_fixed=True,
-                                     parent=stream, embed=tuple(range(left, left + in_ch)))
+            left = (ch - in_ch) // 2  # where PadShortcut puts the previous stream's channels
+            sites[new_stream] = Site(
+                new_stream,
+                ch,
+                activation,
+                p,
+                monomial=True,
+                phi_fixed=True,
+                parent=stream,
+                embed=tuple(range(left, left + in_ch)),
+            )
         for b in range(blocks_per_stage):
             pre, inner = f"layer{s}.{b}", f"layer{s}.{b}.act1"
             sites[inner] = Site(inner, ch, activation, p, monomial=True)
@@ -220,23 +270,48 @@ def resnet_spec(channels, blocks_per_stage: int, activation: str, params: dict,
     return SymmetrySpec(sites, axes, layers)
 
 
-def _resnet(blocks_per_stage: int, width: float, activation: str, negative_slope: float, num_classes: int,
-            residual_activation: bool, arch: str) -> ResNet:
+def _resnet(
+    blocks_per_stage: int,
+    width: float,
+    activation: str,
+    negative_slope: float,
+    num_classes: int,
+    residual_activation: bool,
+    arch: str,
+) -> ResNet:
     check_width(width)
     params = activation_params(activation, negative_slope)
-    config = dict(arch=arch, width=width, activation=activation, num_classes=num_classes,
-                  residual_activation=residual_activation, **params)
-    check_memory(lambda: ResNet(blocks_per_stage, width, activation, params, num_classes,
-                                residual_activation), "width", width, config)
+    config = dict(
+        arch=arch,
+        width=width,
+        activation=activation,
+        num_classes=num_classes,
+        residual_activation=residual_activation,
+        **params,
+    )
+    check_memory(
+        lambda: ResNet(
+            blocks_per_stage, width, activation, params, num_classes, residual_activation
+        ),
+        "width",
+        width,
+        config,
+    )
     model = ResNet(blocks_per_stage, width, activation, params, num_classes, residual_activation)
-    model.symmetry_spec = resnet_spec(stage_channels(width), blocks_per_stage, activation, params,
-                                      residual_activation)
+    model.symmetry_spec = resnet_spec(
+        stage_channels(width), blocks_per_stage, activation, params, residual_activation
+    )
     model.arch = config
     return model
 
 
-def resnet20(width: float = 1.0, activation: str = "relu", negative_slope: float = 0.01,
-             num_classes: int = 10, residual_activation: bool = True) -> ResNet:
+def resnet20(
+    width: float = 1.0,
+    activation: str = "relu",
+    negative_slope: float = 0.01,
+    num_classes: int = 10,
+    residual_activation: bool = True,
+) -> ResNet:
     """CIFAR ResNet20: 16/32/64 channels (times ``width``), three stages of three BasicBlocks.
 
     Option-A shortcuts (strided subsampling plus zero-padding of channels), Kaiming-normal init.
@@ -265,7 +340,9 @@ def resnet20(width: float = 1.0, activation: str = "relu", negative_slope: float
         For a width that is not a finite number > 0 or whose parameters would not fit in memory
         (``lib.models.spec.check_memory``), or a ``negative_slope`` that is not finite.
     """
-    return _resnet(3, width, activation, negative_slope, num_classes, residual_activation, "resnet20")
+    return _resnet(
+        3, width, activation, negative_slope, num_classes, residual_activation, "resnet20"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,12 +368,13 @@ class ResNetFront(nn.Module):
     model : ResNet
         The network (shared, not copied).
     layer : str
-        A hidden layer: ``"act1"``, ``"layer{s}.{b}.act1"`` (inside a block) or ``"layer{s}.{b}.act2"``.
+        A hidden layer: ``"act1"``, ``"layer{s}.{b}.act1"`` (inside a block) or
+        ``"layer{s}.{b}.act2"``.
 
     Notes
     -----
-    The state is ``(h,)`` with ``h`` the layer's output, or ``(h, block_input)`` inside a block, where
-    the rest of the network also reads the block's input through the shortcut.
+    The state is ``(h,)`` with ``h`` the layer's output, or ``(h, block_input)`` inside a block,
+    where the rest of the network also reads the block's input through the shortcut.
     """
 
     def __init__(self, model: ResNet, layer: str):
@@ -307,13 +385,14 @@ class ResNetFront(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple:
         blocks = [b for _, b in self.model.blocks()]
         h = self.model.stem(x)
-        for block in blocks[:self.n_blocks]:
+        for block in blocks[: self.n_blocks]:
             h = block(h)
         return (blocks[self.n_blocks].inner(h), h) if self.in_block else (h,)
 
 
 class ResNetBack(nn.Module):
-    """``state -> outputs``: the rest of a :class:`ResNet` after a hidden layer (see :class:`ResNetFront`).
+    """``state -> outputs``: the rest of a :class:`ResNet` after a hidden layer (see
+    :class:`ResNetFront`).
 
     Attributes
     ----------
@@ -356,11 +435,13 @@ def split_resnet(model: ResNet, layer: str) -> tuple:
 
 
 def authors_index(model: ResNet, name: str) -> int:
-    """The position of hidden layer ``name`` in ``enumerate(named_modules())`` of the *authors'* ResNet20.
+    """The position of hidden layer ``name`` in ``enumerate(named_modules())`` of the *authors'*
+    ResNet20.
 
-    The authors' model registers conv1, bn1, r1, block_seq (one Sequential of all blocks), and in each
-    block conv1, bn1, r1, conv2, bn2, r2, shortcut: 8 positions per block, the first block at position
-    5. So the stem is 3, the in-block activations 8, 16, ..., 72 and the block outputs 11, 19, ..., 75.
+    The authors' model registers conv1, bn1, r1, block_seq (one Sequential of all blocks), and in
+    each block conv1, bn1, r1, conv2, bn2, r2, shortcut: 8 positions per block, the first block at
+    position 5. So the stem is 3, the in-block activations 8, 16, ..., 72 and the block outputs 11,
+    19, ..., 75.
 
     Parameters
     ----------
@@ -377,5 +458,5 @@ def authors_index(model: ResNet, name: str) -> int:
     if name == "act1":
         return 3
     stage, block, which = name.split(".")
-    k = (int(stage[len("layer"):]) - 1) * len(model.layer1) + int(block)
+    k = (int(stage[len("layer") :]) - 1) * len(model.layer1) + int(block)
     return 5 + 8 * k + (3 if which == "act1" else 6)

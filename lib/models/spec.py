@@ -1,17 +1,19 @@
 """Symmetry as data: sites, the parameter axes their group elements act on, and the helpers that
 write them.
 
-A :class:`SymmetrySpec` says, for every parameter and buffer of a model, which axis the group element
-of which hidden activation space (a :class:`Site`) multiplies, and how: the ``PermutationSpec`` idea of
-git-re-basin, generalised from permutations to any intertwiner group of Table 1. Each architecture
-module builds its spec with a pure factory (``myrtle_spec``, ``resnet_spec``, ``mlp_spec``) out of the
-small helpers here: :func:`conv_axes`, :func:`dense_axes`, :func:`bias_axes`, :func:`norm_axes`.
-``lib.symmetry`` reads the spec and never branches on the architecture.
+A :class:`SymmetrySpec` says, for every parameter and buffer of a model, which axis the group
+element of which hidden activation space (a :class:`Site`) multiplies, and how: the
+``PermutationSpec`` idea of git-re-basin, generalised from permutations to any intertwiner group of
+Table 1. Each architecture module builds its spec with a pure factory (``myrtle_spec``,
+``resnet_spec``, ``mlp_spec``) out of the small helpers here: :func:`conv_axes`, :func:`dense_axes`,
+:func:`bias_axes`, :func:`norm_axes`. ``lib.symmetry`` reads the spec and never branches on the
+architecture.
 
 The module also holds what every builder shares: :func:`activation_params`, :func:`check_width`,
 :func:`check_memory`, and :func:`split_sequential`, the cut of a ``Sequential`` model (Myrtle CNN,
 MLP) after a hidden layer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +26,20 @@ from torch import nn
 
 from ..config import available_memory
 
-__all__ = ["Site", "SymmetrySpec", "activation_params", "check_width", "check_memory", "conv_axes",
-           "dense_axes", "bias_axes", "norm_axes", "SequentialFront", "SequentialBack",
-           "split_sequential"]
+__all__ = [
+    "Site",
+    "SymmetrySpec",
+    "activation_params",
+    "check_width",
+    "check_memory",
+    "conv_axes",
+    "dense_axes",
+    "bias_axes",
+    "norm_axes",
+    "SequentialFront",
+    "SequentialBack",
+    "split_sequential",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +55,8 @@ class Site:
     activation : str
         The activation applied at the site (a key of :data:`lib.activations.ACTIVATIONS`).
     params : tuple
-        The activation's parameters as sorted ``(key, value)`` pairs, e.g. ``(("negative_slope", 0.01),)``.
+        The activation's parameters as sorted ``(key, value)`` pairs, e.g. ``(("negative_slope",
+        0.01),)``.
     monomial : bool
         A per-channel layer (BatchNorm) sits between the linear map and the activation, so only
         monomial elements (permutation times diagonal) can pass through it.
@@ -116,13 +130,16 @@ def activation_params(activation: str, negative_slope: float | None) -> dict:
         return {}
     ok = isinstance(negative_slope, numbers.Real) and not isinstance(negative_slope, bool)
     if not (ok and math.isfinite(negative_slope)):
-        raise ValueError(f"negative_slope must be a finite number (LeakyReLU's slope for negative "
-                         f"inputs, e.g. 0.01); got {negative_slope!r}")
+        raise ValueError(
+            f"negative_slope must be a finite number (LeakyReLU's slope for negative "
+            f"inputs, e.g. 0.01); got {negative_slope!r}"
+        )
     return {"negative_slope": negative_slope}
 
 
 def check_width(width) -> None:
-    """Raise ``ValueError`` unless ``width`` (a multiplier of the channel counts) is a finite number > 0.
+    """Raise ``ValueError`` unless ``width`` (a multiplier of the channel counts) is a finite number
+    > 0.
 
     A width <= 0 would otherwise be rounded up to 1-channel layers and trained without complaint.
 
@@ -131,9 +148,16 @@ def check_width(width) -> None:
     width : float
         The multiplier, e.g. 0.25 or 1.0.
     """
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a finite number > 0 (a multiplier of the channel counts, e.g. 0.25 or "
-                         f"1.0); got {width!r}")
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, (int, float))
+        or not math.isfinite(width)
+        or width <= 0
+    ):
+        raise ValueError(
+            f"width must be a finite number > 0 (a multiplier of the channel counts, e.g. 0.25 or "
+            f"1.0); got {width!r}"
+        )
 
 
 def _gib(nbytes: int) -> str:
@@ -175,16 +199,20 @@ def check_memory(make, param: str, value, config: dict) -> None:
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             model = make()
-    except (RuntimeError, OverflowError, TypeError) as exc:   # torch's TypeError: beyond int64
+    except (RuntimeError, OverflowError, TypeError) as exc:  # torch's TypeError: beyond int64
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{param}={value!r} gives layers too large to represent ({first_line}); "
-                         f"use a smaller {param}") from exc
+        raise ValueError(
+            f"{param}={value!r} gives layers too large to represent ({first_line}); "
+            f"use a smaller {param}"
+        ) from exc
     nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     available = available_memory()
     if available is not None and nbytes > available:
-        raise ValueError(f"{param}={value!r} needs about {_gib(nbytes)} for the model's parameters "
-                         f"and buffers alone, more than the {_gib(available)} of memory available; "
-                         f"use a smaller {param}")
+        raise ValueError(
+            f"{param}={value!r} needs about {_gib(nbytes)} for the model's parameters "
+            f"and buffers alone, more than the {_gib(available)} of memory available; "
+            f"use a smaller {param}"
+        )
     _FITS.add(key)
 
 
@@ -200,7 +228,8 @@ def conv_axes(out_site: str | None, in_site: str | None, out_role: str = "out") 
     out_site, in_site : str or None
         The sites of the output and input channels (None: untouched, e.g. the image channels).
     out_role : str
-        ``"out"``, or ``"perm"`` when a BatchNorm follows the convolution (it takes the diagonal part).
+        ``"out"``, or ``"perm"`` when a BatchNorm follows the convolution (it takes the diagonal
+        part).
 
     Returns
     -------
@@ -258,10 +287,15 @@ def norm_axes(prefix: str, site: str) -> dict:
     -------
     dict
         ``{prefix.weight, prefix.bias: (site, "out")}`` (they take the element's diagonal) and
-        ``{prefix.running_mean, prefix.running_var: (site, "perm")}`` (statistics are only permuted).
+        ``{prefix.running_mean, prefix.running_var: (site, "perm")}`` (statistics are only
+        permuted).
     """
-    return {f"{prefix}.weight": ((site, "out"),), f"{prefix}.bias": ((site, "out"),),
-            f"{prefix}.running_mean": ((site, "perm"),), f"{prefix}.running_var": ((site, "perm"),)}
+    return {
+        f"{prefix}.weight": ((site, "out"),),
+        f"{prefix}.bias": ((site, "out"),),
+        f"{prefix}.running_mean": ((site, "perm"),),
+        f"{prefix}.running_var": ((site, "perm"),),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,18 +1,27 @@
 """Test-penalty curves: when to evaluate within an epoch, and whether a curve has settled.
 
-A curve is a list of rows with ``epoch`` (fractional when evaluated within an epoch) and ``penalty``;
-:func:`lib.stitching.train_stitch` and :func:`lib.stitching.finetune.finetune_tail` write them.
+A curve is a list of rows with ``epoch`` (fractional when evaluated within an epoch) and
+``penalty``; :func:`lib.stitching.train_stitch` and :func:`lib.stitching.finetune.finetune_tail`
+write them.
 """
+
 from __future__ import annotations
 
 __all__ = ["check_evals_per_epoch", "eval_steps", "last_quarter_change"]
 
 
 def check_evals_per_epoch(evals_per_epoch) -> None:
-    """Raise a ValueError unless ``evals_per_epoch`` is an integer >= 1 (test evaluations per epoch)."""
-    if isinstance(evals_per_epoch, bool) or not isinstance(evals_per_epoch, int) or evals_per_epoch < 1:
-        raise ValueError(f"evals_per_epoch must be an integer >= 1 (test evaluations per epoch), "
-                         f"got {evals_per_epoch!r}")
+    """Raise a ValueError unless ``evals_per_epoch`` is an integer >= 1 (test evaluations per
+    epoch)."""
+    if (
+        isinstance(evals_per_epoch, bool)
+        or not isinstance(evals_per_epoch, int)
+        or evals_per_epoch < 1
+    ):
+        raise ValueError(
+            f"evals_per_epoch must be an integer >= 1 (test evaluations per epoch), "
+            f"got {evals_per_epoch!r}"
+        )
 
 
 def eval_steps(n_batches: int, evals_per_epoch: int) -> dict:
@@ -51,8 +60,8 @@ def last_quarter_change(history: list) -> float:
     -------
     float
         ``|penalty(E) - penalty(e)|`` in percentage points, where ``E`` is the last row's epoch and
-        ``e`` the latest evaluated epoch at or before ``0.75 E``: the change over (at least) the last
-        25 % of training. 0 when nothing was trained.
+        ``e`` the latest evaluated epoch at or before ``0.75 E``: the change over (at least) the
+        last 25 % of training. 0 when nothing was trained.
     """
     last = history[-1]
     if not last["epoch"]:

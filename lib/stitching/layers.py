@@ -1,4 +1,5 @@
 """Stitching layers: full, reduced-rank and G_ReLU 1x1 maps on channels (Section 4, Fig. 1)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,8 @@ from .matching import hungarian, sinkhorn
 __all__ = ["LAYER_KINDS", "StitchLayer"]
 
 LAYER_KINDS = ("full", "rank", "grelu")
-"""tuple of str: the kinds of stitching layer: any matrix, a rank-r product ``V U``, or ``P D`` (G_ReLU)."""
+"""tuple of str: the kinds of stitching layer: any matrix, a rank-r product ``V U``, or ``P D``
+(G_ReLU)."""
 
 
 class StitchLayer(nn.Module):
@@ -22,8 +24,8 @@ class StitchLayer(nn.Module):
     ----------
     kind : str
         ``"full"``: any ``(C, C)`` matrix; ``"rank"``: ``V U`` with ``U (r, C)``, ``V (C, r)``;
-        ``"grelu"``: ``P diag(d)`` with ``P`` in the Birkhoff polytope while training and rounded to a
-        permutation (Hungarian) when ``hard`` is set, ``d >= 0``.
+        ``"grelu"``: ``P diag(d)`` with ``P`` in the Birkhoff polytope while training and rounded to
+        a permutation (Hungarian) when ``hard`` is set, ``d >= 0``.
     channels : int
         C.
     rank : int, optional
@@ -43,24 +45,42 @@ class StitchLayer(nn.Module):
         Round ``P`` to a permutation in :meth:`matrix` (grelu; set for evaluation).
     """
 
-    def __init__(self, kind: str, channels: int, rank: int | None = None, init: str = "default",
-                 generator: torch.Generator | None = None, bias: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        channels: int,
+        rank: int | None = None,
+        init: str = "default",
+        generator: torch.Generator | None = None,
+        bias: bool = False,
+    ):
         super().__init__()
         check_choice("layer_kind", kind, LAYER_KINDS)
         check_choice("init", init, ("default", "identity"))
         if kind == "grelu" and bias:
-            raise ValueError("bias is only for layer_kind 'full' or 'rank'; a G_ReLU layer is P D alone")
+            raise ValueError(
+                "bias is only for layer_kind 'full' or 'rank'; a G_ReLU layer is P D alone"
+            )
         self.kind, self.channels, self.rank, self.hard = kind, channels, rank, False
         g, C = generator or torch.Generator().manual_seed(0), channels
 
         # nn.Conv2d's default init (Kaiming-uniform, bound 1/sqrt(fan_in)) for full and rank.
         def uniform(*shape, fan_in):
-            return (torch.rand(*shape, generator=g) * 2 - 1) / fan_in ** 0.5
+            return (torch.rand(*shape, generator=g) * 2 - 1) / fan_in**0.5
+
         if kind == "full":
-            self.weight = nn.Parameter(torch.eye(C) if init == "identity" else uniform(C, C, fan_in=C))
+            self.weight = nn.Parameter(
+                torch.eye(C) if init == "identity" else uniform(C, C, fan_in=C)
+            )
         elif kind == "rank":
-            if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= C:
-                raise ValueError(f"rank must be an integer in 1..{C} (the layer's channels), got {rank!r}")
+            if (
+                isinstance(rank, bool)
+                or not isinstance(rank, (int, np.integer))
+                or not 1 <= rank <= C
+            ):
+                raise ValueError(
+                    f"rank must be an integer in 1..{C} (the layer's channels), got {rank!r}"
+                )
             self.u = nn.Parameter(uniform(rank, C, fan_in=C))
             self.v = nn.Parameter(uniform(C, rank, fan_in=rank))
         else:
@@ -81,7 +101,9 @@ class StitchLayer(nn.Module):
             ``(C,)``; needs a layer built with ``bias=True``.
         """
         if self.kind == "grelu":
-            raise ValueError("set_affine needs layer_kind 'full' or 'rank'; use set_matrix for 'grelu'")
+            raise ValueError(
+                "set_affine needs layer_kind 'full' or 'rank'; use set_matrix for 'grelu'"
+            )
         if self.kind == "full":
             self.weight.copy_(W)
         else:
@@ -92,7 +114,9 @@ class StitchLayer(nn.Module):
             self.u.copy_(s[:r].sqrt()[:, None] * Vh[:r])
         if b is not None:
             if self.bias is None:
-                raise ValueError("this layer has no bias; build it with bias=True to start it at W h + b")
+                raise ValueError(
+                    "this layer has no bias; build it with bias=True to start it at W h + b"
+                )
             self.bias.copy_(b)
 
     def matrix(self) -> torch.Tensor:
@@ -106,13 +130,16 @@ class StitchLayer(nn.Module):
 
     @torch.no_grad()
     def set_matrix(self, M: torch.Tensor) -> None:
-        """Start from ``M`` ``(C, C)``: any matrix for ``full``, a monomial ``P D`` (e.g. a matching) for ``grelu``."""
+        """Start from ``M`` ``(C, C)``: any matrix for ``full``, a monomial ``P D`` (e.g. a
+        matching) for ``grelu``."""
         if self.kind == "rank":
-            raise ValueError("set_matrix needs layer_kind 'full' or 'grelu'; a rank layer has no exact start")
+            raise ValueError(
+                "set_matrix needs layer_kind 'full' or 'grelu'; a rank layer has no exact start"
+            )
         if self.kind == "full":
             self.weight.copy_(M)
         else:
-            self.p.copy_(hungarian(M.abs()))    # a permutation even where a scale is 0 (dead channel)
+            self.p.copy_(hungarian(M.abs()))  # a permutation even where a scale is 0 (dead channel)
             self.d.copy_(M.abs().sum(0))
 
     @torch.no_grad()

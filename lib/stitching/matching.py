@@ -1,4 +1,5 @@
-"""Closed forms behind the stitching layers: Sinkhorn, Hungarian, activation matching, least squares.
+"""Closed forms behind the stitching layers: Sinkhorn, Hungarian, activation matching, least
+squares.
 
 Everything here works on features or on their float64 sums (the "moments": ``n``, ``ΣX``, ``ΣY``,
 ``XᵀX``, ``XᵀY``, ``ΣY²`` over samples), which are accumulated in a streaming pass
@@ -7,6 +8,7 @@ memory does not grow with the number of images: only one chunk of images is ever
 samples, never the ``(N·H·W, C)`` copies of both feature sets. Channels are the features and every
 (image, position) is a sample.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,13 +17,25 @@ from scipy.optimize import linear_sum_assignment
 
 from ..config import check_chunk_size
 
-__all__ = ["sinkhorn", "hungarian", "channels_last_2d", "moments_of", "add_moments",
-           "streamed_moments", "matching_from_moments", "activation_matching", "least_squares",
-           "matching_matrix", "permutation_of", "recovered_fraction"]
+__all__ = [
+    "sinkhorn",
+    "hungarian",
+    "channels_last_2d",
+    "moments_of",
+    "add_moments",
+    "streamed_moments",
+    "matching_from_moments",
+    "activation_matching",
+    "least_squares",
+    "matching_matrix",
+    "permutation_of",
+    "recovered_fraction",
+]
 
 
 def sinkhorn(P: torch.Tensor, rounds: int = 16) -> torch.Tensor:
-    """Alternating row and column normalisations of a non-negative matrix (towards the Birkhoff polytope).
+    """Alternating row and column normalisations of a non-negative matrix (towards the Birkhoff
+    polytope).
 
     Parameters
     ----------
@@ -89,14 +103,17 @@ def moments_of(xa: torch.Tensor, xb: torch.Tensor) -> dict:
     Returns
     -------
     dict
-        ``n`` (samples), ``sa`` ``(C_a,)`` and ``sb`` ``(C_b,)`` (sums), ``aa`` ``(C_a, C_a)`` (``XᵀX``),
-        ``ab`` ``(C_a, C_b)`` (``XᵀY``) and ``bb`` ``(C_b,)`` (sums of squares).
+        ``n`` (samples), ``sa`` ``(C_a,)`` and ``sb`` ``(C_b,)`` (sums), ``aa`` ``(C_a, C_a)``
+        (``XᵀX``), ``ab`` ``(C_a, C_b)`` (``XᵀY``) and ``bb`` ``(C_b,)`` (sums of squares).
     """
-    return dict(n=xa.shape[0], sa=xa.sum(0), sb=xb.sum(0), aa=xa.T @ xa, ab=xa.T @ xb, bb=(xb * xb).sum(0))
+    return dict(
+        n=xa.shape[0], sa=xa.sum(0), sb=xb.sum(0), aa=xa.T @ xa, ab=xa.T @ xb, bb=(xb * xb).sum(0)
+    )
 
 
 def add_moments(total: dict | None, part: dict) -> dict:
-    """``total + part`` entry by entry (``part`` alone when ``total`` is None): one step of a streaming pass.
+    """``total + part`` entry by entry (``part`` alone when ``total`` is None): one step of a
+    streaming pass.
 
     Parameters
     ----------
@@ -113,8 +130,9 @@ def add_moments(total: dict | None, part: dict) -> dict:
     return part if total is None else {k: total[k] + part[k] for k in part}
 
 
-def streamed_moments(features_a: torch.Tensor, features_b: torch.Tensor,
-                     chunk_size: int = 256) -> dict:
+def streamed_moments(
+    features_a: torch.Tensor, features_b: torch.Tensor, chunk_size: int = 256
+) -> dict:
     """The float64 sums of two feature sets (:func:`moments_of`), ``chunk_size`` images at a time.
 
     Only one chunk's samples exist in float64 at a time, so the memory beyond the inputs does not
@@ -136,16 +154,23 @@ def streamed_moments(features_a: torch.Tensor, features_b: torch.Tensor,
         The sums (:func:`moments_of`), on the inputs' device.
     """
     chunk_size = check_chunk_size(chunk_size)
-    if (features_a.ndim != features_b.ndim or features_a.shape[0] != features_b.shape[0]
-            or features_a.shape[2:] != features_b.shape[2:]):
-        raise ValueError(f"features_a and features_b must hold the same images and positions, got "
-                         f"shapes {tuple(features_a.shape)} and {tuple(features_b.shape)}")
+    if (
+        features_a.ndim != features_b.ndim
+        or features_a.shape[0] != features_b.shape[0]
+        or features_a.shape[2:] != features_b.shape[2:]
+    ):
+        raise ValueError(
+            f"features_a and features_b must hold the same images and positions, got "
+            f"shapes {tuple(features_a.shape)} and {tuple(features_b.shape)}"
+        )
     if features_a.shape[0] == 0:
         raise ValueError("features_a and features_b hold no images")
     total = None
     for s in range(0, features_a.shape[0], chunk_size):
-        part = moments_of(channels_last_2d(features_a[s:s + chunk_size]),
-                          channels_last_2d(features_b[s:s + chunk_size]))
+        part = moments_of(
+            channels_last_2d(features_a[s : s + chunk_size]),
+            channels_last_2d(features_b[s : s + chunk_size]),
+        )
         total = add_moments(total, part)
     return total
 
@@ -154,8 +179,8 @@ def matching_from_moments(m: dict):
     """Activation matching from feature sums: ``(perm, scales)``, each of shape ``(C,)``.
 
     Channels are compared by their uncentred cosine similarity over all samples and positions (the
-    cross-correlation of G_ReLU-Procrustes, Section 5); the Hungarian algorithm maximises the matched
-    sum.
+    cross-correlation of G_ReLU-Procrustes, Section 5); the Hungarian algorithm maximises the
+    matched sum.
 
     Parameters
     ----------
@@ -166,11 +191,12 @@ def matching_from_moments(m: dict):
     -------
     tuple of torch.Tensor
         ``perm[i]`` (int64) is the channel of B matched to channel i of A and ``scales[i] >= 0``
-        (float32) the least-squares factor with ``features_b[:, perm[i]] ≈ scales[i] * features_a[:, i]``.
+        (float32) the least-squares factor with ``features_b[:, perm[i]] ≈ scales[i] * features_a[:,
+        i]``.
     """
     aa = m["aa"].diagonal()
     na, nb = aa.clamp_min(1e-24).sqrt(), m["bb"].clamp_min(1e-24).sqrt()
-    corr = m["ab"] / na[:, None] / nb[None, :]                      # (C_a, C_b)
+    corr = m["ab"] / na[:, None] / nb[None, :]  # (C_a, C_b)
     rows, cols = linear_sum_assignment(corr.cpu().numpy(), maximize=True)
     perm = torch.as_tensor(cols[np.argsort(rows)], device=corr.device)
     idx = torch.arange(len(perm), device=corr.device)
@@ -197,11 +223,14 @@ def activation_matching(features_a: torch.Tensor, features_b: torch.Tensor, chun
         ``(perm, scales)``, each ``(C,)``, as in :func:`matching_from_moments`.
     """
     if features_a.ndim not in (2, 4):
-        raise ValueError(f"features must have shape (n, C) or (n, C, h, w), got "
-                         f"{tuple(features_a.shape)}")
+        raise ValueError(
+            f"features must have shape (n, C) or (n, C, h, w), got {tuple(features_a.shape)}"
+        )
     if features_a.shape != features_b.shape:
-        raise ValueError(f"features_a and features_b must have equal shapes, got "
-                         f"{tuple(features_a.shape)} and {tuple(features_b.shape)}")
+        raise ValueError(
+            f"features_a and features_b must have equal shapes, got "
+            f"{tuple(features_a.shape)} and {tuple(features_b.shape)}"
+        )
     return matching_from_moments(streamed_moments(features_a, features_b, chunk_size))
 
 
@@ -211,9 +240,10 @@ def least_squares(m: dict, rank: int | None = None, rcond: float = 1e-10):
     Without ``rank``: ordinary least squares of B's channels on A's (with a bias), i.e.
     ``W = Σ_ba Σ_aa⁺`` for the centred covariances. With ``rank = r``: reduced-rank regression, the
     least-squares map projected onto the top-r left singular vectors ``U_r`` of ``Σ_ba Σ_aa^{-1/2}``
-    (its singular directions in the metric of A's features), ``W_r = U_r U_rᵀ W``, which minimises the
-    squared error among maps of rank ``r``. Directions of A's features with variance below ``rcond``
-    times the largest (dead channels) are left out of the pseudo-inverse, so their weights are 0.
+    (its singular directions in the metric of A's features), ``W_r = U_r U_rᵀ W``, which minimises
+    the squared error among maps of rank ``r``. Directions of A's features with variance below
+    ``rcond`` times the largest (dead channels) are left out of the pseudo-inverse, so their weights
+    are 0.
 
     Parameters
     ----------
@@ -236,9 +266,9 @@ def least_squares(m: dict, rank: int | None = None, rcond: float = 1e-10):
     lam, Q = torch.linalg.eigh(s_aa)
     keep = lam > rcond * lam.max().clamp_min(1e-300)
     Qk, lk = Q[:, keep], lam[keep]
-    W = (s_ab.T @ Qk) / lk @ Qk.T                                   # Σ_ba Σ_aa⁺
+    W = (s_ab.T @ Qk) / lk @ Qk.T  # Σ_ba Σ_aa⁺
     if rank is not None:
-        B = (s_ab.T @ Qk) / lk.sqrt()                               # Σ_ba Σ_aa^{-1/2} in A's eigenbasis
+        B = (s_ab.T @ Qk) / lk.sqrt()  # Σ_ba Σ_aa^{-1/2} in A's eigenbasis
         U = torch.linalg.svd(B, full_matrices=False)[0][:, :rank]
         W = U @ (U.T @ W)
     return W, mb - W @ ma
@@ -264,7 +294,8 @@ def matching_matrix(perm: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 def permutation_of(M: torch.Tensor) -> torch.Tensor:
-    """The permutation pattern of a (near-)monomial matrix: ``perm[i]`` is the row of column i's largest entry.
+    """The permutation pattern of a (near-)monomial matrix: ``perm[i]`` is the row of column i's
+    largest entry.
 
     Parameters
     ----------
@@ -279,13 +310,16 @@ def permutation_of(M: torch.Tensor) -> torch.Tensor:
     return M.abs().argmax(0)
 
 
-def recovered_fraction(perm: torch.Tensor, true_perm: torch.Tensor, alive: torch.Tensor | None = None) -> float:
+def recovered_fraction(
+    perm: torch.Tensor, true_perm: torch.Tensor, alive: torch.Tensor | None = None
+) -> float:
     """The fraction of channels that ``perm`` maps as ``true_perm`` does.
 
     Parameters
     ----------
     perm, true_perm : torch.Tensor
-        ``(C,)`` permutations (:func:`matching_from_moments`, :func:`permutation_of`), on any devices.
+        ``(C,)`` permutations (:func:`matching_from_moments`, :func:`permutation_of`), on any
+        devices.
     alive : torch.Tensor, optional
         ``(C,)`` bool: count only these channels (channels that never fire are interchangeable, so a
         permutation is only defined on the live ones).

@@ -1,4 +1,5 @@
-"""Model surgery for stitching: A's state at a layer, and the stitched model ``B_{>l} ∘ M ∘ A_{<=l}``.
+"""Model surgery for stitching: A's state at a layer, and the stitched model ``B_{>l} ∘ M ∘
+A_{<=l}``.
 
 Models are cut with ``lib.models.split``. A's *state* at a layer is what B's rest of the network
 needs: ``(h,)``, the layer's output, or inside a residual block ``(h, block_input)``. There the
@@ -9,6 +10,7 @@ is not expected to hold). A is frozen, and its state is computed once per image 
 (:func:`feature_moments`). Both stream over the images ``batch_size`` at a time: the sums need one
 batch's features, the stored state the result plus one batch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +50,14 @@ def channels_at(model: nn.Module, layer: str) -> int:
 
 
 @torch.no_grad()
-def front_features(model_a: nn.Module, layer: str, x: torch.Tensor, batch_size: int = 500, dtype=torch.float32,
-                   device=None) -> tuple:
+def front_features(
+    model_a: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    batch_size: int = 500,
+    dtype=torch.float32,
+    device=None,
+) -> tuple:
     """A's state at ``layer`` for uint8 images, computed once, in eval mode.
 
     Parameters
@@ -82,7 +90,7 @@ def front_features(model_a: nn.Module, layer: str, x: torch.Tensor, batch_size: 
     out = None
     try:
         for s in range(0, len(x), batch_size):
-            out = _store(out, s, front(to_input(x[s:s + batch_size], device)), len(x), dtype)
+            out = _store(out, s, front(to_input(x[s : s + batch_size], device)), len(x), dtype)
     finally:
         model_a.train(was)
     return out
@@ -101,13 +109,20 @@ def _store(out: tuple | None, start: int, state: tuple, n: int, dtype) -> tuple:
     if out is None:
         out = tuple(empty_rows(t, n, dtype) for t in state)
     for o, t in zip(out, state):
-        o[start:start + len(t)] = t
+        o[start : start + len(t)] = t
     return out
 
 
 @torch.no_grad()
-def feature_moments(model_a: nn.Module, model_b: nn.Module, layer: str, x: torch.Tensor, batch_size: int = 250,
-                    device=None, front_dtype=None):
+def feature_moments(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    batch_size: int = 250,
+    device=None,
+    front_dtype=None,
+):
     """Float64 sums of A's and B's features at ``layer`` over images ``x``, in one streaming pass.
 
     Channels are the features and every (image, position) a sample, so ``n_samples = n·h·w``. The
@@ -146,10 +161,12 @@ def feature_moments(model_a: nn.Module, model_b: nn.Module, layer: str, x: torch
     try:
         with exact_mode():
             for s in range(0, len(x), batch_size):
-                xin = to_input(x[s:s + batch_size], device)
+                xin = to_input(x[s : s + batch_size], device)
                 state = front_a(xin)
                 hb = front_b(xin)[0]
-                total = add_moments(total, moments_of(channels_last_2d(state[0]), channels_last_2d(hb)))
+                total = add_moments(
+                    total, moments_of(channels_last_2d(state[0]), channels_last_2d(hb))
+                )
                 if front_dtype is not None:
                     kept = _store(kept, s, state, len(x), front_dtype)
     finally:
@@ -178,11 +195,14 @@ class Stitched(nn.Module):
     :meth:`tail` takes A's state as returned by :meth:`front` or :func:`front_features`.
     """
 
-    def __init__(self, model_a: nn.Module, model_b: nn.Module, layer: str, stitch_layer: StitchLayer):
+    def __init__(
+        self, model_a: nn.Module, model_b: nn.Module, layer: str, stitch_layer: StitchLayer
+    ):
         super().__init__()
         self.model_a, self.model_b, self.layer, self.stitch = model_a, model_b, layer, stitch_layer
         self.a_front, self.b_back = split(model_a, layer)[0], split(model_b, layer)[1]
-        # B is the stitched model's own copy; A is shared with the caller and only run under no_grad.
+        # B is the stitched model's own copy; A is shared with the caller and only run under
+        # no_grad.
         for p in model_b.parameters():
             p.requires_grad_(False)
 
@@ -205,9 +225,18 @@ class Stitched(nn.Module):
         return self
 
 
-def stitch(model_a: nn.Module, model_b: nn.Module, layer: str, layer_kind: str, rank: int | None = None,
-           init: str = "default", generator: torch.Generator | None = None, bias: bool = False) -> Stitched:
-    """The stitched model ``B_{>layer} ∘ M ∘ A_{<=layer}`` with a new stitching layer of ``layer_kind``.
+def stitch(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    layer: str,
+    layer_kind: str,
+    rank: int | None = None,
+    init: str = "default",
+    generator: torch.Generator | None = None,
+    bias: bool = False,
+) -> Stitched:
+    """The stitched model ``B_{>layer} ∘ M ∘ A_{<=layer}`` with a new stitching layer of
+    ``layer_kind``.
 
     Parameters
     ----------
@@ -234,13 +263,19 @@ def stitch(model_a: nn.Module, model_b: nn.Module, layer: str, layer_kind: str, 
     """
     check_choice("layer_kind", layer_kind, LAYER_KINDS)
     if getattr(model_a, "arch", None) != getattr(model_b, "arch", None):
-        raise ValueError(f"model_a and model_b must have the same architecture, got "
-                         f"{getattr(model_a, 'arch', type(model_a).__name__)} and "
-                         f"{getattr(model_b, 'arch', type(model_b).__name__)}")
+        raise ValueError(
+            f"model_a and model_b must have the same architecture, got "
+            f"{getattr(model_a, 'arch', type(model_a).__name__)} and "
+            f"{getattr(model_b, 'arch', type(model_b).__name__)}"
+        )
     dev_a, dev_b = next(model_a.parameters()).device, next(model_b.parameters()).device
     if dev_a != dev_b:
         raise ValueError(f"model_a and model_b must be on the same device, got {dev_a} and {dev_b}")
     if layer_kind != "rank" and rank is not None:
-        raise ValueError(f"rank is only for layer_kind='rank', got rank={rank!r} with {layer_kind!r}")
-    layer_ = StitchLayer(layer_kind, channels_at(model_a, layer), rank, init, generator, bias).to(dev_a)
+        raise ValueError(
+            f"rank is only for layer_kind='rank', got rank={rank!r} with {layer_kind!r}"
+        )
+    layer_ = StitchLayer(layer_kind, channels_at(model_a, layer), rank, init, generator, bias).to(
+        dev_a
+    )
     return Stitched(model_a, copy.deepcopy(model_b), layer, layer_)

@@ -1,12 +1,13 @@
 """What a stitching variant is, and the name it is shown and recorded under.
 
 A variant name (``"grelu"``, ``"rank4_random"``, ...) says which kind of layer is stitched; what was
-run also depends on the protocol: a G_ReLU layer whose permutation stays at activation matching while
-only its scales train (``grelu_p="fixed"``) is not the paper's Birkhoff-trained layer, and a layer
-that starts from a closed-form fit is not one trained from the paper's random start. :func:`describe`
-resolves a name under a protocol into a :class:`Variant` whose ``label`` (tables, legends) and
-``key`` (recorded results) say what ran, so every chapter names a variant the same way.
+run also depends on the protocol: a G_ReLU layer whose permutation stays at activation matching
+while only its scales train (``grelu_p="fixed"``) is not the paper's Birkhoff-trained layer, and a
+layer that starts from a closed-form fit is not one trained from the paper's random start.
+:func:`describe` resolves a name under a protocol into a :class:`Variant` whose ``label`` (tables,
+legends) and ``key`` (recorded results) say what ran, so every chapter names a variant the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,7 +84,9 @@ def describe(name: str, settings: StitchSettings) -> Variant:
     """
     kind, rank, start = parse_variant(name, _ANY_CHANNELS, settings.init)
     if start == "matching":
-        return Variant(name, kind, rank, start, "none", "activation matching (one-shot, untrained)", "matching")
+        return Variant(
+            name, kind, rank, start, "none", "activation matching (one-shot, untrained)", "matching"
+        )
     suffix = ", random start" if start == "random" else ""
     if kind == "grelu":
         # A random permutation has nothing to keep fixed: stitch_experiment trains it (Birkhoff).
@@ -96,7 +99,9 @@ def describe(name: str, settings: StitchSettings) -> Variant:
     return Variant(name, kind, rank, start, settings.optimizer, base + suffix, key)
 
 
-def fig1_protocol(scale: str, *, epochs: int | None = None) -> tuple[StitchSettings, int, int | None]:
+def fig1_protocol(
+    scale: str, *, epochs: int | None = None
+) -> tuple[StitchSettings, int, int | None]:
     """The protocol of Fig. 1 (the Myrtle stitching chapter) at a scale.
 
     The scale's :attr:`lib.settings.Scale.fig1`: the stitching of Section 4 with the replacements
@@ -112,8 +117,8 @@ def fig1_protocol(scale: str, *, epochs: int | None = None) -> tuple[StitchSetti
     Returns
     -------
     tuple
-        ``(settings, stitch_images, eval_images)``: the :class:`StitchSettings`, the training images of
-        each stitching layer, and the test images of its accuracies (``None``: all 10,000).
+        ``(settings, stitch_images, eval_images)``: the :class:`StitchSettings`, the training images
+        of each stitching layer, and the test images of its accuracies (``None``: all 10,000).
     """
     fig1 = scale_settings(scale).fig1
     protocol = fig1.protocol
