@@ -10,12 +10,13 @@ import torch
 from lib import groups, models, stitching, symmetry
 from lib.config import exact_mode
 from lib.data import synthetic_dataset, to_input
+from lib.settings import FinetuneSettings, StitchSettings
 from lib.stitching import sanity
 
 MYRTLE = dict(arch="myrtle_cnn", width=0.125)
 RESNET = dict(arch="resnet20", width=0.25)
 # The fast protocol for one epoch, where a test needs a protocol but not a particular one.
-ONE_EPOCH = stitching.StitchSettings(epochs=1)
+ONE_EPOCH = StitchSettings(epochs=1)
 
 
 @pytest.fixture()
@@ -211,7 +212,7 @@ def test_only_the_stitching_layer_trains(bn_model):
         start = {k: v.clone() for k, v in s.stitch.state_dict().items()}
         tr = stitching.front_features(a, "act2", data.x_train, device="cpu")
         te = stitching.front_features(a, "act2", data.x_test, device="cpu")
-        settings = stitching.StitchSettings(epochs=2, batch_size=16, lr=0.1)
+        settings = StitchSettings(epochs=2, batch_size=16, lr=0.1)
         res = stitching.train_stitch(s, tr, data.y_train, te, data.y_test, settings)
         assert len(res["history"]) == 3 and 0 <= res["best_acc"] <= 1  # the start, then 2 epochs
         assert any(not torch.equal(v, s.stitch.state_dict()[k]) for k, v in start.items())
@@ -226,7 +227,7 @@ def test_only_the_stitching_layer_trains(bn_model):
 def test_stitch_experiment_penalty_and_matching_on_self(bn_model, tiny_data):
     a = bn_model(MYRTLE, 0)
     b, _ = symmetry.random_transform(a, torch.Generator().manual_seed(3))
-    exact = stitching.StitchSettings(epochs=1, bn_adapt=False, precision="float32")
+    exact = StitchSettings(epochs=1, bn_adapt=False, precision="float32")
     every = stitching.StitchData(tiny_data, None, None, torch.float32)
     res = stitching.stitch_experiment(
         a, b, "act3", ["matching", "rank1"], every, exact, device="cpu"
@@ -236,7 +237,7 @@ def test_stitch_experiment_penalty_and_matching_on_self(bn_model, tiny_data):
     assert set(res["variants"]) == {"matching", "rank1"}
 
 
-EXACT = stitching.StitchSettings(epochs=0, bn_adapt=False, precision="float32")
+EXACT = StitchSettings(epochs=0, bn_adapt=False, precision="float32")
 
 
 @pytest.fixture()
@@ -317,9 +318,7 @@ def test_least_squares_streams_and_reduced_rank_is_optimal():
 def test_birkhoff_from_matching_keeps_the_planted_permutation(planted):
     data = synthetic_dataset(n_train=128, n_test=64)
     a, b, elements = planted()
-    settings = stitching.StitchSettings(
-        epochs=2, batch_size=32, bn_adapt=False, precision="float32"
-    )
+    settings = StitchSettings(epochs=2, batch_size=32, bn_adapt=False, precision="float32")
     every = stitching.StitchData(data, None, None, torch.float32)
     res = stitching.stitch_experiment(a, b, "act3", ["grelu"], every, settings, device="cpu")
     true_perm = symmetry.feature_transform(a, "act3", elements).abs().argmax(0)
@@ -347,7 +346,7 @@ def test_bad_input_names_the_accepted_values(bn_model, tiny_data):
             tiny_data.y_train,
             fronts,
             tiny_data.y_train,
-            stitching.StitchSettings(epochs=-1),
+            StitchSettings(epochs=-1),
         )
     every = stitching.StitchData(tiny_data, None, None)
     with pytest.raises(ValueError, match="unknown variant 'affine'; accepted: 'full', 'rank<r>'"):
@@ -412,7 +411,7 @@ def test_cached_experiment_memoises_under_zoo_keys(tmp_path, monkeypatch, tiny_d
     monkeypatch.setenv("SYMMETRIES_CACHE", str(tmp_path))
     r = tiny_recipe()
     a, b = (zoo.get(MYRTLE, r, s, data=tiny_data, progress=False) for s in (0, 1))
-    settings = stitching.StitchSettings(epochs=1, batch_size=32)
+    settings = StitchSettings(epochs=1, batch_size=32)
     some = stitching.StitchData(tiny_data, 64, 32)
     first = stitching.cached_experiment(a, b, "act2", ["matching"], some, settings)
     calls = []
@@ -451,7 +450,7 @@ def test_refit_undoes_a_grelu_transform_exactly_but_not_an_orthogonal_one(tiny_d
 
 def test_rotation_penalty_history_and_bad_input(tiny_data):
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    ft = stitching.FinetuneSettings(
+    ft = FinetuneSettings(
         trials=1, epochs=1, images=None, eval_images=None, batch_size=32, precision="float32"
     )
     gen = torch.Generator().manual_seed(0)
@@ -529,9 +528,7 @@ def test_cached_rotation_penalty_memoises_and_computes_fronts_only_on_a_miss(tmp
             sanity.pre_activations(m, "conv1", x, device="cpu") for x in (data.x_train, data.x_test)
         )
 
-    ft = stitching.FinetuneSettings(
-        trials=2, epochs=1, images=None, eval_images=None, batch_size=16
-    )
+    ft = FinetuneSettings(trials=2, epochs=1, images=None, eval_images=None, batch_size=16)
     first = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     again = sanity.cached_rotation_penalty(m, "conv1", "grelu", 0, data, ft, fronts=fronts)
     assert calls == [1] and [h["penalty"] for h in again["history"]] == [
@@ -547,7 +544,7 @@ def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_
     data = synthetic_dataset(n_train=32, n_test=16)
     other = synthetic_dataset(n_train=32, n_test=16, seed=1)
     m = models.myrtle_cnn(0.125, batchnorm=False).eval()
-    base = stitching.FinetuneSettings(trials=1, epochs=1, images=32, eval_images=16)
+    base = FinetuneSettings(trials=1, epochs=1, images=32, eval_images=16)
     # A different valid value of every field (None for the image counts: all images).
     changed = dict(
         trials=2,
@@ -581,10 +578,10 @@ def test_rotation_penalty_key_changes_with_every_finetune_field_the_weights_and_
 
 
 def test_paper_scale_has_the_authors_protocols():
-    from lib.settings import FINETUNE_PAPER, SCALES, FinetuneSettings
+    from lib.settings import FINETUNE_PAPER, SCALES
 
     paper = stitching.settings_for_scale("paper")
-    assert paper == stitching.StitchSettings.paper()
+    assert paper == StitchSettings.paper()
     assert (
         paper.optimizer,
         paper.lr,
@@ -675,7 +672,7 @@ def test_augmented_fronts_differ_from_cached_ones_and_train(bn_model, tiny_data)
     differs = (aug - cached).flatten(1).abs().amax(1) > 1e-4
     assert differs.float().mean() > 0.5  # most images are moved
     te = stitching.front_features(a, "act2", tiny_data.x_test, device="cpu")
-    settings = stitching.StitchSettings(epochs=2, batch_size=16, lr=0.1, precision="float32")
+    settings = StitchSettings(epochs=2, batch_size=16, lr=0.1, precision="float32")
     out = {}
     for fronts in stitching.FRONTS:
         m = stitching.stitch(a, b, "act2", "full")
@@ -757,9 +754,7 @@ def test_bn_epoch_pass_reestimates_b_statistics_with_the_rounded_permutation(bn_
     runs = {}
     for mode in ("none", "grelu"):
         m = stitching.stitch(a, b, "act1", "grelu", generator=torch.Generator().manual_seed(0))
-        settings = stitching.StitchSettings(
-            epochs=2, batch_size=8, precision="float32", bn_epoch=mode
-        )
+        settings = StitchSettings(epochs=2, batch_size=8, precision="float32", bn_epoch=mode)
         runs[mode] = (stitching.train_stitch(m, (h,), data.y_train, te, data.y_test, settings), m)
     assert torch.equal(runs["none"][0]["matrix"], runs["grelu"][0]["matrix"])
     for (n, t), (_, u) in zip(
@@ -841,7 +836,7 @@ def test_random_bias_gives_random_starts_a_bias(monkeypatch, bn_model):
         lambda *args, **kw: built.append(real(*args, **kw)) or built[-1],
     )
     for random_bias in (False, True):
-        settings = stitching.StitchSettings(epochs=0, random_bias=random_bias)
+        settings = StitchSettings(epochs=0, random_bias=random_bias)
         stitching.stitch_experiment(
             a,
             b,

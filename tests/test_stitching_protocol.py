@@ -9,11 +9,11 @@ import torch
 
 from lib import models, stitching
 from lib.data import synthetic_dataset
-from lib.settings import SCALES, FinetuneSettings
+from lib.settings import SCALES, FinetuneSettings, StitchSettings
 from lib.stitching import experiment, finetune
 
 MYRTLE = dict(arch="myrtle_cnn", width=0.125)
-FIXED = stitching.StitchSettings(
+FIXED = StitchSettings(
     epochs=2, batch_size=32, bn_adapt=False, precision="float32", grelu_p="fixed", grelu_lr=3e-2
 )
 
@@ -84,7 +84,7 @@ def test_memo_key_holds_every_settings_field(monkeypatch, tiny_data):
     a, b = _pair()
     configs = []
     monkeypatch.setattr(experiment, "memo", lambda kind, config, compute: configs.append(config))
-    s = stitching.StitchSettings(epochs=1)
+    s = StitchSettings(epochs=1)
     for t in (s, dataclasses.replace(s, grelu_p="fixed"), dataclasses.replace(s, grelu_lr=3e-3)):
         some = stitching.StitchData(tiny_data, 64, 32)
         experiment.cached_experiment(a, b, "act2", ["matching"], some, t)

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from lib.settings import SCALES
-from lib.stitching import StitchSettings, describe, fig1_protocol, settings_for_scale
+from lib.settings import SCALES, StitchSettings
+from lib.stitching import describe, fig1_protocol, settings_for_scale
 
 BIRKHOFF = settings_for_scale("smoke")
 FIXED = dataclasses.replace(BIRKHOFF, grelu_p="fixed")

@@ -62,7 +62,7 @@ from .layers import (
     similarity_matrices,
 )
 from .normalization import center_features, normalize_channels, normalize_total
-from .preprocessing import flatten_features, to_channels
+from .preprocessing import DegenerateInputError, flatten_features, to_channels
 from .procrustes import grelu_procrustes, orthogonal_procrustes
 from .psd import PSD_BETA, psd_grelu_cka, psd_grelu_gram, psd_normalized_gram
 from .registry import (
@@ -76,6 +76,7 @@ from .registry import (
 )
 
 __all__ = [
+    "DegenerateInputError",
     # measures
     "linear_cka",
     "rbf_cka",

@@ -19,8 +19,8 @@ Every measure takes two feature arrays with the same number of samples (see
 Every HSIC is computed as an inner product of centred Gram matrices
 (:func:`lib.metrics.hsic.u_center`), accumulated in float64, so float32 loses no more than the Gram
 matrices' own round-off; inputs for which a CKA is undefined raise
-:class:`~lib.metrics.preprocessing.DegenerateInputError` (the rule: "Degenerate inputs" in
-:mod:`lib.metrics.preprocessing`; the Gram-matrix test: ``lib.metrics.hsic.centered_norm_``).
+:class:`~lib.metrics.DegenerateInputError` (the rule: "Degenerate inputs" in
+``lib.metrics.preprocessing``; the Gram-matrix test: ``lib.metrics.hsic.centered_norm_``).
 
 The max kernel is *not* positive semi-definite in general, contrary to Lemma 5.5: the points
 ``(1, 0), (0, 1), (1, 1)`` give the Gram matrix ``[[1, 0, 1], [0, 1, 1], [1, 1, 1]]`` whose
@@ -89,7 +89,7 @@ def linear_cka(X, Y, debiased: bool = False, *, dtype=torch.float64, device=None
     ------
     DegenerateInputError
         If ``X`` or ``Y`` is constant across samples, or its Gram matrix centres to zero
-        ("Degenerate inputs" in :mod:`lib.metrics.preprocessing`).
+        ("Degenerate inputs" in ``lib.metrics.preprocessing``).
     """
     check_same_samples(X, Y)
     dev = compute_device(X, Y, device=device)
@@ -134,7 +134,7 @@ def rbf_cka(
     ------
     DegenerateInputError
         If at least half the sample pairs of ``X`` or ``Y`` coincide, or a Gram matrix centres to
-        zero ("Degenerate inputs" in :mod:`lib.metrics.preprocessing`).
+        zero ("Degenerate inputs" in ``lib.metrics.preprocessing``).
     """
     check_samples(X, Y, 4 if debiased else 3, "rbf_cka")
     check_same_samples(X, Y)
@@ -185,7 +185,7 @@ def grelu_cka(
     ------
     DegenerateInputError
         For constant channels (unless ``zero_channels="keep"``) and Gram matrices that U-centre to
-        zero ("Degenerate inputs" in :mod:`lib.metrics.preprocessing`), e.g. ``X = [[-2], [1], [-2],
+        zero ("Degenerate inputs" in ``lib.metrics.preprocessing``), e.g. ``X = [[-2], [1], [-2],
         [-2], [-2], [-2]]``.
     """
     check_samples(X, Y, 4, "grelu_cka")
@@ -364,7 +364,7 @@ def grelu_cka_memory(
     Peak = the first Gram matrix, the second and the channel-major copy of ``Y`` (or the copy of
     ``X`` before that), plus block temporaries counted twice, because the allocator keeps those of
     the first Gram matrix, plus in float32 two float64 chunks of
-    :data:`lib.metrics.preprocessing.STAGE_BYTES` (centring, sums). The BLAS library adds a few tens
+    ``lib.metrics.preprocessing.STAGE_BYTES`` (centring, sums). The BLAS library adds a few tens
     of MiB on top (``benchmarks/metrics_speed.py`` compares this estimate with a measured peak).
 
     Parameters

@@ -2,8 +2,9 @@
 
 :func:`hsic` (biased and unbiased estimators), :func:`cka_from_grams`, the U-centring of Székely
 and Rizzo (:func:`u_center`) that both estimators and ``lib.metrics.layers`` use, and the test that
-decides whether a Gram matrix is degenerate (:func:`centered_norm_`; the rule: "Degenerate inputs"
-in :mod:`lib.metrics.preprocessing`). The measures of :mod:`lib.metrics.cka` are built on these.
+decides whether a Gram matrix is degenerate (``lib.metrics.hsic.centered_norm_``; the rule:
+"Degenerate inputs" in ``lib.metrics.preprocessing``). The measures of ``lib.metrics.cka`` are built
+on these.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def sum_products(A: torch.Tensor, B: torch.Tensor) -> float:
     ----------
     A, B : torch.Tensor
         ``(n, m)`` each, of one type and device; float32 matrices are converted a block of rows at a
-        time (at most :data:`lib.metrics.preprocessing.STAGE_BYTES` per block).
+        time (at most ``lib.metrics.preprocessing.STAGE_BYTES`` per block).
 
     Returns
     -------
@@ -116,10 +117,10 @@ def u_center(K: torch.Tensor) -> torch.Tensor:
 def centered_norm_(K: torch.Tensor, unbiased: bool, name: str = "X") -> float:
     """Centre the Gram matrix ``K`` in place (as :func:`hsic` does) and return its Frobenius norm.
 
-    Raises :class:`~lib.metrics.preprocessing.DegenerateInputError` where the centred matrix
+    Raises :class:`~lib.metrics.DegenerateInputError` where the centred matrix
     vanishes to the working precision: ``||K~||_F^2 <= DEGENERATE_RTOL * eps * ||K||_F^2``, ``eps``
     the machine epsilon of ``K``'s type and ``K`` with its diagonal zeroed for the unbiased
-    estimator (see "Degenerate inputs" in :mod:`lib.metrics.preprocessing`). HSIC(X, X) is then
+    estimator (see "Degenerate inputs" in ``lib.metrics.preprocessing``). HSIC(X, X) is then
     zero or round-off, and a CKA with ``X`` is undefined.
 
     Parameters
@@ -240,7 +241,7 @@ def cka_inplace(K: torch.Tensor, L: torch.Tensor, unbiased: bool, names=("X", "Y
     Raises
     ------
     DegenerateInputError
-        If ``K`` or ``L`` centres to zero (see :func:`centered_norm_`).
+        If ``K`` or ``L`` centres to zero (see ``lib.metrics.hsic.centered_norm_``).
     """
     check_cka_samples(K.shape[0], unbiased)
     nk, nl = centered_norm_(K, unbiased, names[0]), centered_norm_(L, unbiased, names[1])
@@ -267,7 +268,7 @@ def cka_from_grams(K, L, unbiased: bool = True) -> float:
     Raises
     ------
     DegenerateInputError
-        If ``K`` or ``L`` centres to zero (see :func:`centered_norm_`).
+        If ``K`` or ``L`` centres to zero (see ``lib.metrics.hsic.centered_norm_``).
     """
     K, L = _gram(K, "K"), _gram(L, "L")
     if K.shape != L.shape:

@@ -4,14 +4,14 @@
 G_ReLU-Procrustes, orthogonal CKA) and :func:`normalize_channel_major` the same in the layout of the
 per-channel products; :func:`normalize_total` is the whole-tensor scaling of orthogonal Procrustes
 and :func:`center_features` the per-feature centring of linear and RBF CKA. The inputs' conventions
-and the rule for degenerate inputs are those of :mod:`lib.metrics.preprocessing`.
+and the rule for degenerate inputs are those of ``lib.metrics.preprocessing``.
 
 Precision
 ---------
 Centring is where float32 loses a measure: features with a mean of 1e4 and a spread of 1 keep only
 three digits once cast to float32. So every centring and per-channel normalisation here works in
 float64 on the input's own values (exact for float16, float32 and float64 inputs), a bounded chunk
-of channels or features at a time (at most :data:`lib.metrics.preprocessing.STAGE_BYTES` of
+of channels or features at a time (at most ``lib.metrics.preprocessing.STAGE_BYTES`` of
 temporaries), and only the centred, normalised features are cast to the computation type ``dtype``.
 The sums that follow (HSIC in :mod:`lib.metrics.hsic`, norms, Procrustes residuals) accumulate in
 float64 as well; the Gram matrices themselves are computed in ``dtype``. On CUDA this assumes TF32
@@ -80,7 +80,7 @@ def center_features(
     rescale : bool
         Scale all features by one power of two (exact) so that the largest input magnitude lies in
         ``[0.5, 1)`` unless it lies in ``[2^-10, 2^10]`` already, as
-        :func:`lib.metrics.preprocessing.rescaled` does: the measures use this; the centred
+        ``lib.metrics.preprocessing.rescaled`` does: the measures use this; the centred
         features of ``1e30 * X`` then fit float32.
 
     Returns
@@ -222,7 +222,7 @@ def normalize_channels(
         G_ReLU-Procrustes: no).
     zero_channels : str
         ``"raise"`` (a channel constant over (samples, positions), or zero without ``center``, is
-        a :class:`~lib.metrics.preprocessing.DegenerateInputError`) or ``"keep"`` (it stays zero
+        a :class:`~lib.metrics.DegenerateInputError`) or ``"keep"`` (it stays zero
         and contributes nothing, as in the authors' code; dead ReLU channels do this). The test is
         exact, on the input's values.
     dtype, device, name

@@ -15,9 +15,9 @@ per-channel normalisation are in :mod:`lib.metrics.normalization`.
 Degenerate inputs
 -----------------
 This is the one rule every measure of :mod:`lib.metrics` follows, in float32 and float64 alike: an
-input for which a measure is undefined raises :class:`DegenerateInputError` (a ``ValueError``) that
-names the argument and the reason; no measure returns a value for it, and none warns instead. The
-cases:
+input for which a measure is undefined raises :class:`~lib.metrics.DegenerateInputError` (a
+``ValueError``) that names the argument and the reason; no measure returns a value for it, and none
+warns instead. The cases:
 
 - a channel constant over (samples, positions) (or zero, for the measures that do not centre):
   raised unless ``zero_channels="keep"``, which leaves it at zero; the test is exact (its largest
@@ -79,7 +79,7 @@ DEGENERATE_RTOL = 1.0
 
 class DegenerateInputError(ValueError):
     """An input for which a measure is undefined (see "Degenerate inputs" in
-    :mod:`lib.metrics.preprocessing`): the message names the argument and the reason."""
+    ``lib.metrics.preprocessing``): the message names the argument and the reason."""
 
 
 def compute_device(*arrays, device=None) -> torch.device:

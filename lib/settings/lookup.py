@@ -122,7 +122,7 @@ def model_families(s: Scale) -> dict:
         ``{name: dict(arch, recipe, models, paper_acc)}``: ``arch`` is a dict for
         :func:`lib.models.build`; ``recipe`` the fields replaced in the scale's recipe; ``models``
         the number of models one replicate trains; ``paper_acc`` the clean accuracy the paper
-        reports, ``(mean, std)`` in percent (``None`` where it reports none; :data:`lib.settings.PAPER`).
+        reports, ``(mean, std)`` in percent (``None`` where none; :data:`lib.settings.PAPER`).
     """
     z, d, sl = s.zoo, s.dissection, s.slope
     pairs, none = 2 * z.n_pairs, (None, None)

@@ -38,8 +38,9 @@ class Reported:
         return f"{self.value}" if self.std is None else f"{self.value} ± {self.std}"
 
 
+#: The paper's reference numbers by name, each with its source (a :class:`Reported`).
 PAPER: dict[str, Reported] = {
-    # -- Table 1: activation -> (its intertwiner group G_sigma, phi_sigma), in lib.groups' names -----
+    # -- Table 1: activation -> (its intertwiner group G_sigma, phi_sigma), in lib.groups' names --
     "table1": Reported(
         {
             "identity": ("gl", "A"),

@@ -173,9 +173,9 @@ class StitchSettings:
         return STITCH_PAPER
 
 
-#: The authors' protocol, from the implementation notes and their release (stitch_*.slurm): plain
-#: SGD at a constant lr 1e-3, batch 32, 20 epochs, random starts without bias, A's front recomputed
-#: per batch from augmented images, and the --bn_epoch pass for G_ReLU layers.
+#: The authors' protocol, from the implementation notes and their release (stitch_*.slurm), is
+#: plain SGD at a constant lr 1e-3, batch 32, 20 epochs, random starts without bias, A's front
+#: recomputed per batch from augmented images, and the --bn_epoch pass for G_ReLU layers.
 STITCH_PAPER = StitchSettings(
     epochs=20,
     optimizer="sgd",
@@ -254,7 +254,7 @@ class FinetuneSettings:
         )
 
 
-#: The authors' fine-tuning: 10 trials, 50 epochs on all images, batch 32 with StepLR halving the
+#: The authors' fine-tuning is 10 trials, 50 epochs on all images, batch 32 with StepLR halving the
 #: rate every 12 epochs.
 FINETUNE_PAPER = FinetuneSettings(
     trials=10,
@@ -267,7 +267,7 @@ FINETUNE_PAPER = FinetuneSettings(
     gamma=0.5,
 )
 
-#: NetDissect's settings (Bau et al. 2017), as in the paper: a unit's threshold leaves this fraction
+#: NetDissect's settings (Bau et al. 2017), as in the paper; a unit's threshold leaves this fraction
 #: of its activations above it...
 NETDISSECT_QUANTILE = 0.005
 #: ...and a unit detects its best concept if their IoU exceeds this.

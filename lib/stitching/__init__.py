@@ -16,7 +16,6 @@ learning-rate schedules).
 """
 
 # The protocols' dataclasses live with the other settings; they are listed here beside their users.
-from ..settings import FinetuneSettings, StitchSettings
 from . import finetune, sanity
 from .curves import check_evals_per_epoch, eval_steps, last_quarter_change
 from .experiment import (
@@ -81,14 +80,12 @@ __all__ = [
     "GRELU_P",
     "FRONTS",
     "BN_EPOCH",
-    "StitchSettings",
     "settings_for_scale",
     "check_settings",
     "augmented_front",
     "hard_rounding",
     "bn_epoch_stats",
     "train_stitch",
-    "FinetuneSettings",
     "check_evals_per_epoch",
     "eval_steps",
     "last_quarter_change",
