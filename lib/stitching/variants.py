@@ -70,7 +70,7 @@ def describe(name: str, settings: StitchSettings) -> Variant:
     ----------
     name : str
         A variant of :func:`lib.stitching.stitch_experiment` (``lib.stitching.VARIANT_HELP``).
-    settings : StitchSettings
+    settings : lib.settings.StitchSettings
         The protocol it runs under (its ``init``, ``grelu_p`` and ``optimizer`` matter).
 
     Returns
@@ -104,7 +104,7 @@ def fig1_protocol(
 ) -> tuple[StitchSettings, int, int | None]:
     """The protocol of Fig. 1 (the Myrtle stitching chapter) at a scale.
 
-    The scale's :attr:`lib.settings.Scale.fig1`: the stitching of Section 4 with the replacements
+    The scale's ``lib.settings.Scale.fig1``: the stitching of Section 4 with the replacements
     the central experiment gets at some scales (more images, other optimiser settings).
 
     Parameters
@@ -117,8 +117,9 @@ def fig1_protocol(
     Returns
     -------
     tuple
-        ``(settings, stitch_images, eval_images)``: the :class:`StitchSettings`, the training images
-        of each stitching layer, and the test images of its accuracies (``None``: all 10,000).
+        ``(settings, stitch_images, eval_images)``: the :class:`lib.settings.StitchSettings`, the
+        training images of each stitching layer, and the test images of its accuracies (``None``:
+        all 10,000).
     """
     fig1 = scale_settings(scale).fig1
     protocol = fig1.protocol
