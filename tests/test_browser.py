@@ -106,9 +106,10 @@ def _browse(page: Path, tmp_path: Path) -> tuple[str, Path]:
 
 
 def _table_calls(chapter: Path) -> int:
-    """How many tables the chapter's code displays (calls of lib.results.table / markdown_table)."""
+    """How many tables the chapter's code displays (calls of lib.results.table / markdown_table and
+    lib.claims.claims_table, which builds on it)."""
     code = "\n".join(re.findall(r"```\{code-cell\}.*?\n(.*?)```", chapter.read_text(), re.S))
-    return len(re.findall(r"(?<![\w.])(?:markdown_)?table\(", code))
+    return len(re.findall(r"(?<![\w.])(?:markdown_|claims_)?table\(", code))
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.stem)
